@@ -1,0 +1,144 @@
+"""Command line: ``python -m conformance run`` (the main job) and ``merge``.
+
+``run`` executes every registry record's conformance cells, error cases and mutation
+meta-tests, each record in its own pytest subprocess, so that an MLX abort or a segfault
+in a kernel loses nothing but that one test: the subprocess rewrites its partial results
+after every test and names the test it is in, and the crash is recorded as a failure.
+Then it writes the report (JSON, Markdown, HTML) atomically and exits non-zero when any
+cell, error case or mutant failed, or anything crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from conformance.report import SCHEMA, load_report, merge, summary, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FILES = ("tests/test_conformance.py", "tests/test_error_cases.py", "tests/meta/test_mutants.py")
+
+
+def run_header(profile: str) -> dict[str, Any]:
+    """Versions, back end, device, platform, commit and profile of this run."""
+    import hypothesis
+    import mlx.core as mx
+    import numpy
+    import torch
+
+    from conformance.execute import backend_name
+    from mlx_impl import cpu_backend
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip() or "unknown"
+    info = cpu_backend.cpu_backend_info()
+    return {
+        "mlx": mx.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "hypothesis": hypothesis.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "backend": backend_name(),
+        "device": str(mx.default_device()),
+        "commit": commit,
+        "profile": profile,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_backend": info,
+    }
+
+
+def _run_record(name: str, profile: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One record's tests in a subprocess; returns its partial results (+ crash, if any)."""
+    part = work / f"{name}.json"
+    part.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", *TEST_FILES, "-q", "-p", "no:cacheprovider",
+           f"--hypothesis-profile={profile}", f"--conformance-record={name}", f"--conformance-json={part}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    (work / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    try:
+        partial = json.loads(part.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        partial = {"cells": []}
+    crashes = []
+    # pytest exits 0 (all passed) or 1 (some failed); anything else (a signal, an internal
+    # error) means the process did not finish its own bookkeeping.
+    if proc.returncode not in (0, 1):
+        tail = (proc.stderr or proc.stdout)[-1500:]
+        crashes.append({"test": partial.get("running") or f"record {name}",
+                        "detail": f"exit status {proc.returncode}; {tail}"})
+    partial["crashes"] = crashes
+    partial["returncode"] = proc.returncode
+    print(f"  {name}: exit {proc.returncode}, {len(partial.get('cells', []))} cells"
+          + (f", CRASH in {crashes[0]['test']}" if crashes else ""), flush=True)
+    return partial
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """Run the registry (or ``--record`` subsets) and write the report."""
+    from conformance.registry import REGISTRY
+    from mlx_impl import cpu_backend
+
+    names = args.record or list(REGISTRY)
+    unknown = sorted(set(names) - set(REGISTRY))
+    if unknown:
+        print(f"[conformance] unknown records {unknown}; known: {sorted(REGISTRY)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    work = out / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    # Subprocesses share the 2 cores: one math thread each keeps them from oversubscribing,
+    # and they inherit the tuned MLX CPU configuration (cache limit, optimized BLAS).
+    env = {**os.environ, **cpu_backend.subprocess_env(threads=1)}
+    print(f"[conformance] {len(names)} records, profile {args.profile}, {args.jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        partials = list(pool.map(lambda n: _run_record(n, args.profile, work, env), names))
+    report: dict[str, Any] = {"schema": SCHEMA, "runs": [run_header(args.profile)], "cells": [],
+                              "divergences": [], "mutants": [], "errors": [], "crashes": []}
+    for partial in partials:
+        for section in ("cells", "divergences", "mutants", "errors", "crashes"):
+            report[section].extend(partial.get(section, []))
+    write_report(report, out)
+    s = summary(report)
+    print(f"[conformance] {s['cells'] - s['cells_failed']}/{s['cells']} cells conform, "
+          f"{s['examples']} examples; mutants killed {s['mutants_killed']}/{s['mutants']}; "
+          f"error cases {s['error_cases'] - s['error_cases_failed']}/{s['error_cases']}; "
+          f"crashes {s['crashes']}. Report: {out / 'report.html'}")
+    failed = (s["cells_failed"] or s["crashes"] or s["mutants_killed"] < s["mutants"]
+              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials))
+    return 1 if failed else 0
+
+
+def command_merge(args: argparse.Namespace) -> int:
+    """Merge reports from several machines into one matrix."""
+    reports = [load_report(Path(p)) for p in args.reports]
+    write_report(merge(reports), Path(args.out))
+    print(f"[conformance] merged {len(reports)} reports into {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m conformance``."""
+    parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the conformance matrix and write the report")
+    run.add_argument("--profile", default="ci", choices=("ci", "dev", "thorough"))
+    run.add_argument("--out", default=str(ROOT / "reports" / "conformance"))
+    run.add_argument("--record", action="append", help="only this registry record (repeatable)")
+    run.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    run.set_defaults(func=command_run)
+    mrg = sub.add_parser("merge", help="merge report JSON files from several machines")
+    mrg.add_argument("reports", nargs="+")
+    mrg.add_argument("--out", required=True)
+    mrg.set_defaults(func=command_merge)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,219 @@
+"""Judge one output: MLX against the PyTorch peer and the float64 oracle.
+
+Returns a :class:`Verdict` that says whether the output conforms and, when it does not,
+what differs, where and by how much, in words a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conformance.dtypes import FORMATS
+from conformance.tolerance import Tolerance, gamma
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Worst errors of one library against the oracle (finite positions only)."""
+
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready form."""
+        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "max_ulp": self.max_ulp}
+
+
+NO_ERROR = ErrorStats(0.0, 0.0, 0.0)
+
+
+@dataclass
+class Verdict:
+    """The outcome of comparing one output.
+
+    ``kind`` is ``"ok"``, ``"shape"``, ``"dtype"``, ``"nonfinite"`` or ``"value"``.
+    ``ulp_errors`` holds MLX's per-element errors in output ulps (for the report's
+    distribution plots; at most a sample).
+    """
+
+    passed: bool
+    kind: str
+    message: str
+    mlx_error: ErrorStats = NO_ERROR
+    peer_error: ErrorStats = NO_ERROR
+    ulp_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    worst: dict[str, Any] = field(default_factory=dict)
+
+
+def _fmt_index(flat: int, shape: tuple[int, ...]) -> str:
+    return str(tuple(int(i) for i in np.unravel_index(flat, shape))) if shape else "()"
+
+
+def _stats(err: np.ndarray, oracle: np.ndarray, ulp: np.ndarray) -> ErrorStats:
+    if err.size == 0:
+        return NO_ERROR
+    rel = err / np.maximum(np.abs(oracle), np.finfo(np.float64).tiny)
+    return ErrorStats(float(err.max()), float(rel.max()), float((err / ulp).max()))
+
+
+def judge(
+    mlx_out: np.ndarray,
+    peer_out: np.ndarray,
+    oracle_out: np.ndarray,
+    *,
+    mlx_dtype: str,
+    peer_dtype: str,
+    tolerance: Tolerance,
+    magnitude: np.ndarray | None = None,
+    accumulation_terms: int | None = None,
+) -> Verdict:
+    """Compare one output array.
+
+    Args:
+        mlx_out, peer_out: the results as exact NumPy copies (half precision widened).
+        oracle_out: the float64 oracle from the same rounded inputs.
+        mlx_dtype, peer_dtype: the libraries' own output dtype names.
+        tolerance: the op's policy (:mod:`conformance.tolerance`).
+        magnitude: ``|x| @ |w|.T``-style magnitudes for the accumulation bound.
+        accumulation_terms: K for the accumulation bound.
+
+    Shape: all three arrays have the same shape (anything else is a ``"shape"`` verdict).
+    """
+    if not (mlx_out.shape == peer_out.shape == oracle_out.shape):
+        return Verdict(
+            False,
+            "shape",
+            f"Shape mismatch: MLX {mlx_out.shape}, PyTorch {peer_out.shape}, "
+            f"oracle {oracle_out.shape}.",
+        )
+    if mlx_dtype != peer_dtype:
+        return Verdict(False, "dtype", f"Dtype mismatch: MLX {mlx_dtype}, PyTorch {peer_dtype}.")
+    if tolerance.exact or mlx_dtype not in FORMATS:
+        return _judge_exact(mlx_out, peer_out)
+    return _judge_rounded(
+        mlx_out.astype(np.float64),
+        peer_out.astype(np.float64),
+        oracle_out.astype(np.float64),
+        mlx_dtype,
+        tolerance,
+        magnitude,
+        accumulation_terms,
+    )
+
+
+def _judge_exact(mlx_out: np.ndarray, peer_out: np.ndarray) -> Verdict:
+    both_nan = np.zeros(mlx_out.shape, dtype=bool)
+    if np.issubdtype(mlx_out.dtype, np.floating):
+        both_nan = np.isnan(mlx_out) & np.isnan(peer_out)
+        # Bit identity: +0 and -0 differ, so compare signs of zeros too.
+        differs = ~both_nan & (
+            (mlx_out != peer_out) | (np.signbit(mlx_out) != np.signbit(peer_out))
+        )
+    else:
+        differs = mlx_out != peer_out
+    count = int(differs.sum())
+    if count == 0:
+        return Verdict(True, "ok", "bit-identical")
+    first = int(np.flatnonzero(differs)[0])
+    where = _fmt_index(first, mlx_out.shape)
+    return Verdict(
+        False,
+        "value",
+        f"Not bit-identical: {count} / {mlx_out.size} elements differ; first at index {where}: "
+        f"MLX {mlx_out.flat[first]!r}, PyTorch {peer_out.flat[first]!r}.",
+        worst={
+            "index": where,
+            "mlx": float(mlx_out.flat[first]),
+            "peer": float(peer_out.flat[first]),
+        },
+    )
+
+
+def _judge_nonfinite(m: np.ndarray, p: np.ndarray) -> Verdict | None:
+    """NaN positions must match, and so must infinities and their signs."""
+    bad = (np.isnan(m) != np.isnan(p)) | (np.isinf(m) | np.isinf(p)) & (m != p) & ~(
+        np.isnan(m) & np.isnan(p)
+    )
+    if not bad.any():
+        return None
+    first = int(np.flatnonzero(bad)[0])
+    return Verdict(
+        False,
+        "nonfinite",
+        f"Non-finite values differ at {int(bad.sum())} / {m.size} elements; first at index "
+        f"{_fmt_index(first, m.shape)}: MLX {m.flat[first]!r}, PyTorch {p.flat[first]!r}.",
+        worst={"index": _fmt_index(first, m.shape), "mlx": float(m.flat[first]),
+               "peer": float(p.flat[first])},
+    )
+
+
+def _judge_rounded(
+    m: np.ndarray,
+    p: np.ndarray,
+    o: np.ndarray,
+    dtype: str,
+    tol: Tolerance,
+    magnitude: np.ndarray | None,
+    terms: int | None,
+) -> Verdict:
+    mismatch = _judge_nonfinite(m, p)
+    if mismatch is not None:
+        return mismatch
+    fmt = FORMATS[dtype]
+    finite = np.isfinite(p) & np.isfinite(o)
+    err_m = np.where(finite, np.abs(m - o), 0.0)
+    err_p = np.where(finite, np.abs(p - o), 0.0)
+    ulp_at = fmt.ulp(np.where(finite, o, 0.0))
+
+    rows_shape = (-1, o.shape[-1]) if o.ndim >= 1 and o.size else (1, max(o.size, 1))
+    o_rows = np.where(finite, np.abs(o), 0.0).reshape(rows_shape)
+    peer_row_max = err_p.reshape(rows_shape).max(axis=1, keepdims=True)
+    row_scale = fmt.ulp(o_rows.max(axis=1, keepdims=True))
+    bound = tol.peer_factor * peer_row_max + tol.floor_ulps * row_scale
+    bound = np.broadcast_to(bound, o_rows.shape).reshape(o.shape)
+    if magnitude is not None and terms is not None:
+        accumulated = gamma(terms, fmt.unit_roundoff) * np.abs(magnitude)
+        bound = np.maximum(bound, accumulated + tol.floor_ulps * ulp_at)
+
+    mlx_stats = _stats(err_m[finite], o[finite], ulp_at[finite])
+    peer_stats = _stats(err_p[finite], o[finite], ulp_at[finite])
+    ulp_errors = (err_m / ulp_at)[finite]
+    violations = err_m > bound
+    if not violations.any():
+        return Verdict(True, "ok", "within tolerance", mlx_stats, peer_stats, ulp_errors)
+
+    excess = np.where(violations, err_m / np.maximum(bound, np.finfo(np.float64).tiny), 0.0)
+    worst = int(np.argmax(excess))
+    where = _fmt_index(worst, o.shape)
+    count = int(violations.sum())
+    message = (
+        f"Mismatched elements: {count} / {o.size} ({100.0 * count / o.size:.2g}%).\n"
+        f"Worst at index {where}: MLX {m.flat[worst]!r}, PyTorch {p.flat[worst]!r}, "
+        f"float64 oracle {o.flat[worst]!r}.\n"
+        f"|MLX - oracle| = {err_m.flat[worst]:.6g} ({err_m.flat[worst] / ulp_at.flat[worst]:.3g} "
+        f"{dtype} ulp) > bound {bound.flat[worst]:.6g} "
+        f"(= {tol.peer_factor:g} x PyTorch's worst row error + {tol.floor_ulps:g} ulp).\n"
+        f"MLX worst: abs {mlx_stats.max_abs:.3g}, rel {mlx_stats.max_rel:.3g}, "
+        f"{mlx_stats.max_ulp:.3g} ulp; PyTorch worst: abs {peer_stats.max_abs:.3g}, "
+        f"rel {peer_stats.max_rel:.3g}, {peer_stats.max_ulp:.3g} ulp.\n"
+        f"Tolerance reason: {tol.reason}"
+    )
+    return Verdict(
+        False,
+        "value",
+        message,
+        mlx_stats,
+        peer_stats,
+        ulp_errors,
+        worst={
+            "index": where,
+            "mlx": float(m.flat[worst]),
+            "peer": float(p.flat[worst]),
+            "oracle": float(o.flat[worst]),
+            "bound": float(bound.flat[worst]),
+        },
+    )

@@ -1,0 +1,40 @@
+"""Hypothesis profiles: ``ci`` (derandomized, bounded, no deadline), ``dev`` (fast, with
+the project's example database) and ``thorough`` (many examples, for nightly runs).
+
+Select one with ``--hypothesis-profile=NAME`` (pytest) or ``--profile NAME``
+(``python -m conformance run``). Deadlines are off everywhere: MLX compiles kernels on
+first use and the shared machines are noisy, so a timing deadline would only be flaky.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+DATABASE_DIR = Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"
+
+_COMMON = {
+    "deadline": None,
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+EXAMPLES = {"ci": 12, "dev": 6, "thorough": 250}
+"""Examples per conformance cell (op x dtype x mode). ``ci`` is sized so the whole matrix
+runs well inside 15 minutes on 2 cores with MLX's slow x86 CPU half-precision kernels."""
+
+
+def register() -> None:
+    """Register the three profiles (idempotent)."""
+    settings.register_profile("ci", derandomize=True, database=None, max_examples=EXAMPLES["ci"], **_COMMON)
+    settings.register_profile(
+        "dev", database=DirectoryBasedExampleDatabase(str(DATABASE_DIR)), max_examples=EXAMPLES["dev"], **_COMMON
+    )
+    settings.register_profile(
+        "thorough",
+        database=DirectoryBasedExampleDatabase(str(DATABASE_DIR)),
+        max_examples=EXAMPLES["thorough"],
+        **_COMMON,
+    )

@@ -1,0 +1,1 @@
+"""The records, one module per family of ops. ``conformance.registry`` collects them."""

@@ -1,0 +1,159 @@
+"""Record for ``fast.scaled_dot_product_attention``: no mask, MLX's bottom-right causal
+mask, boolean and additive array masks; GQA; decode (Lq = 1), cached prefill (Lq < Lk),
+prefill (Lq = Lk) and Lq > Lk shapes."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.dtypes import FORMATS
+from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.strategies import HEAD_DIMS, arrays, fill
+from conformance.tolerance import Tolerance
+
+MODES = ("none", "causal", "bool_mask", "additive_mask")
+
+# (Lq, Lk): decode, cached prefill, prefill, and more queries than keys.
+SEQ_SHAPES = ((1, 1), (1, 7), (1, 33), (3, 3), (16, 16), (4, 19), (2, 31), (7, 3))
+
+
+def _sdpa_call(lib, a, p, kw):
+    mask = a.get("mask", p.get("mask"))
+    return lib.fast.scaled_dot_product_attention(a["q"], a["k"], a["v"], scale=p["scale"], mask=mask, **kw)
+
+
+@st.composite
+def _sdpa_cases(draw, dtype, mode):
+    b = draw(st.sampled_from((1, 2)), label="batch")
+    hkv = draw(st.sampled_from((1, 2)), label="kv_heads")
+    ratio = draw(st.sampled_from((1, 2, 4)), label="gqa_ratio")
+    hq = hkv * ratio
+    d = draw(st.sampled_from(HEAD_DIMS), label="head_dim")
+    lq, lk = draw(st.sampled_from(SEQ_SHAPES), label="(Lq, Lk)")
+    scale = draw(st.sampled_from((1.0 / math.sqrt(d), 1.0, 0.125)), label="scale")
+    # "large" keeps |q|, |k| <= 8 so logits reach hundreds: far past exp's float32 range,
+    # which is what a softmax without max subtraction gets wrong, yet finite in every dtype.
+    headroom = FORMATS[dtype].max_finite / 8.0
+    profiles = ("normal", "ints", "large", "mixed")
+    found = {
+        "q": draw(arrays((b, hq, lq, d), dtype, profiles=profiles, headroom=headroom, label="q")),
+        "k": draw(arrays((b, hkv, lk, d), dtype, profiles=profiles, headroom=headroom, label="k")),
+        "v": draw(arrays((b, hkv, lk, d), dtype, profiles=("normal", "ints", "mixed"), label="v")),
+    }
+    params: dict[str, object] = {"scale": scale, "mask": None}
+    if mode == "causal":
+        params["mask"] = "causal"
+    elif mode in ("bool_mask", "additive_mask"):
+        mb = draw(st.sampled_from((1, b)), label="mask_batch")
+        mh = draw(st.sampled_from((1, hq)), label="mask_heads")
+        seed = draw(st.integers(0, 2**32 - 1), label="mask_seed")
+        rng = np.random.default_rng(seed)
+        keep = rng.random((mb, mh, lq, lk)) < 0.7
+        keep[..., 0] = True  # every query sees at least one key: fully masked rows are their own edge case
+        if mode == "bool_mask":
+            found["mask"] = keep
+        else:
+            bias = rng.standard_normal((mb, mh, lq, lk)).astype(np.float32)
+            found["mask"] = np.where(keep, bias, -np.inf).astype(np.float32)
+    return Case(found, params)
+
+
+def _attention_by_hand(a, p, *, top_left=False, stable=True, gqa="block", use_scale=True):
+    """Plain-op attention with one planted deviation (for the mutants)."""
+    q, k, v = a["q"], a["k"], a["v"]
+    hq, hkv = q.shape[1], k.shape[1]
+    ratio = hq // hkv
+    if ratio > 1:
+        if gqa == "block":
+            k, v = mx.repeat(k, ratio, axis=1), mx.repeat(v, ratio, axis=1)
+        else:  # head h reads kv head h % Hkv
+            k, v = mx.concatenate([k] * ratio, axis=1), mx.concatenate([v] * ratio, axis=1)
+    scale = p["scale"] if use_scale else 1.0
+    scores = ((q * scale) @ mx.swapaxes(k, -1, -2)).astype(mx.float32)
+    lq, lk = scores.shape[-2:]
+    mask = a.get("mask", p.get("mask"))
+    if isinstance(mask, str):
+        keep = mx.tri(lq, lk, k=0 if top_left else lk - lq, dtype=mx.bool_)
+        scores = mx.where(keep, scores, -mx.inf)
+    elif mask is not None:
+        scores = mx.where(mask, scores, -mx.inf) if mask.dtype == mx.bool_ else scores + mask
+    if stable:
+        weights = mx.softmax(scores, axis=-1)
+    else:
+        e = mx.exp(scores)
+        weights = e / mx.sum(e, axis=-1, keepdims=True)
+    return weights.astype(q.dtype) @ v
+
+
+_SDPA_TOLERANCE = Tolerance(
+    reason=(
+        "Scores, softmax and the weighted sum are each rounded once per element; a fused "
+        "kernel may order the reductions differently (online softmax on GPUs), so MLX may "
+        "differ from the oracle by at most 2x the peer's error + 2 ulp."
+    ),
+)
+
+
+def _bench_sdpa(b, hq, hkv, lq, lk, d, mask):
+    return Case({"q": fill((b, hq, lq, d), "normal", "float32", 0),
+                 "k": fill((b, hkv, lk, d), "normal", "float32", 1),
+                 "v": fill((b, hkv, lk, d), "normal", "float32", 2)},
+                {"scale": 1.0 / math.sqrt(d), "mask": mask})
+
+
+SDPA = OpRecord(
+    name="fast.scaled_dot_product_attention",
+    api=("fast.scaled_dot_product_attention",),
+    call=_sdpa_call,
+    cases=_sdpa_cases,
+    modes=MODES,
+    tolerance=constant(_SDPA_TOLERANCE),
+    edge_cases=(
+        EdgeCase(Case({"q": np.ones((1, 1, 1, 4), np.float32), "k": np.ones((1, 1, 3, 4), np.float32),
+                       "v": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)},
+                      {"scale": 0.5, "mask": "causal"},
+                      label="decode: the one query sees every key (bottom-right)"), mode="causal"),
+    ),
+    errors=(
+        ErrorCase("query heads not a multiple of kv heads",
+                  Case({"q": np.ones((1, 3, 2, 8), np.float32), "k": np.ones((1, 2, 2, 8), np.float32),
+                        "v": np.ones((1, 2, 2, 8), np.float32)}, {"scale": 1.0, "mask": None}), ValueError),
+        ErrorCase("q and k head dims differ",
+                  Case({"q": np.ones((1, 2, 2, 8), np.float32), "k": np.ones((1, 2, 2, 4), np.float32),
+                        "v": np.ones((1, 2, 2, 4), np.float32)}, {"scale": 1.0, "mask": None}), ValueError),
+        ErrorCase("unknown mask string",
+                  Case({"q": np.ones((1, 2, 2, 8), np.float32), "k": np.ones((1, 2, 2, 8), np.float32),
+                        "v": np.ones((1, 2, 2, 8), np.float32)}, {"scale": 1.0, "mask": "upper"}), ValueError),
+        ErrorCase("mask does not broadcast",
+                  Case({"q": np.ones((1, 2, 2, 8), np.float32), "k": np.ones((1, 2, 3, 8), np.float32),
+                        "v": np.ones((1, 2, 3, 8), np.float32), "mask": np.ones((1, 1, 2, 2), bool)},
+                       {"scale": 1.0}), ValueError),
+        ErrorCase("q not 4-D",
+                  Case({"q": np.ones((2, 2, 8), np.float32), "k": np.ones((1, 2, 2, 8), np.float32),
+                        "v": np.ones((1, 2, 2, 8), np.float32)}, {"scale": 1.0, "mask": None}), ValueError),
+    ),
+    mutants=(
+        Mutant("top_left_causal", "PyTorch's is_causal alignment (j <= i)",
+               lambda lib, a, p, kw: _attention_by_hand(a, p, top_left=True), mode="causal"),
+        Mutant("softmax_without_max_subtraction", "exp(scores) / sum(exp(scores))",
+               lambda lib, a, p, kw: _attention_by_hand(a, p, stable=False), mode="none"),
+        Mutant("gqa_interleaved_heads", "query head h reads kv head h % Hkv",
+               lambda lib, a, p, kw: _attention_by_hand(a, p, gqa="interleaved"), mode="none"),
+        Mutant("scale_ignored", "scores are q @ k.T unscaled",
+               lambda lib, a, p, kw: _attention_by_hand(a, p, use_scale=False), mode="bool_mask"),
+    ),
+    bench=(
+        BenchCase("decode", lambda: _bench_sdpa(1, 32, 8, 1, 2048, 128, None), mode="none",
+                  note="one query over a 2048-token cache, 32 q heads / 8 kv heads, D 128"),
+        BenchCase("prefill", lambda: _bench_sdpa(1, 32, 8, 2048, 2048, 128, "causal"), mode="causal",
+                  note="causal prefill L = 2048, 32 q heads / 8 kv heads, D 128"),
+        BenchCase("dit", lambda: _bench_sdpa(1, 24, 24, 4096, 4096, 128, None), mode="none",
+                  note="diffusion block: 4096 image tokens, 24 heads x 128"),
+    ),
+)
+
+RECORDS = (SDPA,)

@@ -1,0 +1,141 @@
+"""Records for the float projections: ``nn.Linear`` and ``nn.MultiLinear``."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill
+from conformance.tolerance import ROUNDED
+
+# Dot products grow with K: keep "large" values K-fold away from overflow so a result
+# that overflows is the op's real answer, not an artefact of the draw.
+PROFILES = ("normal", "ints", "mixed", "tiny", "large", "special")
+
+
+def _linear_call(lib, a, p, kw):
+    return lib.nn.Linear(a["weight"], a.get("bias"))(a["x"], **kw)
+
+
+@st.composite
+def _linear_cases(draw, dtype, mode):
+    k = draw(st.sampled_from(SMALL_FEATURES), label="in_features")
+    n = draw(st.sampled_from((1, 2, 5, 16, 33)), label="out_features")
+    lead = draw(batch_shape(), label="batch")
+    headroom = 4.0 * k
+    found = {
+        "x": draw(arrays((*lead, k), dtype, profiles=PROFILES, headroom=headroom ** 0.5, label="x")),
+        "weight": draw(arrays((n, k), dtype, profiles=PROFILES, headroom=headroom ** 0.5, label="weight")),
+    }
+    if draw(st.booleans(), label="has_bias"):
+        found["bias"] = draw(arrays((n,), dtype, profiles=PROFILES, label="bias"))
+    return Case(found)
+
+
+def _mutant_dropped_bias(lib, a, p, kw):
+    return a["x"] @ a["weight"].T
+
+
+def _mutant_half_accumulation(lib, a, p, kw):
+    # An accidental downcast: the product computed in float16 whatever the input dtype.
+    y = a["x"].astype(mx.float16) @ a["weight"].T.astype(mx.float16)
+    y = y.astype(a["x"].dtype)
+    return y + a["bias"] if "bias" in a else y
+
+
+def _bench_linear(m: int, k: int, n: int) -> Case:
+    return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1),
+                 "bias": fill((n,), "normal", "float32", 2)})
+
+
+LINEAR = OpRecord(
+    name="nn.linear",
+    api=("nn.Linear",),
+    call=_linear_call,
+    cases=_linear_cases,
+    tolerance=constant(ROUNDED),
+    edge_cases=(
+        EdgeCase(Case({"x": np.ones(3, np.float32),
+                       "weight": np.array([[1, 2, 3], [4, 5, 6]], np.float32)}, label="known answer [6, 15]")),
+        EdgeCase(Case({"x": np.ones(3, np.float32),
+                       "weight": np.array([[1, 2, 3], [4, 5, 6]], np.float32),
+                       "bias": np.array([10, 20], np.float32)}, label="known answer with bias [16, 35]")),
+    ),
+    errors=(
+        ErrorCase("input width differs from in_features",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones((3, 5), np.float32)}), ValueError),
+        ErrorCase("bias length differs from out_features",
+                  Case({"x": np.ones((2, 5), np.float32), "weight": np.ones((3, 5), np.float32),
+                        "bias": np.ones(4, np.float32)}), ValueError),
+        ErrorCase("weight is 1-D",
+                  Case({"x": np.ones((2, 5), np.float32), "weight": np.ones(5, np.float32)}), ValueError),
+        ErrorCase("integer input",
+                  Case({"x": np.ones((2, 5), np.int32), "weight": np.ones((3, 5), np.float32)}), TypeError),
+    ),
+    mutants=(
+        Mutant("dropped_bias", "the bias is never added", _mutant_dropped_bias),
+        Mutant("half_accumulation", "the product is computed in float16", _mutant_half_accumulation),
+    ),
+    bench=(
+        BenchCase("decode", lambda: _bench_linear(1, 4096, 4096), note="LLM decode, M = 1"),
+        BenchCase("prefill", lambda: _bench_linear(2048, 4096, 4096), note="LLM prefill, hidden 4096"),
+        BenchCase("dit", lambda: _bench_linear(4096, 3072, 3072), note="diffusion block, 4096 tokens x 3072"),
+    ),
+)
+
+
+def _multi_linear_call(lib, a, p, kw):
+    return lib.nn.MultiLinear(a["weight"])(a["x"], **kw)
+
+
+@st.composite
+def _multi_linear_cases(draw, dtype, mode):
+    b = draw(st.sampled_from((1, 2)), label="batch")
+    h = draw(st.sampled_from((1, 2, 4)), label="heads")
+    seq = draw(st.sampled_from((1, 3, 16)), label="seq")
+    k = draw(st.sampled_from(SMALL_FEATURES), label="in_features")
+    n = draw(st.sampled_from((1, 3, 16, 33)), label="out_features")
+    return Case({
+        "x": draw(arrays((b, h, seq, k), dtype, profiles=PROFILES, headroom=(4.0 * k) ** 0.5, label="x")),
+        "weight": draw(arrays((h, n, k), dtype, profiles=PROFILES, headroom=(4.0 * k) ** 0.5, label="weight")),
+    })
+
+
+def _mutant_first_head_only(lib, a, p, kw):
+    return a["x"] @ mx.swapaxes(a["weight"][:1], -1, -2)
+
+
+def _mutant_weight_not_transposed(lib, a, p, kw):
+    # Reads weight as [heads, in, out]: wrong values when square, a crash otherwise.
+    w = a["weight"]
+    return a["x"] @ w.reshape(w.shape[0], w.shape[2], w.shape[1])
+
+
+MULTI_LINEAR = OpRecord(
+    name="nn.multi_linear",
+    api=("nn.MultiLinear",),
+    call=_multi_linear_call,
+    cases=_multi_linear_cases,
+    tolerance=constant(ROUNDED),
+    errors=(
+        ErrorCase("heads differ",
+                  Case({"x": np.ones((1, 3, 2, 4), np.float32), "weight": np.ones((2, 5, 4), np.float32)}),
+                  ValueError),
+        ErrorCase("in_features differ",
+                  Case({"x": np.ones((1, 2, 2, 3), np.float32), "weight": np.ones((2, 5, 4), np.float32)}),
+                  ValueError),
+    ),
+    mutants=(
+        Mutant("first_head_only", "every head uses head 0's weight", _mutant_first_head_only),
+        Mutant("weight_not_transposed", "weight read as [heads, in, out]", _mutant_weight_not_transposed),
+    ),
+    bench=(
+        BenchCase("decode", lambda: Case({"x": fill((1, 32, 1, 128), "normal", "float32", 0),
+                                          "weight": fill((32, 512, 128), "normal", "float32", 1)}),
+                  note="per-head projection at decode (32 heads, 128 -> 512)"),
+    ),
+)
+
+RECORDS = (LINEAR, MULTI_LINEAR)

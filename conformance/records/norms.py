@@ -1,0 +1,279 @@
+"""Records for the normalisations: ``fast.RMSNorm``/``fast.rms_norm``,
+``fast.LayerNorm``/``fast.layer_norm`` (MLX's fused kernels) and ``nn.RMSNorm``,
+``nn.LayerNorm`` (the layer set; LayerNorm there is composed of plain ops)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.strategies import FEATURES, arrays, fill
+from conformance.tolerance import Tolerance
+
+PROFILES = ("normal", "ints", "mixed", "tiny", "subnormal", "large", "special")
+EPS_CHOICES = (1e-5, 1e-6, 1e-2, 1.0, 0.0)
+
+# A sum of D squares must not overflow float32 in the oracle's own precision class:
+# 2**60 keeps x**2 * D below float32's max for every D we draw (D <= 4099 < 2**13).
+_F32_HEADROOM = 2.0**60
+
+
+@st.composite
+def _rows(draw, dtype, *, with_weight=True, with_bias=False, optional=False):
+    d = draw(st.sampled_from(FEATURES), label="features")
+    lead = draw(st.sampled_from(((), (1,), (3,), (2, 3))), label="rows")
+    headroom = _F32_HEADROOM if dtype == "float32" else 1.0
+    found = {"x": draw(arrays((*lead, d), dtype, profiles=PROFILES, headroom=headroom, label="x"))}
+    if with_weight and (not optional or draw(st.booleans(), label="has_weight")):
+        found["weight"] = draw(arrays((d,), dtype, profiles=("normal", "ints", "mixed"), label="weight"))
+    if with_bias and (not optional or draw(st.booleans(), label="has_bias")):
+        found["bias"] = draw(arrays((d,), dtype, profiles=("normal", "ints", "mixed"), label="bias"))
+    return found
+
+
+# ---- fast.rms_norm ------------------------------------------------------------------
+
+def _fast_rms_call(lib, a, p, kw):
+    if p["form"] == "function":
+        return lib.fast.rms_norm(a["x"], a.get("weight"), p["eps"], **kw)
+    return lib.fast.RMSNorm(a.get("weight"))(a["x"], p["eps"], **kw)
+
+
+@st.composite
+def _fast_rms_cases(draw, dtype, mode):
+    found = draw(_rows(dtype, optional=True))
+    eps = draw(st.sampled_from(EPS_CHOICES[:-1]), label="eps")
+    form = draw(st.sampled_from(("layer", "function")), label="form")
+    return Case(found, {"eps": eps, "form": form})
+
+
+def _mutant_eps_outside_sqrt(lib, a, p, kw):
+    x = a["x"].astype(mx.float32)
+    y = (x / (mx.sqrt(mx.mean(x * x, axis=-1, keepdims=True)) + p["eps"])).astype(a["x"].dtype)
+    return y * a["weight"] if "weight" in a else y
+
+
+def _mutant_sum_not_mean(lib, a, p, kw):
+    x = a["x"].astype(mx.float32)
+    y = (x * mx.rsqrt(mx.sum(x * x, axis=-1, keepdims=True) + p["eps"])).astype(a["x"].dtype)
+    return y * a["weight"] if "weight" in a else y
+
+
+_NORM_TOLERANCE = Tolerance(
+    reason=(
+        "MLX computes the statistics in float32 and rounds the normalised value to the "
+        "output dtype before the weight multiply; the peer reproduces those rounding points, "
+        "so MLX may differ from the oracle by at most 2x the peer's error + 2 ulp "
+        "(the float32 reduction order may differ)."
+    ),
+)
+
+
+def _bench_rows(shape: tuple[int, ...], bias: bool = False) -> Case:
+    d = shape[-1]
+    found = {"x": fill(shape, "normal", "float32", 0), "weight": fill((d,), "normal", "float32", 1)}
+    if bias:
+        found["bias"] = fill((d,), "normal", "float32", 2)
+    return Case(found)
+
+
+_NORM_SHAPES = (
+    ("decode", (1, 1, 4096), "one token, hidden 4096"),
+    ("prefill", (1, 2048, 4096), "2048 tokens, hidden 4096"),
+    ("dit", (1, 4096, 3072), "4096 image tokens, hidden 3072"),
+)
+
+
+def _norm_bench(bias: bool) -> tuple[BenchCase, ...]:
+    return tuple(
+        BenchCase(name, (lambda shape=shape: _bench_rows(shape, bias)), note=note)
+        for name, shape, note in _NORM_SHAPES
+    )
+
+
+_NORM_BENCH = _norm_bench(bias=False)
+
+FAST_RMS_NORM = OpRecord(
+    name="fast.rms_norm",
+    api=("fast.RMSNorm", "fast.rms_norm"),
+    call=_fast_rms_call,
+    cases=_fast_rms_cases,
+    tolerance=constant(_NORM_TOLERANCE),
+    edge_cases=(
+        EdgeCase(Case({"x": np.full((1, 4), 2.0, np.float32), "weight": np.ones(4, np.float32)},
+                      {"eps": 0.0, "form": "layer"}, label="[2,2,2,2], weight 1 -> 1")),
+        EdgeCase(Case({"x": np.full((1, 4), 2.0, np.float32), "weight": np.full(4, 2.0, np.float32)},
+                      {"eps": 0.0, "form": "function"}, label="[2,2,2,2], weight 2 -> 2")),
+        EdgeCase(Case({"x": np.zeros((2, 8), np.float32), "weight": np.ones(8, np.float32)},
+                      {"eps": 1e-5, "form": "layer"}, label="zero rows stay zero")),
+    ),
+    errors=(
+        ErrorCase("weight length differs from features",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(3, np.float32)},
+                       {"eps": 1e-5, "form": "layer"}), ValueError),
+        ErrorCase("negative eps",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(4, np.float32)},
+                       {"eps": -1.0, "form": "function"}), ValueError),
+    ),
+    mutants=(
+        Mutant("eps_outside_sqrt", "x / (sqrt(mean(x^2)) + eps)", _mutant_eps_outside_sqrt),
+        Mutant("sum_not_mean", "rsqrt of the sum of squares, not their mean", _mutant_sum_not_mean),
+    ),
+    bench=_NORM_BENCH,
+)
+
+
+# ---- fast.layer_norm ----------------------------------------------------------------
+
+def _fast_ln_call(lib, a, p, kw):
+    if p["form"] == "function":
+        return lib.fast.layer_norm(a["x"], a.get("weight"), a.get("bias"), p["eps"], **kw)
+    return lib.fast.LayerNorm(a.get("weight"), a.get("bias"))(a["x"], p["eps"], **kw)
+
+
+@st.composite
+def _fast_ln_cases(draw, dtype, mode):
+    found = draw(_rows(dtype, with_bias=True, optional=True))
+    eps = draw(st.sampled_from(EPS_CHOICES[:-1]), label="eps")
+    form = draw(st.sampled_from(("layer", "function")), label="form")
+    return Case(found, {"eps": eps, "form": form})
+
+
+def _ln_by_hand(a, p, *, ddof=0, use_bias=True):
+    x = a["x"].astype(mx.float32)
+    mean = mx.mean(x, axis=-1, keepdims=True)
+    var = mx.var(x, axis=-1, keepdims=True, ddof=ddof)
+    y = ((x - mean) * mx.rsqrt(var + p["eps"])).astype(a["x"].dtype)
+    if "weight" in a:
+        y = y * a["weight"]
+    if use_bias and "bias" in a:
+        y = y + a["bias"]
+    return y
+
+
+FAST_LAYER_NORM = OpRecord(
+    name="fast.layer_norm",
+    api=("fast.LayerNorm", "fast.layer_norm"),
+    call=_fast_ln_call,
+    cases=_fast_ln_cases,
+    tolerance=constant(_NORM_TOLERANCE),
+    edge_cases=(
+        EdgeCase(Case({"x": np.array([[1.0, 2.0, 3.0]], np.float32)}, {"eps": 0.0, "form": "layer"},
+                      label="[1,2,3] -> [-1.2247, 0, 1.2247]")),
+    ),
+    errors=(
+        ErrorCase("bias length differs from features",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(4, np.float32),
+                        "bias": np.ones(5, np.float32)}, {"eps": 1e-5, "form": "layer"}), ValueError),
+    ),
+    mutants=(
+        Mutant("unbiased_variance", "variance divides by N - 1",
+               lambda lib, a, p, kw: _ln_by_hand(a, p, ddof=1)),
+        Mutant("dropped_bias", "the bias is never added",
+               lambda lib, a, p, kw: _ln_by_hand(a, p, use_bias=False)),
+    ),
+    bench=_norm_bench(bias=True),
+)
+
+
+# ---- nn.RMSNorm (stored eps; 0 at call time means "use the stored one") -------------
+
+def _nn_rms_call(lib, a, p, kw):
+    return lib.nn.RMSNorm(a["weight"], eps=p["stored_eps"])(a["x"], eps=p["eps"], **kw)
+
+
+@st.composite
+def _nn_rms_cases(draw, dtype, mode):
+    found = draw(_rows(dtype))
+    stored = draw(st.sampled_from((1e-5, 1e-6, 1e-2, 1.0)), label="stored_eps")
+    eps = draw(st.sampled_from((0.0, 1e-5, 1e-2)), label="call_eps")
+    return Case(found, {"stored_eps": stored, "eps": eps})
+
+
+def _mutant_ignores_stored_eps(lib, a, p, kw):
+    return mx.fast.rms_norm(a["x"], a["weight"], p["eps"])
+
+
+def _mutant_ignores_call_eps(lib, a, p, kw):
+    return mx.fast.rms_norm(a["x"], a["weight"], p["stored_eps"])
+
+
+NN_RMS_NORM = OpRecord(
+    name="nn.rms_norm",
+    api=("nn.RMSNorm",),
+    call=_nn_rms_call,
+    cases=_nn_rms_cases,
+    tolerance=constant(_NORM_TOLERANCE),
+    errors=(
+        ErrorCase("negative stored eps",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(4, np.float32)},
+                       {"stored_eps": -1e-5, "eps": 0.0}), ValueError),
+    ),
+    mutants=(
+        Mutant("ignores_stored_eps", "eps=0 at call time is passed through as 0",
+               _mutant_ignores_stored_eps),
+        Mutant("ignores_call_eps", "the call's eps is ignored", _mutant_ignores_call_eps),
+    ),
+    bench=_NORM_BENCH,
+)
+
+
+# ---- nn.LayerNorm (composed, computed in the input dtype) ---------------------------
+
+_COMPOSED_LN_TOLERANCE = Tolerance(
+    reason=(
+        "Composed of plain ops in the input dtype (mean, biased variance, rsqrt, multiply, "
+        "add), each rounded; the peer replays the same op sequence, so MLX may differ from "
+        "the oracle by at most 2x the peer's error + 2 ulp."
+    ),
+)
+
+
+def _nn_ln_call(lib, a, p, kw):
+    return lib.nn.LayerNorm(a["weight"], a.get("bias"), eps=p["eps"])(a["x"], **kw)
+
+
+@st.composite
+def _nn_ln_cases(draw, dtype, mode):
+    found = draw(_rows(dtype, with_bias=True, optional=False))
+    if not draw(st.booleans(), label="has_bias"):
+        found.pop("bias")
+    eps = draw(st.sampled_from(EPS_CHOICES), label="eps")
+    return Case(found, {"eps": eps})
+
+
+def _mutant_eps_zero_kept(lib, a, p, kw):
+    x = a["x"]
+    mean = mx.mean(x, axis=-1, keepdims=True)
+    var = mx.var(x, axis=-1, keepdims=True)
+    y = (x - mean) * mx.rsqrt(var + p["eps"]) * a["weight"]
+    return y + a["bias"] if "bias" in a else y
+
+
+NN_LAYER_NORM = OpRecord(
+    name="nn.layer_norm",
+    api=("nn.LayerNorm",),
+    call=_nn_ln_call,
+    cases=_nn_ln_cases,
+    tolerance=constant(_COMPOSED_LN_TOLERANCE),
+    edge_cases=(
+        EdgeCase(Case({"x": np.zeros((2, 5), np.float32), "weight": np.ones(5, np.float32)}, {"eps": 0.0},
+                      label="constant rows: eps 0 means 1e-5, so no division by zero")),
+    ),
+    errors=(
+        ErrorCase("weight length differs from features",
+                  Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(3, np.float32)}, {"eps": 0.0}),
+                  ValueError),
+    ),
+    mutants=(
+        Mutant("eps_zero_kept", "eps 0 is used as 0 instead of 1e-5", _mutant_eps_zero_kept),
+        Mutant("unbiased_variance", "variance divides by N - 1",
+               lambda lib, a, p, kw: _ln_by_hand(a, {"eps": p["eps"] or 1e-5}, ddof=1)),
+    ),
+    bench=FAST_LAYER_NORM.bench,
+)
+
+RECORDS = (FAST_RMS_NORM, FAST_LAYER_NORM, NN_RMS_NORM, NN_LAYER_NORM)
+

@@ -1,0 +1,328 @@
+"""Records for quantization: ``quantization.quantize`` / ``dequantize`` (bit-exact),
+``quantization.quantized_matmul`` and ``nn.QuantizedLinear`` (and ``Linear.to_quantized``),
+in every mode MLX has: affine (bits 1-8 but 7, groups 32/64/128), nvfp4, mxfp4, mxfp8.
+
+Quantized products are compared with ``x @ dequantize(w).T`` from the SAME packed weights
+(made once by ``mx.quantize`` in ``derive``), never with the float weight.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import torch
+import torch_reference
+from hypothesis import strategies as st
+
+from conformance.dtypes import mlx_to_numpy, to_mlx
+from conformance.record import BenchCase, Case, ErrorCase, Mutant, OpRecord, constant
+from conformance.strategies import arrays, fill
+from conformance.tolerance import EXACT, Tolerance
+
+MODES = ("affine", "nvfp4", "mxfp4", "mxfp8")
+AFFINE_BITS = (4, 8, 2, 3, 5, 6, 1)
+AFFINE_GROUPS = (64, 32, 128)
+FP_FORMATS = {"nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}
+WEIGHT_PROFILES = ("normal", "ints", "mixed", "tiny", "large")
+
+
+@st.composite
+def _format(draw, mode):
+    if mode == "affine":
+        bits = draw(st.sampled_from(AFFINE_BITS), label="bits")
+        group = draw(st.sampled_from(AFFINE_GROUPS), label="group_size")
+        return group, bits
+    return FP_FORMATS[mode]
+
+
+@st.composite
+def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16)):
+    group, bits = draw(_format(mode))
+    groups = draw(st.sampled_from((1, 2, 3)), label="groups_per_row")
+    n = draw(st.sampled_from(n_choices), label="out_features")
+    w = draw(arrays((n, group * groups), dtype, profiles=WEIGHT_PROFILES, headroom=64.0, label="weight"))
+    shape_rows = draw(st.sampled_from(("as drawn", "constant row", "negative-dominant", "zero row")),
+                      label="row_shape")
+    if shape_rows == "constant row":
+        w[0] = w[0, 0]
+    elif shape_rows == "negative-dominant":
+        w[0] = -np.abs(w[0]) * 2 + np.abs(w[0]).max()
+    elif shape_rows == "zero row":
+        w[0] = 0
+    return w, {"group_size": group, "bits": bits, "mode": mode}
+
+
+def _fmt(p):
+    return {"group_size": p["group_size"], "bits": p["bits"], "mode": p["mode"]}
+
+
+# ---- quantize / dequantize ----------------------------------------------------------
+
+def _quantize_call(lib, a, p, kw):
+    # quantize is discrete: the torch twin has no float64 variant of it; precision is ignored.
+    return lib.quantization.quantize(a["weight"], **_fmt(p))
+
+
+@st.composite
+def _quantize_cases(draw, dtype, mode):
+    w, params = draw(_weight(dtype, mode))
+    return Case({"weight": w}, params)
+
+
+def _mutant_scales_via_bfloat16(lib, a, p, kw):
+    wq, s, b = mx_quantize(a["weight"], p)
+    return wq, s.astype(mx.bfloat16).astype(s.dtype), b
+
+
+def _mutant_byteswapped_words(lib, a, p, kw):
+    wq, s, b = mx_quantize(a["weight"], p)
+    swapped = wq.view(mx.uint8).reshape(*wq.shape, 4)[..., ::-1].reshape(*wq.shape[:-1], -1).view(mx.uint32)
+    return swapped, s, b
+
+
+def _mutant_fp_sign_dropped(lib, a, p, kw):
+    wq, s, b = mx_quantize(a["weight"], p)
+    return wq & mx.array(0x77777777, dtype=mx.uint32), s, b
+
+
+def mx_quantize(w, p):
+    """``mx.quantize`` with biases normalised to None for the fp modes."""
+    out = mx.quantize(w, **_fmt(p))
+    return out[0], out[1], (out[2] if len(out) > 2 else None)
+
+
+QUANTIZE = OpRecord(
+    name="quantization.quantize",
+    api=("quantization.quantize",),
+    call=_quantize_call,
+    cases=_quantize_cases,
+    modes=MODES,
+    tolerance=constant(EXACT),
+    errors=(
+        ErrorCase("unknown mode", Case({"weight": np.ones((2, 64), np.float32)},
+                                       {"group_size": 64, "bits": 4, "mode": "int4"}), ValueError),
+        ErrorCase("affine bits 7", Case({"weight": np.ones((2, 64), np.float32)},
+                                        {"group_size": 64, "bits": 7, "mode": "affine"}), ValueError),
+        ErrorCase("nvfp4 with group 32", Case({"weight": np.ones((2, 64), np.float32)},
+                                              {"group_size": 32, "bits": 4, "mode": "nvfp4"}), ValueError),
+        ErrorCase("in-features not divisible by the group",
+                  Case({"weight": np.ones((2, 48), np.float32)}, {"group_size": 32, "bits": 4, "mode": "affine"}),
+                  ValueError),
+    ),
+    mutants=(
+        Mutant("scales_via_bfloat16", "scales rounded through bfloat16", _mutant_scales_via_bfloat16,
+               mode="affine"),
+        Mutant("byteswapped_words", "packed words stored big-endian", _mutant_byteswapped_words,
+               mode="affine"),
+        Mutant("fp_sign_dropped", "FP4 sign bits cleared", _mutant_fp_sign_dropped, mode="nvfp4"),
+    ),
+    bench=(
+        BenchCase("prefill", lambda: Case({"weight": fill((4096, 4096), "normal", "float32", 0)},
+                                          {"group_size": 64, "bits": 4, "mode": "affine"}), mode="affine",
+                  note="quantize one 4096 x 4096 projection"),
+    ),
+)
+
+
+def _derive_packed(arrays_in, params, dtype):
+    """Pack the rounded float weight once with MLX so both libraries read the same codes."""
+    wq, scales, biases = mx_quantize(to_mlx(arrays_in["weight"], dtype), params)
+    out = {"wq": mlx_to_numpy(wq), "scales": mlx_to_numpy(scales)}
+    if biases is not None:
+        out["qbiases"] = mlx_to_numpy(biases)
+    return out
+
+
+def _dequantize_call(lib, a, p, kw):
+    return lib.quantization.dequantize(a["wq"], a["scales"], a.get("qbiases"), **_fmt(p), **kw)
+
+
+def _mutant_single_rounding(lib, a, p, kw):
+    s = a["scales"]
+    b = a.get("qbiases")
+    wide = mx.dequantize(a["wq"], s.astype(mx.float32), None if b is None else b.astype(mx.float32), **_fmt(p))
+    return wide.astype(s.dtype)
+
+
+def _mutant_fp_float32_output(lib, a, p, kw):
+    return mx.dequantize(a["wq"], a["scales"], **_fmt(p), dtype=mx.float32)
+
+
+DEQUANTIZE = OpRecord(
+    name="quantization.dequantize",
+    api=("quantization.dequantize",),
+    call=_dequantize_call,
+    cases=_quantize_cases,
+    derive=_derive_packed,
+    modes=MODES,
+    tolerance=constant(Tolerance(
+        reason="Dequantize has fixed rounding points (SEMANTICS.md): the peer reproduces them, "
+               "so MLX must be bit-identical.", exact=True)),
+    errors=(
+        ErrorCase("biases with an fp mode",
+                  Case({"wq": np.zeros((2, 8), np.uint32), "scales": np.zeros((2, 4), np.uint8),
+                        "qbiases": np.zeros((2, 4), np.float32)},
+                       {"group_size": 16, "bits": 4, "mode": "nvfp4"}), ValueError),
+        ErrorCase("scales of the wrong shape",
+                  Case({"wq": np.zeros((2, 8), np.uint32), "scales": np.zeros((2, 3), np.float32),
+                        "qbiases": np.zeros((2, 3), np.float32)},
+                       {"group_size": 32, "bits": 4, "mode": "affine"}), ValueError),
+    ),
+    mutants=(
+        Mutant("single_rounding", "q*scale + bias rounded once (FMA-like)", _mutant_single_rounding,
+               mode="affine", dtype="bfloat16"),
+        Mutant("fp_float32_output", "fp modes return float32, not bfloat16", _mutant_fp_float32_output,
+               mode="mxfp8"),
+    ),
+)
+
+
+# ---- quantized_matmul and QuantizedLinear -------------------------------------------
+
+def _qmm_terms(arrays_in, params) -> int:
+    """Products per output (K) plus one partial sum per group and the final rounding."""
+    k = arrays_in["x"].shape[-1]
+    return k + k // params["group_size"] + 2
+
+
+def _qmm_magnitude(arrays_in, params) -> np.ndarray:
+    """``|x| @ (|q * scale| + |zero-point bias|).T`` in float64: the magnitudes a
+    factored kernel (sum of x*q times scale, plus sum of x times bias) accumulates."""
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays_in.items()}
+    zero = None if "qbiases" not in t else torch.zeros_like(t["qbiases"])
+    qs = torch_reference.quantization.dequantize(t["wq"], t["scales"], zero, **_fmt(params),
+                                                 precision="float64")
+    w_mag = qs.abs().numpy()
+    if "qbiases" in arrays_in:
+        w_mag = w_mag + np.repeat(np.abs(arrays_in["qbiases"]), params["group_size"], axis=-1)
+    return np.abs(arrays_in["x"]) @ w_mag.T
+
+
+def _qmm_tolerance(backend: str, dtype: str) -> Tolerance:
+    if backend == "cpu" and dtype != "float32":
+        return Tolerance(
+            reason=(
+                "MLX's CPU quantized matmul accumulates float16/bfloat16 products in the input "
+                "dtype, rounding every step (SEMANTICS.md; Metal and NEON accumulate in float32). "
+                "The bound admits Higham's worst case for that summation, "
+                "gamma_K * |x| @ (|q*s| + |b|).T, on top of 2x the peer's error + 2 ulp."
+            ),
+            accumulation_terms=_qmm_terms,
+        )
+    return Tolerance(
+        reason="x @ dequantize(w).T from identical packed weights; float32 accumulation in both "
+               "libraries, so 2x the peer's error + 2 ulp.",
+    )
+
+
+@st.composite
+def _qmm_cases(draw, dtype, mode):
+    w, params = draw(_weight(dtype, mode))
+    lead = draw(st.sampled_from(((1,), (3,), (2, 3))), label="batch")
+    x = draw(arrays((*lead, w.shape[1]), dtype, profiles=("normal", "ints", "mixed"), label="x"))
+    found = {"x": x, "weight": w}
+    if draw(st.booleans(), label="has_bias"):
+        found["bias"] = draw(arrays((w.shape[0],), dtype, profiles=("normal",), label="bias"))
+    return Case(found, params)
+
+
+def _qmm_call(lib, a, p, kw):
+    return lib.quantization.quantized_matmul(a["x"], a["wq"], a["scales"], a.get("qbiases"), transpose=True,
+                                             **_fmt(p), **kw)
+
+
+def _mutant_zero_point_ignored(lib, a, p, kw):
+    b = a.get("qbiases")
+    w = mx.dequantize(a["wq"], a["scales"], None if b is None else mx.zeros_like(b), **_fmt(p))
+    return a["x"] @ w.T
+
+
+def _mutant_next_group_scales(lib, a, p, kw):
+    w = mx.dequantize(a["wq"], mx.roll(a["scales"], 1, axis=-1), a.get("qbiases"), **_fmt(p))
+    return a["x"] @ w.T
+
+
+QUANTIZED_MATMUL = OpRecord(
+    name="quantization.quantized_matmul",
+    api=("quantization.quantized_matmul",),
+    call=_qmm_call,
+    cases=_qmm_cases,
+    derive=_derive_packed,
+    magnitude=_qmm_magnitude,
+    modes=MODES,
+    tolerance=_qmm_tolerance,
+    errors=(
+        ErrorCase("x width differs from in-features",
+                  Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 8), np.uint32),
+                        "scales": np.ones((2, 1), np.float32), "qbiases": np.zeros((2, 1), np.float32)},
+                       {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
+    ),
+    mutants=(
+        Mutant("zero_point_ignored", "affine biases dropped", _mutant_zero_point_ignored, mode="affine"),
+        Mutant("next_group_scales", "each group reads its neighbour's scale", _mutant_next_group_scales,
+               mode="mxfp4"),
+    ),
+    bench=tuple(
+        BenchCase(f"{shape}-{mode}", (lambda m=m, mode=mode: _bench_qmm(m, 4096, 4096, mode)), mode=mode,
+                  note=f"{'decode M = 1' if m == 1 else f'prefill M = {m}'}, 4096 x 4096")
+        for shape, m in (("decode", 1), ("prefill", 512))
+        for mode in MODES
+    ),
+)
+
+
+def _bench_qmm(m: int, k: int, n: int, mode: str) -> Case:
+    group, bits = (64, 4) if mode == "affine" else FP_FORMATS[mode]
+    return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1)},
+                {"group_size": group, "bits": bits, "mode": mode})
+
+
+def _qlinear_call(lib, a, p, kw):
+    if p.get("via") == "to_quantized":
+        layer = lib.nn.Linear(a["weight"], a.get("bias")).to_quantized(**_fmt(p))
+    else:
+        layer = lib.nn.QuantizedLinear(a["wq"], a["scales"], a.get("qbiases"), a.get("bias"), **_fmt(p))
+    return layer(a["x"], **kw)
+
+
+@st.composite
+def _qlinear_cases(draw, dtype, mode):
+    case = draw(_qmm_cases(dtype, mode))
+    via = draw(st.sampled_from(("constructor", "to_quantized")), label="built_by")
+    return Case(case.arrays, {**case.params, "via": via})
+
+
+def _mutant_dropped_layer_bias(lib, a, p, kw):
+    return mx.quantized_matmul(a["x"], a["wq"], a["scales"], a.get("qbiases"), transpose=True, **_fmt(p))
+
+
+QUANTIZED_LINEAR = OpRecord(
+    name="nn.quantized_linear",
+    api=("nn.QuantizedLinear",),
+    call=_qlinear_call,
+    cases=_qlinear_cases,
+    derive=_derive_packed,
+    magnitude=_qmm_magnitude,
+    modes=MODES,
+    tolerance=lambda backend, dtype: _qmm_tolerance(backend, dtype),
+    errors=(
+        ErrorCase("fp mode given zero-point biases",
+                  Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 4), np.uint32),
+                        "scales": np.zeros((2, 1), np.uint8), "qbiases": np.zeros((2, 1), np.float32)},
+                       {"group_size": 32, "bits": 4, "mode": "mxfp4"}), ValueError),
+        ErrorCase("layer bias of the wrong length",
+                  Case({"x": np.ones((1, 64), np.float32), "wq": np.zeros((2, 8), np.uint32),
+                        "scales": np.ones((2, 1), np.float32), "qbiases": np.zeros((2, 1), np.float32),
+                        "bias": np.zeros(3, np.float32)},
+                       {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
+    ),
+    mutants=(
+        Mutant("dropped_layer_bias", "the layer bias is never added", _mutant_dropped_layer_bias,
+               mode="affine"),
+        Mutant("zero_point_ignored", "affine biases dropped", _mutant_zero_point_ignored, mode="affine"),
+    ),
+    bench=QUANTIZED_MATMUL.bench,
+)
+
+RECORDS = (QUANTIZE, DEQUANTIZE, QUANTIZED_MATMUL, QUANTIZED_LINEAR)
+

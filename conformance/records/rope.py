@@ -1,0 +1,144 @@
+"""Record for ``fast.RoPE`` / ``fast.rope``: rotate-half (GPT-NeoX / Hugging Face Llama)
+and interleaved (``traditional``) pairing, partial dims, scales, bases, int offsets and
+per-row offset arrays, 3-D and 4-D inputs."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.strategies import SEQ_LENS, arrays, fill
+from conformance.tolerance import Tolerance
+
+MODES = ("rotate_half", "interleaved")
+
+
+def _rope_call(lib, a, p, kw):
+    offset = a["offset"] if "offset" in a else p["offset"]
+    traditional = p["mode"] == "interleaved"
+    if p["form"] == "function":
+        return lib.fast.rope(a["x"], p["dims"], traditional=traditional, base=p["base"], scale=p["scale"],
+                             offset=offset, **kw)
+    layer = lib.fast.RoPE(p["dims"], traditional=traditional, base=p["base"], scale=p["scale"])
+    return layer(a["x"], offset=offset, **kw)
+
+
+@st.composite
+def _rope_cases(draw, dtype, mode):
+    d = draw(st.sampled_from((2, 8, 64, 80, 128)), label="head_dim")
+    dims = draw(st.sampled_from(sorted({d, max(2, d // 2), 2})), label="rotated_dims")
+    b = draw(st.sampled_from((1, 2, 3)), label="batch")
+    t = draw(st.sampled_from(SEQ_LENS), label="seq")
+    shape = (b, t, d) if draw(st.booleans(), label="3-D") else (b, draw(st.sampled_from((1, 4)), label="heads"), t, d)
+    found = {"x": draw(arrays(shape, dtype, profiles=("normal", "ints", "mixed", "special"), label="x"))}
+    params = {
+        "mode": mode,
+        "dims": dims,
+        "base": draw(st.sampled_from((10000.0, 500000.0, 1e6, 10.0)), label="base"),
+        "scale": draw(st.sampled_from((1.0, 0.5, 0.125, 2.0)), label="scale"),
+        "form": draw(st.sampled_from(("layer", "function")), label="form"),
+        "offset": 0,
+    }
+    kind = draw(st.sampled_from(("int", "per_row")), label="offset_kind")
+    if kind == "int":
+        params["offset"] = draw(st.sampled_from((0, 1, 17, 4096)), label="offset")
+    else:
+        seed = draw(st.integers(0, 2**32 - 1), label="offset_seed")
+        found["offset"] = np.random.default_rng(seed).integers(0, 5000, (b,)).astype(np.int32)
+    return Case(found, params)
+
+
+def _rope_by_hand(a, p, *, flip_pairing=False, ignore_offset=False, rotate_all=False, freq_power=2.0):
+    """Plain-op RoPE in float32 with one planted deviation (for the mutants)."""
+    x = a["x"]
+    d = x.shape[-1]
+    dims = d if rotate_all else p["dims"]
+    t = x.shape[-2]
+    offset = a["offset"] if "offset" in a else mx.array(p["offset"])
+    if ignore_offset:
+        offset = mx.zeros_like(offset)
+    pos = mx.arange(t, dtype=mx.float32)
+    pos = (offset.astype(mx.float32).reshape(-1, *([1] * (x.ndim - 1))) if offset.ndim else offset) + \
+        pos.reshape(t, 1)
+    inv = mx.power(p["base"], -freq_power * mx.arange(dims // 2, dtype=mx.float32) / dims)
+    angle = pos * p["scale"] * inv
+    cos, sin = mx.cos(angle), mx.sin(angle)
+    xf = x.astype(mx.float32)
+    rot, rest = xf[..., :dims], xf[..., dims:]
+    interleaved = (p["mode"] == "interleaved") != flip_pairing
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        y1, y2 = x1 * cos - x2 * sin, x1 * sin + x2 * cos
+        rot = mx.stack([y1, y2], axis=-1).reshape(rot.shape)
+    else:
+        x1, x2 = rot[..., : dims // 2], rot[..., dims // 2:]
+        rot = mx.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return mx.concatenate([rot, rest], axis=-1).astype(x.dtype)
+
+
+_ROPE_TOLERANCE = Tolerance(
+    reason=(
+        "Angles, cos and sin are computed in float32 by both libraries (then cast to the "
+        "input dtype); at large positions the float32 angle carries most of the error, which "
+        "the peer shares, so MLX may differ from the oracle by at most 2x the peer's error "
+        "+ 2 ulp."
+    ),
+)
+
+ROPE = OpRecord(
+    name="fast.rope",
+    api=("fast.RoPE", "fast.rope"),
+    call=_rope_call,
+    cases=_rope_cases,
+    modes=MODES,
+    tolerance=constant(_ROPE_TOLERANCE),
+    edge_cases=(
+        EdgeCase(Case({"x": np.arange(8, dtype=np.float32).reshape(1, 1, 8)},
+                      {"mode": "rotate_half", "dims": 8, "base": 10000.0, "scale": 1.0, "form": "layer",
+                       "offset": 0}, label="position 0 is the identity"), mode="rotate_half"),
+        EdgeCase(Case({"x": np.arange(8, dtype=np.float32).reshape(1, 2, 4)},
+                      {"mode": "interleaved", "dims": 2, "base": 10000.0, "scale": 1.0, "form": "function",
+                       "offset": 5}, label="features past dims pass through"), mode="interleaved"),
+    ),
+    errors=tuple(
+        ErrorCase(name, Case({"x": np.ones(shape, np.float32)},
+                             {"mode": "rotate_half", "dims": dims, "base": 10000.0, "scale": 1.0,
+                              "form": "layer", "offset": offset}), exc)
+        for name, shape, dims, offset, exc in (
+            ("odd dims", (1, 2, 8), 3, 0, ValueError),
+            ("dims above the head dim", (1, 2, 8), 16, 0, ValueError),
+            ("2-D input", (2, 8), 8, 0, ValueError),
+            ("float offset", (1, 2, 8), 8, 1.5, TypeError),
+            ("negative offset", (1, 2, 8), 8, -1, ValueError),
+        )
+    ) + (
+        ErrorCase("per-row offsets of the wrong length",
+                  Case({"x": np.ones((2, 3, 8), np.float32), "offset": np.array([1, 2, 3], np.int32)},
+                       {"mode": "rotate_half", "dims": 8, "base": 10000.0, "scale": 1.0, "form": "layer",
+                        "offset": 0}), ValueError),
+    ),
+    mutants=(
+        Mutant("flipped_pairing", "pairs (2i, 2i+1) and (i, i + dims/2) swapped",
+               lambda lib, a, p, kw: _rope_by_hand(a, p, flip_pairing=True), mode="rotate_half"),
+        Mutant("offset_ignored", "positions start at 0 whatever the offset",
+               lambda lib, a, p, kw: _rope_by_hand(a, p, ignore_offset=True), mode="interleaved"),
+        Mutant("rotates_every_feature", "features past dims are rotated too",
+               lambda lib, a, p, kw: _rope_by_hand(a, p, rotate_all=True), mode="rotate_half"),
+        Mutant("frequency_exponent", "base^(-i/dims) instead of base^(-2i/dims)",
+               lambda lib, a, p, kw: _rope_by_hand(a, p, freq_power=1.0), mode="interleaved"),
+    ),
+    bench=(
+        BenchCase("decode", lambda: Case({"x": fill((1, 32, 1, 128), "normal", "float32", 0)},
+                                         {"mode": "rotate_half", "dims": 128, "base": 500000.0, "scale": 1.0,
+                                          "form": "layer", "offset": 2047}), mode="rotate_half",
+                  note="one token, 32 heads x 128, offset 2047"),
+        BenchCase("prefill", lambda: Case({"x": fill((1, 32, 2048, 128), "normal", "float32", 0)},
+                                          {"mode": "rotate_half", "dims": 128, "base": 500000.0, "scale": 1.0,
+                                           "form": "layer", "offset": 0}), mode="rotate_half",
+                  note="2048 tokens, 32 heads x 128"),
+    ),
+)
+
+RECORDS = (ROPE,)

@@ -1,0 +1,43 @@
+"""THE registry: one record per op or layer of ``mlx_impl``.
+
+Conformance tests, error tests, mutation meta-tests, benchmarks and reports all read
+``REGISTRY``. To find an op's pieces: its record (``conformance/records/<family>.py``)
+names the MLX code and the reference (by the shared public name in ``api``), its
+Hypothesis strategy (``cases``), its tolerance and the reason for it, its edge cases,
+error cases, mutants and benchmark shapes. Adding an op is adding a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from conformance.record import OpRecord
+from conformance.records import attention, gather, linear, norms, quantized, rope
+
+REGISTRY: dict[str, OpRecord] = {
+    record.name: record
+    for family in (linear, quantized, norms, gather, attention, rope)
+    for record in family.RECORDS
+}
+
+NOT_OPS: dict[str, str] = {
+    "nn.Layer": "a typing Protocol, not an op (tests/test_protocols.py)",
+    "nn.LinearLayer": "a typing Protocol, not an op (tests/test_protocols.py)",
+    "quantization.QUANT_MODES": "a constant naming the modes the records iterate",
+    "quantization.check_quantization": "a validator; its refusals are the records' error cases",
+    "quantization.quantization_for_label": "maps Ollama checkpoint labels to formats (tests/test_quantization.py)",
+}
+"""Public names of ``mlx_impl`` that are deliberately not conformance records, and why."""
+
+
+def cells() -> Iterator[tuple[OpRecord, str, str]]:
+    """Every (record, dtype, mode) cell of the conformance matrix."""
+    for record in REGISTRY.values():
+        for mode in record.modes:
+            for dtype in record.dtypes:
+                yield record, dtype, mode
+
+
+def covered_api() -> set[str]:
+    """The public names the records cover."""
+    return {name for record in REGISTRY.values() for name in record.api}

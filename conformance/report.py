@@ -1,0 +1,205 @@
+"""The conformance report: one JSON (a header per run, the cells, divergences, mutants,
+error cases), rendered as Markdown and as one self-contained HTML page; JSON files from
+several machines (CPU, CUDA, Metal) merge into one matrix.
+
+``python -m conformance merge a.json b.json --out DIR`` merges; ``run`` writes a report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from conformance.results import ULP_BINS, write_json_atomic, write_text_atomic
+
+SCHEMA = "mlx-conformance-report/1"
+
+
+class ReportError(ValueError):
+    """A report file that cannot be read: missing, corrupt, or of another schema."""
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read a report JSON, refusing corrupt files and foreign schemas with a clear message."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"[report] {path}: no such file.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"[report] {path}: not valid JSON ({exc}); was the run interrupted?") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ReportError(f"[report] {path}: expected schema {SCHEMA!r} but found {found!r}.")
+    return data
+
+
+def merge(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate runs; every cell, divergence, mutant and error entry keeps its run index."""
+    merged: dict[str, Any] = {"schema": SCHEMA, "runs": [], "cells": [], "divergences": [],
+                              "mutants": [], "errors": [], "crashes": []}
+    for report in reports:
+        offset = len(merged["runs"])
+        merged["runs"].extend(report["runs"])
+        for section in ("cells", "divergences", "mutants", "errors", "crashes"):
+            for entry in report.get(section, []):
+                merged[section].append({**entry, "run": entry.get("run", 0) + offset})
+    return merged
+
+
+def _run_label(run: dict[str, Any]) -> str:
+    return f"{run.get('backend', '?')} ({run.get('device', '?')})"
+
+
+def summary(report: dict[str, Any]) -> dict[str, int]:
+    """Counts: cells, cells failed, examples run, mutants killed/total, crashes."""
+    cells = report["cells"]
+    return {
+        "cells": len(cells),
+        "cells_failed": sum(c["status"] != "pass" for c in cells),
+        "examples": sum(c["examples"] for c in cells),
+        "edge_cases": sum(c["edge_cases"] for c in cells),
+        "mutants": len(report.get("mutants", [])),
+        "mutants_killed": sum(m["killed"] for m in report.get("mutants", [])),
+        "error_cases": len(report.get("errors", [])),
+        "error_cases_failed": sum(not e["ok"] for e in report.get("errors", [])),
+        "crashes": len(report.get("crashes", [])),
+    }
+
+
+def _matrix(report: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[int, str]], dict]:
+    rows = sorted({(c["op"], c["mode"]) for c in report["cells"]})
+    cols = sorted({(c.get("run", 0), c["dtype"]) for c in report["cells"]},
+                  key=lambda rc: (rc[0], ["float32", "float16", "bfloat16"].index(rc[1])
+                                  if rc[1] in ("float32", "float16", "bfloat16") else 9))
+    index = {(c["op"], c["mode"], c.get("run", 0), c["dtype"]): c for c in report["cells"]}
+    return rows, cols, index
+
+
+def _cell_text(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "-"
+    mark = "PASS" if cell["status"] == "pass" else cell["status"].upper()
+    return (f"{mark} {cell['examples']}+{cell['edge_cases']} "
+            f"{cell['mlx']['max_ulp']:.3g}/{cell['peer']['max_ulp']:.3g}")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: header, summary, matrix, divergences, mutants, failures."""
+    s = summary(report)
+    out = ["# MLX conformance report", ""]
+    for i, run in enumerate(report["runs"]):
+        out.append(f"- run {i}: " + ", ".join(f"{k} `{v}`" for k, v in sorted(run.items()) if not isinstance(v, dict)))
+    out += [
+        "",
+        f"**{s['cells'] - s['cells_failed']} / {s['cells']} cells conform** "
+        f"({s['examples']} Hypothesis examples, {s['edge_cases']} fixed edge cases); "
+        f"mutants killed {s['mutants_killed']} / {s['mutants']}; error cases refused by both libraries "
+        f"{s['error_cases'] - s['error_cases_failed']} / {s['error_cases']}; crashes {s['crashes']}.",
+        "",
+        "Each cell: status, examples + edge cases, worst MLX error / worst PyTorch error, "
+        "both in output ulps against the float64 oracle.",
+        "",
+    ]
+    rows, cols, index = _matrix(report)
+    out.append("| op | mode | " + " | ".join(f"{d} [{r}]" for r, d in cols) + " |")
+    out.append("|---|---|" + "---|" * len(cols))
+    for op, mode in rows:
+        out.append(f"| {op} | {mode} | " + " | ".join(_cell_text(index.get((op, mode, r, d))) for r, d in cols) + " |")
+    failed = [c for c in report["cells"] if c["status"] != "pass"]
+    if failed:
+        out += ["", "## Failures", ""]
+        for c in failed:
+            out += [f"### {c['op']} [{c['dtype']}, {c['mode']}] (run {c.get('run', 0)})", "", "```",
+                    c["first_failure"], "```", "", f"Reproduce: `{c['reproduce']}`", ""]
+    if report.get("crashes"):
+        out += ["", "## Crashes", ""]
+        out += [f"- run {c.get('run', 0)}: `{c['test']}`: {c['detail']}" for c in report["crashes"]]
+    if report.get("divergences"):
+        out += ["", "## Expected divergences (MLX's, not mlx_impl's)", "",
+                "| op | name | dtype | reason | reference | still diverges | input |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {d['op']} | {d['name']} | {d['dtype']} | {d['reason']} | {d['reference']} | "
+                f"{d['still_diverges']} | `{d['input']}` |" for d in report["divergences"]]
+    if report.get("mutants"):
+        out += ["", "## Mutation meta-tests (planted bugs the harness must flag)", "",
+                "| op | mutant | bug | killed | examples tried |", "|---|---|---|---|---|"]
+        out += [f"| {m['op']} | {m['mutant']} | {m['bug']} | {'yes' if m['killed'] else '**NO**'} | "
+                f"{m['examples_tried']} |" for m in report["mutants"]]
+    return "\n".join(out) + "\n"
+
+
+def _histogram_svg(counts: list[int]) -> str:
+    total = max(sum(counts), 1)
+    width, height, bar = 180, 40, 180 // len(counts)
+    bars = []
+    for i, count in enumerate(counts):
+        h = 0 if count == 0 else max(1, round(height * count / total))
+        lo, hi = ULP_BINS[i], ULP_BINS[i + 1]
+        bars.append(f'<rect x="{i * bar}" y="{height - h}" width="{bar - 2}" height="{h}">'
+                    f"<title>[{lo:g}, {hi:g}) ulp: {count}</title></rect>")
+    return f'<svg width="{width}" height="{height}" role="img">{"".join(bars)}</svg>'
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """One self-contained page (inline CSS and SVG, no scripts, no network)."""
+    esc = html.escape
+    s = summary(report)
+    rows, cols, index = _matrix(report)
+    head = "".join(f"<th>{esc(d)}<br><small>{esc(_run_label(report['runs'][r]))}</small></th>" for r, d in cols)
+    body = []
+    for op, mode in rows:
+        tds = []
+        for r, d in cols:
+            c = index.get((op, mode, r, d))
+            if c is None:
+                tds.append("<td>-</td>")
+                continue
+            cls = "pass" if c["status"] == "pass" else "fail"
+            tds.append(
+                f'<td class="{cls}"><b>{esc(c["status"].upper())}</b> {c["examples"]}+{c["edge_cases"]}<br>'
+                f'MLX {c["mlx"]["max_ulp"]:.3g} ulp / PyTorch {c["peer"]["max_ulp"]:.3g} ulp<br>'
+                f'{_histogram_svg(c["ulp_histogram"])}</td>'
+            )
+        body.append(f"<tr><th>{esc(op)}</th><td>{esc(mode)}</td>{''.join(tds)}</tr>")
+    runs = "".join(
+        "<li>" + esc(", ".join(f"{k}: {v}" for k, v in sorted(run.items()) if not isinstance(v, dict))) + "</li>"
+        for run in report["runs"]
+    )
+    sections = [f"<pre>{esc(render_markdown(report).split('## Failures', 1)[1])}</pre>"] if any(
+        c["status"] != "pass" for c in report["cells"]) else []
+    mutants = "".join(
+        f"<tr><td>{esc(m['op'])}</td><td>{esc(m['mutant'])}</td><td>{esc(m['bug'])}</td>"
+        f"<td class=\"{'pass' if m['killed'] else 'fail'}\">{'killed' if m['killed'] else 'SURVIVED'}</td>"
+        f"<td>{m['examples_tried']}</td></tr>" for m in report.get("mutants", [])
+    )
+    divergences = "".join(
+        f"<tr><td>{esc(d['op'])}</td><td>{esc(d['name'])}</td><td>{esc(d['reason'])}</td>"
+        f"<td><code>{esc(d['input'])}</code></td></tr>" for d in report.get("divergences", [])
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>MLX conformance</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px;vertical-align:top}}.pass{{background:#e8f6e8}}
+.fail{{background:#fbe3e3}}rect{{fill:#4a78b5}}small{{color:#555}}</style></head><body>
+<h1>MLX conformance report</h1><ul>{runs}</ul>
+<p><b>{s['cells'] - s['cells_failed']} / {s['cells']} cells conform</b>; {s['examples']} examples,
+{s['edge_cases']} edge cases; mutants killed {s['mutants_killed']} / {s['mutants']};
+error cases {s['error_cases'] - s['error_cases_failed']} / {s['error_cases']}; crashes {s['crashes']}.</p>
+<p>Each cell: examples + edge cases, worst error of MLX and of PyTorch against the float64 oracle in output
+ulps, and the distribution of MLX's per-element error in ulps (bins {', '.join(f'{b:g}' for b in ULP_BINS)}).</p>
+<table><tr><th>op</th><th>mode</th>{head}</tr>{''.join(body)}</table>
+{''.join(sections)}
+<h2>Expected divergences</h2><table><tr><th>op</th><th>name</th><th>reason</th><th>reproducer</th></tr>
+{divergences}</table>
+<h2>Mutation meta-tests</h2><table><tr><th>op</th><th>mutant</th><th>bug</th><th>result</th><th>tries</th></tr>
+{mutants}</table></body></html>
+"""
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """Write ``conformance.json``, ``report.md`` and ``report.html`` atomically."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "conformance.json", report)
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
+    write_text_atomic(out_dir / "report.html", render_html(report))

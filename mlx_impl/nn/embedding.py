@@ -1,0 +1,129 @@
+"""Token embedding: rows of a table picked by integer indices (Ollama ``nn.Embedding``).
+
+The original is ``mx.take(weight, indices, axis=0)``. ``mx.take`` does NOT check bounds
+(SEMANTICS.md, mlx #594): an index outside ``[-n, n)`` reads whatever memory lies there or
+crashes the process, and a negative index inside ``[-n, 0)`` silently wraps. This layer
+therefore never hands MLX an index it has not either checked or clamped, unless the caller
+explicitly says the indices are trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import mlx.core as mx
+import mlx.nn
+import numpy as np
+
+from mlx_impl._errors import index_error, type_error, value_error
+
+IndexPolicy = Literal["check", "clip", "trusted"]
+INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
+
+
+class Embedding(mlx.nn.Module):
+    """Look up rows: ``y[...] = weight[indices[...]]`` via ``mx.take(weight, indices, axis=0)``.
+
+    The contract: valid indices are ``[0, num_embeddings)``. Negative indices are NOT
+    Python-style "from the end" indices here; they are out of range.
+
+    Args:
+        weight: ``[n, d]`` floating table.
+        index_policy: what to do about indices outside ``[0, n)``:
+
+            - ``"check"`` (default): before the lookup, reduce the indices to their min and
+              max and bring those two numbers to the host; any index outside ``[0, n)``
+              raises ``IndexError`` naming the first offending value (row-major order), its
+              position and ``n``. This FORCES EVALUATION of the indices (one device sync per
+              call), which is the price of memory safety; use ``"clip"`` or ``"trusted"`` on a
+              hot path where that matters.
+            - ``"clip"``: clamp every index into ``[0, n - 1]`` on the device, without a
+              sync (an out-of-range token silently becomes the first or last row).
+            - ``"trusted"``: no check and no clamp; the caller GUARANTEES that every index is
+              in ``[0, n)``. An out-of-range index is undefined behaviour: MLX reads
+              arbitrary memory (wrong rows, or other data) or crashes the process.
+
+    Shape:
+        ``indices: [...]`` (any shape, including 0-D and empty) ``-> [..., d]``.
+
+    Dtypes:
+        Any integer index dtype (signed or unsigned, 8 to 64 bits); float and bool indices
+        raise ``TypeError``. The output has ``weight``'s dtype and its rows bit-exactly.
+
+    Raises:
+        TypeError: non-array or non-floating ``weight``; non-array or non-integer ``indices``.
+        ValueError: ``weight`` not 2-D; unknown ``index_policy``.
+        IndexError: (``"check"`` only) an index outside ``[0, n)``.
+
+    Example:
+        >>> import mlx.core as mx
+        >>> table = mx.array([[0.0, 0.5], [1.0, 1.5], [2.0, 2.5]])
+        >>> Embedding(table)(mx.array([2, 0]))
+        array([[2, 2.5],
+               [0, 0.5]], dtype=float32)
+    """
+
+    def __init__(self, weight: mx.array, *, index_policy: IndexPolicy = "check") -> None:
+        super().__init__()
+        if not isinstance(weight, mx.array):
+            raise type_error("Embedding", f"weight must be an mx.array but got {type(weight).__name__}.")
+        if weight.ndim != 2:
+            raise value_error("Embedding", f"weight must be 2-D [n, d] but got shape {weight.shape}.")
+        if not mx.issubdtype(weight.dtype, mx.floating):
+            raise type_error("Embedding", f"weight must have a floating dtype but got {weight.dtype}.")
+        if index_policy not in INDEX_POLICIES:
+            raise value_error(
+                "Embedding", f"index_policy must be one of {INDEX_POLICIES} but got {index_policy!r}."
+            )
+        self.weight = weight
+        self.index_policy = index_policy
+
+    @property
+    def num_embeddings(self) -> int:
+        """Number of rows ``n``; valid indices are ``[0, n)``."""
+        return int(self.weight.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        """Row width ``d``."""
+        return int(self.weight.shape[1])
+
+    def __call__(self, indices: mx.array) -> mx.array:
+        """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
+        if not isinstance(indices, mx.array):
+            raise type_error("Embedding", f"indices must be an mx.array but got {type(indices).__name__}.")
+        # mx.integer covers int8..int64 and uint8..uint64, not bool.
+        if not mx.issubdtype(indices.dtype, mx.integer):
+            raise type_error(
+                "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
+            )
+        n = self.num_embeddings
+        if self.index_policy == "check":
+            self._check_in_range(indices, n)
+        elif self.index_policy == "clip":
+            # Clamping with a bound the index dtype cannot hold raises in MLX (int8 vs 31999);
+            # such a bound is never reached anyway, so cap it at the dtype's max.
+            high = min(n - 1, int(mx.iinfo(indices.dtype).max))
+            indices = mx.clip(indices, 0, high)
+        return mx.take(self.weight, indices, axis=0)
+
+    @staticmethod
+    def _check_in_range(indices: mx.array, n: int) -> None:
+        """Raise ``IndexError`` unless every index is in ``[0, n)``; syncs once with the host."""
+        if indices.size == 0:
+            return  # nothing to look up; mx.min of an empty array raises
+        low, high = mx.min(indices), mx.max(indices)
+        mx.eval(low, high)  # one sync for both reductions
+        if int(low.item()) >= 0 and int(high.item()) < n:
+            return
+        # Failure path only: locate the first offending index in row-major order on the host.
+        values = np.array(indices)
+        bad = (values < 0) | (values >= n)
+        flat = int(np.argmax(bad.reshape(-1)))
+        position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
+        value = int(values.reshape(-1)[flat])
+        raise index_error(
+            "Embedding",
+            f"index {value} at position {position} is out of range [0, {n}) "
+            f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
+        )

@@ -1,0 +1,78 @@
+"""Sessions: ``tests`` (unit, harness meta-tests, fuzz), ``conformance`` (the main job:
+the full registry under a Hypothesis profile, writing ``reports/conformance/``),
+``lint`` (ruff), ``typecheck`` (mypy), ``bench`` / ``bench_compare`` / ``bench_smoke``
+(performance baselines).
+
+Torch: the project accepts any recent torch (pyproject.toml), but these sessions install
+``TORCH_SPEC`` first (default ``torch==2.13.0``, a CPU build on Linux), so a fresh machine
+does not download a multi-GB CUDA build. Override it, e.g. ``TORCH_SPEC=torch nox -s tests``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+
+
+def install_project(session: nox.Session) -> None:
+    """torch first (pinned CPU build), then the project with its dev extras."""
+    session.install(TORCH_SPEC)
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit tests, harness meta-tests and the fuzz test (not the conformance matrix)."""
+    install_project(session)
+    session.run("python", "-m", "pytest", "tests", f"--hypothesis-profile={PROFILE}",
+                "--ignore=tests/test_conformance.py", "--ignore=tests/meta/test_mutants.py",
+                "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", *session.posargs)
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """The conformance matrix, error cases and mutation meta-tests; writes the report."""
+    install_project(session)
+    session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole project."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the three packages."""
+    install_project(session)
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Record a benchmark baseline for this machine's back end."""
+    install_project(session)
+    session.run("python", "-m", "conformance", "bench", "record", *session.posargs)
+
+
+@nox.session
+def bench_compare(session: nox.Session) -> None:
+    """Compare a fresh benchmark run with the stored baseline; fails past the threshold."""
+    install_project(session)
+    session.run("python", "-m", "conformance", "bench", "compare", *session.posargs)
+
+
+@nox.session
+def bench_smoke(session: nox.Session) -> None:
+    """Prove every benchmark executes, at tiny shapes, without timing assertions."""
+    install_project(session)
+    session.run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-disable", *session.posargs)

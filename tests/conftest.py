@@ -1,0 +1,75 @@
+"""Shared pytest set-up: Hypothesis profiles, the conformance collector and its JSON output,
+and MLX's CPU back end configured as the conformance and benchmark runs use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conformance import profiles
+from conformance.results import Collector, write_json_atomic
+
+profiles.register()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance")
+    group.addoption("--conformance-json", default=None,
+                    help="write the conformance cells observed in this session to this JSON file")
+    group.addoption("--conformance-record", action="append", default=[],
+                    help="only run conformance cells of this registry record (repeatable)")
+
+
+_COLLECTOR = Collector()
+
+
+@pytest.fixture(scope="session")
+def collector() -> Collector:
+    """The session's conformance results."""
+    return _COLLECTOR
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = set(config.getoption("--conformance-record"))
+    if not wanted:
+        return
+    keep = []
+    for item in items:
+        record = getattr(item, "callspec", None) and item.callspec.params.get("record")
+        if record is None or getattr(record, "name", None) in wanted:
+            keep.append(item)
+    deselected = [i for i in items if i not in keep]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = keep
+
+
+def _write_partial(config: pytest.Config, running: str | None) -> None:
+    target = config.getoption("--conformance-json")
+    if target:
+        # Rewritten after every test, naming the test about to run: if an MLX kernel kills
+        # the process, the runner still has every earlier result and knows the culprit.
+        write_json_atomic(Path(target), {**_COLLECTOR.as_dict(), "running": running})
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if _CONFIG is not None:
+        _write_partial(_CONFIG, nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if _CONFIG is not None:
+        _write_partial(_CONFIG, None)
+
+
+_CONFIG: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _write_partial(session.config, None)

@@ -1,0 +1,46 @@
+"""Meta-tests: the harness must flag every planted bug. Each mutant replaces the MLX side
+of its record; Hypothesis searches the record's own strategy for an input on which the
+harness reports non-conformance. A mutant that survives means the harness (its strategy
+or its tolerance) cannot see that bug."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import Phase, find, settings
+from hypothesis.errors import NoSuchExample
+
+from conformance.execute import run_case
+from conformance.registry import REGISTRY
+from conformance.results import Collector
+
+MUTANT_BUDGET = 150
+"""Examples Hypothesis may try per mutant before declaring it survived."""
+
+MUTANTS = [(record, mutant) for record in REGISTRY.values() for mutant in record.mutants]
+
+
+@pytest.mark.parametrize(("record", "mutant"), MUTANTS, ids=[f"{r.name}-{m.name}" for r, m in MUTANTS])
+def test_mutant_is_killed(record, mutant, collector: Collector) -> None:
+    tries = 0
+
+    def flagged(case) -> bool:
+        nonlocal tries
+        tries += 1
+        return not run_case(record, case, mutant.dtype, mlx_call=mutant.call).passed
+
+    try:
+        killer = find(
+            record.cases(mutant.dtype, mutant.mode),
+            flagged,
+            settings=settings(max_examples=MUTANT_BUDGET, derandomize=True, database=None, deadline=None,
+                              phases=[Phase.generate]),
+        )
+        evidence = run_case(record, killer, mutant.dtype, mlx_call=mutant.call).message()
+    except NoSuchExample:
+        killer, evidence = None, ""
+    collector.note("mutants", {"op": record.name, "mutant": mutant.name, "bug": mutant.bug,
+                               "dtype": mutant.dtype, "mode": mutant.mode, "killed": killer is not None,
+                               "examples_tried": tries, "evidence": evidence[:2000]})
+    assert killer is not None, (
+        f"mutant '{mutant.name}' of {record.name} ({mutant.bug}) survived {tries} examples"
+    )

@@ -1,0 +1,7 @@
+"""The fast ops of Ollama's ``x/mlxrunner/mlx/fast.go`` (SPEC.md part B)."""
+
+from torch_reference.fast.attention import scaled_dot_product_attention
+from torch_reference.fast.norms import LayerNorm, RMSNorm, layer_norm, rms_norm
+from torch_reference.fast.rope import RoPE, rope
+
+__all__ = ["LayerNorm", "RMSNorm", "RoPE", "layer_norm", "rms_norm", "rope", "scaled_dot_product_attention"]

@@ -1,0 +1,248 @@
+"""Rotary position embedding: PyTorch twin of ``mlx_impl.fast.rope``.
+
+Conventions reproduced (mlx 0.32.4, measured): positions ``(offset + t) * scale`` along axis
+-2; inverse frequencies ``base^(-2i/dims)``; rotate-half pairing ``(i, i + dims/2)`` unless
+``traditional`` (interleaved ``(2i, 2i+1)``); features from ``dims`` on copied bit-exactly;
+per-row offsets index ``x.shape[0]``; array offsets that are not 32-bit are cast to int32.
+
+``precision="native"`` rounding points, as MLX's CPU back end computes them: positions
+``(float32(t) + float32(offset)) * float32(scale)``; ``inv_freq = exp(-i * c)`` in float32
+with ``c = float32(logf(base)) / (dims/2)``; ``theta = pos * inv_freq`` in float32; cos and
+sin in float32, cast to x's dtype; ``x1*cos - x2*sin`` and ``x1*sin + x2*cos`` with every op
+rounded in x's dtype.
+
+How close native gets (measured): float16/bfloat16 outputs are bit-identical to MLX at small
+positions (up to a few dozen); MLX's CPU ``exp``/``sin``/``cos`` are polynomial
+approximations (``inv_freq`` up to 7 float32 ulp away from PyTorch's ``exp``, cos/sin about
+1 ulp), so the float32 angles differ by about ``pos * 7 * 2^-24 * inv_freq`` and the output by
+about ``|x|`` times that, plus one rounding of the output dtype. float32 outputs are
+therefore within a few ulps of ``|x|`` at small positions, not bit-exact.
+``precision="float64"``: angles, cos, sin and the rotation all in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from torch_reference._errors import type_error, value_error
+from torch_reference._precision import check_precision
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_config(where: str, dims: object, traditional: object, base: object, scale: object) -> None:
+    """Validate the layer's constants (cheap Python checks)."""
+    if isinstance(dims, bool) or not isinstance(dims, numbers.Integral):
+        raise type_error(where, f"dims must be an int but got {type(dims).__name__}.")
+    if dims <= 0 or dims % 2 != 0:
+        raise value_error(where, f"dims must be a positive even number but got {dims}.")
+    if not isinstance(traditional, bool):
+        raise type_error(where, f"traditional must be a bool but got {type(traditional).__name__}.")
+    for name, val in (("base", base), ("scale", scale)):
+        if isinstance(val, bool) or not isinstance(val, numbers.Real):
+            raise type_error(where, f"{name} must be a real number but got {type(val).__name__}.")
+        if not math.isfinite(float(val)):
+            raise value_error(where, f"{name} must be finite but got {val}.")
+    assert isinstance(base, numbers.Real)
+    if float(base) <= 0:
+        raise value_error(where, f"base must be > 0 but got {base}.")
+
+
+def _check_input(where: str, x: object, dims: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise type_error(where, f"x must be a torch.Tensor but got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise type_error(where, f"x must have a floating dtype but got {x.dtype}.")
+    if x.ndim < 3:
+        raise value_error(
+            where, f"x must have at least 3 dimensions [B, *, T, D] but got shape {tuple(x.shape)}."
+        )
+    if dims > x.shape[-1]:
+        raise value_error(
+            where, f"dims ({dims}) must not exceed the last dimension of x ({x.shape[-1]})."
+        )
+    return x
+
+
+def _check_offset(where: str, offset: object, batch: int) -> int | torch.Tensor:
+    """Validate ``offset``: an int in [0, 2**31) or an integer tensor (scalar or ``[B]``).
+
+    Tensor VALUES are not checked, exactly as on the MLX side (where checking them would
+    force an evaluation)."""
+    if isinstance(offset, bool):
+        raise type_error(where, "offset must be an int or an integer torch.Tensor but got bool.")
+    if isinstance(offset, numbers.Integral):
+        value = int(offset)
+        if value < 0 or value > _INT32_MAX:
+            raise value_error(where, f"offset must be in [0, 2**31 - 1] but got {value}.")
+        return value
+    if not isinstance(offset, torch.Tensor):
+        raise type_error(
+            where, f"offset must be an int or an integer torch.Tensor but got {type(offset).__name__}."
+        )
+    if offset.dtype == torch.bool or offset.is_floating_point() or offset.is_complex():
+        raise type_error(where, f"an offset array must have an integer dtype but got {offset.dtype}.")
+    if offset.ndim > 1 or (offset.ndim == 1 and offset.shape[0] not in (1, batch)):
+        raise value_error(
+            where,
+            f"an offset array must be a scalar or have one offset per batch row ({batch},) "
+            f"but got shape {tuple(offset.shape)}.",
+        )
+    return offset
+
+
+def _positions(offset: int | torch.Tensor, t: int, work: torch.dtype, scale: float, device: torch.device) -> torch.Tensor:
+    """``(t + offset) * scale``: ``[T]`` for a scalar offset, ``[B, T]`` for per-row offsets."""
+    if isinstance(offset, int):
+        off = torch.tensor(offset, dtype=torch.int32).to(device=device, dtype=work)
+    else:
+        off = offset.to(device)
+        # MLX casts offsets that are not 32-bit integers to int32 (wrapping), then promotes.
+        if off.element_size() != 4:
+            off = off.to(torch.int32)
+        off = off.to(work)
+        off = off.reshape(-1, 1) if off.numel() > 1 else off.reshape(())
+    steps = torch.arange(t, dtype=work, device=device)
+    return (steps + off) * torch.tensor(scale, dtype=work, device=device)
+
+
+def _inv_freq(base: float, half: int, precision: str, device: torch.device) -> torch.Tensor:
+    """``base^(-2i/dims)`` for ``i < dims/2``: MLX's float32 recipe natively, exact in float64."""
+    if precision == "float64":
+        i = torch.arange(half, dtype=torch.float64, device=device)
+        return torch.exp(-i * (math.log(base) / half))
+    # MLX: c = logf(float32(base)) / half in float32 (logf is correctly rounded here, as the
+    # float64 log rounded to float32), then exp(arange(0, -half, -1) * c) in float32.
+    base32 = float(torch.tensor(base, dtype=torch.float32))
+    log32 = torch.tensor(math.log(base32), dtype=torch.float32, device=device)
+    c = log32 / torch.tensor(float(half), dtype=torch.float32, device=device)
+    return torch.exp(torch.arange(0, -half, -1, dtype=torch.float32, device=device) * c)
+
+
+def rope(
+    x: torch.Tensor,
+    dims: int,
+    *,
+    traditional: bool = False,
+    base: float = 10000.0,
+    scale: float = 1.0,
+    offset: int | torch.Tensor = 0,
+    precision: str = "native",
+) -> torch.Tensor:
+    """Rotary position embedding of the first ``dims`` features of ``x`` (MLX conventions).
+
+    ``pos_t = (offset + t) * scale``, ``theta_{t,i} = pos_t * base^(-2i/dims)``;
+    each pair ``(x1, x2)`` becomes ``(x1 cos - x2 sin, x1 sin + x2 cos)``.
+
+    Args:
+        x: floating tensor ``[B, *, T, D]`` (rank >= 3).
+        dims: number of leading features rotated; positive, even, ``<= D``.
+        traditional: ``False`` pairs ``(i, i + dims/2)`` (rotate-half, GPT-NeoX / HF Llama);
+            ``True`` pairs ``(2i, 2i+1)`` (interleaved).
+        base: finite ``> 0`` frequency base.
+        scale: finite multiplier of the positions.
+        offset: an int in ``[0, 2**31)``, or an integer tensor that is a scalar or ``[B]``.
+        precision: ``"native"`` (MLX's float32 angles, rotation rounded in x's dtype) or
+            ``"float64"`` (everything in float64; returns float64).
+
+    Shape:
+        ``x: [B, *, T, D] -> [B, *, T, D]``.
+
+    Dtypes:
+        Output has x's dtype (native) or float64.
+
+    Raises:
+        TypeError / ValueError: exactly the inputs ``mlx_impl.fast.rope`` rejects, plus an
+            unknown ``precision`` (ValueError).
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+        >>> rope(x, 4, offset=1)  # rotate-half pairs (x0, x2): angle 1 rad
+        tensor([[[0.5403, 0.0000, 0.8415, 0.0000]]])
+    """
+    check_precision("rope", precision)
+    _check_config("rope", dims, traditional, base, scale)
+    x = _check_input("rope", x, dims)
+    checked = _check_offset("rope", offset, x.shape[0])
+    return _apply(x, int(dims), traditional, float(base), float(scale), checked, precision)
+
+
+def _apply(
+    x: torch.Tensor,
+    dims: int,
+    traditional: bool,
+    base: float,
+    scale: float,
+    offset: int | torch.Tensor,
+    precision: str,
+) -> torch.Tensor:
+    angle_dtype = torch.float64 if precision == "float64" else torch.float32
+    if precision == "float64":
+        x = x.to(torch.float64)
+    half = dims // 2
+    t = x.shape[-2]
+    pos = _positions(offset, t, angle_dtype, scale, x.device)
+    theta = pos.unsqueeze(-1) * _inv_freq(base, half, precision, x.device)  # [T, half] or [B, T, half]
+    if theta.ndim == 3:
+        theta = theta.reshape(x.shape[0], *([1] * (x.ndim - 3)), t, half)
+    cos = torch.cos(theta).to(x.dtype)
+    sin = torch.sin(theta).to(x.dtype)
+
+    if traditional:
+        x1, x2 = x[..., 0:dims:2], x[..., 1:dims:2]
+    else:
+        x1, x2 = x[..., :half], x[..., half:dims]
+    # Separate multiplies and adds, each rounded in x's dtype (no fused multiply-add).
+    y1 = x1 * cos - x2 * sin
+    y2 = x1 * sin + x2 * cos
+    rotated = torch.stack([y1, y2], dim=-1).flatten(-2) if traditional else torch.cat([y1, y2], dim=-1)
+    if dims < x.shape[-1]:
+        rotated = torch.cat([rotated, x[..., dims:]], dim=-1)
+    return rotated
+
+
+class RoPE(torch.nn.Module):
+    """Rotary position embedding layer: ``layer(x, offset=0, *, precision="native")``.
+
+    PyTorch twin of ``mlx_impl.fast.RoPE``; see :func:`rope` for the formula and errors.
+
+    Args:
+        dims: number of leading features rotated; positive and even.
+        traditional: ``False`` rotate-half pairing, ``True`` interleaved pairing.
+        base: finite ``> 0`` frequency base.
+        scale: finite position multiplier.
+
+    Shape:
+        ``x: [B, *, T, D] -> [B, *, T, D]``.
+
+    Example:
+        >>> import torch
+        >>> RoPE(4)(torch.ones(1, 2, 4), offset=3).shape
+        torch.Size([1, 2, 4])
+    """
+
+    def __init__(
+        self, dims: int, traditional: bool = False, base: float = 10000.0, scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        _check_config("RoPE", dims, traditional, base, scale)
+        self.dims = int(dims)
+        self.traditional = traditional
+        self.base = float(base)
+        self.scale = float(scale)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, traditional={self.traditional}, base={self.base}, scale={self.scale}"
+
+    def forward(
+        self, x: torch.Tensor, offset: int | torch.Tensor = 0, *, precision: str = "native"
+    ) -> torch.Tensor:
+        """Rotate ``x: [B, *, T, D]`` with positions starting at ``offset``."""
+        check_precision("RoPE", precision)
+        x = _check_input("RoPE", x, self.dims)
+        checked = _check_offset("RoPE", offset, x.shape[0])
+        return _apply(x, self.dims, self.traditional, self.base, self.scale, checked, precision)
