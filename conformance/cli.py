@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from conformance.report import SCHEMA, load_report, merge, summary, write_report
+from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_conformance.py", "tests/test_error_cases.py", "tests/meta/test_mutants.py")
@@ -126,6 +126,13 @@ def command_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_readme(args: argparse.Namespace) -> int:
+    """Copy a report's summary matrix into the README."""
+    update_readme(ROOT / "README.md", load_report(Path(args.report)))
+    print(f"[conformance] README summary updated from {args.report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m conformance``."""
     parser = argparse.ArgumentParser(prog="python -m conformance", description=__doc__.split("\n")[0])
@@ -140,5 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     mrg.add_argument("reports", nargs="+")
     mrg.add_argument("--out", required=True)
     mrg.set_defaults(func=command_merge)
+    readme = sub.add_parser("readme", help="copy a report's summary matrix into README.md")
+    readme.add_argument("--report", default=str(ROOT / "reports" / "conformance" / "conformance.json"))
+    readme.set_defaults(func=command_readme)
     args = parser.parse_args(argv)
     return int(args.func(args))

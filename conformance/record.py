@@ -76,13 +76,19 @@ class Mutant:
 
 @dataclass(frozen=True)
 class BenchCase:
-    """A benchmark input at a shape the layer serves (``make`` builds it, seeded)."""
+    """A benchmark input at a shape the layer serves (``make`` builds it, seeded).
+
+    ``cpu_make`` builds a smaller input for MLX's CPU back end where the full shape would
+    take minutes per call (``cpu_note`` says what shrank); reports name the shape that ran.
+    """
 
     name: str
     make: Callable[[], Case]
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     mode: str = "default"
     note: str = ""
+    cpu_make: Callable[[], Case] | None = None
+    cpu_note: str = ""
 
 
 @dataclass(frozen=True)

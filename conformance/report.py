@@ -130,6 +130,44 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_summary(report: dict[str, Any]) -> str:
+    """A compact Markdown matrix for the README: op x mode rows, one column per run and dtype."""
+    s = summary(report)
+    rows, cols, index = _matrix(report)
+    runs = "; ".join(
+        f"{_run_label(r)}, mlx {r.get('mlx')}, torch {r.get('torch')}, profile {r.get('profile')}, "
+        f"commit {r.get('commit')}" for r in report["runs"]
+    )
+    out = [
+        f"Conformance summary ({runs}): **{s['cells'] - s['cells_failed']} / {s['cells']} cells conform**, "
+        f"{s['examples']} examples; mutants killed {s['mutants_killed']} / {s['mutants']}. "
+        "Cell: status, examples, worst MLX / PyTorch error in output ulps vs the float64 oracle.",
+        "",
+        "| op | mode | " + " | ".join(d if len(report["runs"]) == 1 else f"{d} [{r}]" for r, d in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for op, mode in rows:
+        texts = []
+        for r, d in cols:
+            c = index.get((op, mode, r, d))
+            texts.append("-" if c is None else
+                         f"{'PASS' if c['status'] == 'pass' else c['status'].upper()} {c['examples']} "
+                         f"({c['mlx']['max_ulp']:.2g}/{c['peer']['max_ulp']:.2g})")
+        out.append(f"| {op} | {mode} | " + " | ".join(texts) + " |")
+    return "\n".join(out) + "\n"
+
+
+def update_readme(readme: Path, report: dict[str, Any]) -> None:
+    """Replace the text between the README's conformance-summary markers."""
+    start, end = "<!-- conformance-summary:start -->", "<!-- conformance-summary:end -->"
+    text = Path(readme).read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise ReportError(f"[report] {readme}: the summary markers {start} ... {end} are missing.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_text_atomic(Path(readme), f"{head}{start}\n{render_summary(report)}{end}{tail}")
+
+
 def _histogram_svg(counts: list[int]) -> str:
     total = max(sum(counts), 1)
     width, height, bar = 180, 40, 180 // len(counts)

@@ -28,6 +28,7 @@ variants, ``F4`` and the ``F6`` types are known but rejected (MLX cannot hold th
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -98,6 +99,29 @@ class WeightLoadError(ValueError):
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
         self.files = list(files)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Keep the attributes across pickling (multiprocessing, pytest-xdist).
+        lists = (self.problems, self.missing, self.unexpected, self.mismatched, self.files)
+        return _rebuild_weight_load_error, (str(self), *lists)
+
+
+def _rebuild_weight_load_error(
+    message: str,
+    problems: list[str],
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[str],
+    files: list[str],
+) -> WeightLoadError:
+    return WeightLoadError(
+        message,
+        problems=problems,
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+        files=files,
+    )
 
 
 def _describe_files(files: Sequence[str]) -> str:
@@ -1004,7 +1028,8 @@ class _FieldPlan:
     admits_none: bool
 
 
-def _fields_of(cls: type) -> list[_FieldPlan]:
+@functools.lru_cache(maxsize=256)
+def _fields_of(cls: type) -> tuple[_FieldPlan, ...]:
     """The weight-declared fields of a dataclass, with their resolved annotation kinds."""
     try:
         hints = typing.get_type_hints(cls)
@@ -1045,7 +1070,7 @@ def _fields_of(cls: type) -> list[_FieldPlan]:
         if spec.shape is not None and isinstance(base, _Nested):
             raise type_error("load_weights", f"{where}: shape= does not apply to a nested model.")
         plans.append(_FieldPlan(f.name, spec, kind, admits_none))
-    return plans
+    return tuple(plans)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1180,7 +1205,9 @@ class _Loader:
             self.plan_one(item, spec, f"{full}.0")
         count = len(builders)
         beyond = sorted(
-            int(c) for c in self.children.get(full, ()) if c.isdigit() and int(c) > count
+            int(c)
+            for c in self.children.get(full, ())
+            if c.isascii() and c.isdigit() and int(c) > count
         )
         if beyond:
             self.problems.add_missing(

@@ -30,6 +30,7 @@ def random_scores(shape, dtype, seed=0):
 
 # -------------------------------------------------------------------------- repeat_kv
 
+
 def test_repeat_kv_each_head_repeated_in_a_row():
     x = np.arange(2 * 3 * 2 * 1).reshape(2, 3, 2, 1).astype(np.float32)  # [B=2, kv=3, S=2, D=1]
     expected = np.repeat(x, 2, axis=1)  # heads kv0, kv0, kv1, kv1, kv2, kv2
@@ -54,8 +55,12 @@ def test_repeat_kv_bit_exact_and_matches_repeat_interleave(dtype):
 
 def test_repeat_kv_integer_input_allowed():
     x = np.arange(4, dtype=np.int32).reshape(1, 2, 2, 1)
-    np.testing.assert_array_equal(np.array(mx_masks.repeat_kv(mx.array(x), 2)), np.repeat(x, 2, axis=1))
-    np.testing.assert_array_equal(torch_masks.repeat_kv(torch.from_numpy(x), 2).numpy(), np.repeat(x, 2, axis=1))
+    np.testing.assert_array_equal(
+        np.array(mx_masks.repeat_kv(mx.array(x), 2)), np.repeat(x, 2, axis=1)
+    )
+    np.testing.assert_array_equal(
+        torch_masks.repeat_kv(torch.from_numpy(x), 2).numpy(), np.repeat(x, 2, axis=1)
+    )
 
 
 def test_repeat_kv_one_returns_the_same_object():
@@ -68,12 +73,15 @@ def test_repeat_kv_one_returns_the_same_object():
 
 # ----------------------------------------------------------------------- causal masks
 
+
 def test_causal_mask_3x3_known_answer():
     scores = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
     m = -1e9
     expected = np.array([[[[1, m, m], [4, 5, m], [7, 8, 9]]]], dtype=np.float32)
     np.testing.assert_array_equal(as_np(mx_masks.apply_causal_mask(mx.array(scores))), expected)
-    np.testing.assert_array_equal(as_np(torch_masks.apply_causal_mask(torch.from_numpy(scores))), expected)
+    np.testing.assert_array_equal(
+        as_np(torch_masks.apply_causal_mask(torch.from_numpy(scores))), expected
+    )
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 3])
@@ -97,15 +105,22 @@ def test_offset_zero_with_more_keys_is_top_left_not_the_originals_crash():
     with pytest.raises(ValueError, match="broadcast"):  # what the original's fallback does
         mx.eval(mx.where(mx.tri(2, 2, dtype=mx.bool_), scores, mx.array(-1e9)))
     y = as_np(mx_masks.apply_causal_mask_with_offset(scores, 0))[0, 0]
-    assert (y == 0).tolist() == [[True, False, False, False, False], [True, True, False, False, False]]
+    assert (y == 0).tolist() == [
+        [True, False, False, False, False],
+        [True, True, False, False, False],
+    ]
     top_left = torch.ones(2, 5, dtype=torch.bool).tril()  # PyTorch's is_causal pattern
     assert np.array_equal(y == 0, top_left.numpy())
 
 
 def test_square_offset_zero_equals_apply_causal_mask():
     x_mx, x_t = random_scores((2, 3, 4, 4), "float32")
-    assert mx.array_equal(mx_masks.apply_causal_mask_with_offset(x_mx, 0), mx_masks.apply_causal_mask(x_mx)).item()
-    assert torch.equal(torch_masks.apply_causal_mask_with_offset(x_t, 0), torch_masks.apply_causal_mask(x_t))
+    assert mx.array_equal(
+        mx_masks.apply_causal_mask_with_offset(x_mx, 0), mx_masks.apply_causal_mask(x_mx)
+    ).item()
+    assert torch.equal(
+        torch_masks.apply_causal_mask_with_offset(x_t, 0), torch_masks.apply_causal_mask(x_t)
+    )
 
 
 def test_offset_lk_minus_lq_matches_mlx_sdpa_causal():
@@ -121,7 +136,9 @@ def test_offset_lk_minus_lq_matches_mlx_sdpa_causal():
 
 
 @pytest.mark.parametrize("dtype", list(MX_DTYPE))
-@pytest.mark.parametrize(("lq", "lk", "offset"), [(4, 4, 0), (1, 9, 8), (3, 8, 5), (3, 8, 2), (5, 5, 0)])
+@pytest.mark.parametrize(
+    ("lq", "lk", "offset"), [(4, 4, 0), (1, 9, 8), (3, 8, 5), (3, 8, 2), (5, 5, 0)]
+)
 def test_mlx_and_twin_bit_exact(dtype, lq, lk, offset):
     x_mx, x_t = random_scores((2, 3, lq, lk), dtype, seed=lq * 31 + lk)
     y_mx = mx_masks.apply_causal_mask_with_offset(x_mx, offset)
@@ -135,6 +152,7 @@ def test_mlx_and_twin_bit_exact(dtype, lq, lk, offset):
 
 # ------------------------------------------------------------ fill value and dtype
 
+
 @pytest.mark.parametrize("dtype", list(MX_DTYPE))
 def test_mask_keeps_scores_dtype_and_fills_finite(dtype):
     """The project's choice: output dtype = scores dtype; fill = -1e9 clamped to the dtype's
@@ -146,7 +164,11 @@ def test_mask_keeps_scores_dtype_and_fills_finite(dtype):
     assert y_t.dtype == TORCH_DTYPE[dtype]
     assert as_np(y_mx)[0, 0, 0, 2] == FILL[dtype] == as_np(y_t)[0, 0, 0, 2]
     assert np.isfinite(as_np(y_mx)).all() and np.isfinite(as_np(y_t)).all()
-    assert mx_masks.mask_fill_value(MX_DTYPE[dtype]) == torch_masks.mask_fill_value(TORCH_DTYPE[dtype]) == FILL[dtype]
+    assert (
+        mx_masks.mask_fill_value(MX_DTYPE[dtype])
+        == torch_masks.mask_fill_value(TORCH_DTYPE[dtype])
+        == FILL[dtype]
+    )
 
 
 def test_float16_in_float16_out():
@@ -159,7 +181,9 @@ def test_float16_in_float16_out():
 
 
 def test_float64_oracle_keeps_the_input_dtypes_fill():
-    y = torch_masks.apply_causal_mask(torch.zeros(1, 1, 2, 2, dtype=torch.float16), precision="float64")
+    y = torch_masks.apply_causal_mask(
+        torch.zeros(1, 1, 2, 2, dtype=torch.float16), precision="float64"
+    )
     assert y.dtype == torch.float64 and float(y[0, 0, 0, 1]) == -65504.0
 
 
@@ -172,16 +196,23 @@ def test_original_float32_fill_promotes_half_scores():
     assert mx.where(keep, scores, mx.array(-1e9, dtype=mx.float32)).dtype == mx.float32
     scalar_fill = mx.where(keep, scores, -1e9)
     assert scalar_fill.dtype == mx.float16 and np.isneginf(as_np(scalar_fill)[0, 0, 0, 1])
-    t = torch.where(torch.ones(2, 2, dtype=torch.bool).tril(), torch.zeros(2, 2, dtype=torch.float16), torch.tensor(-1e9))
+    t = torch.where(
+        torch.ones(2, 2, dtype=torch.bool).tril(),
+        torch.zeros(2, 2, dtype=torch.float16),
+        torch.tensor(-1e9),
+    )
     assert t.dtype == torch.float16
 
 
 # ------------------------------------------------------------------------ error cases
 
+
 def _arr(lib, shape, dtype="float32"):
     a = np.zeros(shape, dtype=np.float32)
     if dtype == "int32":
-        return mx.array(a.astype(np.int32)) if lib == "mlx" else torch.from_numpy(a.astype(np.int32))
+        return (
+            mx.array(a.astype(np.int32)) if lib == "mlx" else torch.from_numpy(a.astype(np.int32))
+        )
     return mx.array(a) if lib == "mlx" else torch.from_numpy(a)
 
 
@@ -192,43 +223,111 @@ def _m(lib):
 ERROR_CASES = [
     ("repeat_kv x 3-D", ValueError, lambda lib: _m(lib).repeat_kv(_arr(lib, (2, 3, 4)), 2)),
     ("repeat_kv repeats 0", ValueError, lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), 0)),
-    ("repeat_kv repeats negative", ValueError, lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), -2)),
-    ("repeat_kv repeats bool", TypeError, lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), True)),
-    ("repeat_kv repeats float", TypeError, lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), 2.0)),
-    ("repeat_kv x not an array", TypeError, lambda lib: _m(lib).repeat_kv(np.zeros((1, 2, 3, 4)), 2)),
-    ("causal not square", ValueError, lambda lib: _m(lib).apply_causal_mask(_arr(lib, (1, 1, 2, 3)))),
+    (
+        "repeat_kv repeats negative",
+        ValueError,
+        lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), -2),
+    ),
+    (
+        "repeat_kv repeats bool",
+        TypeError,
+        lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), True),
+    ),
+    (
+        "repeat_kv repeats float",
+        TypeError,
+        lambda lib: _m(lib).repeat_kv(_arr(lib, (1, 2, 3, 4)), 2.0),
+    ),
+    (
+        "repeat_kv x not an array",
+        TypeError,
+        lambda lib: _m(lib).repeat_kv(np.zeros((1, 2, 3, 4)), 2),
+    ),
+    (
+        "causal not square",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask(_arr(lib, (1, 1, 2, 3))),
+    ),
     ("causal 3-D", ValueError, lambda lib: _m(lib).apply_causal_mask(_arr(lib, (1, 3, 3)))),
-    ("causal integer", TypeError, lambda lib: _m(lib).apply_causal_mask(_arr(lib, (1, 1, 3, 3), "int32"))),
-    ("causal not an array", TypeError, lambda lib: _m(lib).apply_causal_mask(np.zeros((1, 1, 2, 2)))),
-    ("offset negative", ValueError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), -1)),
-    ("offset past Lk - Lq", ValueError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), 4)),
-    ("offset nonzero square", ValueError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 3, 3)), 1)),
-    ("Lq > Lk", ValueError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 5, 2)), 0)),
-    ("offset bool", TypeError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), True)),
-    ("offset float", TypeError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), 1.0)),
-    ("offset scores 2-D", ValueError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (2, 5)), 0)),
-    ("offset scores integer", TypeError, lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5), "int32"), 0)),
+    (
+        "causal integer",
+        TypeError,
+        lambda lib: _m(lib).apply_causal_mask(_arr(lib, (1, 1, 3, 3), "int32")),
+    ),
+    (
+        "causal not an array",
+        TypeError,
+        lambda lib: _m(lib).apply_causal_mask(np.zeros((1, 1, 2, 2))),
+    ),
+    (
+        "offset negative",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), -1),
+    ),
+    (
+        "offset past Lk - Lq",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), 4),
+    ),
+    (
+        "offset nonzero square",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 3, 3)), 1),
+    ),
+    (
+        "Lq > Lk",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 5, 2)), 0),
+    ),
+    (
+        "offset bool",
+        TypeError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), True),
+    ),
+    (
+        "offset float",
+        TypeError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5)), 1.0),
+    ),
+    (
+        "offset scores 2-D",
+        ValueError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (2, 5)), 0),
+    ),
+    (
+        "offset scores integer",
+        TypeError,
+        lambda lib: _m(lib).apply_causal_mask_with_offset(_arr(lib, (1, 1, 2, 5), "int32"), 0),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "error", "make"), ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
 @pytest.mark.parametrize("lib", ["mlx", "torch"])
 def test_errors_same_type_in_both_packages(lib, case, error, make):
-    with pytest.raises(error, match=r"^\[(repeat_kv|apply_causal_mask|apply_causal_mask_with_offset)\] "):
+    with pytest.raises(
+        error, match=r"^\[(repeat_kv|apply_causal_mask|apply_causal_mask_with_offset)\] "
+    ):
         make(lib)
 
 
 def test_numpy_integer_counts_are_accepted():
     x = mx.zeros((1, 2, 1, 1))
-    assert mx_masks.repeat_kv(x, np.int64(2)).shape == (1, 4, 1, 1)
-    assert torch_masks.apply_causal_mask_with_offset(torch.zeros(1, 1, 1, 3), np.int32(2)).shape == (1, 1, 1, 3)
+    repeated = mx_masks.repeat_kv(x, np.int64(2))  # type: ignore[arg-type]
+    assert repeated.shape == (1, 4, 1, 1)
+    assert torch_masks.apply_causal_mask_with_offset(
+        torch.zeros(1, 1, 1, 3),
+        np.int32(2),  # type: ignore[arg-type]
+    ).shape == (1, 1, 1, 3)
 
 
 def test_twin_rejects_unknown_precision():
     for call in (
         lambda: torch_masks.repeat_kv(torch.zeros(1, 1, 1, 1), 2, precision="half"),
         lambda: torch_masks.apply_causal_mask(torch.zeros(1, 1, 1, 1), precision="half"),
-        lambda: torch_masks.apply_causal_mask_with_offset(torch.zeros(1, 1, 1, 1), 0, precision="half"),
+        lambda: torch_masks.apply_causal_mask_with_offset(
+            torch.zeros(1, 1, 1, 1), 0, precision="half"
+        ),
     ):
         with pytest.raises(ValueError, match="precision"):
             call()

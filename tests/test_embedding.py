@@ -11,6 +11,7 @@ import torch
 
 import mlx_impl.nn.embedding as mx_embedding_module
 from mlx_impl.nn.embedding import Embedding as MxEmbedding
+from mlx_impl.nn.embedding import IndexPolicy
 from torch_reference.nn.embedding import Embedding as TorchEmbedding
 
 N, D = 6, 4
@@ -30,7 +31,7 @@ def torch_idx(a) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def layers(policy: str = "check", dtype: str = "float32"):
+def layers(policy: IndexPolicy = "check", dtype: str = "float32"):
     w_mx = mx.array(TABLE).astype(MX_DTYPE[dtype])
     w_t = torch.from_numpy(TABLE).to(TORCH_DTYPE[dtype])
     return MxEmbedding(w_mx, index_policy=policy), TorchEmbedding(w_t, index_policy=policy)
@@ -43,6 +44,7 @@ def as_np(y) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- known answers
+
 
 @pytest.mark.parametrize(
     "indices",
@@ -61,7 +63,8 @@ def test_rows_by_index(indices, policy):
 
 @pytest.mark.parametrize("dtype", list(MX_DTYPE))
 @pytest.mark.parametrize(
-    "index_dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+    "index_dtype",
+    [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64],
 )
 def test_mlx_and_twin_bit_exact_every_dtype(dtype, index_dtype):
     """A lookup copies rows: bit-exact in every weight dtype, for every integer index dtype."""
@@ -73,7 +76,9 @@ def test_mlx_and_twin_bit_exact_every_dtype(dtype, index_dtype):
     y_mx, y_t = e_mx(mx_idx(indices)), e_t(torch_idx(indices))
     assert y_mx.dtype == MX_DTYPE[dtype] and y_t.dtype == TORCH_DTYPE[dtype]
     np.testing.assert_array_equal(as_np(y_mx), as_np(y_t))
-    np.testing.assert_array_equal(as_np(y_t), as_np(torch.from_numpy(w).to(TORCH_DTYPE[dtype]))[indices])
+    np.testing.assert_array_equal(
+        as_np(y_t), as_np(torch.from_numpy(w).to(TORCH_DTYPE[dtype]))[indices]
+    )
     y_64 = e_t(torch_idx(indices), precision="float64")
     assert y_64.dtype == torch.float64
     np.testing.assert_array_equal(y_64.numpy(), as_np(y_t))
@@ -112,7 +117,9 @@ def take_must_not_run(monkeypatch):
     monkeypatch.setattr(mx_embedding_module.mx, "take", forbidden)
 
 
-@pytest.mark.parametrize(("case", "indices", "value", "position"), OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
+@pytest.mark.parametrize(
+    ("case", "indices", "value", "position"), OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE]
+)
 def test_check_raises_before_mx_take(take_must_not_run, case, indices, value, position):
     e_mx, _ = layers("check")
     with pytest.raises(IndexError, match=rf"^\[Embedding\] index {value} at position ") as info:
@@ -121,7 +128,9 @@ def test_check_raises_before_mx_take(take_must_not_run, case, indices, value, po
     assert f"[0, {N})" in str(info.value) and f"num_embeddings={N}" in str(info.value)
 
 
-@pytest.mark.parametrize(("case", "indices", "value", "position"), OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
+@pytest.mark.parametrize(
+    ("case", "indices", "value", "position"), OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE]
+)
 def test_check_same_error_in_twin(case, indices, value, position):
     """Same type AND same message: the twin raises its own error, not F.embedding's."""
     e_mx, e_t = layers("check")
@@ -134,6 +143,7 @@ def test_check_same_error_in_twin(case, indices, value, position):
 
 
 # ------------------------------------------------------------------- policy "clip"
+
 
 @pytest.mark.parametrize(
     ("indices", "clamped"),
@@ -166,8 +176,9 @@ def test_clip_bound_wider_than_index_dtype():
 
 # ---------------------------------------------------------------- policy "trusted"
 
+
 def test_trusted_skips_the_host_check(monkeypatch):
-    """"trusted" calls mx.take directly: no min/max reduction, no sync."""
+    """ "trusted" calls mx.take directly: no min/max reduction, no sync."""
     e_mx, _ = layers("trusted")
 
     def forbidden(*args, **kwargs):
@@ -195,7 +206,11 @@ ERROR_CASES = [
     ("weight 1-D", ValueError, lambda lib: _make(lib, np.ones(4, np.float32))),
     ("weight 3-D", ValueError, lambda lib: _make(lib, np.ones((2, 2, 2), np.float32))),
     ("weight integer", TypeError, lambda lib: _make(lib, np.ones((2, 2), np.int32))),
-    ("weight not an array", TypeError, lambda lib: (MxEmbedding if lib == "mlx" else TorchEmbedding)(TABLE)),
+    (
+        "weight not an array",
+        TypeError,
+        lambda lib: (MxEmbedding if lib == "mlx" else TorchEmbedding)(TABLE),  # type: ignore[arg-type]
+    ),
 ]
 
 

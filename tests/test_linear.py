@@ -18,7 +18,12 @@ from torch_reference.nn.linear import Linear as TorchLinear
 from torch_reference.nn.linear import MultiLinear as TorchMultiLinear
 
 DTYPES = ["float32", "float16", "bfloat16"]
-MX_DTYPE = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "float64": mx.float64}
+MX_DTYPE = {
+    "float32": mx.float32,
+    "float16": mx.float16,
+    "bfloat16": mx.bfloat16,
+    "float64": mx.float64,
+}
 TORCH_DTYPE = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -115,6 +120,7 @@ def test_properties_and_module_parameters():
 
 
 # ------------------------------------------------- MLX's rounding point, pinned exactly
+
 
 def _exact_inputs(dtype):
     """Inputs whose float32 dot products are EXACT (multiples of 1/64, K = 16, |sum| <= 2^10),
@@ -238,12 +244,15 @@ def test_mixed_dtypes_promote_like_mlx(x_dtype, w_dtype, expected):
 
 # ------------------------------------------------------------------------- MultiLinear
 
+
 def test_multilinear_known_answer():
     w = np.stack([W_KNOWN, 2 * W_KNOWN])  # [heads=2, out=2, in=3]
     x = np.ones((1, 2, 1, 3), dtype=np.float32)
     expected = np.array([[[[6.0, 15.0]], [[12.0, 30.0]]]], dtype=np.float32)
     np.testing.assert_array_equal(np.array(MxMultiLinear(mx.array(w))(mx.array(x))), expected)
-    np.testing.assert_array_equal(TorchMultiLinear(torch.from_numpy(w))(torch.from_numpy(x)).numpy(), expected)
+    np.testing.assert_array_equal(
+        TorchMultiLinear(torch.from_numpy(w))(torch.from_numpy(x)).numpy(), expected
+    )
     layer = MxMultiLinear(mx.array(w))
     assert (layer.num_heads, layer.out_features, layer.in_features) == (2, 2, 3)
 
@@ -263,7 +272,9 @@ def test_multilinear_mlx_vs_twin(dtype):
         magnitude = torch.from_numpy(np.abs(x) @ np.abs(w.transpose(0, 2, 1)))
         assert bool(((y_mx - y_t).abs() <= 2 * _gamma(20) * magnitude).all())
     else:
-        magnitude = to_torch(np.abs(x), dtype).double() @ to_torch(np.abs(w), dtype).double().transpose(1, 2)
+        magnitude = to_torch(np.abs(x), dtype).double() @ to_torch(
+            np.abs(w), dtype
+        ).double().transpose(1, 2)
         bound = 2 * _gamma(20) * magnitude + ulp_size(torch.maximum(y_mx.abs(), y_t.abs()))
         assert bool(((y_mx.double() - y_t.double()).abs() <= bound).all())
     y_64 = t_layer(to_torch(x, dtype), precision="float64")
@@ -275,16 +286,20 @@ def test_multilinear_mlx_vs_twin(dtype):
 # ------------------------------------------------------------------------ error cases
 
 MX = SimpleNamespace(
-    arr=lambda a, dtype="float32": mx.array(np.asarray(a)).astype(MX_DTYPE[dtype])
-    if dtype in MX_DTYPE
-    else mx.array(np.asarray(a).astype(dtype)),
+    arr=lambda a, dtype="float32": (
+        mx.array(np.asarray(a)).astype(MX_DTYPE[dtype])
+        if dtype in MX_DTYPE
+        else mx.array(np.asarray(a).astype(dtype))
+    ),
     Linear=MxLinear,
     MultiLinear=MxMultiLinear,
 )
 TORCH = SimpleNamespace(
-    arr=lambda a, dtype="float32": torch.from_numpy(np.asarray(a, dtype=np.float32)).to(TORCH_DTYPE[dtype])
-    if dtype in TORCH_DTYPE
-    else torch.from_numpy(np.asarray(a).astype(dtype)),
+    arr=lambda a, dtype="float32": (
+        torch.from_numpy(np.asarray(a, dtype=np.float32)).to(TORCH_DTYPE[dtype])
+        if dtype in TORCH_DTYPE
+        else torch.from_numpy(np.asarray(a).astype(dtype))
+    ),
     Linear=TorchLinear,
     MultiLinear=TorchMultiLinear,
 )
@@ -294,20 +309,56 @@ ERROR_CASES: list[tuple[str, type[Exception], Callable[[SimpleNamespace], object
     ("weight 1-D", ValueError, lambda L: L.Linear(L.arr(np.ones(3)))),
     ("weight 3-D", ValueError, lambda L: L.Linear(L.arr(np.ones((1, 2, 3))))),
     ("weight integer", TypeError, lambda L: L.Linear(L.arr(np.ones((2, 3)), "int32"))),
-    ("bias wrong length", ValueError, lambda L: L.Linear(L.arr(np.ones((2, 3))), L.arr(np.ones(3)))),
+    (
+        "bias wrong length",
+        ValueError,
+        lambda L: L.Linear(L.arr(np.ones((2, 3))), L.arr(np.ones(3))),
+    ),
     ("bias 2-D", ValueError, lambda L: L.Linear(L.arr(np.ones((2, 3))), L.arr(np.ones((1, 2))))),
-    ("bias integer", TypeError, lambda L: L.Linear(L.arr(np.ones((2, 3))), L.arr(np.ones(2), "int32"))),
+    (
+        "bias integer",
+        TypeError,
+        lambda L: L.Linear(L.arr(np.ones((2, 3))), L.arr(np.ones(2), "int32")),
+    ),
     ("bias not an array", TypeError, lambda L: L.Linear(L.arr(np.ones((2, 3))), [1.0, 2.0])),
-    ("x wrong last dim", ValueError, lambda L: L.Linear(L.arr(np.ones((2, 3))))(L.arr(np.ones((4, 2))))),
+    (
+        "x wrong last dim",
+        ValueError,
+        lambda L: L.Linear(L.arr(np.ones((2, 3))))(L.arr(np.ones((4, 2)))),
+    ),
     ("x scalar", ValueError, lambda L: L.Linear(L.arr(np.ones((2, 3))))(L.arr(np.float32(1.0)))),
-    ("x integer", TypeError, lambda L: L.Linear(L.arr(np.ones((2, 3))))(L.arr(np.ones(3), "int32"))),
+    (
+        "x integer",
+        TypeError,
+        lambda L: L.Linear(L.arr(np.ones((2, 3))))(L.arr(np.ones(3), "int32")),
+    ),
     ("x not an array", TypeError, lambda L: L.Linear(L.arr(np.ones((2, 3))))(np.ones(3))),
     ("multi weight 2-D", ValueError, lambda L: L.MultiLinear(L.arr(np.ones((2, 3))))),
-    ("multi weight integer", TypeError, lambda L: L.MultiLinear(L.arr(np.ones((2, 2, 3)), "int32"))),
-    ("multi x 3-D", ValueError, lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((2, 5, 3))))),
-    ("multi x heads", ValueError, lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 3, 5, 3))))),
-    ("multi x last dim", ValueError, lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 2, 5, 4))))),
-    ("multi x integer", TypeError, lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 2, 5, 3)), "int32"))),
+    (
+        "multi weight integer",
+        TypeError,
+        lambda L: L.MultiLinear(L.arr(np.ones((2, 2, 3)), "int32")),
+    ),
+    (
+        "multi x 3-D",
+        ValueError,
+        lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((2, 5, 3)))),
+    ),
+    (
+        "multi x heads",
+        ValueError,
+        lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 3, 5, 3)))),
+    ),
+    (
+        "multi x last dim",
+        ValueError,
+        lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 2, 5, 4)))),
+    ),
+    (
+        "multi x integer",
+        TypeError,
+        lambda L: L.MultiLinear(L.arr(np.ones((2, 4, 3))))(L.arr(np.ones((1, 2, 5, 3)), "int32")),
+    ),
 ]
 
 

@@ -443,6 +443,8 @@ def test_one_error_lists_every_problem(tmp_path: Path) -> None:
     for key in (*err.missing, *err.unexpected, "model.layers.0.self_attn.q_proj.bias"):
         assert key in text
     assert f"(in {path})" in text and f"({D + 1},)" in text
+    copy = pickle.loads(pickle.dumps(err))  # survives multiprocessing with its attributes
+    assert str(copy) == text and copy.missing == err.missing and copy.files == err.files
 
 
 def test_failed_load_builds_nothing() -> None:

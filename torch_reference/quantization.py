@@ -179,8 +179,7 @@ def check_quantized(
 ) -> int:
     """Validate a packed ``(wq, scales, biases)`` triple; return the unpacked last dim.
 
-    Checks: the mode/group/bits combination; ``wq`` is uint32 (int32 is accepted as a
-    bit-identical view) and at least 2-D; ``scales`` has ``wq``'s shape except its last
+    Checks: the mode/group/bits combination; ``wq`` is uint32 and at least 2-D; ``scales`` has ``wq``'s shape except its last
     dim, which is ``wq.shape[-1] * 32 / bits / group_size``; affine needs ``biases`` of
     the scales' shape and dtype and floating scales; fp modes need uint8 scales and
     ``biases is None``.
@@ -191,8 +190,11 @@ def check_quantized(
     check_quantization(where, group_size, bits, mode)
     if not isinstance(wq, torch.Tensor) or not isinstance(scales, torch.Tensor):
         raise type_error(where, "the packed weight and the scales must be tensors.")
-    if wq.dtype not in (torch.uint32, torch.int32):
-        raise type_error(where, f"the packed weight must be uint32 but got {wq.dtype}.")
+    if wq.dtype != torch.uint32:
+        raise type_error(
+            where,
+            f"the packed weight must be uint32 (view int32 words with .view(torch.uint32)) but got {wq.dtype}.",
+        )
     if wq.ndim < 2:
         raise value_error(
             where, f"the packed weight must be at least 2-D but got shape {tuple(wq.shape)}."
@@ -289,7 +291,7 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _unpack(wq: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`_pack`: uint32 ``[..., W]`` -> int64 codes ``[..., W*32/bits]``."""
-    w = wq.to(torch.int64) & 0xFFFFFFFF  # int32 views of the words come back unsigned
+    w = wq.to(torch.int64)  # uint32 -> int64 is exact; PyTorch has no uint32 shifts
     n = w.shape[-1]
     mask = (1 << bits) - 1
     if 32 % bits == 0:
@@ -535,11 +537,11 @@ def dequantize(
     stored codes, scales and biases, as float64 (``dtype`` is then ignored).
 
     Args:
-        wq: packed uint32 weight (int32 views accepted).
+        wq: packed uint32 weight.
         scales, biases: as returned by :func:`quantize` (biases only for affine).
         group_size, bits, mode: the quantization the triple was made with.
-        dtype: output dtype (floating); ``None`` = the scales' dtype for affine,
-            bfloat16 for fp modes.
+        dtype: output dtype (float32, float16 or bfloat16); ``None`` = the scales'
+            dtype for affine, bfloat16 for fp modes.
         global_scale: nvfp4 only, the float32 global scale used at quantize time.
         precision: ``"native"`` or ``"float64"``.
 
@@ -551,8 +553,10 @@ def dequantize(
     check_precision(where, precision)
     k = check_quantized(where, wq, scales, biases, group_size, bits, mode)
     _check_global_scale(where, mode, global_scale)
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise type_error(where, f"dtype must be a floating torch.dtype or None but got {dtype!r}.")
+    if dtype is not None and dtype not in _QUANTIZABLE_DTYPES:
+        raise type_error(
+            where, f"dtype must be float32, float16, bfloat16 or None but got {dtype!r}."
+        )
     lead = wq.shape[:-1]
     codes = _unpack(wq, bits).reshape(*lead, k // group_size, group_size)
     values, scale = _decode(codes, scales, mode, bits)
@@ -619,9 +623,12 @@ def quantized_matmul(
 
     native: the output dtype is the promotion of ``x`` and the scales for affine
     (MLX casts scales and biases to it, then dequantizes in it) and ``x``'s dtype for
-    fp modes; ``W`` is dequantized in that dtype and the matmul runs in it (PyTorch's
-    CPU matmul; MLX's x86 CPU kernel accumulates half-precision inputs in the input
-    dtype, so half-precision results differ by more than an ulp: see the tests).
+    fp modes; ``W`` is dequantized in that dtype (MLX's rounding points), then
+    multiplied with float32 accumulation and one final rounding, as MLX's own
+    ``x @ dequantize(W).T``. MLX's fused x86 CPU kernel instead accumulates
+    float16 / bfloat16 in the input dtype, rounding every step, so half-precision
+    results differ from this reference by far more than an ulp (tests give a
+    Higham-style bound); float32 agrees to summation-order differences.
     float64: ``x`` and the exact dequantized ``W`` in float64.
 
     Args:
@@ -666,4 +673,9 @@ def quantized_matmul(
             out_dtype = x.dtype
             w = dequantize(wq, scales, None, group_size, bits, mode, dtype=out_dtype)
         xf = x.to(out_dtype)
-    return xf @ (w.transpose(-1, -2) if transpose else w)
+    w_t = w.transpose(-1, -2) if transpose else w
+    if xf.dtype in (torch.float16, torch.bfloat16):
+        # Accumulate in float32 and round once, like MLX's own `x @ dequantize(w).T`
+        # on the CPU (and PyTorch's CPU half matmul, made explicit here).
+        return (xf.to(torch.float32) @ w_t.to(torch.float32)).to(xf.dtype)
+    return xf @ w_t

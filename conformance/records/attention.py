@@ -150,9 +150,11 @@ SDPA = OpRecord(
         BenchCase("decode", lambda: _bench_sdpa(1, 32, 8, 1, 2048, 128, None), mode="none",
                   note="one query over a 2048-token cache, 32 q heads / 8 kv heads, D 128"),
         BenchCase("prefill", lambda: _bench_sdpa(1, 32, 8, 2048, 2048, 128, "causal"), mode="causal",
-                  note="causal prefill L = 2048, 32 q heads / 8 kv heads, D 128"),
+                  note="causal prefill L = 2048, 32 q heads / 8 kv heads, D 128",
+                  cpu_make=lambda: _bench_sdpa(1, 32, 8, 256, 256, 128, "causal"), cpu_note="L = 256 on CPU"),
         BenchCase("dit", lambda: _bench_sdpa(1, 24, 24, 4096, 4096, 128, None), mode="none",
-                  note="diffusion block: 4096 image tokens, 24 heads x 128"),
+                  note="diffusion block: 4096 image tokens, 24 heads x 128",
+                  cpu_make=lambda: _bench_sdpa(1, 24, 24, 256, 256, 128, None), cpu_note="L = 256 on CPU"),
     ),
 )
 

@@ -264,7 +264,9 @@ QUANTIZED_MATMUL = OpRecord(
     ),
     bench=tuple(
         BenchCase(f"{shape}-{mode}", (lambda m=m, mode=mode: _bench_qmm(m, 4096, 4096, mode)), mode=mode,
-                  note=f"{'decode M = 1' if m == 1 else f'prefill M = {m}'}, 4096 x 4096")
+                  note=f"{'decode M = 1' if m == 1 else f'prefill M = {m}'}, 4096 x 4096",
+                  cpu_make=None if m == 1 else (lambda mode=mode: _bench_qmm(32, 4096, 4096, mode)),
+                  cpu_note="" if m == 1 else "M = 32 on CPU")
         for shape, m in (("decode", 1), ("prefill", 512))
         for mode in MODES
     ),

@@ -66,7 +66,7 @@ def _check_qkv(q: object, k: object, v: object) -> mx.Dtype:
             _WHERE,
             f"the query heads ({hq}) must be a positive multiple of the kv heads ({hkv}).",
         )
-    return mx.promote_types(mx.promote_types(q.dtype, k.dtype), v.dtype)
+    return mx.result_type(q.dtype, k.dtype, v.dtype)
 
 
 def _check_scale(scale: object) -> float:
@@ -101,7 +101,7 @@ def _check_mask(mask: object, out_dtype: mx.Dtype, target: tuple[int, ...]) -> N
             raise type_error(
                 _WHERE, f"mask must be boolean (keep where True) or floating (additive) but got {mask.dtype}."
             )
-        if mx.promote_types(mask.dtype, out_dtype) != out_dtype:
+        if mx.result_type(mask.dtype, out_dtype) != out_dtype:
             raise type_error(
                 _WHERE,
                 f"an additive mask must promote to the attention dtype {out_dtype} but got "
@@ -121,7 +121,7 @@ def _check_sinks(sinks: object, out_dtype: mx.Dtype, hq: int) -> None:
         raise type_error(_WHERE, f"sinks must be None or an mx.array but got {type(sinks).__name__}.")
     if not mx.issubdtype(sinks.dtype, mx.floating):
         raise type_error(_WHERE, f"sinks must have a floating dtype but got {sinks.dtype}.")
-    if mx.promote_types(sinks.dtype, out_dtype) != out_dtype:
+    if mx.result_type(sinks.dtype, out_dtype) != out_dtype:
         raise type_error(
             _WHERE,
             f"sinks must promote to the attention dtype {out_dtype} but got {sinks.dtype}; cast them first.",

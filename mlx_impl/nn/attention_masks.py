@@ -14,7 +14,9 @@ and a fully masked row would then make softmax compute ``-inf - (-inf) = nan``.
 
 from __future__ import annotations
 
+import functools
 import numbers
+from typing import cast
 
 import mlx.core as mx
 
@@ -29,11 +31,15 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@functools.cache
 def mask_fill_value(dtype: mx.Dtype) -> float:
     """The value masked scores get in ``dtype``: ``-1e9`` clamped to ``dtype``'s lowest finite
-    value, then rounded to ``dtype`` (float16: -65504.0; bfloat16: -998244352.0)."""
+    value, then rounded to ``dtype`` (float16: -65504.0; bfloat16: -998244352.0).
+
+    Cached per dtype: it runs on every attention call and needs a (tiny) evaluation."""
     lowest = float(mx.finfo(dtype).min)
-    return float(mx.array(max(MASK_VALUE, lowest), dtype=dtype).item())
+    rounded = mx.array(max(MASK_VALUE, lowest), dtype=dtype).item()
+    return float(cast(float, rounded))
 
 
 def repeat_kv(x: mx.array, repeats: int) -> mx.array:
@@ -67,9 +73,13 @@ def repeat_kv(x: mx.array, repeats: int) -> mx.array:
     if not isinstance(x, mx.array):
         raise type_error("repeat_kv", f"x must be an mx.array but got {type(x).__name__}.")
     if not _is_int(repeats):
-        raise type_error("repeat_kv", f"repeats must be an int but got {type(repeats).__name__} ({repeats!r}).")
+        raise type_error(
+            "repeat_kv", f"repeats must be an int but got {type(repeats).__name__} ({repeats!r})."
+        )
     if x.ndim != 4:
-        raise value_error("repeat_kv", f"x must be 4-D [B, kv_heads, S, D] but got shape {x.shape}.")
+        raise value_error(
+            "repeat_kv", f"x must be 4-D [B, kv_heads, S, D] but got shape {x.shape}."
+        )
     if repeats < 1:
         raise value_error("repeat_kv", f"repeats must be >= 1 but got {repeats}.")
     if repeats == 1:
@@ -172,7 +182,9 @@ def apply_causal_mask_with_offset(scores: mx.array, offset: int) -> mx.array:
     where = "apply_causal_mask_with_offset"
     scores = _check_scores(where, scores)
     if not _is_int(offset):
-        raise type_error(where, f"offset must be an int but got {type(offset).__name__} ({offset!r}).")
+        raise type_error(
+            where, f"offset must be an int but got {type(offset).__name__} ({offset!r})."
+        )
     lq, lk = scores.shape[-2], scores.shape[-1]
     if lq > lk:
         raise value_error(

@@ -9,7 +9,7 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import mlx.core as mx
 import mlx.nn
@@ -66,14 +66,21 @@ class Embedding(mlx.nn.Module):
     def __init__(self, weight: mx.array, *, index_policy: IndexPolicy = "check") -> None:
         super().__init__()
         if not isinstance(weight, mx.array):
-            raise type_error("Embedding", f"weight must be an mx.array but got {type(weight).__name__}.")
+            raise type_error(
+                "Embedding", f"weight must be an mx.array but got {type(weight).__name__}."
+            )
         if weight.ndim != 2:
-            raise value_error("Embedding", f"weight must be 2-D [n, d] but got shape {weight.shape}.")
+            raise value_error(
+                "Embedding", f"weight must be 2-D [n, d] but got shape {weight.shape}."
+            )
         if not mx.issubdtype(weight.dtype, mx.floating):
-            raise type_error("Embedding", f"weight must have a floating dtype but got {weight.dtype}.")
+            raise type_error(
+                "Embedding", f"weight must have a floating dtype but got {weight.dtype}."
+            )
         if index_policy not in INDEX_POLICIES:
             raise value_error(
-                "Embedding", f"index_policy must be one of {INDEX_POLICIES} but got {index_policy!r}."
+                "Embedding",
+                f"index_policy must be one of {INDEX_POLICIES} but got {index_policy!r}.",
             )
         self.weight = weight
         self.index_policy = index_policy
@@ -91,7 +98,9 @@ class Embedding(mlx.nn.Module):
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
         if not isinstance(indices, mx.array):
-            raise type_error("Embedding", f"indices must be an mx.array but got {type(indices).__name__}.")
+            raise type_error(
+                "Embedding", f"indices must be an mx.array but got {type(indices).__name__}."
+            )
         # mx.integer covers int8..int64 and uint8..uint64, not bool.
         if not mx.issubdtype(indices.dtype, mx.integer):
             raise type_error(
@@ -114,7 +123,7 @@ class Embedding(mlx.nn.Module):
             return  # nothing to look up; mx.min of an empty array raises
         low, high = mx.min(indices), mx.max(indices)
         mx.eval(low, high)  # one sync for both reductions
-        if int(low.item()) >= 0 and int(high.item()) < n:
+        if cast(int, low.item()) >= 0 and cast(int, high.item()) < n:
             return
         # Failure path only: locate the first offending index in row-major order on the host.
         values = np.array(indices)

@@ -73,7 +73,9 @@ class Linear(mlx.nn.Module):
         super().__init__()
         weight = _require_array("Linear", "weight", weight)
         if weight.ndim != 2:
-            raise value_error("Linear", f"weight must be 2-D [out, in] but got shape {weight.shape}.")
+            raise value_error(
+                "Linear", f"weight must be 2-D [out, in] but got shape {weight.shape}."
+            )
         _require_floating("Linear", "weight", weight)
         if bias is not None:
             bias = _require_array("Linear", "bias", bias)
@@ -102,7 +104,10 @@ class Linear(mlx.nn.Module):
         x = _require_array("Linear", "x", x)
         _require_floating("Linear", "x", x)
         if x.ndim == 0:
-            raise value_error("Linear", f"x must have at least 1 dimension [..., {self.in_features}] but got a scalar.")
+            raise value_error(
+                "Linear",
+                f"x must have at least 1 dimension [..., {self.in_features}] but got a scalar.",
+            )
         if x.shape[-1] != self.in_features:
             raise value_error(
                 "Linear",

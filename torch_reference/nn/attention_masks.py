@@ -17,6 +17,7 @@ definition, not a rounding artefact.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
@@ -35,6 +36,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@functools.cache
 def mask_fill_value(dtype: torch.dtype) -> float:
     """The value masked scores get in ``dtype``: ``-1e9`` clamped to ``dtype``'s lowest finite
     value, then rounded to ``dtype`` (float16: -65504.0; bfloat16: -998244352.0)."""

@@ -1,0 +1,135 @@
+"""The layer set's normalisations (Ollama ``x/imagegen/nn``): ``RMSNorm`` and ``LayerNorm``.
+
+``RMSNorm`` is ``mx.fast.rms_norm`` with a stored eps (a call-time eps of 0 means "use the
+stored one"). ``LayerNorm`` is COMPOSED of plain ops, not fused, exactly as Ollama's Go code
+writes it, and so computes in x's dtype (measured on mlx 0.32.4, CPU back end):
+
+* ``mean = R(R(sum(x)) * R(1/D))``: ``mx.mean`` of float16/bfloat16 accumulates the sum in
+  float32 (sequentially along the axis), rounds it to x's dtype, then multiplies by ``1/D``
+  rounded to x's dtype;
+* ``centered = x - mean``, ``var = mean(centered * centered)``, each op rounded in x's dtype;
+* ``rsqrt(var + eps)`` with ``eps`` cast to x's dtype (Go: a float32 scalar cast to x's
+  dtype), ``rsqrt = R(1 / R(sqrt(.)))`` -- two roundings;
+* ``normalized * weight (+ bias)`` with MLX's promotion.
+
+``torch_reference.nn.norms`` replays the same sequence and matches MLX bit for bit in
+float32, float16 and bfloat16 on every input tested.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn
+
+from mlx_impl._errors import value_error
+from mlx_impl.fast.norms import check_eps, check_vector, check_x
+
+DEFAULT_LAYER_NORM_EPS = 1e-5
+"""What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
+
+
+class RMSNorm(mlx.nn.Module):
+    """RMS normalisation with a stored eps (Ollama ``nn.RMSNorm``): ``layer(x, eps=0.0)``.
+
+    ``y = R(x * rsqrt(mean(x^2, axis=-1) + eps)) * weight`` via ``mx.fast.rms_norm``
+    (statistics in float32, ``R`` the rounding to the output dtype before the weight
+    multiply). A call-time ``eps`` of ``0`` uses the stored ``eps``.
+
+    Args:
+        weight: ``[D]`` floating array (required).
+        eps: stored eps, finite and ``>= 0`` (default ``1e-5``).
+
+    Shape:
+        ``x: [..., D] -> [..., D]``.
+
+    Dtypes:
+        Output dtype is the promotion of x and weight.
+
+    Raises:
+        TypeError: non-array or non-floating weight/x; non-real eps.
+        ValueError: weight not 1-D or of a length other than x's last dim; scalar x; a
+            negative or non-finite eps (stored or given).
+
+    Example:
+        >>> import mlx.core as mx
+        >>> RMSNorm(mx.full((4,), 2.0))(mx.full((1, 4), 2.0))
+        array([[2, 2, 2, 2]], dtype=float32)
+    """
+
+    def __init__(self, weight: mx.array, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = check_vector("RMSNorm", "weight", weight, required=True)
+        self.eps = check_eps("RMSNorm", eps)
+
+    def _extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+    def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
+        """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
+        given = check_eps("RMSNorm", eps)
+        x = check_x("RMSNorm", x, ("weight", self.weight))
+        return mx.fast.rms_norm(x, self.weight, given if given != 0.0 else self.eps)
+
+
+class LayerNorm(mlx.nn.Module):
+    """Composed layer normalisation (Ollama ``nn.LayerNorm``): ``layer(x)``.
+
+    ``mean = mean(x)``, ``centered = x - mean``, ``var = mean(centered^2)`` (biased),
+    ``y = centered * rsqrt(var + eps) * weight (+ bias)``, all over the last axis and all
+    plain MLX ops in x's dtype (not ``mx.fast.layer_norm``: no float32 statistics for half
+    inputs). ``eps == 0`` means ``1e-5``.
+
+    Args:
+        weight: ``[D]`` floating array (required, as in the original).
+        bias: ``[D]`` floating array or ``None``.
+        eps: finite ``>= 0``; ``0`` (the default) means ``1e-5``.
+
+    Shape:
+        ``x: [..., D] -> [..., D]``.
+
+    Dtypes:
+        The statistics and the normalised value are in x's dtype (eps is cast to it); the
+        output dtype is the promotion of x, weight and bias.
+
+    Raises:
+        TypeError: non-array or non-floating weight/bias/x; non-real eps.
+        ValueError: weight/bias not 1-D, of different lengths, or of a length other than
+            x's last dim; scalar x; a negative or non-finite eps.
+
+    Example:
+        >>> import mlx.core as mx
+        >>> LayerNorm(mx.ones((3,)))(mx.array([[1.0, 2.0, 3.0]])).shape
+        (1, 3)
+    """
+
+    def __init__(self, weight: mx.array, bias: mx.array | None = None, eps: float = 0.0) -> None:
+        super().__init__()
+        w = check_vector("LayerNorm", "weight", weight, required=True)
+        b = check_vector("LayerNorm", "bias", bias)
+        assert w is not None
+        if b is not None and b.shape != w.shape:
+            raise value_error(
+                "LayerNorm",
+                f"weight and bias must have the same shape but got {tuple(w.shape)} and {tuple(b.shape)}.",
+            )
+        self.weight = w
+        self.bias = b
+        self.eps = check_eps("LayerNorm", eps)
+
+    def _extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+    def __call__(self, x: mx.array) -> mx.array:
+        """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
+        x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
+        eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
+        mean = mx.mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        variance = mx.mean(centered * centered, axis=-1, keepdims=True)
+        # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
+        eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
+        normalized = centered * mx.rsqrt(variance + eps_arr)
+        out = normalized * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        return out

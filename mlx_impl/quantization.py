@@ -1,0 +1,376 @@
+"""Quantization helpers over MLX's ``mx.quantize`` / ``mx.dequantize`` /
+``mx.quantized_matmul``, with every input checked BEFORE MLX sees it.
+
+Modes and the combinations MLX 0.32.4 accepts (measured, see
+:data:`SUPPORTED_QUANTIZATION`):
+
+* ``affine``: group 32, 64 or 128 with bits 1, 2, 3, 4, 5, 6 or 8. Scales and
+  zero-point biases in the weight's dtype, ``w ~ q * scale + bias``.
+* ``nvfp4``: group 16, bits 4. FP4 E2M1 elements, E4M3 uint8 scale codes, optional
+  float32 global scale.
+* ``mxfp4`` / ``mxfp8``: group 32, bits 4 / 8. E2M1 / E4M3FN elements, E8M0 uint8
+  scale codes ``2^(s - 127)``.
+
+Packed weights are uint32: each row is one little-endian, LSB-first bit stream
+(``torch_reference.quantization`` documents the exact bit layout and reproduces it).
+Checks are cheap (shapes, dtypes, Python values) and never synchronise the device.
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mlx.core as mx
+
+from mlx_impl._errors import type_error, value_error
+
+__all__ = [
+    "AFFINE_BITS",
+    "AFFINE_GROUP_SIZES",
+    "FP_MODES",
+    "QUANTIZATION_LABELS",
+    "QUANT_MODES",
+    "SUPPORTED_QUANTIZATION",
+    "check_quantizable",
+    "check_quantization",
+    "check_quantized",
+    "dequantize",
+    "quantization_for_label",
+    "quantize",
+    "quantized_matmul",
+]
+
+QUANT_MODES: tuple[str, ...] = ("affine", "nvfp4", "mxfp4", "mxfp8")
+"""Every quantization mode MLX 0.32.4 knows."""
+
+AFFINE_GROUP_SIZES: tuple[int, ...] = (32, 64, 128)
+AFFINE_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)
+FP_MODES: tuple[str, ...] = ("nvfp4", "mxfp4", "mxfp8")
+
+SUPPORTED_QUANTIZATION: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "affine": (AFFINE_GROUP_SIZES, AFFINE_BITS),
+    "nvfp4": ((16,), (4,)),
+    "mxfp4": ((32,), (4,)),
+    "mxfp8": ((32,), (8,)),
+}
+"""``mode -> (allowed group sizes, allowed bits)``, every combination of which
+``mx.quantize`` 0.32.4 accepts (measured: affine takes any of its groups with any of
+its bits; group 16 is nvfp4-only; bits 7 are rejected)."""
+
+QUANTIZATION_LABELS: dict[str, tuple[int, int, str]] = {
+    "NVFP4": (16, 4, "nvfp4"),
+    "FP4": (32, 4, "affine"),
+    "Q4": (32, 4, "affine"),
+    "INT4": (32, 4, "affine"),
+    "MXFP8": (32, 8, "mxfp8"),
+    "FP8": (64, 8, "affine"),
+    "Q8": (64, 8, "affine"),
+    "INT8": (64, 8, "affine"),
+}
+"""Ollama's checkpoint quantization labels -> ``(group_size, bits, mode)``."""
+
+# float64 is excluded: mx.quantize accepts it at graph time and then fails in eval_cpu.
+_FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_quantization(where: str, group_size: int, bits: int, mode: str) -> None:
+    """Raise unless ``(group_size, bits, mode)`` is a combination MLX 0.32.4 accepts.
+
+    Allowed: ``affine`` with group 32, 64 or 128 and bits 1, 2, 3, 4, 5, 6 or 8;
+    ``nvfp4`` (16, 4); ``mxfp4`` (32, 4); ``mxfp8`` (32, 8).
+
+    Raises:
+        TypeError: ``group_size`` or ``bits`` is not an int, or ``mode`` not a str.
+        ValueError: an unknown mode or an unsupported group size / bit width,
+            naming the allowed values.
+    """
+    if not isinstance(mode, str):
+        raise type_error(where, f"mode must be a str, one of {QUANT_MODES}, but got {mode!r}.")
+    if mode not in SUPPORTED_QUANTIZATION:
+        raise value_error(where, f"mode must be one of {QUANT_MODES} but got {mode!r}.")
+    if not _is_int(group_size) or not _is_int(bits):
+        raise type_error(
+            where, f"group_size and bits must be ints but got {group_size!r} and {bits!r}."
+        )
+    groups, widths = SUPPORTED_QUANTIZATION[mode]
+    if group_size not in groups:
+        raise value_error(
+            where, f"mode {mode!r} supports group_size in {groups} but got {group_size}."
+        )
+    if bits not in widths:
+        raise value_error(where, f"mode {mode!r} supports bits in {widths} but got {bits}.")
+
+
+def check_quantizable(
+    where: str, weight_shape: Sequence[int], group_size: int, mode: str = "affine"
+) -> None:
+    """Raise ``ValueError`` unless a weight of ``weight_shape`` can be quantized.
+
+    Requirements (those of ``mx.quantize`` 0.32.4, checked before MLX sees them):
+    at least 2-D; the last dim divisible by ``group_size``. For ``nvfp4`` the
+    TOTAL element count must also be a multiple of 32: MLX's CPU nvfp4 packer
+    reshapes the codes to ``(-1, 4, 8)`` and fails otherwise (e.g. on ``(1, 16)``
+    or ``(3, 16)``; ``(2, 16)`` works).
+    """
+    shape = tuple(int(d) for d in weight_shape)
+    if len(shape) < 2:
+        raise value_error(
+            where, f"the weight to quantize must be at least 2-D but got shape {shape}."
+        )
+    if shape[-1] % group_size != 0:
+        raise value_error(
+            where,
+            f"the weight's last dim must be divisible by group_size {group_size} but got shape {shape}.",
+        )
+    if mode == "nvfp4":
+        size = 1
+        for d in shape:
+            size *= d
+        if size % 32 != 0:
+            raise value_error(
+                where,
+                f"nvfp4 needs the weight's element count to be a multiple of 32 (MLX's CPU packer) but shape {shape} has {size}.",
+            )
+
+
+def _check_scales_dtype(where: str, mode: str, scales: mx.array) -> None:
+    if mode == "affine":
+        if scales.dtype not in _FLOAT_DTYPES:
+            raise type_error(
+                where,
+                f"affine scales must be float32, float16 or bfloat16 but got {scales.dtype}.",
+            )
+    elif scales.dtype != mx.uint8:
+        raise type_error(where, f"{mode} scales must be uint8 codes but got {scales.dtype}.")
+
+
+def check_quantized(
+    where: str,
+    wq: mx.array,
+    scales: mx.array,
+    biases: mx.array | None,
+    group_size: int,
+    bits: int,
+    mode: str,
+) -> int:
+    """Validate a packed ``(wq, scales, biases)`` triple; return the unpacked last dim.
+
+    Checks: the mode/group/bits combination; ``wq`` is uint32 and at least 2-D;
+    ``scales`` has ``wq``'s shape except its last dim, which is
+    ``wq.shape[-1] * 32 / bits / group_size``; affine needs ``biases`` of the scales'
+    shape and dtype and floating scales; fp modes need uint8 scales and ``biases is None``.
+
+    Shape:
+        wq: ``[..., N, K * bits / 32]``; scales, biases: ``[..., N, K / group_size]``.
+    """
+    check_quantization(where, group_size, bits, mode)
+    if not isinstance(wq, mx.array) or not isinstance(scales, mx.array):
+        raise type_error(where, "the packed weight and the scales must be mx.arrays.")
+    if wq.dtype != mx.uint32:
+        raise type_error(where, f"the packed weight must be uint32 but got {wq.dtype}.")
+    if wq.ndim < 2:
+        raise value_error(
+            where, f"the packed weight must be at least 2-D but got shape {tuple(wq.shape)}."
+        )
+    _check_scales_dtype(where, mode, scales)
+    if mode == "affine":
+        if biases is None:
+            raise value_error(where, "affine quantization needs biases but got None.")
+        if not isinstance(biases, mx.array):
+            raise type_error(where, f"biases must be an mx.array but got {type(biases).__name__}.")
+        if biases.shape != scales.shape or biases.dtype != scales.dtype:
+            raise value_error(
+                where,
+                f"biases must match the scales' shape {tuple(scales.shape)} and dtype {scales.dtype} "
+                f"but got {tuple(biases.shape)} and {biases.dtype}.",
+            )
+    elif biases is not None:
+        raise value_error(where, f"mode {mode!r} has no biases; pass biases=None.")
+    k = wq.shape[-1] * 32 // bits
+    expected = (*wq.shape[:-1], k // group_size)
+    if (wq.shape[-1] * 32) % bits != 0 or k % group_size != 0 or tuple(scales.shape) != expected:
+        raise value_error(
+            where,
+            f"scales must have shape {expected} for a packed weight of shape {tuple(wq.shape)} "
+            f"(group_size={group_size}, bits={bits}) but got {tuple(scales.shape)}.",
+        )
+    return k
+
+
+def _check_global_scale(where: str, mode: str, global_scale: mx.array | None) -> None:
+    if global_scale is None:
+        return
+    if mode != "nvfp4":
+        raise value_error(where, f"global_scale is only supported for mode 'nvfp4' but got {mode!r}.")
+    if not isinstance(global_scale, mx.array):
+        raise type_error(where, f"global_scale must be an mx.array but got {type(global_scale).__name__}.")
+    if global_scale.size != 1 or global_scale.dtype != mx.float32:
+        raise value_error(
+            where,
+            f"global_scale must be one float32 value but got shape {tuple(global_scale.shape)} "
+            f"and dtype {global_scale.dtype}.",
+        )
+
+
+def quantization_for_label(label: str) -> tuple[int, int, str]:
+    """Map an Ollama checkpoint quantization label to ``(group_size, bits, mode)``.
+
+    Case-insensitive: NVFP4 -> (16, 4, "nvfp4"); FP4, Q4, INT4 -> (32, 4, "affine");
+    MXFP8 -> (32, 8, "mxfp8"); FP8, Q8, INT8 -> (64, 8, "affine").
+
+    Raises:
+        ValueError: an unknown label, listing the known ones.
+    """
+    if not isinstance(label, str):
+        raise type_error("quantization_for_label", f"label must be a str but got {label!r}.")
+    found = QUANTIZATION_LABELS.get(label.strip().upper())
+    if found is None:
+        raise value_error(
+            "quantization_for_label",
+            f"unknown quantization label {label!r}; known labels are {tuple(QUANTIZATION_LABELS)}.",
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def quantize(
+    w: mx.array,
+    group_size: int = 64,
+    bits: int = 4,
+    mode: str = "affine",
+    *,
+    global_scale: mx.array | None = None,
+) -> tuple[mx.array, mx.array, mx.array | None]:
+    """Quantize ``w`` along its last axis with ``mx.quantize``.
+
+    affine: per group ``scale`` and zero-point ``bias`` (float32 math, rounded to
+    ``w``'s dtype), codes ``q = clip(rint((w - bias) / scale), 0, 2^bits - 1)``.
+    nvfp4 / mxfp4 / mxfp8: one uint8 scale code per group (E4M3 of ``amax / 6`` for
+    nvfp4; E8M0 ``ceil(log2(amax / maxval)) + 127`` for the mx modes) and E2M1 / E4M3
+    element codes. ``torch_reference.quantization.quantize`` spells out every step.
+
+    Args:
+        w: the float weight (float32, float16 or bfloat16).
+        group_size, bits, mode: see :data:`SUPPORTED_QUANTIZATION`.
+        global_scale: nvfp4 only: a one-element float32 array.
+
+    Returns:
+        ``(wq, scales, biases)``: ``wq`` uint32; ``scales`` in ``w``'s dtype for affine,
+        uint8 codes otherwise; ``biases`` in ``w``'s dtype for affine, ``None`` otherwise
+        (``mx.quantize`` itself returns only two arrays for the fp modes).
+
+    Shape:
+        w: ``[..., N, K]`` -> wq: ``[..., N, K * bits / 32]``,
+        scales / biases: ``[..., N, K / group_size]``.
+    """
+    where = "quantize"
+    check_quantization(where, group_size, bits, mode)
+    if not isinstance(w, mx.array):
+        raise type_error(where, f"w must be an mx.array but got {type(w).__name__}.")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise type_error(
+            where,
+            f"w must be float32, float16 or bfloat16 (MLX 0.32.4 cannot quantize others) but got {w.dtype}.",
+        )
+    check_quantizable(where, w.shape, group_size, mode)
+    _check_global_scale(where, mode, global_scale)
+    out = mx.quantize(w, group_size, bits, mode, global_scale=global_scale)
+    if mode == "affine":
+        return out[0], out[1], out[2]
+    return out[0], out[1], None
+
+
+def dequantize(
+    wq: mx.array,
+    scales: mx.array,
+    biases: mx.array | None = None,
+    group_size: int = 64,
+    bits: int = 4,
+    mode: str = "affine",
+    dtype: mx.Dtype | None = None,
+    *,
+    global_scale: mx.array | None = None,
+) -> mx.array:
+    """Expand a packed weight back to floats with ``mx.dequantize``.
+
+    affine: ``R(R(q * scale) + bias)``, ``R`` = rounding to the scales' dtype, then cast
+    to ``dtype`` if given. fp modes: ``R(R(value) * R(scale))``, ``R`` = rounding to
+    ``dtype``, which defaults to bfloat16; with an nvfp4 ``global_scale`` the result is
+    float32 whatever ``dtype`` says (MLX 0.32.4).
+
+    Args:
+        wq: packed uint32 weight.
+        scales, biases: as returned by :func:`quantize` (biases only for affine).
+        group_size, bits, mode: the quantization the triple was made with.
+        dtype: output dtype (float32, float16 or bfloat16); ``None`` = the scales'
+            dtype for affine, bfloat16 for fp modes.
+        global_scale: nvfp4 only, the float32 global scale used at quantize time.
+
+    Shape:
+        wq: ``[..., N, K * bits / 32]``, scales / biases: ``[..., N, K / group_size]``
+        -> ``[..., N, K]``.
+    """
+    where = "dequantize"
+    check_quantized(where, wq, scales, biases, group_size, bits, mode)
+    _check_global_scale(where, mode, global_scale)
+    if dtype is not None and dtype not in _FLOAT_DTYPES:
+        raise type_error(
+            where, f"dtype must be float32, float16, bfloat16 or None but got {dtype!r}."
+        )
+    return mx.dequantize(
+        wq, scales, biases, group_size, bits, mode, global_scale=global_scale, dtype=dtype
+    )
+
+
+def quantized_matmul(
+    x: mx.array,
+    wq: mx.array,
+    scales: mx.array,
+    biases: mx.array | None = None,
+    transpose: bool = True,
+    group_size: int = 64,
+    bits: int = 4,
+    mode: str = "affine",
+) -> mx.array:
+    """``x @ W.T`` (or ``x @ W`` with ``transpose=False``) with ``mx.quantized_matmul``.
+
+    Equals ``x @ dequantize(W).T`` up to the kernel's summation: bit-identical to MLX's
+    own ``x @ mx.dequantize(W).T`` for float32 affine; fp modes use a different
+    (factored) summation. On the x86 CPU back end float16 / bfloat16 inputs accumulate
+    in the input dtype, so their error grows with K (see the tests' bounds).
+
+    Dtypes:
+        affine: the promotion of ``x`` and the scales (scales and biases are cast to
+        it); fp modes: ``x``'s dtype.
+
+    Shape:
+        transpose: x ``[..., K]``, wq ``[N, K * bits / 32]`` -> ``[..., N]``;
+        otherwise x ``[..., K]``, wq ``[K, N * bits / 32]`` -> ``[..., N]``.
+    """
+    where = "quantized_matmul"
+    w_cols = check_quantized(where, wq, scales, biases, group_size, bits, mode)
+    if not isinstance(x, mx.array) or x.dtype not in _FLOAT_DTYPES:
+        raise type_error(
+            where,
+            f"x must be a float32, float16 or bfloat16 array but got {getattr(x, 'dtype', type(x).__name__)}.",
+        )
+    if x.ndim < 1:
+        raise value_error(where, "x must be at least 1-D.")
+    inner = w_cols if transpose else wq.shape[-2]
+    if x.shape[-1] != inner:
+        raise value_error(
+            where,
+            f"x's last dim must equal the weight's input dim {inner} (packed shape "
+            f"{tuple(wq.shape)}, bits={bits}, transpose={transpose}) but got {x.shape[-1]}.",
+        )
+    return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

@@ -1,0 +1,362 @@
+"""fast.RMSNorm / fast.rms_norm, fast.LayerNorm / fast.layer_norm, nn.RMSNorm and the
+composed nn.LayerNorm: known answers, the eps conventions, MLX's rounding points (the
+normalised value rounded before the weight multiply; the composed layer norm's statistics
+in the input dtype), MLX vs the PyTorch twin bit for bit in float32/float16/bfloat16, the
+float64 oracle, and errors raised identically by both packages."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mlx_impl.fast.norms as mx_fast
+import mlx_impl.nn.norms as mx_nn
+import torch_reference.fast.norms as t_fast
+import torch_reference.nn.norms as t_nn
+
+DTYPES = ["float32", "float16", "bfloat16"]
+MX_DTYPE = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def to_mx(a: np.ndarray | None, dtype: str = "float32") -> mx.array | None:
+    return None if a is None else mx.array(np.asarray(a, np.float32)).astype(MX_DTYPE[dtype])
+
+
+def to_torch(a: np.ndarray | None, dtype: str = "float32") -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.asarray(a, np.float32)).to(TORCH_DTYPE[dtype])
+
+
+def mx_as_torch(y: mx.array) -> torch.Tensor:
+    name = str(y.dtype).split(".")[-1]
+    return torch.from_numpy(np.array(y.astype(mx.float32))).to(TORCH_DTYPE[name])
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype and values, NaN matching NaN."""
+    return a.dtype == b.dtype and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+# The four layers/functions, each as (mlx call, torch call) over numpy inputs.
+def run_fast_rms(x, w, b, eps, dtypes, **kw):
+    xd, wd, _ = dtypes
+    return (mx_as_torch(mx_fast.rms_norm(to_mx(x, xd), to_mx(w, wd), eps)),
+            t_fast.rms_norm(to_torch(x, xd), to_torch(w, wd), eps, **kw))
+
+
+def run_fast_rms_layer(x, w, b, eps, dtypes, **kw):
+    xd, wd, _ = dtypes
+    return (mx_as_torch(mx_fast.RMSNorm(to_mx(w, wd))(to_mx(x, xd), eps)),
+            t_fast.RMSNorm(to_torch(w, wd))(to_torch(x, xd), eps, **kw))
+
+
+def run_fast_ln(x, w, b, eps, dtypes, **kw):
+    xd, wd, bd = dtypes
+    return (mx_as_torch(mx_fast.layer_norm(to_mx(x, xd), to_mx(w, wd), to_mx(b, bd), eps)),
+            t_fast.layer_norm(to_torch(x, xd), to_torch(w, wd), to_torch(b, bd), eps, **kw))
+
+
+def run_fast_ln_layer(x, w, b, eps, dtypes, **kw):
+    xd, wd, bd = dtypes
+    return (mx_as_torch(mx_fast.LayerNorm(to_mx(w, wd), to_mx(b, bd))(to_mx(x, xd), eps)),
+            t_fast.LayerNorm(to_torch(w, wd), to_torch(b, bd))(to_torch(x, xd), eps, **kw))
+
+
+def run_nn_rms(x, w, b, eps, dtypes, stored_eps=1e-6, **kw):
+    xd, wd, _ = dtypes
+    return (mx_as_torch(mx_nn.RMSNorm(to_mx(w, wd), eps=stored_eps)(to_mx(x, xd), eps)),
+            t_nn.RMSNorm(to_torch(w, wd), eps=stored_eps)(to_torch(x, xd), eps, **kw))
+
+
+def run_nn_ln(x, w, b, eps, dtypes, **kw):
+    xd, wd, bd = dtypes
+    return (mx_as_torch(mx_nn.LayerNorm(to_mx(w, wd), to_mx(b, bd), eps=eps)(to_mx(x, xd))),
+            t_nn.LayerNorm(to_torch(w, wd), to_torch(b, bd), eps=eps)(to_torch(x, xd), **kw))
+
+
+RUNNERS = {
+    "fast.rms_norm": run_fast_rms,
+    "fast.RMSNorm": run_fast_rms_layer,
+    "fast.layer_norm": run_fast_ln,
+    "fast.LayerNorm": run_fast_ln_layer,
+    "nn.RMSNorm": run_nn_rms,
+    "nn.LayerNorm": run_nn_ln,
+}
+
+
+# ---- known answers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fast.rms_norm", "fast.RMSNorm", "nn.RMSNorm"])
+@pytest.mark.parametrize("weight", [1.0, 2.0])
+def test_rms_norm_of_twos(name: str, weight: float) -> None:
+    # rms([2, 2, 2, 2]) = 2, so x / rms = 1 and the result is the weight.
+    x = np.full((1, 4), 2.0, np.float32)
+    w = np.full(4, weight, np.float32)
+    kw = {"stored_eps": 0.0} if name == "nn.RMSNorm" else {}  # eps 0 exactly: an exact answer
+    for dtype in DTYPES:
+        for y in RUNNERS[name](x, w, None, 0.0, (dtype,) * 3, **kw):
+            assert y.float().tolist() == [[weight] * 4]
+
+
+@pytest.mark.parametrize("name", ["fast.layer_norm", "fast.LayerNorm"])
+def test_fast_layer_norm_of_one_two_three(name: str) -> None:
+    # mean 2, biased variance 2/3: [-1, 0, 1] / sqrt(2/3) = [-1.2247, 0, 1.2247].
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    r = math.sqrt(1.5)
+    for y in RUNNERS[name](x, None, None, 0.0, ("float32",) * 3):
+        torch.testing.assert_close(y, torch.tensor([[-r, 0.0, r]]), rtol=0, atol=1e-6)
+    w = np.array([2.0, 2.0, 2.0], np.float32)
+    b = np.array([1.0, 1.0, 1.0], np.float32)
+    for y in RUNNERS[name](x, w, b, 0.0, ("float32",) * 3):
+        torch.testing.assert_close(y, torch.tensor([[1 - 2 * r, 1.0, 1 + 2 * r]]), rtol=0, atol=2e-6)
+
+
+def test_nn_layer_norm_eps_zero_means_1e5() -> None:
+    x = np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]], np.float32)
+    w = np.ones(3, np.float32)
+    r = 1.0 / math.sqrt(2.0 / 3.0 + 1e-5)
+    for y in run_nn_ln(x, w, None, 0.0, ("float32",) * 3):
+        torch.testing.assert_close(y[0], torch.tensor([-r, 0.0, r]), rtol=0, atol=1e-6)
+        assert y[1].tolist() == [0.0, 0.0, 0.0]  # a constant row: 0 * rsqrt(1e-5), no NaN
+    # and an explicit eps is used as given
+    r1 = 1.0 / math.sqrt(2.0 / 3.0 + 0.5)
+    for y in run_nn_ln(x[:1], w, None, 0.5, ("float32",) * 3):
+        torch.testing.assert_close(y[0], torch.tensor([-r1, 0.0, r1]), rtol=0, atol=1e-6)
+
+
+def test_nn_rms_norm_call_eps_zero_uses_stored_eps() -> None:
+    # x = 1e-3 everywhere: y = 1e-3 / sqrt(1e-6 + eps).
+    x = np.full((1, 4), 1e-3, np.float32)
+    w = np.ones(4, np.float32)
+    cases = ((0.0, 1e-6, 1 / math.sqrt(2)), (3e-6, 1e-6, 0.5))
+    for call_eps, stored, want in cases:
+        y_mx = mx_as_torch(mx_nn.RMSNorm(to_mx(w), eps=stored)(to_mx(x), eps=call_eps))
+        y_t = t_nn.RMSNorm(to_torch(w), eps=stored)(to_torch(x), eps=call_eps)
+        for y in (y_mx, y_t):
+            torch.testing.assert_close(y, torch.full((1, 4), want), rtol=1e-6, atol=0)
+    # The default call eps is 0: the stored one.
+    y_mx = mx_as_torch(mx_nn.RMSNorm(to_mx(w), eps=1e-6)(to_mx(x)))
+    torch.testing.assert_close(y_mx, torch.full((1, 4), 1 / math.sqrt(2)), rtol=1e-6, atol=0)
+
+
+# ---- MLX's rounding points, pinned ---------------------------------------------------
+
+
+def test_fast_rms_norm_rounds_before_the_weight_multiply() -> None:
+    # MLX: R(x * rsqrt(ms + eps)) * w, two roundings in float16. PyTorch's F.rms_norm rounds
+    # once at the end; on these inputs the two disagree by an ulp somewhere, and the twin
+    # follows MLX exactly.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    w = rng.standard_normal(32).astype(np.float32)
+    y_mx, y_t = run_fast_rms(x, w, None, 1e-5, ("float16",) * 3)
+    assert same_bits(y_mx, y_t)
+    pt = F.rms_norm(to_torch(x, "float16"), (32,), to_torch(w, "float16"), eps=1e-5)
+    assert not torch.equal(pt, y_mx)
+    x32 = to_torch(x, "float16").float()
+    normed = (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + 1e-5)).half()
+    assert (normed * to_torch(w, "float16") != y_mx).sum() <= 2  # float32 last-bit effects only
+
+
+def test_composed_layer_norm_differs_from_fused_in_half_precision() -> None:
+    # nn.LayerNorm computes mean/variance in float16; fast.layer_norm in float32. Rows with a
+    # large mean and a small spread lose the spread in float16: the two layers disagree,
+    # and the twin reproduces each of them exactly.
+    rng = np.random.default_rng(1)
+    x = (300.0 + rng.standard_normal((4, 16))).astype(np.float32)
+    w = np.ones(16, np.float32)
+    composed_mx, composed_t = run_nn_ln(x, w, None, 1e-5, ("float16",) * 3)
+    fused_mx, fused_t = run_fast_ln(x, w, None, 1e-5, ("float16",) * 3)
+    assert same_bits(composed_mx, composed_t) and same_bits(fused_mx, fused_t)
+    assert (composed_mx.float() - fused_mx.float()).abs().max() > 1e-2
+
+
+def test_mlx_half_mean_accumulates_in_float32() -> None:
+    # mx.mean of 4096 float16 ones is 1: a float16 accumulator would stall at 2048 (2048 + 1
+    # rounds back to 2048). The composed layer norm depends on this; the twin sums in float32.
+    ones = mx.ones((1, 4096), dtype=mx.float16)
+    assert mx.mean(ones, axis=-1).item() == 1.0
+    assert t_fast.mean_last(torch.ones(1, 4096, dtype=torch.float16), "native").item() == 1.0
+
+
+def test_sequential_sum_matches_mlx_sum_order() -> None:
+    # MLX's CPU sum over the last axis is sequential in float32; torch.sum is blocked.
+    x = np.random.default_rng(2).standard_normal((64, 1000)).astype(np.float32)
+    mlx_sum = torch.from_numpy(np.array(mx.sum(mx.array(x), axis=-1, keepdims=True)))
+    assert torch.equal(t_fast.sequential_sum(torch.from_numpy(x)), mlx_sum)
+
+
+# ---- MLX vs the twin, bit for bit ----------------------------------------------------
+
+
+def _inputs(d: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, d)) * 2 + 0.5).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    b = rng.standard_normal(d).astype(np.float32)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [7, 64, 333])
+@pytest.mark.parametrize("name", list(RUNNERS))
+def test_mlx_matches_twin_bit_for_bit(name: str, d: int, dtype: str) -> None:
+    # Bit-exact in every dtype: the twin replays MLX's op order, its sequential float32 sums
+    # and its two-step rsqrt (see torch_reference.fast.norms).
+    x, w, b = _inputs(d, seed=d)
+    y_mx, y_t = RUNNERS[name](x, w, b, 1e-5, (dtype,) * 3)
+    assert y_mx.dtype == TORCH_DTYPE[dtype]
+    assert same_bits(y_mx, y_t)
+
+
+@pytest.mark.parametrize("name", ["fast.rms_norm", "fast.layer_norm", "fast.LayerNorm", "nn.LayerNorm"])
+def test_optional_weight_and_bias(name: str) -> None:
+    x, w, b = _inputs(16, seed=3)
+    combos = [(w, None)] if name == "nn.LayerNorm" else [(None, None), (w, None), (None, b)]
+    if name == "fast.rms_norm":
+        combos = [(None, None)]
+    for ww, bb in combos:
+        for dtype in DTYPES:
+            y_mx, y_t = RUNNERS[name](x, ww, bb, 1e-5, (dtype,) * 3)
+            assert same_bits(y_mx, y_t), (ww is None, bb is None, dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "out"),
+    [(("float16", "float32", "float32"), torch.float32), (("bfloat16", "float16", "float16"), torch.float32),
+     (("float32", "float16", "bfloat16"), torch.float32), (("bfloat16", "bfloat16", "bfloat16"), torch.bfloat16)],
+)
+@pytest.mark.parametrize("name", list(RUNNERS))
+def test_output_dtype_is_the_promotion(name: str, dtypes: tuple[str, str, str], out: torch.dtype) -> None:
+    x, w, b = _inputs(24, seed=4)
+    y_mx, y_t = RUNNERS[name](x, w, b, 1e-5, dtypes)
+    want = out if name != "fast.rms_norm" and name != "fast.RMSNorm" and name != "nn.RMSNorm" else (
+        torch.promote_types(TORCH_DTYPE[dtypes[0]], TORCH_DTYPE[dtypes[1]]))
+    assert y_mx.dtype == y_t.dtype == want
+    assert same_bits(y_mx, y_t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_values_match(dtype: str) -> None:
+    x = np.array([[1, np.nan, 2, 3], [np.inf, 1, 2, 3], [0, 0, 0, 0], [1e-30, -1e-30, 2e-30, 0]], np.float32)
+    w = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    for name, run in RUNNERS.items():
+        y_mx, y_t = run(x, w, w, 1e-5, (dtype,) * 3)
+        assert same_bits(y_mx, y_t), name
+
+
+def test_leading_dims_and_layer_state() -> None:
+    x = np.random.default_rng(5).standard_normal((2, 3, 8)).astype(np.float32)
+    w = np.ones(8, np.float32)
+    for run in RUNNERS.values():
+        y_mx, y_t = run(x, w, w, 1e-5, ("float32",) * 3)
+        assert y_mx.shape == y_t.shape == (2, 3, 8) and same_bits(y_mx, y_t)
+    layer = mx_nn.LayerNorm(to_mx(w), None)
+    assert isinstance(layer, mlx.nn.Module) and layer.bias is None
+    assert [k for k, _ in mlx.utils.tree_flatten(layer.parameters())] == ["weight"]
+    tlayer = t_nn.LayerNorm(to_torch(w), to_torch(w))
+    assert set(tlayer.state_dict()) == {"weight", "bias"} and not tlayer.weight.requires_grad
+    assert t_fast.RMSNorm(None).weight is None and mx_fast.RMSNorm(None).weight is None
+
+
+def test_float64_oracle() -> None:
+    x, w, b = _inputs(12, seed=6)
+    xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
+    x64, w64, b64 = xt.double(), wt.double(), bt.double()
+    rms = t_fast.rms_norm(xt, wt, 1e-5, precision="float64")
+    want = x64 / torch.sqrt((x64**2).mean(-1, keepdim=True) + 1e-5) * w64
+    assert rms.dtype == torch.float64
+    torch.testing.assert_close(rms, want, rtol=1e-14, atol=1e-14)
+    want_ln = F.layer_norm(x64, (12,), w64, b64, eps=1e-5)
+    for y in (t_fast.layer_norm(xt, wt, bt, 1e-5, precision="float64"),
+              t_fast.LayerNorm(wt, bt)(xt, 1e-5, precision="float64"),
+              t_nn.LayerNorm(wt, bt, eps=1e-5)(xt, precision="float64")):
+        assert y.dtype == torch.float64
+        torch.testing.assert_close(y, want_ln, rtol=1e-13, atol=1e-13)
+    y = t_nn.RMSNorm(wt, eps=1e-5)(xt, precision="float64")
+    torch.testing.assert_close(y, want, rtol=1e-14, atol=1e-14)
+    # The native float32 result is within float32 rounding of the oracle.
+    torch.testing.assert_close(t_fast.rms_norm(xt, wt, 1e-5).double(), want, rtol=1e-6, atol=1e-6)
+
+
+# ---- errors: both packages reject the same inputs ------------------------------------
+
+ERROR_CASES: list[tuple[str, str, dict[str, Any], type[Exception]]] = [
+    ("fast.rms_norm", "negative_eps", {"eps": -1e-5}, ValueError),
+    ("fast.rms_norm", "nan_eps", {"eps": math.nan}, ValueError),
+    ("fast.rms_norm", "inf_eps", {"eps": math.inf}, ValueError),
+    ("fast.rms_norm", "string_eps", {"eps": "1e-5"}, TypeError),
+    ("fast.rms_norm", "weight_wrong_length", {"w": np.ones(3, np.float32)}, ValueError),
+    ("fast.rms_norm", "weight_2d", {"w": np.ones((1, 4), np.float32)}, ValueError),
+    ("fast.rms_norm", "weight_integer", {"w_int": True}, TypeError),
+    ("fast.rms_norm", "x_integer", {"x_int": True}, TypeError),
+    ("fast.rms_norm", "x_scalar", {"x": np.float32(1.0)}, ValueError),
+    ("fast.RMSNorm", "negative_eps", {"eps": -1.0}, ValueError),
+    ("fast.RMSNorm", "weight_wrong_length", {"w": np.ones(5, np.float32)}, ValueError),
+    ("fast.layer_norm", "bias_wrong_length", {"b": np.ones(5, np.float32)}, ValueError),
+    ("fast.layer_norm", "negative_eps", {"eps": -1e-3}, ValueError),
+    ("fast.LayerNorm", "weight_bias_shapes_differ", {"b": np.ones(3, np.float32)}, ValueError),
+    ("fast.LayerNorm", "bool_eps", {"eps": True}, TypeError),
+    ("nn.RMSNorm", "negative_stored_eps", {"stored_eps": -1e-5}, ValueError),
+    ("nn.RMSNorm", "negative_call_eps", {"eps": -1e-5}, ValueError),
+    ("nn.RMSNorm", "weight_none", {"w_none": True}, TypeError),
+    ("nn.RMSNorm", "weight_wrong_length", {"w": np.ones(3, np.float32)}, ValueError),
+    ("nn.LayerNorm", "weight_none", {"w_none": True}, TypeError),
+    ("nn.LayerNorm", "weight_wrong_length", {"w": np.ones(3, np.float32), "b_none": True}, ValueError),
+    ("nn.LayerNorm", "negative_eps", {"eps": -1e-5}, ValueError),
+    ("nn.LayerNorm", "weight_bias_shapes_differ", {"b": np.ones(3, np.float32)}, ValueError),
+]
+
+
+def _error_call(lib: str, name: str, case: dict[str, Any]) -> Any:
+    x = case.get("x", np.ones((2, 4), np.float32))
+    w = None if case.get("w_none") else case.get("w", np.ones(4, np.float32))
+    b = None if case.get("b_none") else case.get("b", np.ones(4, np.float32))
+    eps = case.get("eps", 1e-5)
+    if lib == "mlx":
+        conv: Any = lambda a: None if a is None else mx.array(a)  # noqa: E731
+        fast, nn_ = mx_fast, mx_nn
+        as_int: Any = lambda a: mx.array(np.asarray(a).astype(np.int32))  # noqa: E731
+    else:
+        conv = lambda a: None if a is None else torch.from_numpy(np.asarray(a))  # noqa: E731
+        fast, nn_ = t_fast, t_nn
+        as_int = lambda a: torch.from_numpy(np.asarray(a).astype(np.int32))  # noqa: E731
+    tx = as_int(x) if case.get("x_int") else conv(x)
+    tw = as_int(w) if case.get("w_int") else conv(w)
+    tb = conv(b)
+    if name == "fast.rms_norm":
+        return fast.rms_norm(tx, tw, eps)
+    if name == "fast.RMSNorm":
+        return fast.RMSNorm(tw)(tx, eps)
+    if name == "fast.layer_norm":
+        return fast.layer_norm(tx, tw, tb, eps)
+    if name == "fast.LayerNorm":
+        return fast.LayerNorm(tw, tb)(tx, eps)
+    if name == "nn.RMSNorm":
+        return nn_.RMSNorm(tw, eps=case.get("stored_eps", 1e-5))(tx, eps if "eps" in case else 0.0)
+    return nn_.LayerNorm(tw, tb, eps=eps)(tx)
+
+
+@pytest.mark.parametrize(("name", "label", "case", "exc"), ERROR_CASES, ids=[f"{c[0]}-{c[1]}" for c in ERROR_CASES])
+@pytest.mark.parametrize("lib", ["mlx", "torch"])
+def test_errors(lib: str, name: str, label: str, case: dict[str, Any], exc: type[Exception]) -> None:
+    with pytest.raises(exc, match=r"^\[(rms_norm|layer_norm|RMSNorm|LayerNorm)\] "):
+        _error_call(lib, name, case)
+
+
+def test_torch_rejects_unknown_precision() -> None:
+    x, w = torch.ones(2, 4), torch.ones(4)
+    for call in (lambda: t_fast.rms_norm(x, w, 1e-5, precision="bf16"),
+                 lambda: t_fast.layer_norm(x, w, None, 1e-5, precision="bf16"),
+                 lambda: t_nn.RMSNorm(w)(x, precision="bf16"),
+                 lambda: t_nn.LayerNorm(w)(x, precision="bf16")):
+        with pytest.raises(ValueError, match="precision"):
+            call()

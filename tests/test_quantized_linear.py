@@ -1,0 +1,307 @@
+"""QuantizedLinear and quantized_matmul: both packages against ``x @ dequantize(W).T``
+(never the float weight), MLX's own fused-kernel facts, the float64 oracle, the layer's
+module plumbing, and errors raised by both packages."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn
+import numpy as np
+import pytest
+import torch
+
+import mlx_impl.quantization as mq
+import torch_reference.quantization as tq
+from mlx_impl.nn.quantized import QuantizedLinear as MxQL
+from torch_reference.nn.quantized import QuantizedLinear as TorchQL
+
+DTYPES = ["float32", "float16", "bfloat16"]
+MX_DTYPE = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+FORMATS = [("affine", 64, 4), ("affine", 32, 3), ("affine", 128, 8), ("affine", 32, 1),
+           ("nvfp4", 16, 4), ("mxfp4", 32, 4), ("mxfp8", 32, 8)]  # fmt: skip
+
+
+def t2m(t: torch.Tensor) -> mx.array:
+    if t.dtype == torch.bfloat16:
+        return mx.array(t.to(torch.float32).numpy()).astype(mx.bfloat16)
+    return mx.array(t.numpy())
+
+
+def m2t(a: mx.array) -> torch.Tensor:
+    if a.dtype == mx.bfloat16:
+        return torch.from_numpy(np.array(a.astype(mx.float32))).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a))
+
+
+def make_layer_inputs(n: int, k: int, dtype: str, mode: str, gs: int, bits: int, seed: int = 0):
+    """Float weight, x and bias, and the packed weight from mx.quantize (shared by both)."""
+    g = torch.Generator().manual_seed(seed)
+    td = TORCH_DTYPE[dtype]
+    w = torch.randn(n, k, generator=g).to(td)
+    x = torch.randn(2, k, generator=g).to(td)
+    bias = torch.randn(n, generator=g).to(td)
+    wq, s, b = (None if a is None else m2t(a) for a in mq.quantize(t2m(w), gs, bits, mode))
+    return w, x, bias, wq, s, b
+
+
+def accumulation_bound(x, wq, s, b, gs, bits, mode, out_dtype) -> torch.Tensor:
+    """Worst-case error of any summation order of K products rounded to ``out_dtype``
+    (Higham, first order): ``(K + K/gs + 4) * u * |x| @ (|q*s| + |b|).T + 2u|y|``.
+    The K/gs and 4 terms count the per-group partial sums, the two dequantize roundings
+    and the product; |q*s| + |b| (not |w|) because q*s and b may cancel."""
+    zero = None if b is None else torch.zeros_like(b)
+    qs = tq.dequantize(wq, s, zero, gs, bits, mode, precision="float64").abs()
+    if b is not None:
+        qs = qs + b.to(torch.float64).abs().repeat_interleave(gs, dim=-1)
+    mag = x.to(torch.float64).abs() @ qs.T
+    k = x.shape[-1]
+    u = UNIT_ROUNDOFF[out_dtype]
+    y = tq.quantized_matmul(x, wq, s, b, True, gs, bits, mode, precision="float64")
+    return (k + k // gs + 4) * u * mag + 2 * u * y.abs()
+
+
+# ------------------------------------------------------------------------------ facts
+
+
+@pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS[:4])
+def test_float32_affine_kernel_is_bit_identical_to_matmul_of_dequantized(mode, gs, bits):
+    """SEMANTICS.md, verified: float32 affine mx.quantized_matmul == MLX's own
+    x @ mx.dequantize(w).T, bit for bit (K = 128 and 256)."""
+    for k in (128, 256):
+        _, x, _, wq, s, b = make_layer_inputs(8, k, "float32", mode, gs, bits)
+        mx_x, mx_wq, mx_s, mx_b = t2m(x), t2m(wq), t2m(s), t2m(b)
+        fused = mx.quantized_matmul(mx_x, mx_wq, mx_s, mx_b, True, gs, bits, mode)
+        plain = mx_x @ mx.dequantize(mx_wq, mx_s, mx_b, gs, bits, mode).T
+        assert np.array_equal(np.array(fused), np.array(plain))
+
+
+@pytest.mark.parametrize(
+    ("x_dtype", "w_dtype", "mode", "want"),
+    [
+        ("float16", "float32", "affine", "float32"),
+        ("bfloat16", "float16", "affine", "float32"),
+        ("float32", "bfloat16", "affine", "float32"),
+        ("bfloat16", "bfloat16", "affine", "bfloat16"),
+        ("float16", "float32", "mxfp8", "float16"),
+        ("bfloat16", "float32", "nvfp4", "bfloat16"),
+        ("float32", "float16", "mxfp4", "float32"),
+    ],
+)
+def test_output_dtype_is_the_promotion_of_x_and_scales_or_x_for_fp_modes(x_dtype, w_dtype, mode, want):
+    gs, bits = {"affine": (64, 4), "nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}[mode]
+    w = torch.randn(4, 64).to(TORCH_DTYPE[w_dtype])
+    x = torch.randn(1, 64).to(TORCH_DTYPE[x_dtype])
+    wq, s, b = tq.quantize(w, gs, bits, mode)
+    y_t = tq.quantized_matmul(x, wq, s, b, True, gs, bits, mode)
+    y_m = mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), None if b is None else t2m(b), True, gs, bits, mode)
+    assert y_t.dtype == TORCH_DTYPE[want]
+    assert y_m.dtype == MX_DTYPE[want]
+    # Mixed affine dtypes: MLX casts scales/biases to the promoted dtype, so the result
+    # is the float32 product of x with W dequantized in float32 from the widened scales.
+    ref = tq.quantized_matmul(x, wq, s, b, True, gs, bits, mode, precision="float64")
+    bound = accumulation_bound(x, wq, s, b, gs, bits, mode, TORCH_DTYPE[want])
+    assert ((m2t(y_m).double() - ref).abs() <= bound).all()
+
+
+# ------------------------------------------------------------------ layer vs reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS)
+def test_layers_agree_with_x_at_dequantized_w(dtype, mode, gs, bits):
+    """Both layers, built from the same packed weights, stay within the accumulation
+    bound of the float64 oracle x @ dequantize(W).T + bias (tiny 2 x 8 x 64: MLX's CPU
+    half-precision kernel is slow and accumulates in the input dtype)."""
+    k = 128 if gs == 128 else 64
+    _, x, bias, wq, s, b = make_layer_inputs(8, k, dtype, mode, gs, bits, seed=gs + bits)
+    m_layer = MxQL(t2m(wq), t2m(s), None if b is None else t2m(b), t2m(bias), gs, bits, mode)
+    t_layer = TorchQL(wq, s, b, bias, gs, bits, mode)
+    y_m = m2t(m_layer(t2m(x)))
+    y_t = t_layer(x)
+    y64 = t_layer(x, precision="float64")
+    assert y_m.dtype == y_t.dtype == TORCH_DTYPE[dtype]
+    assert y64.dtype == torch.float64 and y_m.shape == y_t.shape == y64.shape == (2, 8)
+    bound = accumulation_bound(x, wq, s, b, gs, bits, mode, TORCH_DTYPE[dtype])
+    bound = bound + 2 * UNIT_ROUNDOFF[TORCH_DTYPE[dtype]] * (y64.abs() + bias.double().abs())
+    for name, y in (("mlx", y_m), ("torch", y_t)):
+        err = (y.double() - y64).abs()
+        assert (err <= bound).all(), f"{name}: max err {err.max():.3g}, bound {bound.min():.3g}"
+
+
+def test_the_bound_catches_a_wrong_zero_point_or_scale():
+    """The tolerance is not vacuous: dropping the zero-point biases, or reading the
+    neighbouring group's scales, lands far outside it (float32)."""
+    _, x, _, wq, s, b = make_layer_inputs(8, 128, "float32", "affine", 64, 4, seed=5)
+    ref = tq.quantized_matmul(x, wq, s, b, True, 64, 4, "affine", precision="float64")
+    bound = accumulation_bound(x, wq, s, b, 64, 4, "affine", torch.float32)
+    no_zero = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), t2m(torch.zeros_like(b)), True, 64, 4))
+    rolled = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s.roll(1, -1)), t2m(b), True, 64, 4))
+    assert ((no_zero.double() - ref).abs() > bound).any()
+    assert ((rolled.double() - ref).abs() > bound).any()
+
+
+@pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS)
+def test_float32_layers_agree_closely(mode, gs, bits):
+    """float32: MLX and the twin differ only by summation order (a few ulp of |y|)."""
+    _, x, bias, wq, s, b = make_layer_inputs(16, 256, "float32", mode, gs, bits, seed=1)
+    y_m = m2t(MxQL(t2m(wq), t2m(s), None if b is None else t2m(b), t2m(bias), gs, bits, mode)(t2m(x)))
+    y_t = TorchQL(wq, s, b, bias, gs, bits, mode)(x)
+    assert torch.allclose(y_m, y_t, rtol=0, atol=2e-5 * float(y_t.abs().max()))
+
+
+def test_float64_oracle_is_exact_dequantize_then_float64_matmul():
+    _, x, bias, wq, s, b = make_layer_inputs(8, 64, "bfloat16", "affine", 64, 4)
+    layer = TorchQL(wq, s, b, bias, 64, 4, "affine")
+    w64 = tq.dequantize(wq, s, b, 64, 4, "affine", precision="float64")
+    want = x.double() @ w64.T + bias.double()
+    assert torch.equal(layer(x, precision="float64"), want)
+    with pytest.raises(ValueError, match=r"^\[QuantizedLinear\] precision"):
+        layer(x, precision="float32")
+
+
+def test_transpose_false_multiplies_by_w():
+    """quantized_matmul(transpose=False) = x @ W with W [K, N] quantized along N."""
+    w = torch.randn(64, 32)
+    x = torch.randn(3, 64)
+    wq, s, _ = tq.quantize(w, 16, 4, "nvfp4")
+    y_t = tq.quantized_matmul(x, wq, s, None, False, 16, 4, "nvfp4")
+    y_m = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), None, False, 16, 4, "nvfp4"))
+    w_deq = tq.dequantize(wq, s, None, 16, 4, "nvfp4", torch.float32)
+    assert y_t.shape == y_m.shape == (3, 32)
+    assert torch.allclose(y_t, x @ w_deq, rtol=0, atol=1e-5)
+    assert torch.allclose(y_m, y_t, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- construction
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS)
+def test_from_float_is_bit_identical_across_packages(dtype, mode, gs, bits):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4, 128, generator=g).to(TORCH_DTYPE[dtype])
+    bias = torch.randn(4, generator=g).to(TORCH_DTYPE[dtype])
+    m_layer = MxQL.from_float(t2m(w), t2m(bias), gs, bits, mode)
+    t_layer = TorchQL.from_float(w, bias, gs, bits, mode)
+    assert torch.equal(m2t(m_layer.weight), t_layer.weight)
+    assert torch.equal(m2t(m_layer.scales).view(torch.uint8 if mode != "affine" else t_layer.scales.dtype),
+                       t_layer.scales.view(torch.uint8 if mode != "affine" else t_layer.scales.dtype))
+    if mode == "affine":
+        assert torch.equal(m2t(m_layer.biases), t_layer.biases)
+    else:
+        assert m_layer.biases is None and t_layer.biases is None
+    assert torch.equal(m2t(m_layer.bias), t_layer.bias)
+    assert m_layer.output_dim == t_layer.output_dim == 4
+    assert m_layer.in_features == t_layer.in_features == 128
+    assert (m_layer.group_size, m_layer.bits, m_layer.mode) == (gs, bits, mode)
+
+
+def test_module_plumbing():
+    """mlx: a frozen mlx.nn.Module whose parameters() hold the arrays (None ones absent);
+    torch: packed weight / scales / biases are buffers, the layer bias a frozen Parameter,
+    and a state_dict round trip restores the layer."""
+    w = torch.randn(8, 64)
+    m_layer = MxQL.from_float(t2m(w), None, 32, 4, "mxfp4")
+    assert isinstance(m_layer, mlx.nn.Module)
+    assert set(m_layer.parameters()) == {"weight", "scales"}
+    assert m_layer.trainable_parameters() == {}
+    assert m_layer.weight.dtype == mx.uint32 and m_layer.scales.dtype == mx.uint8
+
+    t_layer = TorchQL.from_float(w, torch.zeros(8), 64, 4, "affine")
+    assert isinstance(t_layer, torch.nn.Module)
+    assert {n for n, _ in t_layer.named_buffers()} == {"weight", "scales", "biases"}
+    assert [n for n, _ in t_layer.named_parameters()] == ["bias"]
+    assert t_layer.weight.dtype == torch.uint32 and not t_layer.bias.requires_grad
+    other = TorchQL.from_float(torch.randn(8, 64), torch.ones(8), 64, 4, "affine")
+    other.load_state_dict(t_layer.state_dict())
+    x = torch.randn(2, 64)
+    assert torch.equal(other(x), t_layer(x))
+
+
+def test_batched_input():
+    _, _, bias, wq, s, b = make_layer_inputs(8, 64, "float32", "affine", 64, 4)
+    x = torch.randn(2, 3, 64)
+    y_t = TorchQL(wq, s, b, bias)(x)
+    y_m = m2t(MxQL(t2m(wq), t2m(s), t2m(b), t2m(bias))(t2m(x)))
+    assert y_t.shape == y_m.shape == (2, 3, 8)
+    assert torch.allclose(y_t, y_m, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _packed(mode: str):
+    gs, bits = {"affine": (64, 4), "nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}[mode]
+    wq, s, b = tq.quantize(torch.ones(4, 64), gs, bits, mode)
+    return wq, s, b, gs, bits
+
+
+CONSTRUCTION_ERRORS = {
+    "fp mode given biases": (ValueError, lambda: (*_fp_with_biases(),)),
+    "affine without biases": (ValueError, lambda: _affine(biases=None)),
+    "scales of the wrong shape": (ValueError, lambda: _affine(scales_slice=True)),
+    "bias of the wrong length": (ValueError, lambda: _affine(bias=torch.zeros(3))),
+    "bias of an integer dtype": (TypeError, lambda: _affine(bias=torch.zeros(4, dtype=torch.int32))),
+    "weight not uint32": (TypeError, lambda: _affine(weight_dtype=torch.int32)),
+    "weight 3-D": (ValueError, lambda: _affine(weight_3d=True)),
+    "fp scales not uint8": (TypeError, lambda: _fp_float_scales()),
+    "bits 7": (ValueError, lambda: _affine(bits=7)),
+    "unknown mode": (ValueError, lambda: _affine(mode="q4")),
+}
+
+
+def _affine(biases="keep", scales_slice=False, bias=None, weight_dtype=None, weight_3d=False, bits=4, mode="affine"):
+    wq, s, b, gs, _ = _packed("affine")
+    if weight_dtype is not None:
+        wq = wq.view(weight_dtype)
+    if weight_3d:
+        wq, s, b = wq[None], s[None], b[None]
+    if scales_slice:
+        s, b = s[:, :0], b[:, :0]
+    return (wq, s, b if biases == "keep" else biases, bias, gs, bits, mode)
+
+
+def _fp_with_biases():
+    wq, s, _, gs, bits = _packed("mxfp4")
+    return (wq, s, torch.zeros(s.shape), None, gs, bits, "mxfp4")
+
+
+def _fp_float_scales():
+    wq, s, _, gs, bits = _packed("nvfp4")
+    return (wq, s.float(), None, None, gs, bits, "nvfp4")
+
+
+def _to_mx(args):
+    return tuple(t2m(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.parametrize("case", sorted(CONSTRUCTION_ERRORS))
+def test_constructor_errors_in_both_packages(case):
+    exc, make = CONSTRUCTION_ERRORS[case]
+    args = make()
+    with pytest.raises(exc, match=r"^\[QuantizedLinear\] "):
+        TorchQL(*args)
+    with pytest.raises(exc, match=r"^\[QuantizedLinear\] "):
+        MxQL(*_to_mx(args))
+
+
+def test_call_errors_in_both_packages():
+    wq, s, b, gs, bits = _packed("affine")
+    layers = [(TorchQL(wq, s, b, None, gs, bits), lambda t: t), (MxQL(*_to_mx((wq, s, b)), None, gs, bits), t2m)]
+    for layer, to in layers:
+        with pytest.raises(ValueError, match=r"^\[QuantizedLinear\] input last dim must equal in_features 64"):
+            layer(to(torch.ones(2, 32)))
+        with pytest.raises(TypeError, match=r"^\[QuantizedLinear\] x must be"):
+            layer(to(torch.ones(2, 64, dtype=torch.int32)))
+
+
+def test_from_float_errors_in_both_packages():
+    for cls, to in ((TorchQL, lambda t: t), (MxQL, t2m)):
+        with pytest.raises(ValueError, match=r"^\[QuantizedLinear\] weight must be 2-D"):
+            cls.from_float(to(torch.ones(64)))
+        with pytest.raises(ValueError, match=r"^\[quantize\] mode 'nvfp4' supports group_size"):
+            cls.from_float(to(torch.ones(4, 64)), None, 64, 4, "nvfp4")
+        with pytest.raises(ValueError, match=r"^\[quantize\] .*divisible by group_size 64"):
+            cls.from_float(to(torch.ones(4, 96)))
