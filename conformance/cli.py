@@ -1,4 +1,5 @@
-"""Command line: ``python -m conformance run`` (the main job) and ``merge``.
+"""Command line: ``python -m conformance run`` (the main job), ``merge`` and ``bench``
+(``record``/``compare`` performance baselines: :mod:`conformance.bench.cli`).
 
 ``run`` executes every registry record's conformance cells, error cases and mutation
 meta-tests, each record in its own pytest subprocess, so that an MLX abort or a segfault
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from conformance.bench import cli as bench_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +109,7 @@ def command_run(args: argparse.Namespace) -> int:
     for partial in partials:
         for section in ("cells", "divergences", "mutants", "errors", "crashes"):
             report[section].extend(partial.get(section, []))
+    fuzz_ok = _run_fuzz(args, env, out, report)
     write_report(report, out)
     s = summary(report)
     print(f"[conformance] {s['cells'] - s['cells_failed']}/{s['cells']} cells conform, "
@@ -114,8 +117,28 @@ def command_run(args: argparse.Namespace) -> int:
           f"error cases {s['error_cases'] - s['error_cases_failed']}/{s['error_cases']}; "
           f"crashes {s['crashes']}. Report: {out / 'report.html'}")
     failed = (s["cells_failed"] or s["crashes"] or s["mutants_killed"] < s["mutants"]
-              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials))
+              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials) or not fuzz_ok)
     return 1 if failed else 0
+
+
+def _run_fuzz(args: argparse.Namespace, env: dict[str, str], out: Path, report: dict[str, Any]) -> bool:
+    """Fuzz every public entry point in a subprocess (:mod:`conformance.fuzz`); its counts go
+    into ``report["fuzz"]`` and ``fuzz.json``. Skipped for ``--record`` subsets unless
+    ``--fuzz-examples`` asks. Returns False when the fuzz found a violation or a crash."""
+    from conformance.fuzz import FUZZ_EXAMPLES, run_fuzz, summary_line
+    from conformance.results import write_json_atomic
+
+    examples = args.fuzz_examples
+    if examples is None:
+        examples = 0 if args.record else FUZZ_EXAMPLES[args.profile]
+    if examples <= 0:
+        return True
+    print(f"[conformance] fuzzing every public entry point, {examples} inputs each", flush=True)
+    result = run_fuzz(examples, args.profile, env=env)
+    write_json_atomic(out / "fuzz.json", result)
+    report["fuzz"] = [result]
+    print(f"[conformance] fuzz: {summary_line(result)}", flush=True)
+    return bool(result["ok"])
 
 
 def command_merge(args: argparse.Namespace) -> int:
@@ -142,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default=str(ROOT / "reports" / "conformance"))
     run.add_argument("--record", action="append", help="only this registry record (repeatable)")
     run.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    run.add_argument("--fuzz-examples", type=int, default=None,
+                     help="fuzz inputs per public entry point (default: by profile; 0 skips the fuzz)")
     run.set_defaults(func=command_run)
     mrg = sub.add_parser("merge", help="merge report JSON files from several machines")
     mrg.add_argument("reports", nargs="+")
@@ -150,5 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     readme = sub.add_parser("readme", help="copy a report's summary matrix into README.md")
     readme.add_argument("--report", default=str(ROOT / "reports" / "conformance" / "conformance.json"))
     readme.set_defaults(func=command_readme)
+    bench_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

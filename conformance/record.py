@@ -96,6 +96,7 @@ class ExpectedDivergence:
     """A known disagreement that is MLX's (a bug or undocumented behaviour of MLX itself),
     not ``mlx_impl``'s. Hypothesis skips inputs for which ``applies`` is true; the
     ``reproducer`` must keep failing, so the entry is removed once MLX is fixed.
+    ``applies(case, dtype, backend)`` decides for every mode; ``mode`` is the reproducer's.
     """
 
     name: str

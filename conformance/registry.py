@@ -24,7 +24,14 @@ NOT_OPS: dict[str, str] = {
     "nn.Layer": "a typing Protocol, not an op (tests/test_protocols.py)",
     "nn.LinearLayer": "a typing Protocol, not an op (tests/test_protocols.py)",
     "quantization.QUANT_MODES": "a constant naming the modes the records iterate",
+    "quantization.FP_MODES": "a constant: the floating-point modes",
+    "quantization.AFFINE_BITS": "a constant: the affine bit widths MLX accepts",
+    "quantization.AFFINE_GROUP_SIZES": "a constant: the affine group sizes MLX accepts",
+    "quantization.SUPPORTED_QUANTIZATION": "a constant: every (mode, group, bits) MLX accepts",
+    "quantization.QUANTIZATION_LABELS": "a constant: Ollama's checkpoint labels",
     "quantization.check_quantization": "a validator; its refusals are the records' error cases",
+    "quantization.check_quantizable": "a validator; its refusals are the records' error cases",
+    "quantization.check_quantized": "a validator; its refusals are the records' error cases",
     "quantization.quantization_for_label": "maps Ollama checkpoint labels to formats (tests/test_quantization.py)",
 }
 """Public names of ``mlx_impl`` that are deliberately not conformance records, and why."""

@@ -39,11 +39,11 @@ def load_report(path: Path) -> dict[str, Any]:
 def merge(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate runs; every cell, divergence, mutant and error entry keeps its run index."""
     merged: dict[str, Any] = {"schema": SCHEMA, "runs": [], "cells": [], "divergences": [],
-                              "mutants": [], "errors": [], "crashes": []}
+                              "mutants": [], "errors": [], "crashes": [], "fuzz": []}
     for report in reports:
         offset = len(merged["runs"])
         merged["runs"].extend(report["runs"])
-        for section in ("cells", "divergences", "mutants", "errors", "crashes"):
+        for section in ("cells", "divergences", "mutants", "errors", "crashes", "fuzz"):
             for entry in report.get(section, []):
                 merged[section].append({**entry, "run": entry.get("run", 0) + offset})
     return merged
@@ -66,6 +66,9 @@ def summary(report: dict[str, Any]) -> dict[str, int]:
         "error_cases": len(report.get("errors", [])),
         "error_cases_failed": sum(not e["ok"] for e in report.get("errors", [])),
         "crashes": len(report.get("crashes", [])),
+        "fuzz_inputs": sum(f["total_inputs"] for f in report.get("fuzz", [])),
+        "fuzz_violations": sum(len(f["violations"]) for f in report.get("fuzz", [])),
+        "fuzz_crashes": sum(len(f["crashes"]) for f in report.get("fuzz", [])),
     }
 
 
@@ -127,6 +130,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "| op | mutant | bug | killed | examples tried |", "|---|---|---|---|---|"]
         out += [f"| {m['op']} | {m['mutant']} | {m['bug']} | {'yes' if m['killed'] else '**NO**'} | "
                 f"{m['examples_tried']} |" for m in report["mutants"]]
+    out += _fuzz_markdown(report)
     return "\n".join(out) + "\n"
 
 
@@ -166,6 +170,68 @@ def update_readme(readme: Path, report: dict[str, Any]) -> None:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     write_text_atomic(Path(readme), f"{head}{start}\n{render_summary(report)}{end}{tail}")
+
+
+_FUZZ_INTRO = ("Arbitrary inputs (mostly wrong, some right: ranks 0-5, zero-size dims, every dtype, junk "
+               "parameters) into every public entry point, in a subprocess. A call must return the "
+               "documented shape or raise ValueError/TypeError/IndexError naming the op in brackets, "
+               "never crash, and both libraries must accept and refuse the same inputs.")
+
+
+def _fuzz_rows(result: dict[str, Any]) -> list[tuple[str, int, str, str, int, str]]:
+    """(entry, inputs, MLX accepted/refused, PyTorch accepted/refused, violations, note)."""
+    rows = []
+    for name, e in sorted(result["entries"].items()):
+        sides = [f"{e[lib]['accepted']} / {e[lib]['refused']}" if lib in e else "-" for lib in ("mlx", "torch")]
+        bad = sum(e[lib]["violations"] for lib in ("mlx", "torch") if lib in e) + e.get("disagreements", 0)
+        note = f"crashed {e['crashed']}" if e.get("crashed") else ""
+        rows.append((name, e["inputs"], sides[0], sides[1], bad, note))
+    return rows
+
+
+def _fuzz_markdown(report: dict[str, Any]) -> list[str]:
+    """The "Fuzzing" section: counts per entry point, then every violation and crash."""
+    out: list[str] = []
+    for result in report.get("fuzz", []):
+        out += ["", f"## Fuzzing (run {result.get('run', 0)})", "", _FUZZ_INTRO, "",
+                f"**{result['total_inputs']} inputs** over {len(result['entries'])} entry points "
+                f"({result['examples_per_entry']} each, profile `{result['profile']}`); "
+                f"{len(result['violations'])} distinct violations, {len(result['crashes'])} crashes.", "",
+                "| entry point | inputs | MLX accepted / refused | PyTorch accepted / refused | violations | |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {n} | {i} | {m} | {t} | {'**' + str(b) + '**' if b else 0} | {note} |"
+                for n, i, m, t, b, note in _fuzz_rows(result)]
+        for c in result["crashes"]:
+            out += ["", f"- CRASH `{c['entry']}` [{c['library']}]: {c['detail'][:300]}", f"  input: `{c['input']}`"]
+        for v in result["violations"]:
+            out += ["", f"- `{v['entry']}` [{v['library']}] {v['kind']} (x{v['count']}): {v['exception']} "
+                    f"{v['detail'][:300]}", f"  input: `{v['input'][:800]}`"]
+    return out
+
+
+def _fuzz_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+    parts = []
+    for result in report.get("fuzz", []):
+        rows = "".join(
+            f"<tr><td>{esc(n)}</td><td>{i}</td><td>{esc(m)}</td><td>{esc(t)}</td>"
+            f"<td class=\"{'fail' if b else 'pass'}\">{b}</td><td>{esc(note)}</td></tr>"
+            for n, i, m, t, b, note in _fuzz_rows(result)
+        )
+        problems = [f"CRASH {c['entry']} [{c['library']}]: {c['detail'][:300]}\n  input: {c['input']}"
+                    for c in result["crashes"]]
+        problems += [f"{v['entry']} [{v['library']}] {v['kind']} (x{v['count']}): {v['exception']} "
+                     f"{v['detail'][:300]}\n  input: {v['input'][:800]}" for v in result["violations"]]
+        listing = f"<pre>{esc(chr(10).join(problems))}</pre>" if problems else ""
+        parts.append(
+            f"<h2>Fuzzing (run {result.get('run', 0)})</h2><p>{esc(_FUZZ_INTRO)}</p>"
+            f"<p><b>{result['total_inputs']} inputs</b> over {len(result['entries'])} entry points "
+            f"({result['examples_per_entry']} each, profile {esc(str(result['profile']))}); "
+            f"{len(result['violations'])} distinct violations, {len(result['crashes'])} crashes.</p>"
+            "<table><tr><th>entry point</th><th>inputs</th><th>MLX accepted / refused</th>"
+            f"<th>PyTorch accepted / refused</th><th>violations</th><th></th></tr>{rows}</table>{listing}"
+        )
+    return "".join(parts)
 
 
 def _histogram_svg(counts: list[int]) -> str:
@@ -231,7 +297,7 @@ ulps, and the distribution of MLX's per-element error in ulps (bins {', '.join(f
 <h2>Expected divergences</h2><table><tr><th>op</th><th>name</th><th>reason</th><th>reproducer</th></tr>
 {divergences}</table>
 <h2>Mutation meta-tests</h2><table><tr><th>op</th><th>mutant</th><th>bug</th><th>result</th><th>tries</th></tr>
-{mutants}</table></body></html>
+{mutants}</table>{_fuzz_html(report)}</body></html>
 """
 
 

@@ -13,11 +13,14 @@ already-rounded inputs, never against the PyTorch peer alone:
   cancellation inside a row is not punished and a bug confined to small rows is not hidden
   by large ones elsewhere.
 * ``exact`` ops (quantize, gathers, masks) must be bit-identical to the peer.
-* ``accumulation_terms``: for a kernel known to accumulate a K-term dot product in the
-  input dtype (MLX's x86 CPU quantized matmul, SEMANTICS.md), the bound also admits the
-  classic worst-case error of recursive summation, ``gamma_K * (|x| @ |w|.T)`` with
-  ``gamma_K = K u / (1 - K u)`` (Higham, *Accuracy and Stability of Numerical
-  Algorithms*, §3.1), u the input dtype's unit roundoff. That is a proof, not a fit.
+* ``accumulation_terms``: ops that accumulate K-term dot products (matmuls) may sum in
+  any order; BLAS libraries differ (a sequential sum in MLX's reference BLAS, blocked SIMD
+  sums in PyTorch's), so one library can be several times more accurate than the other on
+  a given element. The bound then also admits the classic worst-case error of a K-term
+  sum, ``gamma_K * (|x| @ |w|.T)`` with ``gamma_K = K u / (1 - K u)`` (Higham, *Accuracy
+  and Stability of Numerical Algorithms*, §3.1), where u is float32's unit roundoff, or
+  the input dtype's for a kernel known to accumulate in it (MLX's x86 CPU quantized
+  matmul in float16/bfloat16, SEMANTICS.md). That is a proof, not a fit.
 
 No number here is tuned: the defaults come from the argument above, and an op that
 needs more states its reason next to its record.
@@ -42,9 +45,11 @@ class Tolerance:
         peer_factor: how many times PyTorch's own error MLX may make.
         floor_ulps: slack in output-dtype ulps at the row's largest magnitude.
         exact: the output must be bit-identical (discrete results).
-        accumulation_terms: given a case's arrays and params, the number of products K
-            accumulated per output in the input dtype; enables the gamma_K bound (needs
-            the record's ``magnitude`` function).
+        accumulation_terms: given a case's arrays and params, the number of terms K
+            accumulated per output; enables the gamma_K bound (needs the record's
+            ``magnitude`` function).
+        accumulates_in_input_dtype: the kernel rounds every partial sum to the input
+            dtype (u of that dtype) rather than accumulating in float32.
     """
 
     reason: str
@@ -52,6 +57,7 @@ class Tolerance:
     floor_ulps: float = DEFAULT_FLOOR_ULPS
     exact: bool = False
     accumulation_terms: Callable[[Mapping[str, Any], Mapping[str, Any]], int] | None = None
+    accumulates_in_input_dtype: bool = False
 
     def __post_init__(self) -> None:
         if not self.reason:

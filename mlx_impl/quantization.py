@@ -115,7 +115,8 @@ def check_quantizable(
     """Raise ``ValueError`` unless a weight of ``weight_shape`` can be quantized.
 
     Requirements (those of ``mx.quantize`` 0.32.4, checked before MLX sees them):
-    at least 2-D; the last dim divisible by ``group_size``. For ``nvfp4`` the
+    at least 2-D; not empty (MLX fails on empty weights in the fp modes, and its
+    dequantize fails on zero rows); the last dim divisible by ``group_size``. For ``nvfp4`` the
     TOTAL element count must also be a multiple of 32: MLX's CPU nvfp4 packer
     reshapes the codes to ``(-1, 4, 8)`` and fails otherwise (e.g. on ``(1, 16)``
     or ``(3, 16)``; ``(2, 16)`` works).
@@ -125,6 +126,9 @@ def check_quantizable(
         raise value_error(
             where, f"the weight to quantize must be at least 2-D but got shape {shape}."
         )
+    if 0 in shape:
+        # MLX 0.32.4 fails on empty weights in several modes (argmin / reshape errors).
+        raise value_error(where, f"the weight to quantize must not be empty but got shape {shape}.")
     if shape[-1] % group_size != 0:
         raise value_error(
             where,
@@ -163,7 +167,8 @@ def check_quantized(
 ) -> int:
     """Validate a packed ``(wq, scales, biases)`` triple; return the unpacked last dim.
 
-    Checks: the mode/group/bits combination; ``wq`` is uint32 and at least 2-D;
+    Checks: the mode/group/bits combination; ``wq`` is uint32, at least 2-D and not
+    empty;
     ``scales`` has ``wq``'s shape except its last dim, which is
     ``wq.shape[-1] * 32 / bits / group_size``; affine needs ``biases`` of the scales'
     shape and dtype and floating scales; fp modes need uint8 scales and ``biases is None``.
@@ -194,6 +199,10 @@ def check_quantized(
             )
     elif biases is not None:
         raise value_error(where, f"mode {mode!r} has no biases; pass biases=None.")
+    if 0 in tuple(wq.shape):
+        raise value_error(
+            where, f"the packed weight must not be empty but got shape {tuple(wq.shape)}."
+        )
     k = wq.shape[-1] * 32 // bits
     expected = (*wq.shape[:-1], k // group_size)
     if (wq.shape[-1] * 32) % bits != 0 or k % group_size != 0 or tuple(scales.shape) != expected:
@@ -209,9 +218,13 @@ def _check_global_scale(where: str, mode: str, global_scale: mx.array | None) ->
     if global_scale is None:
         return
     if mode != "nvfp4":
-        raise value_error(where, f"global_scale is only supported for mode 'nvfp4' but got {mode!r}.")
+        raise value_error(
+            where, f"global_scale is only supported for mode 'nvfp4' but got {mode!r}."
+        )
     if not isinstance(global_scale, mx.array):
-        raise type_error(where, f"global_scale must be an mx.array but got {type(global_scale).__name__}.")
+        raise type_error(
+            where, f"global_scale must be an mx.array but got {type(global_scale).__name__}."
+        )
     if global_scale.size != 1 or global_scale.dtype != mx.float32:
         raise value_error(
             where,

@@ -42,7 +42,9 @@ def mx_as_torch(y: mx.array) -> torch.Tensor:
     return torch.from_numpy(np.array(y.astype(mx.float32))).to(TORCH_DTYPE[name])
 
 
-def both(q, k, v, *, scale, mask=None, sinks=None, dtype="float32") -> tuple[torch.Tensor, torch.Tensor]:
+def both(
+    q, k, v, *, scale, mask=None, sinks=None, dtype="float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run both packages on the same numpy inputs; return (mlx, torch) as torch tensors."""
     mkw: dict[str, Any] = {}
     tkw: dict[str, Any] = {}
@@ -126,7 +128,9 @@ def test_dv_may_differ_from_d() -> None:
 
 
 @pytest.mark.parametrize(
-    ("lq", "lk"), [(1, 5), (3, 5), (4, 4)], ids=["decode_Lq1", "cached_prefill_Lq<Lk", "prefill_Lq=Lk"]
+    ("lq", "lk"),
+    [(1, 5), (3, 5), (4, 4)],
+    ids=["decode_Lq1", "cached_prefill_Lq<Lk", "prefill_Lq=Lk"],
 )
 def test_causal_is_bottom_right_aligned(lq: int, lk: int) -> None:
     # q = k = 0: each query spreads its weight uniformly over the keys it sees, and the
@@ -192,7 +196,10 @@ def test_pytorch_is_causal_is_top_left_and_differs_from_mlx_causal() -> None:
         torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), is_causal=True, scale=scale
     )
     top_left = torch_sdpa(
-        torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), scale=scale,
+        torch.from_numpy(q),
+        torch.from_numpy(k),
+        torch.from_numpy(v),
+        scale=scale,
         mask=torch.from_numpy(visible(2, 5, top_left=True)),
     )
     torch.testing.assert_close(pt_causal, top_left, rtol=0, atol=1e-6)  # PyTorch = top-left
@@ -317,13 +324,22 @@ ERROR_CASES: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("mask_not_broadcastable", {"mask_np": np.ones((3, 5), bool)}, ValueError),
     ("mask_rank_5", {"mask_np": np.ones((1, 1, 1, 3, 4), bool)}, ValueError),
     ("mask_int_dtype", {"mask_np": np.zeros((3, 4), np.int32)}, TypeError),
-    ("float32_mask_with_float16_q", {"dtype": "float16", "mask_np": np.zeros((3, 4), np.float32),
-                                     "mask_dtype": "float32"}, TypeError),
-    ("bfloat16_mask_with_float16_q", {"dtype": "float16", "mask_np": np.zeros((3, 4), np.float32),
-                                      "mask_dtype": "bfloat16"}, TypeError),
+    (
+        "float32_mask_with_float16_q",
+        {"dtype": "float16", "mask_np": np.zeros((3, 4), np.float32), "mask_dtype": "float32"},
+        TypeError,
+    ),
+    (
+        "bfloat16_mask_with_float16_q",
+        {"dtype": "float16", "mask_np": np.zeros((3, 4), np.float32), "mask_dtype": "bfloat16"},
+        TypeError,
+    ),
     ("sinks_wrong_shape", {"sinks": np.zeros(3, np.float32)}, ValueError),
-    ("float32_sinks_with_float16_q", {"dtype": "float16", "sinks": np.zeros(2, np.float32),
-                                      "sinks_dtype": "float32"}, TypeError),
+    (
+        "float32_sinks_with_float16_q",
+        {"dtype": "float16", "sinks": np.zeros(2, np.float32), "sinks_dtype": "float32"},
+        TypeError,
+    ),
     ("scale_nan", {"scale": float("nan")}, ValueError),
     ("scale_inf", {"scale": float("inf")}, ValueError),
     ("scale_string", {"scale": "0.5"}, TypeError),
@@ -336,7 +352,8 @@ ERROR_CASES: list[tuple[str, dict[str, Any], type[Exception]]] = [
 def _call(lib: str, case: dict[str, Any]) -> Any:
     q, k, v = case.get("qkv", _qkv())
     dtype = case.get("dtype", "float32")
-    conv, fn = (to_mx, mx_sdpa) if lib == "mlx" else (to_torch, torch_sdpa)
+    conv: Any = to_mx if lib == "mlx" else to_torch
+    fn: Any = mx_sdpa if lib == "mlx" else torch_sdpa
     tq, tk, tv = conv(q, dtype), conv(k, dtype), conv(v, dtype)
     if case.get("int_q"):
         tq = mx.array(q.astype(np.int32)) if lib == "mlx" else torch.from_numpy(q.astype(np.int32))
@@ -365,7 +382,9 @@ def test_mlx_itself_rejects_a_float32_mask_with_float16_q() -> None:
     # Why the packages reject it up front: MLX raises at graph-build time.
     q = mx.ones((1, 1, 2, 4), dtype=mx.float16)
     with pytest.raises(ValueError, match="Mask type must promote"):
-        mx.fast.scaled_dot_product_attention(q, q, q, scale=1.0, mask=mx.zeros((2, 2), dtype=mx.float32))
+        mx.fast.scaled_dot_product_attention(
+            q, q, q, scale=1.0, mask=mx.zeros((2, 2), dtype=mx.float32)
+        )
 
 
 def test_torch_rejects_unknown_precision() -> None:
@@ -377,9 +396,12 @@ def test_torch_rejects_unknown_precision() -> None:
 def test_valid_edge_inputs_are_accepted_by_both() -> None:
     # Rank-0..4 masks that broadcast, an int scale, numpy float scale, mixed q/k/v dtypes.
     q, k, v = _qkv()
+    numpy_scale: Any = np.float32(1.0)
     for m in (np.array(True), np.ones(4, bool), np.ones((1, 1, 1, 4), bool)):
         y_mx = mx_sdpa(to_mx(q), to_mx(k), to_mx(v), scale=1, mask=mx.array(m))
-        y_t = torch_sdpa(to_torch(q), to_torch(k), to_torch(v), scale=np.float32(1.0), mask=torch.from_numpy(m))
+        y_t = torch_sdpa(
+            to_torch(q), to_torch(k), to_torch(v), scale=numpy_scale, mask=torch.from_numpy(m)
+        )
         assert tuple(y_mx.shape) == tuple(y_t.shape) == (1, 2, 3, 8)
     y_mx = mx_sdpa(to_mx(q, "float16"), to_mx(k), to_mx(v, "bfloat16"), scale=0.5)
     y_t = torch_sdpa(to_torch(q, "float16"), to_torch(k), to_torch(v, "bfloat16"), scale=0.5)

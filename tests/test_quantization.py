@@ -166,7 +166,9 @@ def test_quantize_and_dequantize_bit_exact(dtype, mode, gs, bits):
     assert_same_quantization(w, gs, bits, mode)
     wq, scales, biases = mq.quantize(t2m(w), gs, bits, mode)
     for out in (None, "float32", "float16", "bfloat16"):
-        want = mq.dequantize(wq, scales, biases, gs, bits, mode, None if out is None else MX_DTYPE[out])
+        want = mq.dequantize(
+            wq, scales, biases, gs, bits, mode, None if out is None else MX_DTYPE[out]
+        )
         got = tq.dequantize(
             m2t(wq),
             m2t(scales),
@@ -225,7 +227,9 @@ def test_element_rounding_ties(dtype):
     vals = vals[: vals.numel() // 31 * 31].reshape(-1, 31)
     fp8 = torch.cat([vals, torch.full((vals.shape[0], 1), 448.0)], 1)  # amax 448 -> 2^0
     assert_same_quantization(fp8.to(TORCH_DTYPE[dtype]), 32, 8, "mxfp8")
-    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 5.5, -0.25, -0.75, -1.75, -3.5, -5.0])
+    ties = torch.tensor(
+        [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 5.5, -0.25, -0.75, -1.75, -3.5, -5.0]
+    )
     fp4 = torch.zeros(2, 32)
     fp4[:, : ties.numel()] = ties
     fp4[:, -1] = 6.0  # amax 6 -> scale 2^0 (mx) and E4M3 1.0 (nv)
@@ -373,10 +377,10 @@ def test_known_answer_mx_modes(lib):
 def quantize_with(lib: str, w: torch.Tensor, gs: int, bits: int, mode: str):
     """Quantize with either package; return torch tensors (uint32 words as int64 lists)."""
     if lib == "torch":
-        out = tq.quantize(w, gs, bits, mode)
+        wq, s, b = tq.quantize(w, gs, bits, mode)
     else:
-        out = tuple(None if a is None else m2t(a) for a in mq.quantize(t2m(w), gs, bits, mode))
-    wq, s, b = out
+        mwq, ms, mb = mq.quantize(t2m(w), gs, bits, mode)
+        wq, s, b = m2t(mwq), m2t(ms), None if mb is None else m2t(mb)
     assert wq is not None and s is not None
     return wq.to(torch.int64), (s if s.is_floating_point() else s.to(torch.int64)), b
 
@@ -388,10 +392,8 @@ def quantize_with(lib: str, w: torch.Tensor, gs: int, bits: int, mode: str):
 @pytest.mark.parametrize(("mode", "gs", "bits"), FP_FORMATS)
 def test_round_trip_exact_on_representable_values(dtype, mode, gs, bits):
     """Format values times a representable scale come back exactly, in both packages."""
-    if bits == 4:
-        mags = torch.tensor(FP4_TABLE)
-    else:
-        mags = tq._e4m3_table()[::9]  # a spread of E4M3 values, 448 appended below
+    # E2M1: the whole table; E4M3: a spread of values (448 is appended below).
+    mags = torch.tensor(FP4_TABLE) if bits == 4 else tq._e4m3_table()[::9]
     maxval = 6.0 if bits == 4 else 448.0
     scale = 2.0**-3 if mode != "nvfp4" else 0.8125  # 0.8125 = E4M3 1.101b * 2^-1
     vals = torch.cat([mags, -mags])[: gs - 1]
@@ -425,7 +427,9 @@ def test_affine_round_trip_exact_on_grid_values(dtype, bits):
 # ---------------------------------------------------------------------------- dequantize
 
 
-@pytest.mark.parametrize(("mode", "gs", "bits"), [("affine", 32, 3), ("affine", 64, 8), *FP_FORMATS])
+@pytest.mark.parametrize(
+    ("mode", "gs", "bits"), [("affine", 32, 3), ("affine", 64, 8), *FP_FORMATS]
+)
 def test_float64_dequantize_is_the_exact_value_of_the_stored_format(mode, gs, bits):
     """precision="float64" = q * scale + bias (value * scale) in float64 from the SAME
     stored scales, with codes unpacked by an independent Python-integer unpacker."""
@@ -447,7 +451,11 @@ def test_float64_dequantize_is_the_exact_value_of_the_stored_format(mode, gs, bi
                 else:
                     value = float(tq._from_e4m3(torch.tensor([c]))[0])
                 code = int(s[r, i // gs])
-                scale = float(tq._from_e4m3(torch.tensor([code]))[0]) if mode == "nvfp4" else 2.0 ** (code - 127)
+                scale = (
+                    float(tq._from_e4m3(torch.tensor([code]))[0])
+                    if mode == "nvfp4"
+                    else 2.0 ** (code - 127)
+                )
                 want = value * scale
             assert got[r, i].item() == want, (r, i, c)
 
@@ -456,6 +464,7 @@ def test_affine_dequantize_rounds_twice_in_the_scales_dtype():
     """R(R(q * scale) + bias) in bfloat16 (no FMA); float32 output widens that result."""
     w = weight_rows(64, "bfloat16", seed=11)
     wq, s, b = tq.quantize(w, 64, 4, "affine")
+    assert b is not None
     codes = tq._unpack(wq, 4).reshape(w.shape[0], 1, 64).to(torch.bfloat16)
     two = ((codes * s.unsqueeze(-1)) + b.unsqueeze(-1)).reshape(w.shape)
     assert torch.equal(tq.dequantize(wq, s, b, 64, 4, "affine"), two)
@@ -501,6 +510,8 @@ W = torch.ones(2, 64)
         (ValueError, {"group_size": 16, "mode": "nvfp4"}, (1, 16), torch.float32),
         (ValueError, {"group_size": 16, "mode": "nvfp4"}, (3, 16), torch.float32),
         (TypeError, {}, (2, 64), torch.int32),
+        (ValueError, {}, (0, 64), torch.float32),  # MLX's own dequantize fails on it
+        (ValueError, {"group_size": 16, "mode": "nvfp4"}, (0, 16), torch.float32),
     ],
 )
 def test_quantize_errors(exc, kwargs, shape, dtype):
@@ -600,7 +611,14 @@ def test_quantized_matmul_errors():
     def fp_biases(lib, to):
         (fwq, fs, _), fgs, fbits = _packed("mxfp4")
         return lib.quantized_matmul(
-            to(torch.ones(1, 64)), to(fwq), to(fs), to(torch.zeros(fs.shape)), True, fgs, fbits, "mxfp4"
+            to(torch.ones(1, 64)),
+            to(fwq),
+            to(fs),
+            to(torch.zeros(fs.shape)),
+            True,
+            fgs,
+            fbits,
+            "mxfp4",
         )
 
     _expect_both(ValueError, "quantized_matmul", bad_width)
@@ -612,9 +630,13 @@ def test_quantized_matmul_errors():
 def test_check_functions(lib):
     lib.check_quantization("X", 64, 4, "affine")
     lib.check_quantizable("X", (8, 64), 64)
-    with pytest.raises(ValueError, match=r"^\[X\] mode 'affine' supports group_size in \(32, 64, 128\)"):
+    with pytest.raises(
+        ValueError, match=r"^\[X\] mode 'affine' supports group_size in \(32, 64, 128\)"
+    ):
         lib.check_quantization("X", 16, 4, "affine")
-    with pytest.raises(ValueError, match=r"^\[X\] mode 'affine' supports bits in \(1, 2, 3, 4, 5, 6, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"^\[X\] mode 'affine' supports bits in \(1, 2, 3, 4, 5, 6, 8\)"
+    ):
         lib.check_quantization("X", 64, 7, "affine")
     with pytest.raises(ValueError, match=r"^\[X\] mode must be one of"):
         lib.check_quantization("X", 64, 4, "fp4")

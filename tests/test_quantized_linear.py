@@ -4,6 +4,9 @@ module plumbing, and errors raised by both packages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import mlx.core as mx
 import mlx.nn
 import numpy as np
@@ -77,6 +80,54 @@ def test_float32_affine_kernel_is_bit_identical_to_matmul_of_dequantized(mode, g
         assert np.array_equal(np.array(fused), np.array(plain))
 
 
+def cpu_kernel_emulation(x, wq, s, b, gs, bits, mode):
+    """MLX 0.32.4's x86 CPU quantized_matmul, reproduced step by step (T = output dtype,
+    every op rounded to T, no FMA; loops in the order the kernel runs them):
+
+    affine: ``acc = R(acc + R(x_k * w_k))`` for k = 0..K-1, ``w = R(R(q * s) + b)``.
+    fp modes: per group ``g = R(g + R(x_k * v_k))``; then ``acc = R(acc + R(S * g))``
+    group after group, ``S`` the block scale rounded to T.
+    """
+    out = torch.promote_types(x.dtype, s.dtype) if mode == "affine" else x.dtype
+    x = x.to(out)
+    k, n = x.shape[-1], wq.shape[0]
+    acc = torch.zeros(*x.shape[:-1], n, dtype=out)
+    if mode == "affine":
+        w = tq.dequantize(wq, s.to(out), b.to(out), gs, bits, mode)
+        for i in range(k):
+            acc = acc + x[..., i, None] * w[:, i]
+        return acc
+    codes = tq._unpack(wq, bits).reshape(n, k // gs, gs)
+    values, scale = tq._decode(codes, s, mode, bits)
+    values, scale = values.to(out), scale[..., 0].to(out)
+    xg = x.reshape(*x.shape[:-1], 1, k // gs, gs)
+    group = torch.zeros(*x.shape[:-1], n, k // gs, dtype=out)
+    for i in range(gs):
+        group = group + xg[..., i] * values[..., i]
+    for j in range(k // gs):
+        acc = acc + scale[:, j] * group[..., j]
+    return acc
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS)
+def test_mlx_cpu_kernel_accumulates_sequentially_in_the_output_dtype(dtype, mode, gs, bits):
+    """Pins SEMANTICS.md's "the CPU kernel accumulates in the INPUT dtype" exactly: MLX's
+    x86 CPU quantized_matmul equals cpu_kernel_emulation BIT FOR BIT in every dtype and
+    mode (float32 too; M = 1 and batched). The twin's native reference stays
+    x @ dequantize(W).T (float32 accumulation), the back-end-independent definition."""
+    k = 128
+    for lead in ((1,), (2, 3)):
+        g = torch.Generator().manual_seed(len(lead))
+        w = torch.randn(8, k, generator=g).to(TORCH_DTYPE[dtype])
+        x = torch.randn(*lead, k, generator=g).to(TORCH_DTYPE[dtype])
+        wq, s, b = tq.quantize(w, gs, bits, mode)
+        got = mq.quantized_matmul(
+            t2m(x), t2m(wq), t2m(s), None if b is None else t2m(b), True, gs, bits, mode
+        )
+        assert torch.equal(m2t(got), cpu_kernel_emulation(x, wq, s, b, gs, bits, mode))
+
+
 @pytest.mark.parametrize(
     ("x_dtype", "w_dtype", "mode", "want"),
     [
@@ -89,13 +140,17 @@ def test_float32_affine_kernel_is_bit_identical_to_matmul_of_dequantized(mode, g
         ("float32", "float16", "mxfp4", "float32"),
     ],
 )
-def test_output_dtype_is_the_promotion_of_x_and_scales_or_x_for_fp_modes(x_dtype, w_dtype, mode, want):
+def test_output_dtype_is_the_promotion_of_x_and_scales_or_x_for_fp_modes(
+    x_dtype, w_dtype, mode, want
+):
     gs, bits = {"affine": (64, 4), "nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}[mode]
     w = torch.randn(4, 64).to(TORCH_DTYPE[w_dtype])
     x = torch.randn(1, 64).to(TORCH_DTYPE[x_dtype])
     wq, s, b = tq.quantize(w, gs, bits, mode)
     y_t = tq.quantized_matmul(x, wq, s, b, True, gs, bits, mode)
-    y_m = mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), None if b is None else t2m(b), True, gs, bits, mode)
+    y_m = mq.quantized_matmul(
+        t2m(x), t2m(wq), t2m(s), None if b is None else t2m(b), True, gs, bits, mode
+    )
     assert y_t.dtype == TORCH_DTYPE[want]
     assert y_m.dtype == MX_DTYPE[want]
     # Mixed affine dtypes: MLX casts scales/biases to the promoted dtype, so the result
@@ -136,7 +191,9 @@ def test_the_bound_catches_a_wrong_zero_point_or_scale():
     _, x, _, wq, s, b = make_layer_inputs(8, 128, "float32", "affine", 64, 4, seed=5)
     ref = tq.quantized_matmul(x, wq, s, b, True, 64, 4, "affine", precision="float64")
     bound = accumulation_bound(x, wq, s, b, 64, 4, "affine", torch.float32)
-    no_zero = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), t2m(torch.zeros_like(b)), True, 64, 4))
+    no_zero = m2t(
+        mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), t2m(torch.zeros_like(b)), True, 64, 4)
+    )
     rolled = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s.roll(1, -1)), t2m(b), True, 64, 4))
     assert ((no_zero.double() - ref).abs() > bound).any()
     assert ((rolled.double() - ref).abs() > bound).any()
@@ -146,7 +203,9 @@ def test_the_bound_catches_a_wrong_zero_point_or_scale():
 def test_float32_layers_agree_closely(mode, gs, bits):
     """float32: MLX and the twin differ only by summation order (a few ulp of |y|)."""
     _, x, bias, wq, s, b = make_layer_inputs(16, 256, "float32", mode, gs, bits, seed=1)
-    y_m = m2t(MxQL(t2m(wq), t2m(s), None if b is None else t2m(b), t2m(bias), gs, bits, mode)(t2m(x)))
+    y_m = m2t(
+        MxQL(t2m(wq), t2m(s), None if b is None else t2m(b), t2m(bias), gs, bits, mode)(t2m(x))
+    )
     y_t = TorchQL(wq, s, b, bias, gs, bits, mode)(x)
     assert torch.allclose(y_m, y_t, rtol=0, atol=2e-5 * float(y_t.abs().max()))
 
@@ -186,12 +245,13 @@ def test_from_float_is_bit_identical_across_packages(dtype, mode, gs, bits):
     m_layer = MxQL.from_float(t2m(w), t2m(bias), gs, bits, mode)
     t_layer = TorchQL.from_float(w, bias, gs, bits, mode)
     assert torch.equal(m2t(m_layer.weight), t_layer.weight)
-    assert torch.equal(m2t(m_layer.scales).view(torch.uint8 if mode != "affine" else t_layer.scales.dtype),
-                       t_layer.scales.view(torch.uint8 if mode != "affine" else t_layer.scales.dtype))
+    assert torch.equal(m2t(m_layer.scales), t_layer.scales)
     if mode == "affine":
+        assert m_layer.biases is not None and t_layer.biases is not None
         assert torch.equal(m2t(m_layer.biases), t_layer.biases)
     else:
         assert m_layer.biases is None and t_layer.biases is None
+    assert m_layer.bias is not None and t_layer.bias is not None
     assert torch.equal(m2t(m_layer.bias), t_layer.bias)
     assert m_layer.output_dim == t_layer.output_dim == 4
     assert m_layer.in_features == t_layer.in_features == 128
@@ -213,7 +273,8 @@ def test_module_plumbing():
     assert isinstance(t_layer, torch.nn.Module)
     assert {n for n, _ in t_layer.named_buffers()} == {"weight", "scales", "biases"}
     assert [n for n, _ in t_layer.named_parameters()] == ["bias"]
-    assert t_layer.weight.dtype == torch.uint32 and not t_layer.bias.requires_grad
+    assert t_layer.bias is not None and not t_layer.bias.requires_grad
+    assert t_layer.weight.dtype == torch.uint32
     other = TorchQL.from_float(torch.randn(8, 64), torch.ones(8), 64, 4, "affine")
     other.load_state_dict(t_layer.state_dict())
     x = torch.randn(2, 64)
@@ -239,11 +300,14 @@ def _packed(mode: str):
 
 
 CONSTRUCTION_ERRORS = {
-    "fp mode given biases": (ValueError, lambda: (*_fp_with_biases(),)),
+    "fp mode given biases": (ValueError, lambda: _fp_with_biases()),
     "affine without biases": (ValueError, lambda: _affine(biases=None)),
     "scales of the wrong shape": (ValueError, lambda: _affine(scales_slice=True)),
     "bias of the wrong length": (ValueError, lambda: _affine(bias=torch.zeros(3))),
-    "bias of an integer dtype": (TypeError, lambda: _affine(bias=torch.zeros(4, dtype=torch.int32))),
+    "bias of an integer dtype": (
+        TypeError,
+        lambda: _affine(bias=torch.zeros(4, dtype=torch.int32)),
+    ),
     "weight not uint32": (TypeError, lambda: _affine(weight_dtype=torch.int32)),
     "weight 3-D": (ValueError, lambda: _affine(weight_3d=True)),
     "fp scales not uint8": (TypeError, lambda: _fp_float_scales()),
@@ -252,7 +316,15 @@ CONSTRUCTION_ERRORS = {
 }
 
 
-def _affine(biases="keep", scales_slice=False, bias=None, weight_dtype=None, weight_3d=False, bits=4, mode="affine"):
+def _affine(
+    biases="keep",
+    scales_slice=False,
+    bias=None,
+    weight_dtype=None,
+    weight_3d=False,
+    bits=4,
+    mode="affine",
+):
     wq, s, b, gs, _ = _packed("affine")
     if weight_dtype is not None:
         wq = wq.view(weight_dtype)
@@ -289,16 +361,22 @@ def test_constructor_errors_in_both_packages(case):
 
 def test_call_errors_in_both_packages():
     wq, s, b, gs, bits = _packed("affine")
-    layers = [(TorchQL(wq, s, b, None, gs, bits), lambda t: t), (MxQL(*_to_mx((wq, s, b)), None, gs, bits), t2m)]
+    layers: list[tuple[Any, Callable[[torch.Tensor], Any]]] = [
+        (TorchQL(wq, s, b, None, gs, bits), lambda t: t),
+        (MxQL(t2m(wq), t2m(s), None if b is None else t2m(b), None, gs, bits), t2m),
+    ]
     for layer, to in layers:
-        with pytest.raises(ValueError, match=r"^\[QuantizedLinear\] input last dim must equal in_features 64"):
+        with pytest.raises(
+            ValueError, match=r"^\[QuantizedLinear\] input last dim must equal in_features 64"
+        ):
             layer(to(torch.ones(2, 32)))
         with pytest.raises(TypeError, match=r"^\[QuantizedLinear\] x must be"):
             layer(to(torch.ones(2, 64, dtype=torch.int32)))
 
 
 def test_from_float_errors_in_both_packages():
-    for cls, to in ((TorchQL, lambda t: t), (MxQL, t2m)):
+    pairs: list[tuple[Any, Callable[[torch.Tensor], Any]]] = [(TorchQL, lambda t: t), (MxQL, t2m)]
+    for cls, to in pairs:
         with pytest.raises(ValueError, match=r"^\[QuantizedLinear\] weight must be 2-D"):
             cls.from_float(to(torch.ones(64)))
         with pytest.raises(ValueError, match=r"^\[quantize\] mode 'nvfp4' supports group_size"):

@@ -20,9 +20,11 @@ uint32 words; element ``i`` occupies bits ``[i*bits, (i+1)*bits)``, so 3-, 5- an
 arithmetic runs in int64 because PyTorch implements few ops on uint32); fp-mode
 scales are ``torch.uint8`` codes; affine scales and biases keep the weight's dtype.
 
-Every function that returns floating values takes ``precision="native"`` (MLX's
-rounding points, bit-exact where MLX is deterministic) or ``"float64"`` (the
-oracle: exact float64 values of the same stored codes, scales and biases).
+``quantize`` and ``dequantize`` equal MLX's bit for bit (finite weights; NaN payloads
+aside). Every function takes ``precision="native"`` (MLX's rounding points) or
+``"float64"`` (the oracle: exact float64 values of the same stored codes, scales and
+biases). ``quantized_matmul``'s native result is ``x @ dequantize(W).T``; MLX's fused
+CPU kernel sums in another order (tests/test_quantized_linear.py pins it down).
 This module never imports MLX.
 """
 
@@ -83,7 +85,24 @@ QUANTIZATION_LABELS: dict[str, tuple[int, int, str]] = {
 _QUANTIZABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # E2M1 magnitudes by code (bit 3 is the sign); MLX's FP4 table in code order.
-_FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+_FP4_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
 # Largest magnitude of each element format: the "maxval" the block scale maps amax to.
 _FP_MAXVAL = {4: 6.0, 8: 448.0}
 # nvfp4 global-scale encoding constant: 448 (E4M3 max) * 6 (E2M1 max).
@@ -131,7 +150,8 @@ def check_quantizable(
     """Raise ``ValueError`` unless a weight of ``weight_shape`` can be quantized.
 
     Requirements (those of ``mx.quantize`` 0.32.4, checked before MLX sees them):
-    at least 2-D; the last dim divisible by ``group_size``. For ``nvfp4`` the
+    at least 2-D; not empty (MLX fails on empty weights in the fp modes, and its
+    dequantize fails on zero rows); the last dim divisible by ``group_size``. For ``nvfp4`` the
     TOTAL element count must also be a multiple of 32: MLX's CPU nvfp4 packer
     reshapes the codes to ``(-1, 4, 8)`` and fails otherwise (e.g. on ``(1, 16)``
     or ``(3, 16)``; ``(2, 16)`` works).
@@ -141,6 +161,9 @@ def check_quantizable(
         raise value_error(
             where, f"the weight to quantize must be at least 2-D but got shape {shape}."
         )
+    if 0 in shape:
+        # MLX 0.32.4 fails on empty weights in several modes (argmin / reshape errors).
+        raise value_error(where, f"the weight to quantize must not be empty but got shape {shape}.")
     if shape[-1] % group_size != 0:
         raise value_error(
             where,
@@ -179,7 +202,8 @@ def check_quantized(
 ) -> int:
     """Validate a packed ``(wq, scales, biases)`` triple; return the unpacked last dim.
 
-    Checks: the mode/group/bits combination; ``wq`` is uint32 and at least 2-D; ``scales`` has ``wq``'s shape except its last
+    Checks: the mode/group/bits combination; ``wq`` is uint32, at least 2-D and not
+    empty; ``scales`` has ``wq``'s shape except its last
     dim, which is ``wq.shape[-1] * 32 / bits / group_size``; affine needs ``biases`` of
     the scales' shape and dtype and floating scales; fp modes need uint8 scales and
     ``biases is None``.
@@ -213,6 +237,10 @@ def check_quantized(
             )
     elif biases is not None:
         raise value_error(where, f"mode {mode!r} has no biases; pass biases=None.")
+    if 0 in tuple(wq.shape):
+        raise value_error(
+            where, f"the packed weight must not be empty but got shape {tuple(wq.shape)}."
+        )
     k = wq.shape[-1] * 32 // bits
     expected = (*wq.shape[:-1], k // group_size)
     if (wq.shape[-1] * 32) % bits != 0 or k % group_size != 0 or tuple(scales.shape) != expected:
@@ -228,9 +256,13 @@ def _check_global_scale(where: str, mode: str, global_scale: torch.Tensor | None
     if global_scale is None:
         return
     if mode != "nvfp4":
-        raise value_error(where, f"global_scale is only supported for mode 'nvfp4' but got {mode!r}.")
+        raise value_error(
+            where, f"global_scale is only supported for mode 'nvfp4' but got {mode!r}."
+        )
     if not isinstance(global_scale, torch.Tensor):
-        raise type_error(where, f"global_scale must be a tensor but got {type(global_scale).__name__}.")
+        raise type_error(
+            where, f"global_scale must be a tensor but got {type(global_scale).__name__}."
+        )
     if global_scale.numel() != 1 or global_scale.dtype != torch.float32:
         raise value_error(
             where,
@@ -352,18 +384,30 @@ def _from_e4m3(codes: torch.Tensor) -> torch.Tensor:
 
 
 def _to_fp4(v: torch.Tensor) -> torch.Tensor:
-    """E2M1 codes of ``v`` as MLX computes them: ``argmin |v - table|`` in ``v``'s dtype.
+    """E2M1 codes of ``v`` as MLX computes them: ``argmin |v - table|`` over its 16-entry
+    table (+0, +0.5, ..., +6, -0, ..., -6), distances rounded to ``v``'s dtype, the FIRST
+    minimum winning.
 
-    The distance is rounded to ``v``'s dtype and the FIRST minimum wins, so ties go to
-    the smaller magnitude (1.75 -> 1.5, 3.5 -> 3, 5 -> 4) and negative values that
-    round to zero give code 0 (+0), not 8. NaN and +/-inf give code 0.
+    So ties go to the smaller magnitude (1.75 -> 1.5, 3.5 -> 3, 5 -> 4) and negative
+    values that round to zero give code 0 (+0), not 8. Equivalent form used here (the
+    table is sign-symmetric, so ``|-a - (-m)|`` rounds exactly like ``|a - m|``): the
+    first-minimum magnitude code of ``|v|`` over the 8 magnitudes, plus the sign bit 8
+    for ``v < 0`` unless that code is 0. NaN and +/-inf give code 0. Works in chunks
+    so that the ``[n, 8]`` distance matrix stays small.
     """
-    table = torch.tensor(_FP4_VALUES, dtype=v.dtype)
-    dist = (v.unsqueeze(-1) - table).abs()
-    # NaN distances: MLX's argmin never picks them; they only arise when every distance
-    # is NaN, and then it returns 0. Map them to +inf so torch does the same.
-    dist = torch.nan_to_num(dist, nan=float("inf"))
-    return torch.argmin(dist, dim=-1)
+    flat = v.reshape(-1)
+    mags = torch.tensor(_FP4_VALUES[:8], dtype=v.dtype)
+    out = torch.empty(flat.shape, dtype=torch.int64)
+    chunk = 1 << 20
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start : start + chunk]
+        dist = (part.abs().unsqueeze(-1) - mags).abs()
+        # An element is NaN when its group's scale decodes to 0 (0 / 0): every distance
+        # is NaN and MLX stores code 0 (measured). As +inf, argmin gives 0 too.
+        dist = torch.nan_to_num(dist, nan=float("inf"))
+        code = torch.argmin(dist, dim=-1)
+        out[start : start + chunk] = torch.where((part < 0) & (code > 0), code | 8, code)
+    return out.reshape(v.shape)
 
 
 # --------------------------------------------------------------------------- quantize
@@ -391,12 +435,19 @@ def quantize(
     ``bits == 1``: ``scale = max(max - min, 1e-7)``, ``bias = min``. Scales and biases
     are then rounded to ``w``'s dtype.
 
-    nvfp4: ``scale = e4m3(R(amax / 6))`` (``R`` = ``w``'s dtype; with a global scale
-    ``g``, the float32 value ``R(amax / 6) * (2688 / g)`` is encoded instead);
-    elements ``e2m1(R(w / scale))`` (times ``2688 / g`` in float32 with ``g``).
-    mxfp4 / mxfp8: ``s = ceil(log2(R(amax / maxval)))`` clipped to ``[-127, 127]``
-    (``s = 0`` when ``amax == 0``), stored as ``s + 127``; elements
-    ``e2m1`` / ``e4m3(R(w / 2^s))``.
+    nvfp4: ``scale = e4m3(R(amax / 6))`` (``R`` = rounding to ``w``'s dtype; with a
+    global scale ``g``, the float32 value ``R(amax / 6) * (2688 / g)`` is encoded
+    instead); elements ``e2m1(float32(R(w / scale)))`` (times ``2688 / g`` with ``g``).
+    mxfp4 / mxfp8: ``s = ceil(log2(R(amax / maxval)))`` exactly (``s = 0`` when
+    ``amax == 0``), stored as ``(s + 127) mod 256``: MLX does not clip, so a group with
+    ``amax / maxval < 2^-127`` wraps (and dequantizes to garbage, as in MLX); elements
+    ``e2m1`` / ``e4m3(R(w / R(2^s)))``, the E2M1 distances computed in ``w``'s dtype.
+    E2M1 picks the nearest value, ties to the smaller magnitude; E4M3 rounds to
+    nearest even and saturates at 448.
+
+    Bit-exact with ``mx.quantize`` for finite weights. Weights holding inf or NaN are
+    outside the contract (MLX's codes then depend on implementation-defined
+    float-to-int conversions; e.g. an infinite float32 mx group stores code 128).
 
     Args:
         w: the float weight (float32, float16 or bfloat16).
@@ -666,9 +717,7 @@ def quantized_matmul(
         if mode == "affine":
             assert biases is not None
             out_dtype = torch.promote_types(x.dtype, scales.dtype)
-            w = dequantize(
-                wq, scales.to(out_dtype), biases.to(out_dtype), group_size, bits, mode
-            )
+            w = dequantize(wq, scales.to(out_dtype), biases.to(out_dtype), group_size, bits, mode)
         else:
             out_dtype = x.dtype
             w = dequantize(wq, scales, None, group_size, bits, mode, dtype=out_dtype)

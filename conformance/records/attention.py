@@ -8,6 +8,8 @@ import math
 
 import mlx.core as mx
 import numpy as np
+import torch
+import torch_reference
 from hypothesis import strategies as st
 
 from conformance.dtypes import FORMATS
@@ -89,12 +91,30 @@ def _attention_by_hand(a, p, *, top_left=False, stable=True, gqa="block", use_sc
     return weights.astype(q.dtype) @ v
 
 
+def _sdpa_magnitude(a, p):
+    """First-order forward-error magnitude: an error d_j in score j changes the output by
+    about ``sum_j P_j |v_j| (|d_j| + max |d|)``; float32 score errors are at most
+    ``gamma_D * scale * |q|.|k_j|``. So ``M = (P @ |v|) * (1 + 2 * scale * max_j |q|.|k_j|)``
+    with P the exact attention weights (``P @ |v|`` is the float64 oracle on ``|v|``)."""
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in a.items()}
+    weighted = torch_reference.fast.scaled_dot_product_attention(
+        t["q"], t["k"], t["v"].abs(), scale=p["scale"], mask=t.get("mask", p.get("mask")), precision="float64"
+    ).numpy()
+    q, k = np.abs(a["q"]), np.abs(a["k"])
+    k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+    score_mag = abs(p["scale"]) * (q @ np.swapaxes(k, -1, -2)).max(axis=-1, keepdims=True)
+    return np.abs(weighted) * (1.0 + 2.0 * score_mag)
+
+
 _SDPA_TOLERANCE = Tolerance(
     reason=(
-        "Scores, softmax and the weighted sum are each rounded once per element; a fused "
-        "kernel may order the reductions differently (online softmax on GPUs), so MLX may "
-        "differ from the oracle by at most 2x the peer's error + 2 ulp."
+        "Two reductions (scores over D, the weighted sum over Lk) and a softmax; libraries "
+        "order them differently (MLX's CPU BLAS sums sequentially, fused GPU kernels use an "
+        "online softmax). Bound: 2x the peer's error + 2 ulp, or gamma_(D+Lk+8) * "
+        "(P @ |v|) * (1 + 2 * scale * max_j |q|.|k_j|) with float32's u (first-order error "
+        "of the scores propagated through softmax; 8 for exp, the max, the division)."
     ),
+    accumulation_terms=lambda a, p: a["q"].shape[-1] + a["k"].shape[-2] + 8,
 )
 
 
@@ -112,6 +132,7 @@ SDPA = OpRecord(
     cases=_sdpa_cases,
     modes=MODES,
     tolerance=constant(_SDPA_TOLERANCE),
+    magnitude=_sdpa_magnitude,
     edge_cases=(
         EdgeCase(Case({"q": np.ones((1, 1, 1, 4), np.float32), "k": np.ones((1, 1, 3, 4), np.float32),
                        "v": np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)},

@@ -14,8 +14,8 @@ import torch
 import torch_reference
 from hypothesis import strategies as st
 
-from conformance.dtypes import mlx_to_numpy, to_mlx
-from conformance.record import BenchCase, Case, ErrorCase, Mutant, OpRecord, constant
+from conformance.dtypes import FORMATS, mlx_to_numpy, to_mlx
+from conformance.record import BenchCase, Case, ErrorCase, ExpectedDivergence, Mutant, OpRecord, constant
 from conformance.strategies import arrays, fill
 from conformance.tolerance import EXACT, Tolerance
 
@@ -36,11 +36,13 @@ def _format(draw, mode):
 
 
 @st.composite
-def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16)):
+def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16), profiles=WEIGHT_PROFILES):
     group, bits = draw(_format(mode))
     groups = draw(st.sampled_from((1, 2, 3)), label="groups_per_row")
     n = draw(st.sampled_from(n_choices), label="out_features")
-    w = draw(arrays((n, group * groups), dtype, profiles=WEIGHT_PROFILES, headroom=64.0, label="weight"))
+    if mode == "nvfp4" and (n * group * groups) % 32:
+        n += 1  # MLX's CPU nvfp4 packer needs a multiple of 32 elements (mlx_impl refuses others)
+    w = draw(arrays((n, group * groups), dtype, profiles=profiles, headroom=64.0, label="weight"))
     shape_rows = draw(st.sampled_from(("as drawn", "constant row", "negative-dominant", "zero row")),
                       label="row_shape")
     if shape_rows == "constant row":
@@ -188,7 +190,9 @@ def _qmm_terms(arrays_in, params) -> int:
 def _qmm_magnitude(arrays_in, params) -> np.ndarray:
     """``|x| @ (|q * scale| + |zero-point bias|).T`` in float64: the magnitudes a
     factored kernel (sum of x*q times scale, plus sum of x times bias) accumulates."""
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays_in.items()}
+    # Scales and biases hold values of the test dtype: float32 carries them exactly.
+    t = {k: torch.from_numpy(np.ascontiguousarray(v.astype(np.float32) if v.dtype == np.float64 else v))
+         for k, v in arrays_in.items()}
     zero = None if "qbiases" not in t else torch.zeros_like(t["qbiases"])
     qs = torch_reference.quantization.dequantize(t["wq"], t["scales"], zero, **_fmt(params),
                                                  precision="float64")
@@ -208,22 +212,56 @@ def _qmm_tolerance(backend: str, dtype: str) -> Tolerance:
                 "gamma_K * |x| @ (|q*s| + |b|).T, on top of 2x the peer's error + 2 ulp."
             ),
             accumulation_terms=_qmm_terms,
+            accumulates_in_input_dtype=True,
         )
     return Tolerance(
-        reason="x @ dequantize(w).T from identical packed weights; float32 accumulation in both "
-               "libraries, so 2x the peer's error + 2 ulp.",
+        reason="x @ dequantize(w).T from identical packed weights, summed in float32 in any order: "
+               "2x the peer's error + 2 ulp, or the float32 gamma_K summation bound on "
+               "|x| @ (|q*s| + |b|).T, whichever is larger.",
+        accumulation_terms=_qmm_terms,
     )
 
 
 @st.composite
 def _qmm_cases(draw, dtype, mode):
-    w, params = draw(_weight(dtype, mode))
+    # No "large" weights here: products near overflow make inf-vs-NaN depend on the
+    # summation order, which no convention fixes (quantize/dequantize still test them).
+    w, params = draw(_weight(dtype, mode, profiles=("normal", "ints", "mixed", "tiny")))
     lead = draw(st.sampled_from(((1,), (3,), (2, 3))), label="batch")
     x = draw(arrays((*lead, w.shape[1]), dtype, profiles=("normal", "ints", "mixed"), label="x"))
     found = {"x": x, "weight": w}
     if draw(st.booleans(), label="has_bias"):
         found["bias"] = draw(arrays((w.shape[0],), dtype, profiles=("normal",), label="bias"))
     return Case(found, params)
+
+
+def _overflows_half_accumulator(case: Case, dtype: str, backend: str) -> bool:
+    """MLX's x86 CPU kernel sums float16/bfloat16 products in the input dtype, so a partial
+    sum can overflow where a float32 accumulator (and the peer) stays finite."""
+    if backend != "cpu" or dtype == "float32":
+        return False
+    bound = np.abs(case.arrays["x"].astype(np.float64)) @ np.abs(case.arrays["weight"].astype(np.float64)).T
+    # 2x covers quantization rounding the weight up (at most one step of its group's scale).
+    return bool((2.0 * bound).max() > FORMATS[dtype].max_finite)
+
+
+_OVERFLOW_CASE = Case(
+    {"x": np.full((1, 64), 200.0, np.float32),
+     "weight": np.concatenate([np.full((1, 32), 8.0), np.full((1, 32), -8.0)], axis=1).astype(np.float32)},
+    {"group_size": 32, "bits": 4, "mode": "affine"},
+    label="x = 200, w = +8 then -8: the true sum is 0, the float16 running sum passes 65504",
+)
+
+HALF_ACCUMULATOR_OVERFLOW = ExpectedDivergence(
+    name="cpu_half_accumulator_overflow",
+    reason="MLX's x86 CPU quantized matmul accumulates float16 in float16: a running sum above 65504 "
+           "becomes inf although the result is finite (Metal and NEON accumulate in float32).",
+    reference="SEMANTICS.md, quantized_matmul; mlx #963 (Metal accumulates in float32)",
+    reproducer=_OVERFLOW_CASE,
+    dtype="float16",
+    mode="affine",
+    applies=_overflows_half_accumulator,
+)
 
 
 def _qmm_call(lib, a, p, kw):
@@ -251,6 +289,7 @@ QUANTIZED_MATMUL = OpRecord(
     magnitude=_qmm_magnitude,
     modes=MODES,
     tolerance=_qmm_tolerance,
+    divergences=(HALF_ACCUMULATOR_OVERFLOW,),
     errors=(
         ErrorCase("x width differs from in-features",
                   Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 8), np.uint32),
@@ -306,7 +345,8 @@ QUANTIZED_LINEAR = OpRecord(
     derive=_derive_packed,
     magnitude=_qmm_magnitude,
     modes=MODES,
-    tolerance=lambda backend, dtype: _qmm_tolerance(backend, dtype),
+    tolerance=_qmm_tolerance,
+    divergences=(HALF_ACCUMULATOR_OVERFLOW,),
     errors=(
         ErrorCase("fp mode given zero-point biases",
                   Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 4), np.uint32),

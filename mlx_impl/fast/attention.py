@@ -90,7 +90,9 @@ def _check_mask(mask: object, out_dtype: mx.Dtype, target: tuple[int, ...]) -> N
         return
     if isinstance(mask, str):
         if mask != "causal":
-            raise value_error(_WHERE, f"mask must be None, 'causal' or an array but got the string {mask!r}.")
+            raise value_error(
+                _WHERE, f"mask must be None, 'causal' or an array but got the string {mask!r}."
+            )
         return
     if not isinstance(mask, mx.array):
         raise type_error(
@@ -99,7 +101,8 @@ def _check_mask(mask: object, out_dtype: mx.Dtype, target: tuple[int, ...]) -> N
     if mask.dtype != mx.bool_:
         if not mx.issubdtype(mask.dtype, mx.floating):
             raise type_error(
-                _WHERE, f"mask must be boolean (keep where True) or floating (additive) but got {mask.dtype}."
+                _WHERE,
+                f"mask must be boolean (keep where True) or floating (additive) but got {mask.dtype}.",
             )
         if mx.result_type(mask.dtype, out_dtype) != out_dtype:
             raise type_error(
@@ -118,7 +121,9 @@ def _check_sinks(sinks: object, out_dtype: mx.Dtype, hq: int) -> None:
     if sinks is None:
         return
     if not isinstance(sinks, mx.array):
-        raise type_error(_WHERE, f"sinks must be None or an mx.array but got {type(sinks).__name__}.")
+        raise type_error(
+            _WHERE, f"sinks must be None or an mx.array but got {type(sinks).__name__}."
+        )
     if not mx.issubdtype(sinks.dtype, mx.floating):
         raise type_error(_WHERE, f"sinks must have a floating dtype but got {sinks.dtype}.")
     if mx.result_type(sinks.dtype, out_dtype) != out_dtype:

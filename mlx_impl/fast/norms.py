@@ -102,9 +102,7 @@ def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     return mx.fast.rms_norm(x, w, eps_value)
 
 
-def layer_norm(
-    x: mx.array, weight: mx.array | None, bias: mx.array | None, eps: float
-) -> mx.array:
+def layer_norm(x: mx.array, weight: mx.array | None, bias: mx.array | None, eps: float) -> mx.array:
     """Layer normalisation over the last axis (``mx.fast.layer_norm``, fused).
 
     ``y = R((x - mean) * rsqrt(var + eps)) * weight + bias`` with the biased variance,

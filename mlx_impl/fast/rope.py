@@ -29,7 +29,9 @@ from mlx_impl._errors import type_error, value_error
 _INT32_MAX = 2**31 - 1
 
 
-def _check_config(where: str, dims: object, traditional: object, base: object, scale: object) -> None:
+def _check_config(
+    where: str, dims: object, traditional: object, base: object, scale: object
+) -> None:
     """Validate the layer's constants (cheap Python checks)."""
     if isinstance(dims, bool) or not isinstance(dims, numbers.Integral):
         raise type_error(where, f"dims must be an int but got {type(dims).__name__}.")
@@ -80,7 +82,9 @@ def _check_offset(where: str, offset: object, batch: int) -> int | mx.array:
             where, f"offset must be an int or an integer mx.array but got {type(offset).__name__}."
         )
     if offset.dtype == mx.bool_ or not mx.issubdtype(offset.dtype, mx.integer):
-        raise type_error(where, f"an offset array must have an integer dtype but got {offset.dtype}.")
+        raise type_error(
+            where, f"an offset array must have an integer dtype but got {offset.dtype}."
+        )
     if offset.ndim > 1 or (offset.ndim == 1 and offset.shape[0] not in (1, batch)):
         raise value_error(
             where,
@@ -184,5 +188,10 @@ class RoPE(mlx.nn.Module):
         x = _check_input("RoPE", x, self.dims)
         checked = _check_offset("RoPE", offset, x.shape[0])
         return mx.fast.rope(
-            x, self.dims, traditional=self.traditional, base=self.base, scale=self.scale, offset=checked
+            x,
+            self.dims,
+            traditional=self.traditional,
+            base=self.base,
+            scale=self.scale,
+            offset=checked,
         )

@@ -52,13 +52,15 @@ class RMSNorm(mlx.nn.Module):
 
     Example:
         >>> import mlx.core as mx
-        >>> RMSNorm(mx.full((4,), 2.0))(mx.full((1, 4), 2.0))
+        >>> RMSNorm(mx.full((4,), 2.0), eps=0.0)(mx.full((1, 4), 2.0))
         array([[2, 2, 2, 2]], dtype=float32)
     """
 
     def __init__(self, weight: mx.array, eps: float = 1e-5) -> None:
         super().__init__()
-        self.weight = check_vector("RMSNorm", "weight", weight, required=True)
+        w = check_vector("RMSNorm", "weight", weight, required=True)
+        assert w is not None  # required=True raised otherwise
+        self.weight = w
         self.eps = check_eps("RMSNorm", eps)
 
     def _extra_repr(self) -> str:
@@ -106,7 +108,7 @@ class LayerNorm(mlx.nn.Module):
         super().__init__()
         w = check_vector("LayerNorm", "weight", weight, required=True)
         b = check_vector("LayerNorm", "bias", bias)
-        assert w is not None
+        assert w is not None  # required=True raised otherwise
         if b is not None and b.shape != w.shape:
             raise value_error(
                 "LayerNorm",

@@ -88,7 +88,7 @@ def test_exact_judge_is_strict_about_signed_zero() -> None:
 
 
 def test_accumulation_bound_admits_gamma_k() -> None:
-    tol = Tolerance(reason="test", accumulation_terms=lambda a, p: 64)
+    tol = Tolerance(reason="test", accumulation_terms=lambda a, p: 64, accumulates_in_input_dtype=True)
     magnitude = np.array([10.0])
     slack = gamma(64, FLOAT16.unit_roundoff) * 10.0
     base = dict(mlx_dtype="float16", peer_dtype="float16", tolerance=tol, magnitude=magnitude,
@@ -123,3 +123,14 @@ def test_arrays_strategy_respects_shape(data) -> None:
     shape = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 5)))
     a = data.draw(arrays(shape, "float16", profiles=VALUE_PROFILES))
     assert a.shape == shape and a.dtype == np.float32
+
+
+def test_float32_accumulation_bound_uses_float32_roundoff() -> None:
+    tol = Tolerance(reason="test", accumulation_terms=lambda a, p: 64)
+    slack = gamma(64, FLOAT32.unit_roundoff) * 10.0
+    base = dict(mlx_dtype="float16", peer_dtype="float16", tolerance=tol, magnitude=np.array([10.0]),
+                accumulation_terms=64)
+    # float16 output: the float32 summation bound is far below one float16 ulp, so only
+    # the floor admits anything; 3 ulp of float16 must fail.
+    assert slack < 2.0**-10
+    assert not judge(np.array([1.0 + 3 * 2.0**-10]), np.array([1.0]), np.array([1.0]), **base).passed

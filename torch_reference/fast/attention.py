@@ -8,14 +8,17 @@ mlx 0.32.4's CPU back end:
 * Boolean and causal masks put ``finfo(dtype).min`` (finite) on masked scores, so a fully
   masked row gets uniform weights and its output is the mean of ``v`` over all keys; an
   additive ``-inf`` row gives NaN. Both follow from the same ``where`` here.
-* ``precision="native"`` rounding points, for float16/bfloat16 inputs: ``scale`` rounded to
-  the dtype; ``q * scale`` rounded; ``q @ k.T`` accumulated in float32, rounded; the mask
-  applied in the dtype; softmax in float32, rounded; ``probs @ v`` accumulated in float32,
-  rounded. With these, the output equals MLX's bit for bit on every fixed input tested
-  (head dims 64/80/128, GQA 1/2/4); a float32 summation order that differs from MLX's could
-  flip a half-precision rounding by one ulp in rare ties. float32 inputs differ from MLX by
-  a few float32 ulps of the output's scale: the matmuls sum in a different order (MKL vs
-  MLX) and MLX's CPU ``exp`` is a polynomial approximation (<= ~3 ulp from PyTorch's).
+* ``precision="native"`` replays MLX's CPU fallback op by op (see
+  ``torch_reference.fast._mlx_cpu`` for the measured facts): ``scale`` is cast to the input
+  dtype and ``q * scale`` rounded; ``q @ k.T`` is a sequential float32 accumulation (float32
+  inputs: each product rounded, no FMA), rounded to the input dtype; the mask is applied in
+  the input dtype; softmax is float32 -- ``e = exp(x - max)`` with MLX's ``exp`` rounding
+  point, a sequential float32 sum, ``e * (1/sum)`` -- rounded to the input dtype;
+  ``probs @ v`` accumulates sequentially in float32 and is rounded once. float16/bfloat16
+  outputs are then bit-identical to MLX's on every input tested; float32 outputs differ only
+  through MLX's ``exp`` polynomial (within 1 float32 ulp of the emulation) -- a few float32
+  ulps at most. The sequential matmuls cost ``D`` (and ``Lk``) elementwise passes instead of
+  one BLAS call: this is a reproduction, not a fast path.
 * ``precision="float64"``: every floating input widened exactly, everything in float64
   (the mask's fill value is float64's ``finfo.min``: the same uniform-row convention).
 """
@@ -29,9 +32,9 @@ import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
+from torch_reference.fast import _mlx_cpu
 
 _WHERE = "scaled_dot_product_attention"
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_qkv(q: object, k: object, v: object) -> torch.dtype:
@@ -45,7 +48,9 @@ def _check_qkv(q: object, k: object, v: object) -> torch.dtype:
             )
         if not t.is_floating_point():
             raise type_error(_WHERE, f"{name} must have a floating dtype but got {t.dtype}.")
-    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    assert (
+        isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    )
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
         raise value_error(
             _WHERE,
@@ -93,7 +98,9 @@ def _check_mask(mask: object, out_dtype: torch.dtype, target: tuple[int, ...]) -
         return
     if isinstance(mask, str):
         if mask != "causal":
-            raise value_error(_WHERE, f"mask must be None, 'causal' or an array but got the string {mask!r}.")
+            raise value_error(
+                _WHERE, f"mask must be None, 'causal' or an array but got the string {mask!r}."
+            )
         return
     if not isinstance(mask, torch.Tensor):
         raise type_error(
@@ -102,7 +109,8 @@ def _check_mask(mask: object, out_dtype: torch.dtype, target: tuple[int, ...]) -
     if mask.dtype != torch.bool:
         if not mask.is_floating_point():
             raise type_error(
-                _WHERE, f"mask must be boolean (keep where True) or floating (additive) but got {mask.dtype}."
+                _WHERE,
+                f"mask must be boolean (keep where True) or floating (additive) but got {mask.dtype}.",
             )
         if torch.promote_types(mask.dtype, out_dtype) != out_dtype:
             raise type_error(
@@ -121,7 +129,9 @@ def _check_sinks(sinks: object, out_dtype: torch.dtype, hq: int) -> None:
     if sinks is None:
         return
     if not isinstance(sinks, torch.Tensor):
-        raise type_error(_WHERE, f"sinks must be None or a torch.Tensor but got {type(sinks).__name__}.")
+        raise type_error(
+            _WHERE, f"sinks must be None or a torch.Tensor but got {type(sinks).__name__}."
+        )
     if not sinks.is_floating_point():
         raise type_error(_WHERE, f"sinks must have a floating dtype but got {sinks.dtype}.")
     if torch.promote_types(sinks.dtype, out_dtype) != out_dtype:
@@ -144,11 +154,18 @@ def causal_keep(lq: int, lk: int, device: torch.device | None = None) -> torch.T
     return j <= i + (lk - lq)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` rounded once to the inputs' dtype; half inputs accumulate in float32 (MLX CPU)."""
-    if a.dtype in _HALF:
-        return torch.matmul(a.float(), b.float()).to(a.dtype)
-    return torch.matmul(a, b)
+def _matmul(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
+    """``a @ b`` rounded once to the inputs' dtype; natively with MLX's CPU order."""
+    if precision == "float64":
+        return torch.matmul(a, b)
+    return _mlx_cpu.sequential_matmul(a, b).to(a.dtype)
+
+
+def _softmax(scores: torch.Tensor, precision: str) -> torch.Tensor:
+    """Softmax over the last axis, returned in the scores' dtype."""
+    if precision == "float64":
+        return torch.softmax(scores, dim=-1)
+    return _mlx_cpu.softmax_last(scores).to(scores.dtype)
 
 
 def scaled_dot_product_attention(
@@ -219,7 +236,7 @@ def scaled_dot_product_attention(
     # Query head h = kv * rep + r reads kv head kv = h // rep: group the query heads by kv
     # head instead of copying k/v rep times.
     qg = qs.reshape(b, hkv, rep, lq, q.shape[-1])
-    scores = _matmul(qg, k.unsqueeze(2).transpose(-1, -2)).reshape(b, hq, lq, lk)
+    scores = _matmul(qg, k.unsqueeze(2).transpose(-1, -2), precision).reshape(b, hq, lq, lk)
 
     if mask is not None:
         if isinstance(mask, str):
@@ -240,10 +257,9 @@ def scaled_dot_product_attention(
         sink_col = sinks.to(device=q.device, dtype=work).reshape(1, hq, 1, 1).expand(b, hq, lq, 1)
         scores = torch.cat([sink_col, scores], dim=-1)
 
-    soft_dtype = torch.float32 if work in _HALF else work
-    probs = torch.softmax(scores.to(soft_dtype), dim=-1).to(work)
+    probs = _softmax(scores, precision)
     if sinks is not None:
         probs = probs[..., 1:]
 
-    out = _matmul(probs.reshape(b, hkv, rep, lq, lk), v.unsqueeze(2))
+    out = _matmul(probs.reshape(b, hkv, rep, lq, lk), v.unsqueeze(2), precision)
     return out.reshape(b, hq, lq, v.shape[-1])

@@ -6,7 +6,7 @@ bit-identical to MLX's in float32, float16 and bfloat16 (measured on D = 3 ... 1
 * ``x32 = float32(x)``; the sums over the last axis run SEQUENTIALLY in float32 (element 0,
   then + element 1, ...), as MLX's CPU reduction does; ``torch.sum``'s blocked order would
   differ by float32 ulps, so the sum goes through ``numpy.cumsum`` (a sequential
-  accumulation in the array's dtype) -- see :func:`sequential_sum`.
+  accumulation in the array's dtype) -- see ``torch_reference.fast._mlx_cpu``.
 * ``mean = sum * float32(1/D)``; ``rsqrt(v) = float32(1 / float32(sqrt(v)))``;
 * RMS: ``y = R(x32 * rsqrt(mean(x32^2) + eps)) * w``; layer norm:
   ``y = R((x32 - mu) * rsqrt(mean((x32 - mu)^2) + eps)) * w + b``, with ``R`` the rounding
@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
+from torch_reference.fast._mlx_cpu import sequential_sum
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -47,7 +47,9 @@ def check_vector(where: str, name: str, t: object, required: bool = False) -> to
             raise type_error(where, f"{name} must be a torch.Tensor but got None.")
         return None
     if not isinstance(t, torch.Tensor):
-        raise type_error(where, f"{name} must be a torch.Tensor or None but got {type(t).__name__}.")
+        raise type_error(
+            where, f"{name} must be a torch.Tensor or None but got {type(t).__name__}."
+        )
     if t.ndim != 1:
         raise value_error(where, f"{name} must be 1-D [D] but got shape {tuple(t.shape)}.")
     if not t.is_floating_point():
@@ -71,21 +73,6 @@ def check_x(where: str, x: object, *vectors: tuple[str, torch.Tensor | None]) ->
                 f"{x.shape[-1]} (x shape {tuple(x.shape)}).",
             )
     return x
-
-
-def sequential_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the last axis IN ORDER (``((t0 + t1) + t2) + ...``), keeping the axis.
-
-    Accumulates in ``t``'s dtype (float32 or float64). This is the order of MLX's CPU
-    reduction; ``numpy.cumsum`` is used because it accumulates sequentially in the array's
-    dtype (``torch.cumsum`` accumulates float32 in float64, ``torch.sum`` in blocks)."""
-    n = t.shape[-1]
-    if n == 0:
-        return torch.zeros((*t.shape[:-1], 1), dtype=t.dtype, device=t.device)
-    array = t.detach().cpu().contiguous().numpy()
-    with np.errstate(all="ignore"):  # inf/NaN inputs propagate as in MLX, silently
-        total = np.cumsum(array, axis=-1)[..., -1:]
-    return torch.from_numpy(np.ascontiguousarray(total)).to(t.device)
 
 
 def mean_last(t: torch.Tensor, precision: str) -> torch.Tensor:
@@ -139,7 +126,11 @@ def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float, precision: st
 
 
 def _layer(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, precision: str
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    precision: str,
 ) -> torch.Tensor:
     if precision == "float64":
         x64 = x.double()

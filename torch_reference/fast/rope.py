@@ -7,16 +7,17 @@ per-row offsets index ``x.shape[0]``; array offsets that are not 32-bit are cast
 
 ``precision="native"`` rounding points, as MLX's CPU back end computes them: positions
 ``(float32(t) + float32(offset)) * float32(scale)``; ``inv_freq = exp(-i * c)`` in float32
-with ``c = float32(logf(base)) / (dims/2)``; ``theta = pos * inv_freq`` in float32; cos and
-sin in float32, cast to x's dtype; ``x1*cos - x2*sin`` and ``x1*sin + x2*cos`` with every op
+with ``c = float32(logf(base)) / (dims/2)`` and MLX's ``exp`` rounding point (see
+``torch_reference.fast._mlx_cpu``); ``theta = pos * inv_freq`` in float32; cos and sin in
+float32, cast to x's dtype; ``x1*cos - x2*sin`` and ``x1*sin + x2*cos`` with every op
 rounded in x's dtype.
 
-How close native gets (measured): float16/bfloat16 outputs are bit-identical to MLX at small
-positions (up to a few dozen); MLX's CPU ``exp``/``sin``/``cos`` are polynomial
-approximations (``inv_freq`` up to 7 float32 ulp away from PyTorch's ``exp``, cos/sin about
-1 ulp), so the float32 angles differ by about ``pos * 7 * 2^-24 * inv_freq`` and the output by
-about ``|x|`` times that, plus one rounding of the output dtype. float32 outputs are
-therefore within a few ulps of ``|x|`` at small positions, not bit-exact.
+How close native gets (measured): ``inv_freq`` equals MLX's in ~90% of entries and is
+otherwise 1 float32 ulp away (MLX's ``exp`` polynomial); MLX's CPU ``sin``/``cos`` are
+polynomials too, about 1 ulp from PyTorch's. float16/bfloat16 outputs are bit-identical to
+MLX at small positions (up to a few dozen) and otherwise differ in rare elements by an ulp
+of the output; float32 outputs differ by a few ulps of ``|x|`` plus ``|x| * pos * 2^-23``
+where an ``inv_freq`` is off by its ulp -- not bit-exact.
 ``precision="float64"``: angles, cos, sin and the rotation all in float64.
 """
 
@@ -29,11 +30,14 @@ import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
+from torch_reference.fast import _mlx_cpu
 
 _INT32_MAX = 2**31 - 1
 
 
-def _check_config(where: str, dims: object, traditional: object, base: object, scale: object) -> None:
+def _check_config(
+    where: str, dims: object, traditional: object, base: object, scale: object
+) -> None:
     """Validate the layer's constants (cheap Python checks)."""
     if isinstance(dims, bool) or not isinstance(dims, numbers.Integral):
         raise type_error(where, f"dims must be an int but got {type(dims).__name__}.")
@@ -81,10 +85,13 @@ def _check_offset(where: str, offset: object, batch: int) -> int | torch.Tensor:
         return value
     if not isinstance(offset, torch.Tensor):
         raise type_error(
-            where, f"offset must be an int or an integer torch.Tensor but got {type(offset).__name__}."
+            where,
+            f"offset must be an int or an integer torch.Tensor but got {type(offset).__name__}.",
         )
     if offset.dtype == torch.bool or offset.is_floating_point() or offset.is_complex():
-        raise type_error(where, f"an offset array must have an integer dtype but got {offset.dtype}.")
+        raise type_error(
+            where, f"an offset array must have an integer dtype but got {offset.dtype}."
+        )
     if offset.ndim > 1 or (offset.ndim == 1 and offset.shape[0] not in (1, batch)):
         raise value_error(
             where,
@@ -94,7 +101,9 @@ def _check_offset(where: str, offset: object, batch: int) -> int | torch.Tensor:
     return offset
 
 
-def _positions(offset: int | torch.Tensor, t: int, work: torch.dtype, scale: float, device: torch.device) -> torch.Tensor:
+def _positions(
+    offset: int | torch.Tensor, t: int, work: torch.dtype, scale: float, device: torch.device
+) -> torch.Tensor:
     """``(t + offset) * scale``: ``[T]`` for a scalar offset, ``[B, T]`` for per-row offsets."""
     if isinstance(offset, int):
         off = torch.tensor(offset, dtype=torch.int32).to(device=device, dtype=work)
@@ -119,7 +128,7 @@ def _inv_freq(base: float, half: int, precision: str, device: torch.device) -> t
     base32 = float(torch.tensor(base, dtype=torch.float32))
     log32 = torch.tensor(math.log(base32), dtype=torch.float32, device=device)
     c = log32 / torch.tensor(float(half), dtype=torch.float32, device=device)
-    return torch.exp(torch.arange(0, -half, -1, dtype=torch.float32, device=device) * c)
+    return _mlx_cpu.exp(torch.arange(0, -half, -1, dtype=torch.float32, device=device) * c)
 
 
 def rope(
@@ -186,7 +195,8 @@ def _apply(
     half = dims // 2
     t = x.shape[-2]
     pos = _positions(offset, t, angle_dtype, scale, x.device)
-    theta = pos.unsqueeze(-1) * _inv_freq(base, half, precision, x.device)  # [T, half] or [B, T, half]
+    # theta: [T, half] for a scalar offset, [B, T, half] for per-row offsets.
+    theta = pos.unsqueeze(-1) * _inv_freq(base, half, precision, x.device)
     if theta.ndim == 3:
         theta = theta.reshape(x.shape[0], *([1] * (x.ndim - 3)), t, half)
     cos = torch.cos(theta).to(x.dtype)
@@ -199,7 +209,9 @@ def _apply(
     # Separate multiplies and adds, each rounded in x's dtype (no fused multiply-add).
     y1 = x1 * cos - x2 * sin
     y2 = x1 * sin + x2 * cos
-    rotated = torch.stack([y1, y2], dim=-1).flatten(-2) if traditional else torch.cat([y1, y2], dim=-1)
+    rotated = (
+        torch.stack([y1, y2], dim=-1).flatten(-2) if traditional else torch.cat([y1, y2], dim=-1)
+    )
     if dims < x.shape[-1]:
         rotated = torch.cat([rotated, x[..., dims:]], dim=-1)
     return rotated

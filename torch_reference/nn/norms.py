@@ -50,7 +50,7 @@ class RMSNorm(torch.nn.Module):
 
     Example:
         >>> import torch
-        >>> RMSNorm(torch.full((4,), 2.0))(torch.full((1, 4), 2.0))
+        >>> RMSNorm(torch.full((4,), 2.0), eps=0.0)(torch.full((1, 4), 2.0))
         tensor([[2., 2., 2., 2.]])
     """
 
@@ -59,14 +59,16 @@ class RMSNorm(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, eps: float = 1e-5) -> None:
         super().__init__()
         w = check_vector("RMSNorm", "weight", weight, required=True)
-        assert w is not None
+        assert w is not None  # required=True raised otherwise
         self.weight = torch.nn.Parameter(w, requires_grad=False)
         self.eps = check_eps("RMSNorm", eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
-    def forward(self, x: torch.Tensor, eps: float = 0.0, *, precision: str = "native") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, eps: float = 0.0, *, precision: str = "native"
+    ) -> torch.Tensor:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
         check_precision("RMSNorm", precision)
         given = check_eps("RMSNorm", eps)
@@ -106,11 +108,13 @@ class LayerNorm(torch.nn.Module):
     weight: torch.nn.Parameter
     bias: torch.nn.Parameter | None
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 0.0) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None = None, eps: float = 0.0
+    ) -> None:
         super().__init__()
         w = check_vector("LayerNorm", "weight", weight, required=True)
         b = check_vector("LayerNorm", "bias", bias)
-        assert w is not None
+        assert w is not None  # required=True raised otherwise
         if b is not None and b.shape != w.shape:
             raise value_error(
                 "LayerNorm",

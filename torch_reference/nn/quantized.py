@@ -82,7 +82,9 @@ class QuantizedLinear(torch.nn.Module):
         check_quantized(_WHERE, weight, scales, biases, group_size, bits, mode)
         if bias is not None:
             if not isinstance(bias, torch.Tensor):
-                raise type_error(_WHERE, f"bias must be a torch.Tensor but got {type(bias).__name__}.")
+                raise type_error(
+                    _WHERE, f"bias must be a torch.Tensor but got {type(bias).__name__}."
+                )
             if bias.dtype not in _FLOAT_DTYPES:
                 raise type_error(
                     _WHERE, f"bias must be float32, float16 or bfloat16 but got {bias.dtype}."

@@ -1,0 +1,131 @@
+"""What ``mlx_impl``'s layers add over the raw ``mx`` call they wrap, at decode shapes.
+
+The claim to check: the layers add at most 5 % over the raw call at LLM decode shapes
+(the smallest calls, where Python-side validation weighs most). Each pair builds its
+layer ONCE (as a model does), then times ``mx.eval(layer(x))`` against
+``mx.eval(raw(x))`` interleaved (layer, raw, layer, raw, ...) so drift hits both alike;
+the ratio of medians is reported, not asserted.
+
+``Embedding`` is reported three ways: the default ``index_policy="check"`` (reduces the
+indices to min and max and brings them to the host: a device sync before the lookup),
+``"trusted"`` (no check), against ``mx.take``, at decode (one token) and prefill (2048
+tokens), so the cost of the bounds check is visible.
+
+Shapes are the registry's decode shapes (``conformance/records``): hidden 4096,
+32 query / 8 kv heads of 128, a 2048-token cache, vocabulary 32000; the smoke run
+(``tiny``) shrinks every size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+import mlx_impl
+
+FULL = {"hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128, "cache": 2048, "vocab": 32000,
+        "prefill": 2048}
+TINY = {"hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "cache": 8, "vocab": 50, "prefill": 4}
+
+Thunk = Callable[[], mx.array]
+
+
+@dataclass(frozen=True)
+class OverheadPair:
+    """A layer call and the raw ``mx`` call it wraps; ``build(sizes, dtype)`` returns
+    ``{variant: thunk}`` for each of ``variants`` and the raw call under ``"raw"``."""
+
+    name: str
+    raw_name: str
+    shape: str
+    build: Callable[[dict[str, int], mx.Dtype], dict[str, Thunk]]
+    variants: tuple[str, ...] = ("layer",)
+
+    def describe(self, sizes: dict[str, int]) -> str:
+        """The shape label with ``sizes`` filled in (``{hidden}`` -> 4096)."""
+        return self.shape.format(**sizes)
+
+
+def _normal(shape: tuple[int, ...], dtype: mx.Dtype, seed: int) -> mx.array:
+    a = mx.random.normal(shape, key=mx.random.key(seed)).astype(dtype)
+    mx.eval(a)
+    return a
+
+
+def _linear(s, dt):
+    h = s["hidden"]
+    x, w, b = _normal((1, h), dt, 0), _normal((h, h), dt, 1), _normal((h,), dt, 2)
+    layer = mlx_impl.nn.Linear(w, b)
+    return {"layer": lambda: layer(x), "raw": lambda: mx.addmm(b, x, w.T, alpha=1.0, beta=1.0)}
+
+
+def _rms(s, dt):
+    h = s["hidden"]
+    x, w = _normal((1, 1, h), dt, 0), _normal((h,), dt, 1)
+    nn_layer = mlx_impl.nn.RMSNorm(w, eps=1e-5)
+    fast_layer = mlx_impl.fast.RMSNorm(w)
+    return {"nn.RMSNorm": lambda: nn_layer(x), "fast.RMSNorm": lambda: fast_layer(x, 1e-5),
+            "raw": lambda: mx.fast.rms_norm(x, w, 1e-5)}
+
+
+def _rope(s, dt):
+    d = s["head_dim"]
+    x = _normal((1, s["heads"], 1, d), dt, 0)
+    layer = mlx_impl.fast.RoPE(d, traditional=False, base=500000.0, scale=1.0)
+    offset = s["cache"] - 1
+    return {"layer": lambda: layer(x, offset=offset),
+            "raw": lambda: mx.fast.rope(x, d, traditional=False, base=500000.0, scale=1.0, offset=offset)}
+
+
+def _sdpa(s, dt):
+    d = s["head_dim"]
+    q = _normal((1, s["heads"], 1, d), dt, 0)
+    k = _normal((1, s["kv_heads"], s["cache"], d), dt, 1)
+    v = _normal((1, s["kv_heads"], s["cache"], d), dt, 2)
+    scale = 1.0 / math.sqrt(d)
+    return {"layer": lambda: mlx_impl.fast.scaled_dot_product_attention(q, k, v, scale=scale),
+            "raw": lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)}
+
+
+def _qlinear(s, dt):
+    h = s["hidden"]
+    x, w = _normal((1, h), dt, 0), _normal((h, h), dt, 1)
+    wq, scales, biases = mx.quantize(w, group_size=64, bits=4, mode="affine")
+    mx.eval(wq, scales, biases)
+    layer = mlx_impl.nn.QuantizedLinear(wq, scales, biases, None, group_size=64, bits=4, mode="affine")
+    return {"layer": lambda: layer(x),
+            "raw": lambda: mx.quantized_matmul(x, wq, scales, biases, transpose=True, group_size=64, bits=4,
+                                               mode="affine")}
+
+
+def _embedding(tokens_key: str):
+    def build(s, dt):
+        table = _normal((s["vocab"], s["hidden"]), dt, 0)
+        tokens = 1 if tokens_key == "decode" else s["prefill"]
+        idx = mx.random.randint(0, s["vocab"], (1, tokens), key=mx.random.key(1)).astype(mx.int32)
+        mx.eval(idx)
+        check = mlx_impl.nn.Embedding(table, index_policy="check")
+        trusted = mlx_impl.nn.Embedding(table, index_policy="trusted")
+        return {"check": lambda: check(idx), "trusted": lambda: trusted(idx),
+                "raw": lambda: mx.take(table, idx, axis=0)}
+    return build
+
+
+PAIRS: tuple[OverheadPair, ...] = (
+    OverheadPair("nn.Linear", "mx.addmm", "decode: x [1, {hidden}], W [{hidden}, {hidden}], bias", _linear),
+    OverheadPair("RMSNorm", "mx.fast.rms_norm", "decode: x [1, 1, {hidden}]", _rms,
+                 ("nn.RMSNorm", "fast.RMSNorm")),
+    OverheadPair("fast.RoPE", "mx.fast.rope", "decode: x [1, {heads}, 1, {head_dim}], offset {cache} - 1", _rope),
+    OverheadPair("fast.scaled_dot_product_attention", "mx.fast.scaled_dot_product_attention",
+                 "decode: q [1, {heads}, 1, {head_dim}], k/v [1, {kv_heads}, {cache}, {head_dim}]", _sdpa),
+    OverheadPair("nn.QuantizedLinear", "mx.quantized_matmul", "decode: x [1, {hidden}], affine 4-bit g64",
+                 _qlinear),
+    OverheadPair("nn.Embedding", "mx.take", "decode: 1 token, table [{vocab}, {hidden}]", _embedding("decode"),
+                 ("check", "trusted")),
+    OverheadPair("nn.Embedding", "mx.take", "prefill: {prefill} tokens, table [{vocab}, {hidden}]",
+                 _embedding("prefill"), ("check", "trusted")),
+)
+"""Every overhead comparison; ``describe(FULL)`` names the full shapes."""
