@@ -26,6 +26,8 @@ from conformance.bench import cli as bench_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
+TUNE_ENV = "CONFORMANCE_TUNE_CPU"
+"""Set to 1 to make a pytest session tune MLX's CPU back end (``mlx_impl.cpu_backend``)."""
 TEST_FILES = ("tests/test_conformance.py", "tests/test_error_cases.py", "tests/meta/test_mutants.py")
 
 
@@ -98,9 +100,12 @@ def command_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     work = out / "_work"
     work.mkdir(parents=True, exist_ok=True)
-    # Subprocesses share the 2 cores: one math thread each keeps them from oversubscribing,
-    # and they inherit the tuned MLX CPU configuration (cache limit, optimized BLAS).
-    env = {**os.environ, **cpu_backend.subprocess_env(threads=1)}
+    # Subprocesses share the cores: one math thread each keeps them from oversubscribing.
+    # Each tunes MLX's CPU back end (cache limit, optimized BLAS) as it starts
+    # (tests/conftest.py reads TUNE_ENV); the header below records the same configuration.
+    env = {**os.environ, TUNE_ENV: "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    cpu_backend.tune_cpu(blas_threads=1)
     print(f"[conformance] {len(names)} records, profile {args.profile}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         partials = list(pool.map(lambda n: _run_record(n, args.profile, work, env), names))

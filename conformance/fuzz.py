@@ -35,6 +35,7 @@ under the parent. ``tests/test_fuzz.py`` and ``python -m conformance run`` use
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import hashlib
 import json
 import math
@@ -51,6 +52,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
 
 SCHEMA = "mlx-conformance-fuzz/1"
@@ -66,6 +68,11 @@ CHECKPOINT_EVERY = 20
 """The child rewrites its counts every this many inputs, so an entry point abandoned after
 crashes still reports how many inputs it tried."""
 SELFTEST_ENV = "CONFORMANCE_FUZZ_SELFTEST"
+
+MUTATIONS = (0, 0, 0, 1, 1, 1, 2, 3)
+"""How many arguments of a valid input get corrupted (3 in 8 inputs stay valid)."""
+GROUPS_PER_ROW = (1, 2, 1, 2, 1, 0)
+"""Quantization groups per row: 0 (an empty weight) in 1 draw of 6."""
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 OTHER_DTYPES = ("int32", "uint32", "uint8", "bool", "float64")
@@ -309,7 +316,7 @@ def mutated(
                 st.one_of(any_arr(), junk(), st.sampled_from(params[name].values or (None,)))
             )
         return args
-    for _ in range(draw(st.sampled_from((0, 0, 1, 1, 1, 2, 2, 3)))):
+    for _ in range(draw(st.sampled_from(MUTATIONS))):
         name = draw(st.sampled_from(names))
         p = params[name]
         choices: list[st.SearchStrategy[Any]] = [junk()]
@@ -486,7 +493,7 @@ def _fmt(a: Mapping[str, Any]) -> dict[str, Any]:
 @st.composite
 def _quantize_valid(draw: st.DrawFn) -> dict[str, Any]:
     group, bits, mode = draw(_format())
-    k = group * draw(st.sampled_from((1, 1, 2, 0)))
+    k = group * draw(st.sampled_from(GROUPS_PER_ROW))
     n = _rows_for(k, mode, draw)
     lead = draw(st.sampled_from(((), (), (), (1,), (2,))))
     if math.prod(lead) * n * k > MAX_QUANT_ELEMENTS:
@@ -524,7 +531,7 @@ def _quantize_expect(a: dict[str, Any]) -> list[Out]:
 @st.composite
 def _dequantize_valid(draw: st.DrawFn) -> dict[str, Any]:
     group, bits, mode = draw(_format())
-    k = group * draw(st.sampled_from((1, 1, 2, 0)))
+    k = group * draw(st.sampled_from(GROUPS_PER_ROW))
     n = _rows_for(k, mode, draw)
     found = draw(_packed(draw(float_dtypes()), group, bits, mode, n, k))
     gs = None
@@ -565,7 +572,7 @@ def _qmm_valid(draw: st.DrawFn) -> dict[str, Any]:
     group, bits, mode = draw(_format())
     dt = draw(float_dtypes())
     transpose = draw(st.sampled_from((True, True, False)))
-    grouped = group * draw(st.sampled_from((1, 1, 2, 0)))  # the unpacked (grouped) axis
+    grouped = group * draw(st.sampled_from(GROUPS_PER_ROW))  # the unpacked (grouped) axis
     other = _rows_for(grouped, mode, draw)
     found = draw(_packed(dt, group, bits, mode, other, grouped))
     inner = grouped if transpose else other  # x @ W with W [K, N]: the packed rows are K
@@ -631,7 +638,7 @@ def _qlinear_expect(a: dict[str, Any]) -> list[Out]:
 def _from_float_valid(draw: st.DrawFn) -> dict[str, Any]:
     group, bits, mode = draw(_format())
     dt = draw(float_dtypes())
-    k = group * draw(st.sampled_from((1, 1, 2, 0)))
+    k = group * draw(st.sampled_from(GROUPS_PER_ROW))
     n = _rows_for(k, mode, draw)
     lead = draw(st.sampled_from(((), (1,), (2,))))
     return {
@@ -1512,7 +1519,7 @@ class Fuzzer:
 
     def fuzz(self, entry: EntryPoint, examples: int, profile: str) -> None:
         """Drive ``entry`` with ``examples`` Hypothesis inputs under ``profile``."""
-        from hypothesis import HealthCheck, given, settings
+        from hypothesis import HealthCheck, given
 
         stats = self.stats.setdefault(entry.name, EntryStats())
         for lib in self.libraries:
@@ -1550,7 +1557,11 @@ def child_main(args: argparse.Namespace) -> int:
     from conformance import profiles
     from conformance.results import write_json_atomic
 
+    # A fatal signal (an MLX kernel's SIGSEGV/SIGFPE/SIGABRT) prints the Python stack to
+    # stderr, which the parent puts in the crash report next to the input in flight.
+    faulthandler.enable()
     profiles.register()
+    settings.load_profile(args.profile)
     names = args.entry or list(ENTRY_POINTS)
     unknown = sorted(set(names) - set(ENTRY_POINTS))
     if unknown:
@@ -1653,7 +1664,7 @@ def run_fuzz(
                     timeout=left,
                     check=False,
                 )
-                code, tail = proc.returncode, (proc.stderr or proc.stdout)[-2000:]
+                code, tail = proc.returncode, _stderr_excerpt(proc.stderr or proc.stdout)
             except subprocess.TimeoutExpired as exc:
                 code = None
                 err = (
@@ -1725,6 +1736,15 @@ def run_fuzz(
     merged["elapsed_s"] = round(time.monotonic() - started, 2)
     merged["ok"] = not merged["violations"] and not merged["crashes"]
     return merged
+
+
+def _stderr_excerpt(text: str) -> str:
+    """The useful part of a dead child's stderr: faulthandler's dump starts with the
+    innermost frames, so keep its head; otherwise the tail (a Python traceback's end)."""
+    start = text.find("Fatal Python error")
+    if start >= 0:
+        return text[start : start + 1500]
+    return text[-2000:]
 
 
 def _signal_text(code: int) -> str:

@@ -49,6 +49,14 @@ def merge(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _cpu_line(run: dict[str, Any]) -> str:
+    info = run.get("cpu_backend") or {}
+    blas = info.get("blas") or {}
+    return (f"BLAS {blas.get('provider') or 'netlib (as shipped)'} "
+            f"({'active' if blas.get('active') else 'inactive'}: {blas.get('reason', '')}), "
+            f"cache limit {info.get('cache_limit', '?')} bytes")
+
+
 def _run_label(run: dict[str, Any]) -> str:
     return f"{run.get('backend', '?')} ({run.get('device', '?')})"
 
@@ -95,6 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = ["# MLX conformance report", ""]
     for i, run in enumerate(report["runs"]):
         out.append(f"- run {i}: " + ", ".join(f"{k} `{v}`" for k, v in sorted(run.items()) if not isinstance(v, dict)))
+        out.append(f"  - MLX CPU back end: {_cpu_line(run)}")
     out += [
         "",
         f"**{s['cells'] - s['cells_failed']} / {s['cells']} cells conform** "
@@ -102,8 +111,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"mutants killed {s['mutants_killed']} / {s['mutants']}; error cases refused by both libraries "
         f"{s['error_cases'] - s['error_cases_failed']} / {s['error_cases']}; crashes {s['crashes']}.",
         "",
-        "Each cell: status, examples + edge cases, worst MLX error / worst PyTorch error, "
-        "both in output ulps against the float64 oracle.",
+        "Each cell: status, examples + edge cases, worst MLX error / worst PyTorch error "
+        "against the float64 oracle, in output ulps at the largest magnitude of the row.",
         "",
     ]
     rows, cols, index = _matrix(report)

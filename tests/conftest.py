@@ -3,11 +3,13 @@ and MLX's CPU back end configured as the conformance and benchmark runs use it."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from conformance import profiles
+from conformance.cli import TUNE_ENV
 from conformance.results import Collector, write_json_atomic
 
 profiles.register()
@@ -69,6 +71,13 @@ _CONFIG: pytest.Config | None = None
 def pytest_configure(config: pytest.Config) -> None:
     global _CONFIG
     _CONFIG = config
+    if os.environ.get(TUNE_ENV) == "1":
+        import torch
+
+        from mlx_impl import cpu_backend
+
+        cpu_backend.tune_cpu(blas_threads=1)
+        torch.set_num_threads(1)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
