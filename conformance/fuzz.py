@@ -5,7 +5,9 @@ result of the documented shape (and a floating dtype where the op computes) or r
 ``ValueError``, ``TypeError`` or ``IndexError`` whose message starts with the op's name in
 brackets, ``[Op] ...``; it never raises anything else and never kills the interpreter.
 Both libraries are held to it, and to each other: they must accept and refuse the same
-inputs, with the same exception type, and agree on the result's shape and dtype.
+inputs and agree on the result's shape and dtype. Refusing with different exception types
+is recorded as a note, not a failure: it is nearly always an input with several faults that
+the twins check in a different order (the records' error cases pin single faults' types).
 
 Hypothesis draws ARBITRARY inputs, mostly wrong and sometimes right: for each entry
 point a valid input (consistent shapes, supported formats) is drawn and then 0 to 3
@@ -1435,7 +1437,9 @@ class Fuzzer:
     ) -> None:
         """Record a problem once per (entry, library, kind, exception), counting repeats;
         ``note`` files it under the notes, which do not fail the run."""
-        key = (entry, library, kind, exc_type)
+        # Grouped by the message's shape too (digits masked), so distinct root causes that
+        # share an exception type stay distinct entries.
+        key = (entry, library, kind, exc_type, re.sub(r"\d+", "N", outcome_detail)[:60])
         found = self._seen.get(key)
         if found is not None:
             found["count"] += 1

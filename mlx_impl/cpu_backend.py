@@ -63,7 +63,7 @@ import shlex
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -94,6 +94,14 @@ BLAS_ENV_VAR = "MLX_IMPL_CPU_BLAS"
 _BLAS_SYMBOLS = ("cblas_sgemm", "cblas_dgemm", "cblas_cgemm")
 _OFF_VALUES = frozenset({"0", "off", "none", "netlib", "false", "no"})
 _GIB = 1 << 30
+# OpenBLAS worker threads busy-wait 2**28 cycles (~0.1 s) after each call by default. Next
+# to PyTorch's OpenMP threads on few cores that spinning starves whichever library runs
+# next: on 2 cores, alternating MLX and torch 64x512x512 matmuls took 8.0 ms per pair
+# instead of 0.5 ms. 2**4 cycles (OpenBLAS's minimum) makes idle workers sleep at once;
+# MLX-only loops measured no slower. OpenBLAS reads it when the library loads, so it is
+# set around that dlopen only, and never over a value the user set.
+_TIMEOUT_VAR = "OPENBLAS_THREAD_TIMEOUT"
+_THREAD_TIMEOUT = "4"
 
 # ELF e_machine -> (name, JUMP_SLOT type, GLOB_DAT type): the two relocation kinds that
 # fill a GOT pointer slot. Any other kind naming a BLAS symbol means a copy of its address
@@ -468,11 +476,25 @@ def _choose_provider(library: str | None) -> _Provider | str:
     return found
 
 
+@contextlib.contextmanager
+def _env_default(key: str, value: str) -> Iterator[None]:
+    """Set ``key`` only while the block runs, and only if the user has not set it."""
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _load(provider: _Provider) -> tuple[ctypes.CDLL, str, _Provider]:
     """Load ``provider`` privately; return it with the symbol prefix its BLAS functions use."""
     # RTLD_LOCAL: the library's symbols stay out of the global scope, so nothing else in
     # the process (torch, numpy, later extensions) binds to it.
-    lib = ctypes.CDLL(provider.path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
+    with _env_default(_TIMEOUT_VAR, _THREAD_TIMEOUT):
+        lib = ctypes.CDLL(provider.path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
     prefixes = [provider.prefix] if provider.prefix != "?" else ["", "scipy_"]
     for prefix in prefixes:
         if hasattr(lib, prefix + "cblas_sgemm"):

@@ -13,7 +13,10 @@ Modes and the combinations MLX 0.32.4 accepts (measured, see
 
 Packed weights are uint32: each row is one little-endian, LSB-first bit stream
 (``torch_reference.quantization`` documents the exact bit layout and reproduces it).
-Checks are cheap (shapes, dtypes, Python values) and never synchronise the device.
+Checks are cheap (shapes, dtypes, Python values) and never synchronise the device, with
+one exception: :func:`quantize` (an offline, once-per-weight operation) evaluates a
+reduction over the weight to refuse values ``mx.quantize`` would silently corrupt
+(non-finite weights; mxfp4 / mxfp8 groups whose E8M0 scale code would wrap).
 This module never imports torch.
 """
 
@@ -72,6 +75,14 @@ QUANTIZATION_LABELS: dict[str, tuple[int, int, str]] = {
 
 # float64 is excluded: mx.quantize accepts it at graph time and then fails in eval_cpu.
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+_DTYPE_NAMES = {mx.float32: "float32", mx.float16: "float16", mx.bfloat16: "bfloat16"}
+
+# Largest magnitude of the mx element formats (E2M1, E4M3FN): the "maxval" of the scale.
+_MX_MAXVAL = {"mxfp4": 6.0, "mxfp8": 448.0}
+# mx.quantize stores the E8M0 code (s + 127) mod 256, s = ceil(log2(r)), r = amax / maxval
+# rounded to the weight's dtype, without clipping: r <= 2^-128 gives s <= -128 and wraps
+# (measured on mlx 0.32.4 CPU; r in (2^-128, 2^-127] gives s = -127, code 0, which is fine).
+_MX_WRAP_RATIO = 2.0**-128
 
 
 # --------------------------------------------------------------------------- checks
@@ -233,6 +244,79 @@ def _check_global_scale(where: str, mode: str, global_scale: mx.array | None) ->
         )
 
 
+def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major index tuple of the ``flat``-th element of an array of ``shape``."""
+    out = []
+    for d in reversed(tuple(shape)):
+        flat, r = divmod(flat, int(d))
+        out.append(r)
+    return tuple(reversed(out))
+
+
+def _first_true(mask: mx.array) -> int:
+    """Flat index of the first True in ``mask`` (row-major), computed as a min over
+    positions so that it does not depend on how argmax breaks ties."""
+    flat = mask.reshape(-1)
+    n = flat.size
+    pos = mx.arange(n, dtype=mx.int64)
+    return int(mx.min(mx.where(flat, pos, mx.array(n, dtype=mx.int64))).item())
+
+
+def _check_weight_values(where: str, w: mx.array, group_size: int, mode: str) -> None:
+    """Refuse weights whose quantization ``mx.quantize`` 0.32.4 silently corrupts.
+
+    Evaluates a reduction over ``w`` (``mx.eval``), i.e. synchronises the device:
+    acceptable for :func:`quantize`, an offline once-per-weight operation.
+
+    * Any mode: every element must be finite (inf / NaN give dtype-dependent scale codes,
+      e.g. mx scale code 128 for float32 but 0 for float16 / bfloat16, NaN biases or a
+      NaN silently dropped for affine).
+    * mxfp4 / mxfp8: every group's ``r = amax / maxval`` (maxval 6 / 448, the division
+      rounded to ``w``'s dtype as MLX does) must be 0 or above ``2^-128``; otherwise
+      ``ceil(log2 r) <= -128`` and the stored E8M0 code wraps (e.g. 255, which
+      dequantizes to ``2^128`` = inf). All-zero groups (and groups whose ``r`` underflows
+      to 0) are fine: code 127, dequantized to 0. float16 weights can never wrap.
+    """
+    finite = mx.isfinite(w)
+    all_finite = mx.all(finite)
+    wraps: mx.array | None = None
+    if mode in _MX_MAXVAL:
+        groups = w.reshape(*w.shape[:-1], w.shape[-1] // group_size, group_size)
+        ratio = mx.max(mx.abs(groups), axis=-1) / mx.array(_MX_MAXVAL[mode], dtype=w.dtype)
+        # float32 holds every float16 / bfloat16 ratio and 2^-128 (a subnormal) exactly.
+        small = ratio.astype(mx.float32) <= mx.array(_MX_WRAP_RATIO, dtype=mx.float32)
+        wraps = (ratio > 0) & small
+        any_wraps = mx.any(wraps)
+        mx.eval(all_finite, any_wraps)
+    else:
+        mx.eval(all_finite)
+    if not all_finite.item():
+        pos = _unravel(_first_true(mx.logical_not(finite)), w.shape)
+        value = w[pos].item()
+        raise value_error(
+            where,
+            f"mode {mode!r}: the weight must be finite (mx.quantize turns inf / NaN into "
+            f"dtype-dependent garbage codes) but element {pos} is {value}.",
+        )
+    if wraps is not None and any_wraps.item():
+        n_groups = w.shape[-1] // group_size
+        flat = _first_true(wraps)
+        row_flat, group = divmod(flat, n_groups)
+        row_idx = _unravel(row_flat, w.shape[:-1])
+        row: object = row_idx[0] if len(row_idx) == 1 else row_idx
+        amax = float(mx.max(mx.abs(w[row_idx][group * group_size : (group + 1) * group_size])).item())
+        r = float(ratio[(*row_idx, group)].item())
+        raise value_error(
+            where,
+            f"mode {mode!r}: row {row}, group {group} (elements {group * group_size}.."
+            f"{(group + 1) * group_size - 1}) has amax {amax:.9g}, so amax / {_MX_MAXVAL[mode]:g} "
+            f"= {r:.9g} in {_DTYPE_NAMES[w.dtype]}, at or below the threshold 2^-128 "
+            f"(~2.94e-39): its E8M0 scale exponent ceil(log2(amax / maxval)) is below -127 and "
+            f"mx.quantize's uint8 scale code would wrap (dequantizing to inf or garbage). "
+            f"Groups must be all zero or have amax / maxval > 2^-128.",
+        )
+
+
 def quantization_for_label(label: str) -> tuple[int, int, str]:
     """Map an Ollama checkpoint quantization label to ``(group_size, bits, mode)``.
 
@@ -272,6 +356,15 @@ def quantize(
     nvfp4; E8M0 ``ceil(log2(amax / maxval)) + 127`` for the mx modes) and E2M1 / E4M3
     element codes. ``torch_reference.quantization.quantize`` spells out every step.
 
+    Refused before ``mx.quantize`` runs (it would silently store garbage): non-finite
+    weights, and mx groups so tiny that ``ceil(log2(amax / maxval)) < -127`` (MLX stores
+    ``(s + 127) mod 256`` unclipped, e.g. code 255 = ``2^128`` = inf for a float32 mxfp4
+    group of amax ``2^-126``). Exact boundaries (mlx 0.32.4, measured): float32 mxfp4
+    refuses amax in ``[2^-147, 0x1.800006p-126]``, mxfp8 ``[0x1.c2p-142, 0x1.c00006p-120]``;
+    bfloat16 mxfp4 ``[2^-131, 0x1.86p-126]``, mxfp8 ``[0x1.c2p-126, 0x1.c6p-120]``; smaller
+    nonzero amax make ``amax / maxval`` underflow to 0 in the weight's dtype (code 127, the
+    group dequantizes to 0, allowed); float16 never wraps. All-zero groups are allowed.
+
     Args:
         w: the float weight (float32, float16 or bfloat16).
         group_size, bits, mode: see :data:`SUPPORTED_QUANTIZATION`.
@@ -285,6 +378,21 @@ def quantize(
     Shape:
         w: ``[..., N, K]`` -> wq: ``[..., N, K * bits / 32]``,
         scales / biases: ``[..., N, K / group_size]``.
+
+    Raises:
+        TypeError: ``w`` not a float32 / float16 / bfloat16 array, or ints expected.
+        ValueError: an unsupported ``(group_size, bits, mode)``; a weight shape
+            ``mx.quantize`` cannot take (see :func:`check_quantizable`); a bad
+            ``global_scale``; a non-finite element (any mode; the message gives its
+            position); for mxfp4 / mxfp8 a group with ``0 < R(amax / maxval) <= 2^-128``
+            (``R`` = rounding to ``w``'s dtype), whose E8M0 scale code MLX would wrap
+            (the message names the first such row and group, its amax and the threshold).
+
+    Cost:
+        The value checks evaluate a reduction over ``w`` (``mx.eval`` and ``.item()``),
+        synchronising the device before ``mx.quantize`` runs. That is acceptable because
+        quantizing is offline and happens once per weight; the other ops of this module
+        never synchronise.
     """
     where = "quantize"
     check_quantization(where, group_size, bits, mode)
@@ -297,6 +405,8 @@ def quantize(
         )
     check_quantizable(where, w.shape, group_size, mode)
     _check_global_scale(where, mode, global_scale)
+    # Offline, once per weight: the one check here that evaluates (synchronises) the weight.
+    _check_weight_values(where, w, group_size, mode)
     out = mx.quantize(w, group_size, bits, mode, global_scale=global_scale)
     if mode == "affine":
         return out[0], out[1], out[2]

@@ -220,9 +220,20 @@ def test_measure_takes_the_minimum_samples_and_stops_slow_calls_early():
     fast = measure(lambda: calls.append(1), Budget(target_s=0.0, min_samples=7, warmup_s=60.0, max_warmup_calls=2))
     assert fast.n == 7 and len(calls) == 7 + 2
     import time
-    slow = measure(lambda: time.sleep(0.02), Budget(target_s=10.0, min_samples=50, cap_s=0.05, floor_samples=3,
-                                                     warmup_s=0.0, max_warmup_calls=1))
-    assert slow.n == 3 and slow.median_s >= 0.02
+
+    def nap() -> None:
+        calls.append(1)
+        time.sleep(0.02)
+
+    calls.clear()
+    slow = measure(nap, Budget(target_s=10.0, min_samples=50, cap_s=0.05, floor_samples=3, warmup_s=1.0,
+                               max_warmup_calls=5))
+    assert slow.n == 3 and slow.median_s >= 0.02 and len(calls) == 3 + 1
+    # A call longer than cap_s is its own warm-up: its first call is the first sample.
+    calls.clear()
+    slower = measure(nap, Budget(target_s=10.0, min_samples=50, cap_s=0.01, floor_samples=3, warmup_s=1.0,
+                                 max_warmup_calls=5))
+    assert slower.n == 3 and len(calls) == 3
 
 
 def test_cost_models():

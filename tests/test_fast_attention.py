@@ -406,3 +406,38 @@ def test_valid_edge_inputs_are_accepted_by_both() -> None:
     y_mx = mx_sdpa(to_mx(q, "float16"), to_mx(k), to_mx(v, "bfloat16"), scale=0.5)
     y_t = torch_sdpa(to_torch(q, "float16"), to_torch(k), to_torch(v, "bfloat16"), scale=0.5)
     assert y_mx.dtype == mx.float32 and y_t.dtype == torch.float32
+
+
+# ---- the MLX CPU numerics the twin replays (torch_reference.fast._mlx_cpu) -----------
+
+
+def test_mlx_cpu_exp_rounds_x_log2e_to_float32() -> None:
+    # MLX's CPU exp evaluates 2^y with y = float32(x * float32(log2 e)): up to ~64 float32
+    # ulp from a correctly rounded exp at |x| ~ 80. The twin's emulation reproduces that
+    # rounding point and lands within 1 ulp; torch.exp does not.
+    from torch_reference.fast import _mlx_cpu
+
+    x = torch.linspace(-90.0, 10.0, 200_001)
+    mlx_exp = torch.from_numpy(np.array(mx.exp(mx.array(x.numpy()))))
+
+    def ulps(a: torch.Tensor) -> int:
+        return int((a.view(torch.int32).long() - mlx_exp.view(torch.int32).long()).abs().max())
+
+    assert ulps(_mlx_cpu.exp(x)) <= 1
+    assert ulps(torch.exp(x)) > 16
+    assert mx.exp(mx.array(-87.7)).item() == 0.0  # no subnormals below y = -126.5
+    assert _mlx_cpu.exp(torch.tensor([-87.7])).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlx_cpu_matmul_order_is_sequential(dtype: str) -> None:
+    # float32: netlib sgemm, products rounded, summed in order; halves: float32 accumulation
+    # in order, rounded once. The twin's sequential_matmul reproduces both bit for bit.
+    from torch_reference.fast import _mlx_cpu
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((2, 3, 5, 70)).astype(np.float32)
+    b = rng.standard_normal((2, 1, 70, 6)).astype(np.float32)
+    y_mx = mx_as_torch(to_mx(a, dtype) @ to_mx(b, dtype))
+    y_t = _mlx_cpu.sequential_matmul(to_torch(a, dtype), to_torch(b, dtype)).to(TORCH_DTYPE[dtype])
+    assert torch.equal(y_mx, y_t)

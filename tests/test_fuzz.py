@@ -22,12 +22,13 @@ import pytest
 from hypothesis import settings
 
 from conformance import fuzz
-from conformance.registry import covered_api
 from conformance.results import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "reports" / "conformance" / "fuzz.json"
-TIMEOUT_S = 600.0
+SECONDS_PER_INPUT = 0.25
+"""A generous bound on one input's time (both libraries, a loaded 2-core machine) for the
+run's time limit; a run past it is reported as a hang with the input in flight."""
 
 
 def _budget() -> tuple[str, int]:
@@ -54,7 +55,8 @@ def _problems(result: dict[str, Any]) -> str:
 def fuzz_result() -> dict[str, Any]:
     """One fuzz run for the module, written to the report folder whatever its verdict."""
     profile, examples = _budget()
-    result = fuzz.run_fuzz(examples, profile, timeout_s=TIMEOUT_S)
+    timeout = 120.0 + SECONDS_PER_INPUT * examples * len(fuzz.ENTRY_POINTS)
+    result = fuzz.run_fuzz(examples, profile, timeout_s=timeout)
     write_json_atomic(REPORT, result)
     return result
 
@@ -103,6 +105,8 @@ def test_inputs_are_a_mix_of_right_and_wrong(fuzz_result: dict[str, Any]) -> Non
 
 def test_fuzz_covers_every_public_op() -> None:
     """Every public name a conformance record covers has a fuzz entry point."""
+    from conformance.registry import covered_api
+
     uncovered = sorted(name for name in covered_api() if name not in fuzz.ENTRY_POINTS)
     assert not uncovered, f"public ops without a fuzz entry point: {uncovered}"
 

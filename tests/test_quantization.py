@@ -6,6 +6,7 @@ Ollama's labels, and errors raised by both packages before MLX sees the input.""
 from __future__ import annotations
 
 import itertools
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -195,6 +196,10 @@ def test_mx_scale_is_the_smallest_power_of_two_that_avoids_saturation(dtype):
         row[5], row[6] = amax, -amax * 0.999
         rows.append(row)
     w = torch.stack(rows).to(TORCH_DTYPE[dtype])
+    # float16 overflows above 65504 (448 * 2^11 = 917504): quantize refuses non-finite
+    # weights, so those rows are dropped (float32 / bfloat16 keep all of them).
+    w = w[torch.isfinite(w).all(dim=-1)]
+    assert w.shape[0] >= 280
     assert_same_quantization(w, 32, 4, "mxfp4")
     assert_same_quantization(w, 32, 8, "mxfp8")
     # Known answer: amax = 6 * 2^3 * (1 + eps) needs 2^4, not 2^3.
@@ -237,22 +242,151 @@ def test_element_rounding_ties(dtype):
     assert_same_quantization(fp4.reshape(4, 16).to(TORCH_DTYPE[dtype]), 16, 4, "nvfp4")
 
 
+# The mx-mode scale-code wrap. Boundaries measured on mlx 0.32.4 (CPU) by quantizing
+# every bfloat16 value below 2^-100 and, for float32, 6000 values around each threshold,
+# all subnormals up to 5000 ulp and 100 000 random values below 2^-100, with amax as the
+# only nonzero of the group: a group wraps iff 0 < R(amax / maxval) <= 2^-128 (R =
+# rounding to the weight's dtype). (dtype, mode) -> (smallest wrapping amax, largest
+# wrapping amax, smallest amax above that quantizes fine, largest nonzero amax whose
+# ratio underflows to 0 and so quantizes to code 127, i.e. to zeros).
+WRAP_BOUNDS = {
+    ("float32", "mxfp4"): ("0x1p-147", "0x1.800006p-126", "0x1.800008p-126", "0x1.8p-148"),
+    ("float32", "mxfp8"): ("0x1.c2p-142", "0x1.c00006p-120", "0x1.c00008p-120", "0x1.cp-142"),
+    ("bfloat16", "mxfp4"): ("0x1p-131", "0x1.86p-126", "0x1.88p-126", "0x1.8p-132"),
+    ("bfloat16", "mxfp8"): ("0x1.c2p-126", "0x1.c6p-120", "0x1.c8p-120", "0x1.cp-126"),
+}
+MX_BITS = {"mxfp4": 4, "mxfp8": 8}
+
+
+def one_group_rows(amaxes: list[float], dtype: str, groups: int = 1) -> torch.Tensor:
+    """One row per amax: the LAST group holds +amax at element 0 and -amax/3 at element
+    1 (rounded to dtype, so amax stays the group's amax); every other element is 0."""
+    w = torch.zeros(len(amaxes), 32 * groups, dtype=torch.float64)
+    for i, a in enumerate(amaxes):
+        w[i, 32 * (groups - 1)] = a
+        w[i, 32 * (groups - 1) + 1] = -a / 3
+    return w.to(TORCH_DTYPE[dtype])
+
+
+def test_raw_mx_quantize_wraps_tiny_mx_groups_to_infinity():
+    """PINS MLX'S RAW BEHAVIOUR (fails when MLX changes it): mx.quantize stores the E8M0
+    code (s + 127) mod 256 unclipped, so a float32 mxfp4 group of amax 2^-126 (s =
+    ceil(log2(2^-126 / 6)) = -128) gets code 255 and mx.dequantize turns it into inf
+    (2^128) and its zeros into NaN (0 * inf); 2^-131 (s = ceil(-133.58) = -133) gets 250,
+    i.e. scale 2^123, and its amax element (4 * 2^-133) dequantizes to 2^125: garbage.
+    Both packages' quantize refuse such groups; the twin's private _fp_quantize still
+    emulates the raw wrap bit for bit (float32 and bfloat16, mxfp4 and mxfp8)."""
+    w = mx.zeros((1, 32))
+    w[0, 0] = 2.0**-126
+    wq, s = mx.quantize(w, 32, 4, "mxfp4")
+    assert np.array(s).tolist() == [[255]]
+    back = np.array(mx.dequantize(wq, s, None, 32, 4, "mxfp4", dtype=mx.float32))
+    assert np.isposinf(back[0, 0]) and np.isnan(back[0, 1:]).all()  # 0 * 2^128 = 0 * inf
+    w[0, 0] = 2.0**-131
+    wq, s = mx.quantize(w, 32, 4, "mxfp4")
+    assert np.array(s).tolist() == [[250]]
+    back = np.array(mx.dequantize(wq, s, None, 32, 4, "mxfp4", dtype=mx.float32))
+    assert back[0, 0] == 2.0**125  # finite garbage, no error
+    for dtype in ("float32", "bfloat16"):
+        amaxes = [2.0**-126, 2.0**-131, 6 * 2.0**-128, 6 * 2.0**-127, 2.0**-140, 0.0]
+        rows = one_group_rows(amaxes, dtype)
+        for mode, bits in MX_BITS.items():
+            mine = tq._fp_quantize(rows, 32, bits, mode, None)
+            theirs = mx.quantize(t2m(rows), 32, bits, mode)
+            for name, a, b in zip(("wq", "scales"), mine, theirs, strict=True):
+                assert_bit_equal(a, m2t(b), f"raw {mode} {dtype} {name}")
+    assert (
+        int(tq._fp_quantize(one_group_rows([2.0**-126], "float32"), 32, 4, "mxfp4", None)[1]) == 255
+    )
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tiny_mx_groups_wrap_the_scale_code_like_mlx(dtype):
-    """A group with amax/maxval below 2^-127 gets ceil(log2) < -127 and MLX 0.32.4 stores
-    (s + 127) mod 256, e.g. 255 for a float32 group of amax 2^-126 (mxfp4): the stored
-    scale then decodes to 2^128. The twin reproduces this, codes and dequantize alike."""
-    rows = []
-    for amax in (2.0**-126, 2.0**-131, 6 * 2.0**-127, 6 * 2.0**-128, 2.0**-140):
-        row = torch.zeros(32)
-        row[0], row[1] = amax, -amax / 3
-        rows.append(row)
-    w = torch.stack(rows).to(TORCH_DTYPE[dtype])
-    assert_same_quantization(w, 32, 4, "mxfp4")
-    assert_same_quantization(w, 32, 8, "mxfp8")
-    if dtype == "float32":
-        _, s, _ = tq.quantize(w[:1], 32, 4, "mxfp4")
-        assert int(s.item()) == 255  # ceil(log2(2^-126 / 6)) = -128 -> -1 -> 255
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8"])
+def test_both_refuse_groups_whose_mx_scale_code_would_wrap(dtype, mode):
+    """Both packages raise before mx.quantize, naming the op, the mode, the first
+    offending (row, group), its amax and the threshold, for both ends of the wrapping
+    range, for 2^-126 and for a group just at the threshold ratio."""
+    lo, hi, _, _ = (float.fromhex(v) for v in WRAP_BOUNDS[(dtype, mode)])
+    maxval = 6.0 if mode == "mxfp4" else 448.0
+    for amax in (lo, hi, maxval * 2.0**-128, 2.0**-126, 2.0**-130):
+        if not lo <= amax <= hi:
+            continue
+        # Row 0 fine; row 1: group 0 fine, group 1 wraps; row 2 wraps too (not the first).
+        w = one_group_rows([1.0, amax, amax], dtype, groups=2)
+        w[1, 5] = 0.5
+        amax_text = f"{float(w[1, 32].float()):.9g}"
+        pattern = (
+            rf"^\[quantize\] mode '{mode}': row 1, group 1 \(elements 32\.\.63\) has amax "
+            rf"{re.escape(amax_text)}, .* in {dtype}, at or below the threshold 2\^-128"
+        )
+        for lib, to in ((mq, t2m), (tq, lambda t: t)):
+            with pytest.raises(ValueError, match=pattern):
+                lib.quantize(to(w), 32, MX_BITS[mode], mode)
+    # Leading batch dims: the row is named by its index tuple.
+    w3 = one_group_rows([1.0, 1.0, 1.0, 1.0, 1.0, hi], dtype).reshape(2, 3, 32)
+    for lib, to in ((mq, t2m), (tq, lambda t: t)):
+        with pytest.raises(ValueError, match=r"^\[quantize\] mode '\w+': row \(1, 2\), group 0 "):
+            lib.quantize(to(w3), 32, MX_BITS[mode], mode)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8"])
+def test_groups_just_outside_the_wrap_range_quantize_bit_exactly(dtype, mode):
+    """Just above the threshold (one ulp of amax past the largest wrapping value) the
+    scale code is 0 (2^-127) and both packages agree bit for bit; just below the
+    smallest wrapping amax, amax / maxval underflows to 0 in the weight's dtype and the
+    group gets code 127 and quantizes to zeros (finite, allowed), as does an all-zero
+    group. Values above, a few ulps further, still code 0."""
+    lo, hi, above, zeroed = (float.fromhex(v) for v in WRAP_BOUNDS[(dtype, mode)])
+    td = TORCH_DTYPE[dtype]
+    assert torch.tensor(above, dtype=td).item() == above > hi  # representable neighbours
+    assert torch.tensor(zeroed, dtype=td).item() == zeroed < lo
+    up = [float(torch.tensor(above, dtype=td).view(torch.int16 if dtype == "bfloat16" else torch.int32).add(k).view(td).item()) for k in range(4)]  # fmt: skip
+    w = one_group_rows([*up, zeroed, 0.0, 2.0**-110], dtype)
+    w[:, 1] = 0  # keep amax alone so the boundary is the one measured
+    assert_same_quantization(w, 32, MX_BITS[mode], mode)
+    wq, s, _ = tq.quantize(w, 32, MX_BITS[mode], mode)
+    assert s[:4, 0].tolist() == [0, 0, 0, 0]  # 2^-127: no wrap
+    assert s[4:6, 0].tolist() == [127, 127]  # ratio 0: scale 2^0, all codes 0
+    back = tq.dequantize(wq, s, None, 32, MX_BITS[mode], mode, torch.float32)
+    assert torch.isfinite(back).all() and (back[4:6] == 0).all()
+    assert (back[:4, 0] > 0).all()  # the tiny amax survives (scale 2^-127)
+    # One ulp below `above` is the largest wrapping amax: refused.
+    with pytest.raises(ValueError, match=r"^\[quantize\] "):
+        tq.quantize(one_group_rows([hi], dtype), 32, MX_BITS[mode], mode)
+
+
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8"])
+def test_float16_weights_never_wrap(mode):
+    """float16's smallest subnormal is 2^-24, so amax / maxval (>= 2^-24 / 448 before
+    rounding) can never reach 2^-128: every float16 subnormal and the normals up to
+    2^-8 quantize in both packages, bit for bit, with finite dequantized values (tiny
+    groups whose ratio underflows to 0 in float16 get code 127 and quantize to 0)."""
+    mags = torch.arange(1, 0x1C00, dtype=torch.int16).view(torch.float16).double()  # < 2^-8
+    w = one_group_rows(mags.tolist(), "float16")
+    assert_same_quantization(w, 32, MX_BITS[mode], mode)
+    wq, s, _ = tq.quantize(w, 32, MX_BITS[mode], mode)
+    assert (s <= 127).all()  # no wrapped (>= 128) code for a group below 1
+    assert torch.isfinite(tq.dequantize(wq, s, None, 32, MX_BITS[mode], mode)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=str)
+@pytest.mark.parametrize(("mode", "gs", "bits"), [FORMATS[3], *FP_FORMATS], ids=lambda v: str(v))
+def test_both_refuse_non_finite_weights(dtype, value, mode, gs, bits):
+    """inf / NaN in any mode: refused by both, naming the first non-finite element
+    (MLX would store dtype-dependent codes: mx scale code 128 for float32, 0 for float16
+    / bfloat16; affine gets NaN scales, or silently drops a NaN)."""
+    w = torch.ones(2, 64, dtype=TORCH_DTYPE[dtype])
+    w[1, 37] = value
+    w[1, 50] = value
+    text = "nan" if value != value else str(value)
+    pattern = (
+        rf"^\[quantize\] mode '{mode}': the weight must be finite .* element \(1, 37\) is {text}\.$"
+    )
+    for lib, to in ((mq, t2m), (tq, lambda t: t)):
+        with pytest.raises(ValueError, match=pattern):
+            lib.quantize(to(w), gs, bits, mode)
 
 
 def test_nvfp4_elements_round_in_float32_even_for_bfloat16_weights():

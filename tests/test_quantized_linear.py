@@ -383,3 +383,43 @@ def test_from_float_errors_in_both_packages():
             cls.from_float(to(torch.ones(4, 64)), None, 64, 4, "nvfp4")
         with pytest.raises(ValueError, match=r"^\[quantize\] .*divisible by group_size 64"):
             cls.from_float(to(torch.ones(4, 96)))
+
+
+def _tiny_and_non_finite_weights(dtype: str) -> list[tuple[torch.Tensor, str, str]]:
+    """(weight, mode, message pattern): a float32 / bfloat16 mxfp4 and mxfp8 group whose
+    E8M0 scale code would wrap (amax 2^-126), and inf / NaN weights in every mode."""
+    td = TORCH_DTYPE[dtype]
+    cases = []
+    if dtype != "float16":  # float16 can never wrap (tests/test_quantization.py)
+        for mode in ("mxfp4", "mxfp8"):
+            w = torch.ones(4, 64, dtype=td)
+            w[2, 32:] = 0
+            w[2, 40] = 2.0**-126
+            cases.append((w, mode, rf"^\[quantize\] mode '{mode}': row 2, group 1 .*2\^-128"))
+    for mode, value in (("affine", float("inf")), ("mxfp4", float("nan")), ("nvfp4", -np.inf)):
+        w = torch.ones(4, 64, dtype=td)
+        w[3, 9] = value
+        cases.append((w, mode, rf"^\[quantize\] mode '{mode}': .* element \(3, 9\) is "))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_from_float_and_to_quantized_refuse_wrapping_groups_and_non_finite_weights(dtype):
+    """QuantizedLinear.from_float and Linear.to_quantized go through quantize, so both
+    packages refuse (before mx.quantize) weights MLX would silently turn into inf / NaN
+    or dtype-dependent codes."""
+    from mlx_impl.nn.linear import Linear as MxLinear
+    from torch_reference.nn.linear import Linear as TorchLinear
+
+    gs_bits = {"affine": (64, 4), "nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}
+    for w, mode, pattern in _tiny_and_non_finite_weights(dtype):
+        gs, bits = gs_bits[mode]
+        bias = torch.zeros(4, dtype=w.dtype)
+        with pytest.raises(ValueError, match=pattern):
+            TorchQL.from_float(w, bias, gs, bits, mode)
+        with pytest.raises(ValueError, match=pattern):
+            MxQL.from_float(t2m(w), t2m(bias), gs, bits, mode)
+        with pytest.raises(ValueError, match=pattern):
+            TorchLinear(w, bias).to_quantized(gs, bits, mode)
+        with pytest.raises(ValueError, match=pattern):
+            MxLinear(t2m(w), t2m(bias)).to_quantized(gs, bits, mode)

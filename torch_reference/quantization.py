@@ -20,8 +20,10 @@ uint32 words; element ``i`` occupies bits ``[i*bits, (i+1)*bits)``, so 3-, 5- an
 arithmetic runs in int64 because PyTorch implements few ops on uint32); fp-mode
 scales are ``torch.uint8`` codes; affine scales and biases keep the weight's dtype.
 
-``quantize`` and ``dequantize`` equal MLX's bit for bit (finite weights; NaN payloads
-aside). Every function takes ``precision="native"`` (MLX's rounding points) or
+``quantize`` and ``dequantize`` equal MLX's bit for bit (NaN payloads aside). Like
+``mlx_impl.quantization.quantize``, ``quantize`` refuses what ``mx.quantize`` silently
+corrupts: non-finite weights, and mxfp4 / mxfp8 groups whose E8M0 scale code would wrap;
+the private ``_fp_quantize`` still reproduces MLX's raw wrap bit for bit. Every function takes ``precision="native"`` (MLX's rounding points) or
 ``"float64"`` (the oracle: exact float64 values of the same stored codes, scales and
 biases). ``quantized_matmul``'s native result is ``x @ dequantize(W).T``; MLX's fused
 CPU kernel sums in another order (tests/test_quantized_linear.py pins it down).
@@ -107,6 +109,11 @@ _FP4_VALUES = (
 _FP_MAXVAL = {4: 6.0, 8: 448.0}
 # nvfp4 global-scale encoding constant: 448 (E4M3 max) * 6 (E2M1 max).
 _NVFP4_GLOBAL = 448.0 * 6.0
+# mx.quantize stores the E8M0 code (s + 127) mod 256, s = ceil(log2(r)), r = amax / maxval
+# rounded to the weight's dtype, without clipping: r <= 2^-128 gives s <= -128 and wraps
+# (measured on mlx 0.32.4 CPU; r in (2^-128, 2^-127] gives s = -127, code 0, which is fine).
+_MX_WRAP_RATIO = 2.0**-128
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 # --------------------------------------------------------------------------- checks
@@ -269,6 +276,60 @@ def _check_global_scale(where: str, mode: str, global_scale: torch.Tensor | None
             f"global_scale must be one float32 value but got shape {tuple(global_scale.shape)} "
             f"and dtype {global_scale.dtype}.",
         )
+
+
+def _check_weight_values(where: str, w: torch.Tensor, group_size: int, mode: str) -> None:
+    """Refuse weights whose quantization ``mx.quantize`` 0.32.4 silently corrupts
+    (the same checks, order and messages as ``mlx_impl.quantization``).
+
+    * Any mode: every element must be finite (inf / NaN give dtype-dependent scale codes,
+      e.g. mx scale code 128 for float32 but 0 for float16 / bfloat16).
+    * mxfp4 / mxfp8: every group's ``r = amax / maxval`` (rounded to ``w``'s dtype, as in
+      :func:`_fp_quantize`) must be 0 or above ``2^-128``; otherwise the stored E8M0 code
+      ``(ceil(log2 r) + 127) mod 256`` wraps. All-zero groups (and groups whose ``r``
+      underflows to 0) are fine: code 127, dequantized to 0. float16 never wraps.
+
+    Reads every element once (one reduction): acceptable for an offline, once-per-weight
+    ``quantize``.
+    """
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        pos = tuple(int(i) for i in torch.nonzero(~finite)[0])
+        value = float(w[pos].item())
+        raise value_error(
+            where,
+            f"mode {mode!r}: the weight must be finite (mx.quantize turns inf / NaN into "
+            f"dtype-dependent garbage codes) but element {pos} is {value}.",
+        )
+    if mode not in ("mxfp4", "mxfp8"):
+        return
+    bits = 4 if mode == "mxfp4" else 8
+    lead, k = w.shape[:-1], w.shape[-1]
+    ratio = _mx_ratio(w.reshape(*lead, k // group_size, group_size), bits).squeeze(-1)
+    wraps = (ratio > 0) & (ratio.to(torch.float64) <= _MX_WRAP_RATIO)
+    if not bool(wraps.any()):
+        return
+    first = tuple(int(i) for i in torch.nonzero(wraps)[0])
+    row_idx, group = first[:-1], first[-1]
+    row: object = row_idx[0] if len(row_idx) == 1 else row_idx
+    amax = float(w[row_idx][group * group_size : (group + 1) * group_size].abs().max().item())
+    r = float(ratio[first].item())
+    raise value_error(
+        where,
+        f"mode {mode!r}: row {row}, group {group} (elements {group * group_size}.."
+        f"{(group + 1) * group_size - 1}) has amax {amax:.9g}, so amax / {_FP_MAXVAL[bits]:g} "
+        f"= {r:.9g} in {_DTYPE_NAMES[w.dtype]}, at or below the threshold 2^-128 "
+        f"(~2.94e-39): its E8M0 scale exponent ceil(log2(amax / maxval)) is below -127 and "
+        f"mx.quantize's uint8 scale code would wrap (dequantizing to inf or garbage). "
+        f"Groups must be all zero or have amax / maxval > 2^-128.",
+    )
+
+
+def _mx_ratio(g: torch.Tensor, bits: int) -> torch.Tensor:
+    """``amax / maxval`` per group ``[..., G, 1]`` of ``g [..., G, group]``, rounded to
+    ``g``'s dtype (MLX divides in the weight's dtype)."""
+    maxval = torch.tensor(_FP_MAXVAL[bits], dtype=g.dtype)
+    return g.abs().amax(dim=-1, keepdim=True) / maxval
 
 
 def quantization_for_label(label: str) -> tuple[int, int, str]:
@@ -439,15 +500,30 @@ def quantize(
     global scale ``g``, the float32 value ``R(amax / 6) * (2688 / g)`` is encoded
     instead); elements ``e2m1(float32(R(w / scale)))`` (times ``2688 / g`` with ``g``).
     mxfp4 / mxfp8: ``s = ceil(log2(R(amax / maxval)))`` exactly (``s = 0`` when
-    ``amax == 0``), stored as ``(s + 127) mod 256``: MLX does not clip, so a group with
-    ``amax / maxval < 2^-127`` wraps (and dequantizes to garbage, as in MLX); elements
+    ``R(amax / maxval) == 0``), stored as ``s + 127``; elements
     ``e2m1`` / ``e4m3(R(w / R(2^s)))``, the E2M1 distances computed in ``w``'s dtype.
     E2M1 picks the nearest value, ties to the smaller magnitude; E4M3 rounds to
     nearest even and saturates at 448.
 
-    Bit-exact with ``mx.quantize`` for finite weights. Weights holding inf or NaN are
-    outside the contract (MLX's codes then depend on implementation-defined
-    float-to-int conversions; e.g. an infinite float32 mx group stores code 128).
+    Bit-exact with ``mx.quantize`` on every weight it accepts. Refused (ValueError),
+    as by ``mlx_impl.quantization.quantize``, because MLX would silently store garbage:
+
+    * non-finite weights, any mode (MLX's codes then depend on implementation-defined
+      float-to-int conversions: an infinite float32 mx group stores code 128, a float16
+      or bfloat16 one code 0);
+    * mxfp4 / mxfp8 groups with ``0 < R(amax / maxval) <= 2^-128``: ``s <= -128`` and
+      MLX stores ``(s + 127) mod 256`` unclipped (e.g. code 255 = ``2^128`` = inf for a
+      float32 mxfp4 group of amax ``2^-126``). Exact boundaries (measured on mlx
+      0.32.4): float32 mxfp4 refuses amax in ``[2^-147, 0x1.800006p-126]``, mxfp8
+      ``[0x1.c2p-142, 0x1.c00006p-120]``; bfloat16 mxfp4 ``[2^-131, 0x1.86p-126]``,
+      mxfp8 ``[0x1.c2p-126, 0x1.c6p-120]``. Smaller nonzero amax underflow
+      ``amax / maxval`` to 0 (code 127, dequantized to 0: allowed), as do all-zero groups;
+      float16 weights never wrap (their smallest subnormal is ``2^-24``).
+
+    The private ``_fp_quantize`` keeps reproducing MLX's raw wrap bit for bit.
+
+    Cost: the checks read every element once (one reduction); quantizing is offline and
+    happens once per weight, so that is acceptable.
 
     Args:
         w: the float weight (float32, float16 or bfloat16).
@@ -463,6 +539,13 @@ def quantize(
     Shape:
         w: ``[..., N, K]`` -> wq: ``[..., N, K * bits / 32]``,
         scales / biases: ``[..., N, K / group_size]``.
+
+    Raises:
+        TypeError: ``w`` not a float32 / float16 / bfloat16 tensor, or ints expected.
+        ValueError: an unsupported ``(group_size, bits, mode)`` or ``precision``; a
+            weight shape ``mx.quantize`` cannot take; a bad ``global_scale``; a non-finite
+            element (the message gives its position); an mx group whose scale code would
+            wrap (the message names the first row and group, its amax and the threshold).
     """
     where = "quantize"
     check_precision(where, precision)
@@ -477,6 +560,7 @@ def quantize(
     check_quantizable(where, w.shape, group_size, mode)
     _check_global_scale(where, mode, global_scale)
     w = w.detach()
+    _check_weight_values(where, w, group_size, mode)
     if mode == "affine":
         return _affine_quantize(w, group_size, bits)
     wq, scales = _fp_quantize(w, group_size, bits, mode, global_scale)
@@ -522,9 +606,8 @@ def _fp_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     lead, k = w.shape[:-1], w.shape[-1]
     g = w.reshape(*lead, k // group_size, group_size)
-    maxval = torch.tensor(_FP_MAXVAL[bits], dtype=w.dtype)
     # amax / maxval is rounded to the weight dtype, as MLX divides in that dtype.
-    ratio = g.abs().amax(dim=-1, keepdim=True) / maxval
+    ratio = _mx_ratio(g, bits)
     if mode == "nvfp4":
         if global_scale is None:
             scale_codes = _to_e4m3(ratio)
@@ -548,10 +631,11 @@ def _fp_quantize(
 def _e8m0_exponent(ratio: torch.Tensor) -> torch.Tensor:
     """``ceil(log2(ratio))`` exactly (int64), 0 for ``ratio == 0``.
 
-    Not clipped: a ratio below ``2^-127`` (tiny float32 / bfloat16 groups) gives an
-    exponent below -127 whose stored code ``(e + 127) mod 256`` wraps around, as in
-    MLX 0.32.4. An infinite ratio gives -127 (MLX's result for float16 / bfloat16;
-    non-finite weights are outside the bit-exact contract).
+    Not clipped: a ratio at or below ``2^-128`` (tiny float32 / bfloat16 groups) gives
+    an exponent below -127 whose stored code ``(e + 127) mod 256`` wraps around, as in
+    MLX 0.32.4's raw ``mx.quantize`` (``quantize`` refuses such groups; this low-level
+    emulation is kept so the tests can pin MLX's raw behaviour). An infinite ratio gives
+    -127 (MLX's result for float16 / bfloat16; ``quantize`` refuses non-finite weights).
     """
     r = ratio.to(torch.float64)
     mant, exp = torch.frexp(r)  # r = mant * 2^exp, mant in [0.5, 1): exact

@@ -144,8 +144,10 @@ class Prepared:
     torch: Callable[[], None]
     raw: Callable[[], None] | None
     raw_name: str
-    cost: Cost
     shape: str
+    cost: Callable[[], Cost]
+    """The op's cost model on this input (from the MLX outputs of the last timed call,
+    or of one call made now if none ran yet)."""
 
 
 def prepare(record: OpRecord, case: Case, dtype: str, torch_device: str = "cpu") -> Prepared:
@@ -158,9 +160,12 @@ def prepare(record: OpRecord, case: Case, dtype: str, torch_device: str = "cpu")
     t_arrays = {k: to_torch(v, dtype).to(torch_device) for k, v in inputs.items()}
     sync = _torch_sync(torch_device)
     sync()
+    last: list[list[mx.array]] = []
 
     def run_mlx() -> None:
-        mx.eval(_outputs(record.call(mlx_impl, mx_arrays, params, {})))
+        out = _outputs(record.call(mlx_impl, mx_arrays, params, {}))
+        mx.eval(out)
+        last[:] = [out]  # kept for the cost model's output size; freed by the next call
 
     def run_torch() -> None:
         record.call(torch_reference, t_arrays, params, {"precision": "native"})
@@ -176,14 +181,16 @@ def prepare(record: OpRecord, case: Case, dtype: str, torch_device: str = "cpu")
             sync()
         raw = run_raw
 
-    out = _outputs(record.call(mlx_impl, mx_arrays, params, {}))
-    mx.eval(out)
-    out_bytes = sum(int(o.nbytes) for o in out)
-    cost = cost_of(record.name, inputs, params, dtype, out_bytes)
+    def cost() -> Cost:
+        if not last:
+            run_mlx()
+        out_bytes = sum(int(o.nbytes) for o in last[0])
+        return cost_of(record.name, inputs, params, dtype, out_bytes)
+
     shape = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
     if params:
         shape += "; " + ", ".join(f"{k}={v!r}" for k, v in params.items())
-    return Prepared(run_mlx, run_torch, raw, raw_name, cost, shape)
+    return Prepared(run_mlx, run_torch, raw, raw_name, shape, cost)
 
 
 def _timed(fn: Callable[[], None], budget: Budget, *, torch_side: bool) -> tuple[Timing | None, str]:
@@ -209,7 +216,6 @@ def run_cell(cell: Cell, case: Case, note: str, *, torch_device: str, budget: Bu
         entry["errors"]["prepare"] = f"{type(exc).__name__}: {exc}"
         return entry
     entry["shape"] = prepared.shape
-    entry["cost"] = prepared.cost.as_dict()
     sides: list[tuple[str, Callable[[], None] | None, bool]] = [
         ("mlx", prepared.mlx, False), ("torch", prepared.torch, True)]
     if raw_torch and prepared.raw is not None:
@@ -222,6 +228,8 @@ def run_cell(cell: Cell, case: Case, note: str, *, torch_device: str, budget: Bu
         entry[side] = None if timing is None else timing.as_dict()
         if error:
             entry["errors"][side] = error
+    if entry["mlx"] is not None:
+        entry["cost"] = prepared.cost().as_dict()
     return entry
 
 

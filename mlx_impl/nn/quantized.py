@@ -106,6 +106,12 @@ class QuantizedLinear(mlx.nn.Module):
 
         The packed arrays are evaluated at once (``mx.eval``), so the float weight can be
         freed as soon as the caller drops it.
+
+        Raises:
+            ValueError: from ``mlx_impl.quantization.quantize`` (``[quantize] ...``) for
+                an unsupported format or shape, a non-finite weight element, or an mxfp4 /
+                mxfp8 group so tiny that MLX's E8M0 scale code would wrap; that check
+                evaluates a reduction over the weight (offline, once per weight).
         """
         if isinstance(weight, mx.array) and weight.ndim != 2:
             raise value_error(_WHERE, f"weight must be 2-D [out, in] but got shape {weight.shape}.")

@@ -134,3 +134,20 @@ def test_float32_accumulation_bound_uses_float32_roundoff() -> None:
     # the floor admits anything; 3 ulp of float16 must fail.
     assert slack < 2.0**-10
     assert not judge(np.array([1.0 + 3 * 2.0**-10]), np.array([1.0]), np.array([1.0]), **base).passed
+
+
+def test_overflow_is_admissible_only_near_the_dtype_limit() -> None:
+    big = 3.0e38
+    # The exact answer is finite but its terms reach float32's limit: the peer's overflow is
+    # order-dependent, and MLX's finite answer is judged against the oracle.
+    v = judge(np.array([big], np.float32), np.array([np.inf], np.float32), np.array([big]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([4e38]))
+    assert v.passed
+    # Far from the limit an infinity is a real difference.
+    v = judge(np.array([1.0], np.float32), np.array([np.inf], np.float32), np.array([1.0]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
+    assert not v.passed and v.kind == "nonfinite"
+    # An overflow with the wrong sign is never admissible.
+    v = judge(np.array([-np.inf], np.float32), np.array([np.inf], np.float32), np.array([4e38]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
+    assert not v.passed

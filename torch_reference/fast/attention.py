@@ -15,10 +15,11 @@ mlx 0.32.4's CPU back end:
   the input dtype; softmax is float32 -- ``e = exp(x - max)`` with MLX's ``exp`` rounding
   point, a sequential float32 sum, ``e * (1/sum)`` -- rounded to the input dtype;
   ``probs @ v`` accumulates sequentially in float32 and is rounded once. float16/bfloat16
-  outputs are then bit-identical to MLX's on every input tested; float32 outputs differ only
-  through MLX's ``exp`` polynomial (within 1 float32 ulp of the emulation) -- a few float32
-  ulps at most. The sequential matmuls cost ``D`` (and ``Lk``) elementwise passes instead of
-  one BLAS call: this is a reproduction, not a fast path.
+  outputs are then bit-identical to MLX's on every input tested (fixed inputs here and
+  several hundred Hypothesis draws); float32 outputs differ only through MLX's ``exp``
+  polynomial (within 1 float32 ulp of the emulation): 99% of elements identical, the rest a
+  few float32 ulps of ``max|v|`` apart. The sequential matmuls cost ``D`` (and ``Lk``)
+  elementwise passes instead of one BLAS call: this is a reproduction, not a fast path.
 * ``precision="float64"``: every floating input widened exactly, everything in float64
   (the mask's fill value is float64's ``finfo.min``: the same uniform-row convention).
 """
@@ -233,10 +234,10 @@ def scaled_dot_product_attention(
 
     # MLX multiplies q by a scalar array of q's dtype: the scale itself is rounded first.
     qs = q * torch.tensor(scale_value, dtype=work, device=q.device)
-    # Query head h = kv * rep + r reads kv head kv = h // rep: group the query heads by kv
-    # head instead of copying k/v rep times.
-    qg = qs.reshape(b, hkv, rep, lq, q.shape[-1])
-    scores = _matmul(qg, k.unsqueeze(2).transpose(-1, -2), precision).reshape(b, hq, lq, lk)
+    # Query head h = kv * rep + r reads kv head kv = h // rep: stack the rep query heads of
+    # each kv head as extra rows ([B, Hkv, rep * Lq, D]) instead of copying k/v rep times.
+    qg = qs.reshape(b, hkv, rep * lq, q.shape[-1])
+    scores = _matmul(qg, k.transpose(-1, -2), precision).reshape(b, hq, lq, lk)
 
     if mask is not None:
         if isinstance(mask, str):
@@ -261,5 +262,5 @@ def scaled_dot_product_attention(
     if sinks is not None:
         probs = probs[..., 1:]
 
-    out = _matmul(probs.reshape(b, hkv, rep, lq, lk), v.unsqueeze(2), precision)
+    out = _matmul(probs.reshape(b, hkv, rep * lq, lk), v, precision)
     return out.reshape(b, hq, lq, v.shape[-1])

@@ -115,7 +115,13 @@ class QuantizedLinear(torch.nn.Module):
         mode: str = "affine",
     ) -> QuantizedLinear:
         """Quantize a float ``weight [out, in]`` now (bit-exact with ``mx.quantize``) and
-        build the layer."""
+        build the layer.
+
+        Raises:
+            ValueError: from ``torch_reference.quantization.quantize`` (``[quantize] ...``)
+                for an unsupported format or shape, a non-finite weight element, or an
+                mxfp4 / mxfp8 group so tiny that MLX's E8M0 scale code would wrap.
+        """
         if isinstance(weight, torch.Tensor) and weight.ndim != 2:
             raise value_error(
                 _WHERE, f"weight must be 2-D [out, in] but got shape {tuple(weight.shape)}."
