@@ -92,7 +92,7 @@ def to_mlx(values: np.ndarray, dtype: str | None) -> mx.array:
 
 def to_torch(values: np.ndarray, dtype: str | None) -> torch.Tensor:
     """NumPy -> PyTorch with the same casting rule as :func:`to_mlx`."""
-    t = torch.from_numpy(np.ascontiguousarray(values))
+    t = torch.from_numpy(np.array(values, order="C"))  # ascontiguousarray would make 0-D arrays 1-D
     if dtype is not None and np.issubdtype(values.dtype, np.floating):
         t = t.to(FORMATS[dtype].torch_dtype)
     return t

@@ -16,7 +16,9 @@ argument replaced by junk: ``None``, a string, a NumPy array, a Python scalar of
 type, a boundary value), or every argument is drawn at random. Arrays have rank 0-5 and
 sizes 0-9 (zero-size dims included), at most :data:`MAX_ELEMENTS` elements (quantized
 weights need a whole group of 32 to 128 values, so those get :data:`MAX_QUANT_ELEMENTS`),
-in float32, float16, bfloat16, float64, int32, uint32, uint8 and bool.
+in float32, float16, bfloat16, float64, int32, uint32, uint8 and bool. Before the
+Hypothesis examples, each entry point also gets its :data:`PINNED` inputs: the ones that
+once broke the contract, so those classes stay caught whatever Hypothesis draws.
 
 Crash isolation: the fuzzing runs in a child process (``python -m conformance.fuzz``).
 Before every library call the child atomically replaces a small file with the entry
@@ -1185,6 +1187,129 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
 """Every public entry point the fuzz drives, by the name a report shows."""
 
 
+def _zeros(shape: tuple[int, ...], dtype: str, fill: float = 0.0) -> Arr:
+    """A constant array (for the pinned inputs below)."""
+    numpy_dtype = (
+        np.float32 if dtype in FLOAT_DTYPES else np.dtype("bool" if dtype == "bool" else dtype)
+    )
+    return Arr(np.full(shape, fill, dtype=numpy_dtype), dtype)
+
+
+def _affine_packed(rows: int, k: int) -> dict[str, Any]:
+    return {
+        "wq": _zeros((rows, k // 8), "uint32"),
+        "scales": _zeros((rows, k // 32), "float32", 1.0),
+        "qbiases": _zeros((rows, k // 32), "float32"),
+    }
+
+
+_QMM_FMT = {"group_size": 32, "bits": 4, "mode": "affine"}
+
+PINNED: dict[str, tuple[dict[str, Any], ...]] = {
+    "quantization.quantized_matmul": (
+        {  # an array as ``transpose``: MLX's "[convert]" error / torch's RuntimeError
+            "x": _zeros((1, 32), "float32"),
+            **_affine_packed(2, 32),
+            "transpose": _zeros((2,), "uint8"),
+            **_QMM_FMT,
+        },
+        # mx.quantized_matmul 0.32.4 on CPU dies of SIGFPE when M, N or K is 0, in every mode.
+        {"x": _zeros((0, 32), "float32"), **_affine_packed(2, 32), "transpose": True, **_QMM_FMT},
+        {"x": _zeros((2, 32), "float32"), **_affine_packed(0, 32), "transpose": True, **_QMM_FMT},
+        {
+            "x": _zeros((2, 0), "float32"),
+            "wq": _zeros((3, 0), "uint32"),
+            "scales": _zeros((3, 0), "uint8"),
+            "qbiases": None,
+            "transpose": True,
+            "group_size": 32,
+            "bits": 8,
+            "mode": "mxfp8",
+        },
+    ),
+    "nn.QuantizedLinear": (
+        {
+            "x": _zeros((0, 32), "float32"),
+            "wq": _zeros((2, 4), "uint32"),
+            "scales": _zeros((2, 1), "uint8"),
+            "qbiases": None,
+            "bias": None,
+            "group_size": 32,
+            "bits": 4,
+            "mode": "mxfp4",
+        },
+    ),
+    "nn.Linear": (  # mx.addmm cannot reshape an empty batch with K = 0
+        {
+            "weight": _zeros((3, 0), "float16"),
+            "bias": _zeros((3,), "float16"),
+            "x": _zeros((7, 0, 0), "bfloat16"),
+        },
+    ),
+    "nn.Embedding": (
+        {
+            "weight": _zeros((0, 3), "float32"),
+            "index_policy": "clip",
+            "indices": _zeros((2,), "int32"),
+        },
+        {
+            "weight": _zeros((2, 5), "float32"),
+            "index_policy": Foreign(np.zeros(3, np.float32)),
+            "indices": _zeros((2,), "int32"),
+        },
+        {
+            "weight": _zeros((3, 2), "float32"),
+            "index_policy": "check",
+            "indices": Arr(np.array([2**31 - 1, -1], np.int32), "int32"),
+        },
+    ),
+    "fast.scaled_dot_product_attention": (  # no keys at all
+        {
+            "q": _zeros((1, 2, 2, 3), "float32"),
+            "k": _zeros((1, 2, 0, 3), "float32"),
+            "v": _zeros((1, 2, 0, 3), "float32"),
+            "scale": 1.0,
+            "mask": None,
+            "sinks": None,
+        },
+    ),
+    "quantization.dequantize": (  # nvfp4 with 16 elements (MLX's CPU path wants multiples of 32)
+        {
+            "wq": _zeros((1, 2), "uint32"),
+            "scales": _zeros((1, 1), "uint8"),
+            "qbiases": None,
+            "group_size": 16,
+            "bits": 4,
+            "mode": "nvfp4",
+            "dtype": None,
+            "global_scale": None,
+        },
+    ),
+    "nn.repeat_kv": ({"x": _zeros((2, 1, 0, 0), "float32"), "repeats": 2**31},),
+    "fast.layer_norm": (  # float32 bias, bfloat16 x, no weight: which dtype comes out?
+        {
+            "x": _zeros((2, 4), "bfloat16"),
+            "weight": None,
+            "bias": _zeros((4,), "float32"),
+            "eps": 1e-5,
+        },
+    ),
+    "fast.rope": (
+        {
+            "x": _zeros((1, 2, 8), "float32"),
+            "dims": 2,
+            "traditional": False,
+            "base": 1e-300,
+            "scale": 1.0,
+            "offset": 0,
+        },
+    ),
+}
+"""Inputs every run checks before the Hypothesis examples: each once broke the contract
+(crashed the interpreter, or raised the wrong error) in one of the libraries, so the fuzz
+keeps catching that class whatever sequence Hypothesis draws."""
+
+
 def _selftest_crash(lib: ModuleType, a: dict[str, Any], kw: dict[str, Any]) -> Any:
     x = a["x"]
     if hasattr(x, "shape") and 0 in tuple(x.shape):
@@ -1455,6 +1580,8 @@ class Fuzzer:
         }
         self._seen[key] = record
         (self.notes if note else self.violations).append(record)
+        if self.checkpoint is not None:
+            self.checkpoint(entry)  # saved at once: a crash later in this entry must not lose it
 
     def check(self, entry: EntryPoint, args: dict[str, Any]) -> None:
         """One input through both libraries, then their agreement."""
@@ -1528,6 +1655,8 @@ class Fuzzer:
         stats = self.stats.setdefault(entry.name, EntryStats())
         for lib in self.libraries:
             stats.lib(lib.name)
+        for args in PINNED.get(entry.name, ()):
+            self.check(entry, args)
 
         @settings(
             settings.get_profile(profile),
@@ -1735,6 +1864,8 @@ def run_fuzz(
                     "crashed": crashes_by_entry[entry],
                     "abandoned_after_crashes": crashes_by_entry[entry],
                 }
+                for section in ("violations", "notes"):  # the child saved each one as found
+                    merged[section] += [v for v in partial.get(section, []) if v["entry"] == entry]
     per_entry = merged["entries"]
     merged["total_inputs"] = sum(e["inputs"] for e in per_entry.values())
     merged["elapsed_s"] = round(time.monotonic() - started, 2)

@@ -253,13 +253,21 @@ def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+def _scalar(a: mx.array) -> float:
+    """A one-element array's value as a Python float (exact for every float dtype here)."""
+    value = a.item()
+    if isinstance(value, complex):  # never: only real arrays reach this
+        raise TypeError("expected a real scalar")
+    return float(value)
+
+
 def _first_true(mask: mx.array) -> int:
     """Flat index of the first True in ``mask`` (row-major), computed as a min over
     positions so that it does not depend on how argmax breaks ties."""
     flat = mask.reshape(-1)
     n = flat.size
     pos = mx.arange(n, dtype=mx.int64)
-    return int(mx.min(mx.where(flat, pos, mx.array(n, dtype=mx.int64))).item())
+    return int(_scalar(mx.min(mx.where(flat, pos, mx.array(n, dtype=mx.int64)))))
 
 
 def _check_weight_values(where: str, w: mx.array, group_size: int, mode: str) -> None:
@@ -292,7 +300,7 @@ def _check_weight_values(where: str, w: mx.array, group_size: int, mode: str) ->
         mx.eval(all_finite)
     if not all_finite.item():
         pos = _unravel(_first_true(mx.logical_not(finite)), w.shape)
-        value = w[pos].item()
+        value = _scalar(w[pos])
         raise value_error(
             where,
             f"mode {mode!r}: the weight must be finite (mx.quantize turns inf / NaN into "
@@ -304,8 +312,8 @@ def _check_weight_values(where: str, w: mx.array, group_size: int, mode: str) ->
         row_flat, group = divmod(flat, n_groups)
         row_idx = _unravel(row_flat, w.shape[:-1])
         row: object = row_idx[0] if len(row_idx) == 1 else row_idx
-        amax = float(mx.max(mx.abs(w[row_idx][group * group_size : (group + 1) * group_size])).item())
-        r = float(ratio[(*row_idx, group)].item())
+        amax = _scalar(mx.max(mx.abs(w[row_idx][group * group_size : (group + 1) * group_size])))
+        r = _scalar(ratio[(*row_idx, group)])
         raise value_error(
             where,
             f"mode {mode!r}: row {row}, group {group} (elements {group * group_size}.."

@@ -202,6 +202,21 @@ def test_off_keeps_netlib_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @NEEDS_LINUX
+def test_without_scipy_openblas32_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a machine where the package is not installed (find_spec finds nothing).
+    monkeypatch.delenv(cb.BLAS_ENV_VAR, raising=False)
+    monkeypatch.setattr(cb, "_scipy_openblas32", lambda: None)
+    cb.restore_default_blas()
+    status = cb.use_optimized_blas()
+    assert not status.active
+    assert "pip install scipy-openblas32" in status.reason
+    assert "mlx_cpu.libs" in (status.library or "")
+    info = cb.tune_cpu(blas=True)  # tune_cpu does not fail either
+    assert not info.blas.active
+    _check_matmul_accuracy(16, 40, 8)
+
+
+@NEEDS_LINUX
 def test_missing_library_changes_nothing() -> None:
     before = cb.blas_status().library
     status = cb.use_optimized_blas("/nonexistent/libblas.so.3")
@@ -272,6 +287,33 @@ def test_tune_cpu_in_a_child_process_maps_and_uses_openblas() -> None:
     assert out["mapped"] is True
     assert out["cache"] == cb.default_cache_limit()
     assert out["y"] == [[10.0, 10.0]] * 3
+
+
+@NEEDS_OPENBLAS32
+def test_idle_openblas_workers_sleep_instead_of_spinning() -> None:
+    # OpenBLAS's default makes its idle workers busy-wait ~0.1 s after each call, which
+    # starves PyTorch's threads when the two alternate on few cores; cpu_backend loads it
+    # with OPENBLAS_THREAD_TIMEOUT=4. Measured as CPU time burnt while the process sleeps.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("OpenBLAS starts no worker threads on one CPU")
+    code = (
+        "import json, resource, time, mlx.core as mx\n"
+        "from mlx_impl.cpu_backend import tune_cpu\n"
+        "assert tune_cpu().blas.active\n"
+        "a, b = mx.random.normal((512, 1024)), mx.random.normal((1024, 1024))\n"
+        "burnt = []\n"
+        "for _ in range(5):\n"
+        "    mx.eval(a @ b)\n"
+        "    t = resource.getrusage(resource.RUSAGE_SELF).ru_utime\n"
+        "    time.sleep(0.05)\n"
+        "    burnt.append(resource.getrusage(resource.RUSAGE_SELF).ru_utime - t)\n"
+        "print(json.dumps({'burnt': sorted(burnt)}))\n"
+    )
+    env = _child_env()
+    env.pop("OPENBLAS_THREAD_TIMEOUT", None)
+    burnt = _run_child(code, env)["burnt"]
+    assert isinstance(burnt, list)
+    assert burnt[2] < 0.004, f"CPU seconds burnt per 50 ms idle: {burnt}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -441,3 +441,16 @@ def test_mlx_cpu_matmul_order_is_sequential(dtype: str) -> None:
     y_mx = mx_as_torch(to_mx(a, dtype) @ to_mx(b, dtype))
     y_t = _mlx_cpu.sequential_matmul(to_torch(a, dtype), to_torch(b, dtype)).to(TORCH_DTYPE[dtype])
     assert torch.equal(y_mx, y_t)
+
+
+@pytest.mark.parametrize(("lq", "lk"), [(3, 0), (0, 3)], ids=["no_keys", "no_queries"])
+def test_empty_sequence_axes(lq: int, lk: int) -> None:
+    # MLX returns zeros when there is no key (an empty weighted sum) and an empty result when
+    # there is no query; the twin agrees in both precisions.
+    q = np.ones((1, 2, lq, 4), np.float32)
+    k = np.ones((1, 1, lk, 4), np.float32)
+    y_mx, y_t = both(q, k, k, scale=1.0, mask="causal")
+    assert y_mx.shape == y_t.shape == (1, 2, lq, 4)
+    assert torch.equal(y_mx, y_t) and not y_t.any()
+    y64 = torch_sdpa(to_torch(q), to_torch(k), to_torch(k), scale=1.0, precision="float64")
+    assert y64.shape == (1, 2, lq, 4) and not y64.any()

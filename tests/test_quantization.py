@@ -278,12 +278,12 @@ def test_raw_mx_quantize_wraps_tiny_mx_groups_to_infinity():
     emulates the raw wrap bit for bit (float32 and bfloat16, mxfp4 and mxfp8)."""
     w = mx.zeros((1, 32))
     w[0, 0] = 2.0**-126
-    wq, s = mx.quantize(w, 32, 4, "mxfp4")
+    wq, s = mx.quantize(w, 32, 4, "mxfp4")[:2]  # two arrays for the fp modes
     assert np.array(s).tolist() == [[255]]
     back = np.array(mx.dequantize(wq, s, None, 32, 4, "mxfp4", dtype=mx.float32))
     assert np.isposinf(back[0, 0]) and np.isnan(back[0, 1:]).all()  # 0 * 2^128 = 0 * inf
     w[0, 0] = 2.0**-131
-    wq, s = mx.quantize(w, 32, 4, "mxfp4")
+    wq, s = mx.quantize(w, 32, 4, "mxfp4")[:2]  # two arrays for the fp modes
     assert np.array(s).tolist() == [[250]]
     back = np.array(mx.dequantize(wq, s, None, 32, 4, "mxfp4", dtype=mx.float32))
     assert back[0, 0] == 2.0**125  # finite garbage, no error
@@ -341,7 +341,9 @@ def test_groups_just_outside_the_wrap_range_quantize_bit_exactly(dtype, mode):
     td = TORCH_DTYPE[dtype]
     assert torch.tensor(above, dtype=td).item() == above > hi  # representable neighbours
     assert torch.tensor(zeroed, dtype=td).item() == zeroed < lo
-    up = [float(torch.tensor(above, dtype=td).view(torch.int16 if dtype == "bfloat16" else torch.int32).add(k).view(td).item()) for k in range(4)]  # fmt: skip
+    int_view = torch.int16 if dtype == "bfloat16" else torch.int32
+    above_bits = torch.tensor([above], dtype=td).view(int_view)
+    up = (above_bits + torch.arange(4, dtype=int_view)).view(td).double().tolist()  # +0..3 ulp
     w = one_group_rows([*up, zeroed, 0.0, 2.0**-110], dtype)
     w[:, 1] = 0  # keep amax alone so the boundary is the one measured
     assert_same_quantization(w, 32, MX_BITS[mode], mode)

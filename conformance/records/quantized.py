@@ -4,6 +4,10 @@ in every mode MLX has: affine (bits 1-8 but 7, groups 32/64/128), nvfp4, mxfp4, 
 
 Quantized products are compared with ``x @ dequantize(w).T`` from the SAME packed weights
 (made once by ``mx.quantize`` in ``derive``), never with the float weight.
+
+mxfp4 / mxfp8 weights are never drawn from the "tiny" profile: their groups would have
+amax / maxval <= 2^-128, whose E8M0 scale code MLX wraps (to inf / garbage), and mlx_impl
+refuses such groups; QUANTIZE's error cases cover the refusal (and inf weights).
 """
 
 from __future__ import annotations
@@ -35,8 +39,17 @@ def _format(draw, mode):
     return FP_FORMATS[mode]
 
 
+# mxfp4 / mxfp8 never draw "tiny" weights (1 to 8 x the dtype's smallest normal): such a
+# group has amax / maxval <= 2^-128, so MLX's E8M0 scale code (s + 127) mod 256 wraps
+# (e.g. to 255 = 2^128 = inf) and mlx_impl / torch_reference refuse it with a ValueError;
+# QUANTIZE's "mxfp4 group whose scale code would wrap" error case covers that instead.
+_MX_MODES_WITHOUT_TINY = ("mxfp4", "mxfp8")
+
+
 @st.composite
 def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16), profiles=WEIGHT_PROFILES):
+    if mode in _MX_MODES_WITHOUT_TINY:
+        profiles = tuple(p for p in profiles if p != "tiny")  # see _MX_MODES_WITHOUT_TINY
     group, bits = draw(_format(mode))
     groups = draw(st.sampled_from((1, 2, 3)), label="groups_per_row")
     n = draw(st.sampled_from(n_choices), label="out_features")
@@ -110,6 +123,16 @@ QUANTIZE = OpRecord(
         ErrorCase("in-features not divisible by the group",
                   Case({"weight": np.ones((2, 48), np.float32)}, {"group_size": 32, "bits": 4, "mode": "affine"}),
                   ValueError),
+        # amax 2^-126: ceil(log2(2^-126 / 6)) = -128, so mx.quantize would store scale code 255
+        # (2^128 = inf); both libraries refuse it (which is why _weight draws no "tiny" mx weights).
+        ErrorCase("mxfp4 group whose scale code would wrap",
+                  Case({"weight": np.concatenate([np.full((1, 1), 2.0**-126), np.zeros((1, 31))],
+                                                 axis=1).astype(np.float32)},
+                       {"group_size": 32, "bits": 4, "mode": "mxfp4"}), ValueError),
+        ErrorCase("weight containing inf",
+                  Case({"weight": np.where(np.arange(64) == 5, np.inf, 1.0).reshape(1, 64).repeat(2, 0)
+                        .astype(np.float32)},
+                       {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
     ),
     mutants=(
         Mutant("scales_via_bfloat16", "scales rounded through bfloat16", _mutant_scales_via_bfloat16,

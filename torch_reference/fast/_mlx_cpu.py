@@ -86,5 +86,7 @@ def softmax_last(scores: torch.Tensor) -> torch.Tensor:
     result is not rounded to the scores' dtype (the caller does that)."""
     acc_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
     x = scores.to(acc_dtype)
+    if x.shape[-1] == 0:  # no keys: nothing to normalise (amax would raise)
+        return x
     e = exp((x - x.amax(dim=-1, keepdim=True)).to(torch.float32)).to(acc_dtype)
     return e * (1.0 / sequential_sum(e))
