@@ -45,7 +45,7 @@ def run_header(profile: str) -> dict[str, Any]:
                             text=True, check=False).stdout.strip() or "unknown"
     info = cpu_backend.cpu_backend_info()
     return {
-        "mlx": mx.__version__,
+        "mlx": getattr(mx, "__version__", "unknown"),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "hypothesis": hypothesis.__version__,

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-import mlx_impl
 import numpy as np
 import torch
-import torch_reference
 
+import mlx_impl
+import torch_reference
 from conformance.dtypes import dtype_name, mlx_to_numpy, round_to, to_mlx, to_torch, torch_to_numpy
 from conformance.judge import Verdict, judge
 from conformance.record import Call, Case, OpRecord

@@ -15,11 +15,11 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 DATABASE_DIR = Path(__file__).resolve().parent.parent / ".hypothesis" / "examples"
 
-_COMMON = {
-    "deadline": None,
-    "print_blob": True,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
+_COMMON = settings(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 EXAMPLES = {"ci": 12, "dev": 6, "thorough": 250}
 """Examples per conformance cell (op x dtype x mode). ``ci`` is sized so the whole matrix
@@ -28,13 +28,13 @@ runs well inside 15 minutes on 2 cores with MLX's slow x86 CPU half-precision ke
 
 def register() -> None:
     """Register the three profiles (idempotent)."""
-    settings.register_profile("ci", derandomize=True, database=None, max_examples=EXAMPLES["ci"], **_COMMON)
+    settings.register_profile("ci", _COMMON, derandomize=True, database=None, max_examples=EXAMPLES["ci"])
     settings.register_profile(
-        "dev", database=DirectoryBasedExampleDatabase(str(DATABASE_DIR)), max_examples=EXAMPLES["dev"], **_COMMON
+        "dev", _COMMON, database=DirectoryBasedExampleDatabase(str(DATABASE_DIR)), max_examples=EXAMPLES["dev"]
     )
     settings.register_profile(
         "thorough",
+        _COMMON,
         database=DirectoryBasedExampleDatabase(str(DATABASE_DIR)),
         max_examples=EXAMPLES["thorough"],
-        **_COMMON,
     )

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF009  (weight(...) IS the dataclass field specifier, like dataclasses.field)
+
 """Tests of mlx_impl.loading: declared models, load_weights, and the safetensors reader/writer.
 
 Every checkpoint here is a real ``.safetensors`` file written into ``tmp_path`` (by

@@ -4,10 +4,10 @@ each other's public names."""
 
 from __future__ import annotations
 
-import mlx_impl
 import pytest
-import torch_reference
 
+import mlx_impl
+import torch_reference
 from conformance.registry import NOT_OPS, REGISTRY, covered_api
 
 SUBMODULES = ("nn", "fast", "quantization")

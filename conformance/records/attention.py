@@ -9,9 +9,9 @@ import math
 import mlx.core as mx
 import numpy as np
 import torch
-import torch_reference
 from hypothesis import strategies as st
 
+import torch_reference
 from conformance.dtypes import FORMATS
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
 from conformance.strategies import HEAD_DIMS, arrays, fill

@@ -167,7 +167,7 @@ def _mutant_upper_triangle(lib, a, p, kw):
     return mx.where(keep, s, mx.array(-1e9, dtype=s.dtype))
 
 
-def _mutant_off_by_one(lib, a, p, kw):
+def _mutant_mask_off_by_one(lib, a, p, kw):
     s = a["scores"]
     lq, lk = s.shape[-2:]
     keep = mx.tri(lq, lk, k=(p["offset"] or 0) - 1, dtype=mx.bool_)
@@ -214,7 +214,7 @@ CAUSAL_MASK = OpRecord(
     mutants=(
         Mutant("upper_triangle", "keeps the future instead of the past", _mutant_upper_triangle,
                mode="square"),
-        Mutant("off_by_one", "hides the diagonal", _mutant_off_by_one, mode="offset"),
+        Mutant("off_by_one", "hides the diagonal", _mutant_mask_off_by_one, mode="offset"),
         Mutant("top_left_alignment", "ignores the offset (top-left alignment)", _mutant_top_left,
                mode="offset"),
         Mutant("float32_fill", "fills with a float32 array, promoting half precision",

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
@@ -90,7 +92,7 @@ _NORM_SHAPES = (
 
 def _norm_bench(bias: bool) -> tuple[BenchCase, ...]:
     return tuple(
-        BenchCase(name, (lambda shape=shape: _bench_rows(shape, bias)), note=note)
+        BenchCase(name, functools.partial(_bench_rows, shape, bias), note=note)
         for name, shape, note in _NORM_SHAPES
     )
 

@@ -12,14 +12,24 @@ refuses such groups; QUANTIZE's error cases cover the refusal (and inf weights).
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import numpy as np
 import torch
-import torch_reference
 from hypothesis import strategies as st
 
+import torch_reference
 from conformance.dtypes import FORMATS, mlx_to_numpy, to_mlx
-from conformance.record import BenchCase, Case, ErrorCase, ExpectedDivergence, Mutant, OpRecord, constant
+from conformance.record import (
+    BenchCase,
+    Case,
+    ErrorCase,
+    ExpectedDivergence,
+    Mutant,
+    OpRecord,
+    constant,
+)
 from conformance.strategies import arrays, fill
 from conformance.tolerance import EXACT, Tolerance
 
@@ -260,12 +270,24 @@ def _qmm_cases(draw, dtype, mode):
 
 def _overflows_half_accumulator(case: Case, dtype: str, backend: str) -> bool:
     """MLX's x86 CPU kernel sums float16/bfloat16 products in the input dtype, so a partial
-    sum can overflow where a float32 accumulator (and the peer) stays finite."""
+    sum can overflow where a float32 accumulator (and the peer) stays finite. In the fp
+    modes it first sums ``x * element`` per group with the UNSCALED element values (up to
+    6 for FP4, 448 for FP8), then adds each group's sum times its scale."""
     if backend != "cpu" or dtype == "float32":
         return False
-    bound = np.abs(case.arrays["x"].astype(np.float64)) @ np.abs(case.arrays["weight"].astype(np.float64)).T
-    # 2x covers quantization rounding the weight up (at most one step of its group's scale).
-    return bool((2.0 * bound).max() > FORMATS[dtype].max_finite)
+    x = np.abs(case.arrays["x"].astype(np.float64))
+    w = np.abs(case.arrays["weight"].astype(np.float64))
+    bounds = [x @ w.T]
+    mode, group = case.params["mode"], case.params["group_size"]
+    if mode in FP_FORMATS:
+        top = 6.0 if FP_FORMATS[mode][1] == 4 else 448.0
+        grouped = w.reshape(w.shape[0], -1, group)
+        amax = grouped.max(axis=-1, keepdims=True)
+        elements = np.where(amax > 0, grouped * top / np.where(amax > 0, amax, 1.0), 0.0)
+        xg = x.reshape(*x.shape[:-1], -1, group)
+        bounds.append(np.einsum("...gk,ngk->...ng", xg, elements))
+    # 2x covers quantization rounding a value up (at most one step of its group's scale).
+    return any(bool((2.0 * b).max() > FORMATS[dtype].max_finite) for b in bounds)
 
 
 _OVERFLOW_CASE = Case(
@@ -299,8 +321,14 @@ def _mutant_zero_point_ignored(lib, a, p, kw):
 
 
 def _mutant_next_group_scales(lib, a, p, kw):
-    w = mx.dequantize(a["wq"], mx.roll(a["scales"], 1, axis=-1), a.get("qbiases"), **_fmt(p))
+    w = mx.dequantize(a["wq"], mx.roll(a["scales"], 1, -1), a.get("qbiases"), **_fmt(p))
     return a["x"] @ w.T
+
+
+def _bench_qmm(m: int, k: int, n: int, mode: str) -> Case:
+    group, bits = (64, 4) if mode == "affine" else FP_FORMATS[mode]
+    return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1)},
+                {"group_size": group, "bits": bits, "mode": mode})
 
 
 QUANTIZED_MATMUL = OpRecord(
@@ -325,20 +353,14 @@ QUANTIZED_MATMUL = OpRecord(
                mode="mxfp4"),
     ),
     bench=tuple(
-        BenchCase(f"{shape}-{mode}", (lambda m=m, mode=mode: _bench_qmm(m, 4096, 4096, mode)), mode=mode,
+        BenchCase(f"{shape}-{mode}", functools.partial(_bench_qmm, m, 4096, 4096, mode), mode=mode,
                   note=f"{'decode M = 1' if m == 1 else f'prefill M = {m}'}, 4096 x 4096",
-                  cpu_make=None if m == 1 else (lambda mode=mode: _bench_qmm(32, 4096, 4096, mode)),
+                  cpu_make=None if m == 1 else functools.partial(_bench_qmm, 32, 4096, 4096, mode),
                   cpu_note="" if m == 1 else "M = 32 on CPU")
         for shape, m in (("decode", 1), ("prefill", 512))
         for mode in MODES
     ),
 )
-
-
-def _bench_qmm(m: int, k: int, n: int, mode: str) -> Case:
-    group, bits = (64, 4) if mode == "affine" else FP_FORMATS[mode]
-    return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1)},
-                {"group_size": group, "bits": bits, "mode": mode})
 
 
 def _qlinear_call(lib, a, p, kw):

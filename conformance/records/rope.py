@@ -98,7 +98,7 @@ def _rope_magnitude(a, p):
     else:
         pair_sum = np.concatenate([rot[..., :half] + rot[..., half:]] * 2, axis=-1)
         angle = np.concatenate([np.abs(theta)] * 2, axis=-1)
-    mag = np.zeros(np.broadcast_shapes(x.shape, angle.shape[:-1] + (x.shape[-1],)))
+    mag = np.zeros(np.broadcast_shapes(x.shape, (*angle.shape[:-1], x.shape[-1])))
     mag[..., :dims] = pair_sum * (1.0 + angle)
     return mag
 
@@ -130,8 +130,8 @@ ROPE = OpRecord(
                       {"mode": "interleaved", "dims": 2, "base": 10000.0, "scale": 1.0, "form": "function",
                        "offset": 5}, label="features past dims pass through"), mode="interleaved"),
     ),
-    errors=tuple(
-        ErrorCase(name, Case({"x": np.ones(shape, np.float32)},
+    errors=(
+        *(ErrorCase(name, Case({"x": np.ones(shape, np.float32)},
                              {"mode": "rotate_half", "dims": dims, "base": 10000.0, "scale": 1.0,
                               "form": "layer", "offset": offset}), exc)
         for name, shape, dims, offset, exc in (
@@ -140,8 +140,7 @@ ROPE = OpRecord(
             ("2-D input", (2, 8), 8, 0, ValueError),
             ("float offset", (1, 2, 8), 8, 1.5, TypeError),
             ("negative offset", (1, 2, 8), 8, -1, ValueError),
-        )
-    ) + (
+        )),
         ErrorCase("per-row offsets of the wrong length",
                   Case({"x": np.ones((2, 3, 8), np.float32), "offset": np.array([1, 2, 3], np.int32)},
                        {"mode": "rotate_half", "dims": 8, "base": 10000.0, "scale": 1.0, "form": "layer",
