@@ -4,6 +4,7 @@ and MLX's CPU back end configured as the conformance and benchmark runs use it."
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _write_partial(session.config, None)
+
+
+@pytest.fixture
+def shipped_blas() -> Iterator[None]:
+    """Run a test with MLX's matmuls on the netlib BLAS its wheel ships (tests that pin
+    MLX's own summation order), then put back whatever BLAS the session had."""
+    from mlx_impl import cpu_backend
+
+    provider = cpu_backend._STATE.provider
+    cpu_backend.restore_default_blas()
+    yield
+    if provider is not None:
+        cpu_backend.use_optimized_blas(provider.path)

@@ -69,6 +69,7 @@ def accumulation_bound(x, wq, s, b, gs, bits, mode, out_dtype) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("mode", "gs", "bits"), FORMATS[:4])
+@pytest.mark.usefixtures("shipped_blas")
 def test_float32_affine_kernel_is_bit_identical_to_matmul_of_dequantized(mode, gs, bits):
     """SEMANTICS.md, verified: float32 affine mx.quantized_matmul == MLX's own
     x @ mx.dequantize(w).T, bit for bit (K = 128 and 256)."""
