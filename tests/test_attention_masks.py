@@ -331,3 +331,40 @@ def test_twin_rejects_unknown_precision():
     ):
         with pytest.raises(ValueError, match="precision"):
             call()
+
+
+# ------------------------------------------------- repeat_kv: the int32 head-count bound
+# Decision: MLX dims are int32, so the output head count kv_heads * repeats (and the repeat
+# axis itself, which matters when kv_heads == 0) must be <= 2**31 - 1; both packages refuse
+# more with a [repeat_kv] ValueError. (Was: MLX's unbracketed OverflowError; torch returned.)
+# Only zero-size inputs here: the results are huge in heads but hold no elements.
+
+REPEAT_BOUND = [  # (x shape, repeats, accepted)
+    ((2, 1, 0, 0), 2**31, False),
+    ((2, 1, 0, 0), 2**31 - 1, True),
+    ((1, 2, 0, 3), 2**30, False),
+    ((1, 2, 0, 3), 2**30 - 1, True),
+    ((2, 0, 3, 0), 2**31, False),
+    ((2, 0, 3, 0), 2**31 - 1, True),
+    ((1, 3, 0, 2), 2**62, False),
+]
+
+
+@pytest.mark.parametrize(("shape", "repeats", "accepted"), REPEAT_BOUND, ids=str)
+@pytest.mark.parametrize("lib", ["mlx", "torch"])
+def test_repeat_kv_head_count_must_fit_int32(lib, shape, repeats, accepted):
+    x = _arr(lib, shape)
+    if accepted:
+        y = _m(lib).repeat_kv(x, repeats)
+        b, kv, s, d = shape
+        assert tuple(y.shape) == (b, kv * repeats, s, d)
+        return
+    with pytest.raises(ValueError, match=r"^\[repeat_kv\] the head count kv_heads \* repeats"):
+        _m(lib).repeat_kv(x, repeats)
+
+
+def test_repeat_kv_bound_applies_to_numpy_integers():
+    with pytest.raises(ValueError, match=r"^\[repeat_kv\] "):
+        mx_masks.repeat_kv(mx.zeros((1, 1, 0, 0)), np.int64(2**31))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^\[repeat_kv\] "):
+        torch_masks.repeat_kv(torch.zeros(1, 1, 0, 0), np.int64(2**31))  # type: ignore[arg-type]

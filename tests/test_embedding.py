@@ -248,3 +248,51 @@ def test_twin_rejects_unknown_precision():
     _, e_t = layers()
     with pytest.raises(ValueError, match=r"^\[Embedding\] precision"):
         e_t(torch.tensor([0]), precision="float16")
+
+
+# ------------------------------------------------------- index_policy type, empty table
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [np.array(["check"]), np.array([1, 2, 3]), None, 0, True, b"check"],
+    ids=["str array", "int array", "None", "0", "True", "bytes"],
+)
+@pytest.mark.parametrize("lib", ["mlx", "torch"])
+def test_index_policy_not_a_str_is_a_type_error(lib, policy):
+    """Was: an array policy made `policy not in INDEX_POLICIES` raise NumPy's unbracketed
+    "The truth value of an array ... is ambiguous"."""
+    with pytest.raises(TypeError, match=r"^\[Embedding\] index_policy must be a str"):
+        _make(lib, TABLE, policy)
+
+
+EMPTY_TABLE = np.zeros((0, 3), np.float32)
+
+
+@pytest.mark.parametrize("policy", ["check", "clip", "trusted"])
+@pytest.mark.parametrize(
+    "indices",
+    [np.array([0, 0], np.int32), np.array(0, np.int64), np.zeros((2, 1), np.uint8)],
+    ids=["int32 [2]", "int64 scalar", "uint8 [2, 1]"],
+)
+def test_empty_table_with_indices_refused_under_every_policy(take_must_not_run, policy, indices):
+    """Was (clip): mlx's "[take] Cannot do a non-empty take from an empty axis", torch's
+    RuntimeError; trusted is covered too (the check is on shapes only)."""
+    pattern = r"^\[Embedding\] cannot look up \d+ indices .* empty table \(num_embeddings=0"
+    with pytest.raises(IndexError, match=pattern) as from_mx:
+        _make("mlx", EMPTY_TABLE, policy)(mx_idx(indices))
+    with pytest.raises(IndexError, match=pattern) as from_torch:
+        _make("torch", EMPTY_TABLE, policy)(torch_idx(indices))
+    assert str(from_mx.value) == str(from_torch.value)
+
+
+@pytest.mark.parametrize("policy", ["check", "clip", "trusted"])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.uint8, np.uint32, np.int8])
+def test_empty_table_with_empty_indices_gives_empty_rows(policy, index_dtype):
+    """An empty lookup is well defined even with no rows (clip must not build a -1 bound,
+    which MLX refuses to convert to an unsigned index dtype)."""
+    indices = np.zeros((0, 2), index_dtype)
+    y_mx = _make("mlx", EMPTY_TABLE, policy)(mx_idx(indices))
+    y_t = _make("torch", EMPTY_TABLE, policy)(torch_idx(indices))
+    assert y_mx.shape == tuple(y_t.shape) == (0, 2, 3)
+    assert y_mx.dtype == mx.float32 and y_t.dtype == torch.float32

@@ -376,3 +376,118 @@ def test_twin_rejects_unknown_precision():
         layer(torch.ones(3), precision="float32")
     with pytest.raises(ValueError, match=r"^\[MultiLinear\] precision"):
         TorchMultiLinear(torch.ones(1, 2, 3))(torch.ones(1, 1, 1, 3), precision="exact")
+
+
+# ---------------------------------------------------------------------- zero-size dims
+# Decision: every zero-size case that is mathematically defined is SUPPORTED, identically
+# in both packages (shape, dtype and values). in == 0 makes every dot product an empty sum,
+# so the result is the bias broadcast exactly (-0.0 kept, as MLX's 2-D mx.addmm gives) or
+# zeros; an empty batch or out == 0 gives an empty result.
+
+BIAS_WITH_NEG_ZERO = np.array([-0.0, 1.5, -2.0], dtype=np.float32)
+ZERO_K_SHAPES = [(0,), (2, 0), (0, 0), (7, 0, 0), (1, 2, 0), (2, 0, 2, 0)]
+MIXED = [  # (weight, bias, x) dtypes -> output dtype
+    ("float16", "float16", "bfloat16", "float32"),  # the fuzz's pinned case
+    ("float32", "float32", "float32", "float32"),
+    ("bfloat16", "bfloat16", "bfloat16", "bfloat16"),
+    ("float16", "float32", "float16", "float32"),
+]
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).view(np.uint64)
+
+
+@pytest.mark.parametrize("x_shape", ZERO_K_SHAPES, ids=str)
+@pytest.mark.parametrize(("w_dt", "b_dt", "x_dt", "out_dt"), MIXED, ids=lambda v: str(v))
+def test_in_features_zero_gives_the_bias_exactly(x_shape, w_dt, b_dt, x_dt, out_dt):
+    """Was: mx.addmm raised "[reshape] Cannot infer the shape of an empty array" for x of
+    rank >= 3 (an MLX error, not the layer's); torch gave the result."""
+    w = np.zeros((3, 0), np.float32)
+    x = np.zeros(x_shape, np.float32)
+    expected_shape = (*x_shape[:-1], 3)
+    y_mx = MxLinear(to_mx(w, w_dt), to_mx(BIAS_WITH_NEG_ZERO, b_dt))(to_mx(x, x_dt))
+    t_layer = TorchLinear(to_torch(w, w_dt), to_torch(BIAS_WITH_NEG_ZERO, b_dt))
+    y_t = t_layer(to_torch(x, x_dt))
+    assert y_mx.shape == tuple(y_t.shape) == expected_shape
+    assert y_mx.dtype == MX_DTYPE[out_dt] and y_t.dtype == TORCH_DTYPE[out_dt]
+    expected = np.broadcast_to(BIAS_WITH_NEG_ZERO, expected_shape)
+    # Bit patterns, so the sign of -0.0 counts.
+    np.testing.assert_array_equal(_bits(np.array(y_mx.astype(mx.float32))), _bits(expected))
+    np.testing.assert_array_equal(_bits(y_t.float().numpy()), _bits(expected))
+    y_64 = t_layer(to_torch(x, x_dt), precision="float64")
+    assert y_64.dtype == torch.float64 and tuple(y_64.shape) == expected_shape
+    np.testing.assert_array_equal(_bits(y_64.numpy()), _bits(expected))
+
+
+@pytest.mark.parametrize("x_shape", ZERO_K_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_features_zero_without_bias_gives_positive_zeros(x_shape, dtype):
+    w = np.zeros((4, 0), np.float32)
+    x = np.zeros(x_shape, np.float32)
+    y_mx = MxLinear(to_mx(w, dtype))(to_mx(x, dtype))
+    y_t = TorchLinear(to_torch(w, dtype))(to_torch(x, dtype))
+    expected = np.zeros((*x_shape[:-1], 4))
+    assert y_mx.shape == tuple(y_t.shape) == expected.shape
+    assert y_mx.dtype == MX_DTYPE[dtype] and y_t.dtype == TORCH_DTYPE[dtype]
+    np.testing.assert_array_equal(_bits(np.array(y_mx.astype(mx.float32))), _bits(expected))
+    np.testing.assert_array_equal(_bits(y_t.float().numpy()), _bits(expected))
+
+
+def test_in_features_zero_twin_result_does_not_alias_the_bias():
+    layer = TorchLinear(torch.zeros(3, 0), torch.tensor(BIAS_WITH_NEG_ZERO))
+    y = layer(torch.zeros(2, 0))
+    y += 1.0
+    assert layer.bias is not None
+    np.testing.assert_array_equal(_bits(layer.bias.detach().numpy()), _bits(BIAS_WITH_NEG_ZERO))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "out_features"),
+    [((0, 4), 3), ((3, 0, 4), 3), ((2, 0, 2, 4), 3), ((2, 4), 0), ((0, 4), 0), ((5, 4), 0)],
+    ids=str,
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_or_out_features_zero_gives_empty_result(
+    x_shape, out_features, with_bias, dtype
+):
+    w = np.ones((out_features, 4), np.float32)
+    b = np.ones(out_features, np.float32)
+    x = np.ones(x_shape, np.float32)
+    y_mx = MxLinear(to_mx(w, dtype), to_mx(b, dtype) if with_bias else None)(to_mx(x, dtype))
+    y_t = TorchLinear(to_torch(w, dtype), to_torch(b, dtype) if with_bias else None)(
+        to_torch(x, dtype)
+    )
+    expected_shape = (*x_shape[:-1], out_features)
+    assert y_mx.shape == tuple(y_t.shape) == expected_shape
+    assert y_mx.size == 0 and y_t.numel() == 0
+    assert y_mx.dtype == MX_DTYPE[dtype] and y_t.dtype == TORCH_DTYPE[dtype]
+
+
+MULTI_ZERO = [  # (x shape [B, heads, L, in], weight shape [heads, out, in])
+    ((1, 2, 3, 0), (2, 4, 0)),
+    ((0, 2, 3, 4), (2, 5, 4)),
+    ((1, 0, 3, 4), (0, 5, 4)),
+    ((1, 2, 0, 4), (2, 5, 4)),
+    ((1, 2, 3, 4), (2, 0, 4)),
+    ((0, 2, 3, 0), (2, 5, 0)),
+    ((1, 0, 0, 0), (0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape"), MULTI_ZERO, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multilinear_zero_size_dims(x_shape, w_shape, dtype):
+    """Every zero-size dim is supported the same way in both; in == 0 gives +0.0 zeros."""
+    x = np.ones(x_shape, np.float32)
+    w = np.ones(w_shape, np.float32)
+    y_mx = MxMultiLinear(to_mx(w, dtype))(to_mx(x, dtype))
+    t_layer = TorchMultiLinear(to_torch(w, dtype))
+    y_t = t_layer(to_torch(x, dtype))
+    expected = np.zeros((*x_shape[:-1], w_shape[1]))
+    assert y_mx.shape == tuple(y_t.shape) == expected.shape
+    assert y_mx.dtype == MX_DTYPE[dtype] and y_t.dtype == TORCH_DTYPE[dtype]
+    np.testing.assert_array_equal(_bits(np.array(y_mx.astype(mx.float32))), _bits(expected))
+    np.testing.assert_array_equal(_bits(y_t.float().numpy()), _bits(expected))
+    assert t_layer(to_torch(x, dtype), precision="float64").dtype == torch.float64

@@ -11,7 +11,9 @@ Roofline measurements (:func:`measure_roofline`):
 * **GEMM**: a square float32 ``a @ b`` (2N^3 FLOPs), N doubling from 256 while one call
   takes under 0.1 s (up to 8192); the best throughput over the sizes tried counts.
 
-The machine's peak is the better of the two libraries for each resource: an op's
+Peaks use each measurement's FASTEST sample, not its median: a peak is what the machine
+can do, and another process stealing a core only ever slows a sample down. The
+machine's peak is the better of the two libraries for each resource: an op's
 roofline share (:mod:`conformance.bench.costs`) is measured against what THIS machine
 demonstrably reaches, whichever library reached it. bfloat16 ops are compared with the
 float32 GEMM peak too (a CPU without bfloat16 matrix units has no faster one).
@@ -184,16 +186,16 @@ def _sync_for(torch_device: str):
 
 
 def _mlx_add_one(n: int, budget: Budget) -> float:
-    """Median seconds of ``mx.eval(x + 1)`` over ``n`` float32 elements."""
+    """Fastest seconds of ``mx.eval(x + 1)`` over ``n`` float32 elements."""
     import mlx.core as mx
 
     x = mx.zeros((n,), dtype=mx.float32)
     mx.eval(x)
-    return measure(lambda: mx.eval(x + 1.0), budget).median_s
+    return measure(lambda: mx.eval(x + 1.0), budget).min_s
 
 
 def _torch_add_one(n: int, torch_device: str, budget: Budget) -> float:
-    """Median seconds of ``torch.add(x, 1, out=y)`` over ``n`` float32 elements."""
+    """Fastest seconds of ``torch.add(x, 1, out=y)`` over ``n`` float32 elements."""
     import torch
 
     sync = _sync_for(torch_device)
@@ -204,7 +206,7 @@ def _torch_add_one(n: int, torch_device: str, budget: Budget) -> float:
         torch.add(x, 1.0, out=y)
         sync()
 
-    return measure(run, budget).median_s
+    return measure(run, budget).min_s
 
 
 def measure_roofline(torch_device: str, *, tiny: bool = False, budget: Budget | None = None) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def measure_roofline(torch_device: str, *, tiny: bool = False, budget: Budget | 
         best, best_n, size = 0.0, 0, 128 if tiny else 256
         while True:
             timing = measure(run_for_size(size), budget)
-            rate = 2.0 * size**3 / timing.median_s
+            rate = 2.0 * size**3 / timing.min_s
             if rate > best:
                 best, best_n = rate, size
             if tiny or timing.median_s >= 0.1 or size >= 8192:

@@ -12,7 +12,12 @@ bit for bit in float32, float16 and bfloat16):
   precision.)
 * The float32 sums run sequentially along the last axis; ``mean = sum * float32(1/D)``;
   ``rsqrt(v) = 1 / sqrt(v)`` with both steps rounded to float32.
-* The output dtype is the promotion of x, weight and bias (weight/bias cast to it first).
+* Output dtype (measured over every x/weight/bias dtype combination): RMS norm, the
+  promotion of x and weight (x's dtype without a weight); layer norm WITH a weight, the
+  promotion of x, weight and bias; layer norm WITHOUT a weight, x's dtype whatever the
+  bias dtype (``mx.fast.layer_norm`` then casts the bias to x's dtype and adds in it: a
+  bfloat16 x with a float32 bias gives bfloat16). weight/bias are cast to the output
+  dtype first.
 """
 
 from __future__ import annotations
@@ -118,7 +123,8 @@ def layer_norm(x: mx.array, weight: mx.array | None, bias: mx.array | None, eps:
         ``x: [..., D] -> [..., D]``.
 
     Dtypes:
-        Output dtype is the promotion of x, weight and bias.
+        With a weight: the promotion of x, weight and bias. Without a weight: x's dtype,
+        whatever the bias dtype (the bias is cast to it before it is added).
 
     Raises:
         TypeError: non-array or non-floating x/weight/bias; non-real eps.

@@ -14,12 +14,19 @@ Behaviour measured on mlx 0.32.4 (CPU back end; ``torch_reference.fast.rope`` re
   offsets that are not 32-bit to int32.
 * Angles, cos and sin are computed in float32, cos/sin cast to the input dtype, and the
   rotation is done in the input dtype with every multiply and add rounded.
+* ``base`` is used as ``float32(base)``: one that rounds to 0 (``<= 2**-150``) or to inf
+  (``>= 2**128 - 2**103``) gives an infinite log and NaN angles even at position 0, so
+  both packages refuse it (``base <= 0`` too). Tiny or huge bases that do round to a
+  finite float32 are accepted and computed as MLX computes them.
+* An empty batch (``B = 0``) with ``(0,)`` per-row offsets is passed to MLX as offset 0:
+  MLX itself would broadcast the ``(0,)`` offsets against the ``T`` positions and raise.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import struct
 
 import mlx.core as mx
 import mlx.nn
@@ -27,6 +34,16 @@ import mlx.nn
 from mlx_impl._errors import type_error, value_error
 
 _INT32_MAX = 2**31 - 1
+
+
+def _is_positive_finite_float32(value: float) -> bool:
+    """True when ``value`` rounds (to nearest, ties to even) to a float32 that is > 0 and
+    finite: ``2**-150 < value < 2**128 - 2**103``."""
+    try:
+        rounded = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # struct refuses finite values that round to inf
+        return False
+    return bool(0.0 < rounded < math.inf)
 
 
 def _check_config(
@@ -47,6 +64,15 @@ def _check_config(
     assert isinstance(base, numbers.Real)
     if float(base) <= 0:
         raise value_error(where, f"base must be > 0 but got {base}.")
+    if not _is_positive_finite_float32(float(base)):
+        # MLX computes the frequencies from float32(base): a base that rounds to 0 or to inf
+        # has an infinite log and every angle (position 0 included) is NaN.
+        raise value_error(
+            where,
+            f"base must round to a positive finite float32 (2**-150 < base < 2**128 - 2**103, "
+            f"about 7e-46 ... 3.4e38) "
+            f"but got {base}.",
+        )
 
 
 def _check_input(where: str, x: object, dims: int) -> mx.array:
@@ -91,6 +117,10 @@ def _check_offset(where: str, offset: object, batch: int) -> int | mx.array:
             f"an offset array must be a scalar or have one offset per batch row ({batch},) "
             f"but got shape {tuple(offset.shape)}.",
         )
+    if offset.ndim == 1 and offset.shape[0] == 0:
+        # An empty batch (B = 0) with its (0,) per-row offsets: there is no row to offset.
+        # MLX would broadcast the (0,) offsets against the T positions and raise.
+        return 0
     return offset
 
 
@@ -114,7 +144,8 @@ def rope(
             through unchanged.
         traditional: ``False`` pairs ``(i, i + dims/2)`` (rotate-half); ``True`` pairs
             ``(2i, 2i+1)`` (interleaved).
-        base: finite ``> 0`` frequency base (a model's ``rope_theta``).
+        base: frequency base (a model's ``rope_theta``): ``> 0`` and rounding to a
+            finite nonzero float32 (about ``7e-46 < base < 3.4e38``).
         scale: finite multiplier of the positions.
         offset: position of the first row: an int in ``[0, 2**31)``, or an integer
             ``mx.array`` that is a scalar or ``[B]`` (one offset per batch row; its values
@@ -131,7 +162,8 @@ def rope(
         TypeError: non-array/non-floating ``x``; non-int ``dims``; non-bool
             ``traditional``; non-real ``base``/``scale``; a float/bool offset or an offset
             array of a non-integer dtype.
-        ValueError: rank < 3; ``dims`` odd, non-positive or ``> D``; ``base <= 0``;
+        ValueError: rank < 3; ``dims`` odd, non-positive or ``> D``; ``base <= 0`` or a
+            base whose float32 rounding is 0 or inf (its log is infinite: NaN angles);
             non-finite ``base``/``scale``; a negative (or >= 2**31) int offset; an offset
             array that is neither a scalar nor ``[B]``.
 
@@ -157,7 +189,7 @@ class RoPE(mlx.nn.Module):
     Args:
         dims: number of leading features rotated; positive and even.
         traditional: ``False`` rotate-half pairing, ``True`` interleaved pairing.
-        base: finite ``> 0`` frequency base.
+        base: ``> 0`` frequency base that rounds to a finite nonzero float32.
         scale: finite position multiplier.
 
     Shape:

@@ -42,6 +42,10 @@ def mask_fill_value(dtype: mx.Dtype) -> float:
     return float(cast(float, rounded))
 
 
+MAX_HEADS = 2**31 - 1
+"""The largest head count ``repeat_kv`` produces: MLX array dims are int32."""
+
+
 def repeat_kv(x: mx.array, repeats: int) -> mx.array:
     """Expand key/value heads for grouped-query attention (Ollama ``RepeatKV``).
 
@@ -63,7 +67,8 @@ def repeat_kv(x: mx.array, repeats: int) -> mx.array:
 
     Raises:
         TypeError: ``x`` not an ``mx.array``; ``repeats`` not an integer.
-        ValueError: ``x`` not 4-D; ``repeats < 1``.
+        ValueError: ``x`` not 4-D; ``repeats < 1``; ``max(kv_heads, 1) * repeats`` over
+            :data:`MAX_HEADS` (``2**31 - 1``, MLX's int32 dim limit).
 
     Example:
         >>> import mlx.core as mx
@@ -82,6 +87,15 @@ def repeat_kv(x: mx.array, repeats: int) -> mx.array:
         )
     if repeats < 1:
         raise value_error("repeat_kv", f"repeats must be >= 1 but got {repeats}.")
+    kv_heads = int(x.shape[1])
+    if max(kv_heads, 1) * int(repeats) > MAX_HEADS:
+        # MLX dims are int32: a larger head count (or repeat axis) raises OverflowError there.
+        raise value_error(
+            "repeat_kv",
+            f"the head count kv_heads * repeats (and repeats itself) must be <= 2**31 - 1 = "
+            f"{MAX_HEADS} (MLX's int32 dims) but "
+            f"got kv_heads={kv_heads}, repeats={repeats} (x shape {x.shape}).",
+        )
     if repeats == 1:
         return x
     b, kv_heads, s, d = x.shape

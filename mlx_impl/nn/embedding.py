@@ -51,9 +51,11 @@ class Embedding(mlx.nn.Module):
         raise ``TypeError``. The output has ``weight``'s dtype and its rows bit-exactly.
 
     Raises:
-        TypeError: non-array or non-floating ``weight``; non-array or non-integer ``indices``.
+        TypeError: non-array or non-floating ``weight``; ``index_policy`` not a ``str``;
+            non-array or non-integer ``indices``.
         ValueError: ``weight`` not 2-D; unknown ``index_policy``.
-        IndexError: (``"check"`` only) an index outside ``[0, n)``.
+        IndexError: (``"check"`` only) an index outside ``[0, n)``; (every policy) a
+            non-empty ``indices`` with an empty table (``n == 0``), a shape-only check.
 
     Example:
         >>> import mlx.core as mx
@@ -76,6 +78,13 @@ class Embedding(mlx.nn.Module):
         if not mx.issubdtype(weight.dtype, mx.floating):
             raise type_error(
                 "Embedding", f"weight must have a floating dtype but got {weight.dtype}."
+            )
+        # Type first: `not in` on a non-str (a NumPy array, say) can raise its own error.
+        if not isinstance(index_policy, str):
+            raise type_error(
+                "Embedding",
+                f"index_policy must be a str, one of {INDEX_POLICIES}, but got "
+                f"{type(index_policy).__name__}.",
             )
         if index_policy not in INDEX_POLICIES:
             raise value_error(
@@ -107,9 +116,19 @@ class Embedding(mlx.nn.Module):
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
         n = self.num_embeddings
+        if n == 0 and indices.size > 0:
+            # Shapes only, so free under every policy: no row exists to check, clip or trust.
+            raise index_error(
+                "Embedding",
+                f"cannot look up {indices.size} indices (shape {tuple(indices.shape)}) in an "
+                f"empty table (num_embeddings=0, weight shape {tuple(self.weight.shape)}); "
+                "only an empty indices array is allowed.",
+            )
         if self.index_policy == "check":
             self._check_in_range(indices, n)
-        elif self.index_policy == "clip":
+        elif self.index_policy == "clip" and n > 0:
+            # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
+            # would not even convert to an unsigned index dtype.)
             # Clamping with a bound the index dtype cannot hold raises in MLX (int8 vs 31999);
             # such a bound is never reached anyway, so cap it at the dtype's max.
             high = min(n - 1, int(mx.iinfo(indices.dtype).max))

@@ -35,6 +35,24 @@ def _require_floating(where: str, name: str, value: mx.array) -> None:
         )
 
 
+def _empty_sum(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    """``x @ weight.T (+ bias)`` when ``in_features == 0``: every dot product is empty.
+
+    An empty sum is zero, so the result is ``bias`` broadcast to ``[..., out]`` (exactly,
+    ``-0.0`` included, as ``mx.addmm`` gives for a 2-D ``x``), or zeros without a bias, in
+    the promoted dtype. Built here because ``mx.addmm`` (mlx 0.32.4) reshapes an ``x`` of
+    rank >= 3 to ``[-1, 0]`` and fails with "[reshape] Cannot infer the shape of an empty
+    array".
+    """
+    out_dtype = mx.result_type(x, weight)
+    shape = (*x.shape[:-1], weight.shape[0])
+    if bias is None:
+        return mx.zeros(shape, dtype=out_dtype)
+    out_dtype = mx.result_type(out_dtype, bias)
+    # Every promotion between floating dtypes widens exactly, so the cast keeps the values.
+    return mx.broadcast_to(bias.astype(out_dtype), shape)
+
+
 class Linear(mlx.nn.Module):
     """Affine projection ``y = x @ weight.T + bias`` (Ollama ``nn.Linear``).
 
@@ -48,6 +66,9 @@ class Linear(mlx.nn.Module):
 
     Shape:
         ``x: [..., in]`` (rank >= 1) ``-> [..., out]``; a 1-D ``x: [in]`` gives ``[out]``.
+        Zero-size dims are supported: an empty batch gives an empty ``[..., out]`` result,
+        ``out == 0`` gives ``[..., 0]``, and ``in == 0`` (every dot product an empty sum)
+        gives ``bias`` broadcast to ``[..., out]`` (zeros without a bias).
 
     Dtypes:
         The output dtype is MLX's promotion of ``x``, ``weight`` and ``bias`` (for example
@@ -114,6 +135,8 @@ class Linear(mlx.nn.Module):
                 f"input last dim must equal in_features {self.in_features} but got {x.shape[-1]} "
                 f"(x shape {x.shape}).",
             )
+        if self.in_features == 0:
+            return _empty_sum(x, self.weight, self.bias)
         if self.bias is None:
             return x @ self.weight.T
         # mx.addmm broadcasts a batched `x` itself: verified on mlx 0.32.4 for x of rank 1
@@ -145,7 +168,8 @@ class MultiLinear(mlx.nn.Module):
         weight: ``[heads, out, in]`` floating array.
 
     Shape:
-        ``x: [B, heads, L, in] -> [B, heads, L, out]``.
+        ``x: [B, heads, L, in] -> [B, heads, L, out]``. Any of ``B``, ``heads``, ``L``,
+        ``out`` may be 0 (empty result); ``in == 0`` gives zeros (empty sums).
 
     Dtypes:
         Output dtype is the promotion of ``x`` and ``weight``; float16/bfloat16 accumulate in

@@ -8,18 +8,21 @@ mlx 0.32.4's CPU back end:
 * Boolean and causal masks put ``finfo(dtype).min`` (finite) on masked scores, so a fully
   masked row gets uniform weights and its output is the mean of ``v`` over all keys; an
   additive ``-inf`` row gives NaN. Both follow from the same ``where`` here.
-* ``precision="native"`` replays MLX's CPU fallback op by op (see
-  ``torch_reference.fast._mlx_cpu`` for the measured facts): ``scale`` is cast to the input
-  dtype and ``q * scale`` rounded; ``q @ k.T`` is a sequential float32 accumulation (float32
-  inputs: each product rounded, no FMA), rounded to the input dtype; the mask is applied in
-  the input dtype; softmax is float32 -- ``e = exp(x - max)`` with MLX's ``exp`` rounding
-  point, a sequential float32 sum, ``e * (1/sum)`` -- rounded to the input dtype;
-  ``probs @ v`` accumulates sequentially in float32 and is rounded once. float16/bfloat16
-  outputs are then bit-identical to MLX's on every input tested (fixed inputs here and
-  several hundred Hypothesis draws); float32 outputs differ only through MLX's ``exp``
-  polynomial (within 1 float32 ulp of the emulation): 99% of elements identical, the rest a
-  few float32 ulps of ``max|v|`` apart. The sequential matmuls cost ``D`` (and ``Lk``)
-  elementwise passes instead of one BLAS call: this is a reproduction, not a fast path.
+* No keys (``Lk = 0``): the output is all zeros (an empty weighted sum), which is what MLX
+  returns (with or without sinks); no queries, no batch or ``D = 0`` give the empty or
+  zero results MLX gives. Nothing is refused for being empty.
+* ``precision="native"`` keeps MLX's conventions and documented rounding points, computed
+  with ordinary PyTorch ops at PyTorch speed: ``scale`` is cast to the input dtype and
+  ``q * scale`` rounded; the scores ``q @ k.T`` are one ``torch.matmul`` (half inputs: in
+  float32, as MLX's CPU path accumulates them) rounded to the input dtype; the mask is
+  applied in the input dtype; softmax is ``torch.softmax`` in float32, rounded to the input
+  dtype; ``probs @ v`` is one ``torch.matmul`` (half: in float32), rounded once.
+  The summation ORDER inside the matmuls and the softmax is PyTorch's, not any MLX back
+  end's (MLX's CPU BLAS sums sequentially, its Metal/CUDA kernels in tiles, and its CPU
+  ``exp`` is a polynomial): float32 outputs therefore differ from MLX's by float32
+  summation-order and ``exp`` errors, which ``gamma_K`` bounds against the float64 oracle
+  cover (see ``tests/test_fast_attention.py`` and the conformance record); half outputs
+  differ only where those float32 differences straddle a half-precision rounding boundary.
 * ``precision="float64"``: every floating input widened exactly, everything in float64
   (the mask's fill value is float64's ``finfo.min``: the same uniform-row convention).
 """
@@ -33,7 +36,6 @@ import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
-from torch_reference.fast import _mlx_cpu
 
 _WHERE = "scaled_dot_product_attention"
 
@@ -155,18 +157,25 @@ def causal_keep(lq: int, lk: int, device: torch.device | None = None) -> torch.T
     return j <= i + (lk - lq)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
-    """``a @ b`` rounded once to the inputs' dtype; natively with MLX's CPU order."""
-    if precision == "float64":
+def _acc_dtype(work: torch.dtype) -> torch.dtype:
+    """The dtype MLX accumulates matmuls and softmax in: float32 for half inputs."""
+    return torch.float32 if work in (torch.float16, torch.bfloat16) else work
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` accumulated in float32 for half inputs (as MLX's CPU path does), rounded
+    once to the inputs' dtype. float32/float64 inputs: one plain ``torch.matmul``."""
+    acc = _acc_dtype(a.dtype)
+    if acc == a.dtype:
         return torch.matmul(a, b)
-    return _mlx_cpu.sequential_matmul(a, b).to(a.dtype)
+    return torch.matmul(a.to(acc), b.to(acc)).to(a.dtype)
 
 
-def _softmax(scores: torch.Tensor, precision: str) -> torch.Tensor:
-    """Softmax over the last axis, returned in the scores' dtype."""
-    if precision == "float64":
-        return torch.softmax(scores, dim=-1)
-    return _mlx_cpu.softmax_last(scores).to(scores.dtype)
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis computed in float32 for half scores (MLX's ``precise``
+    softmax), returned rounded to the scores' dtype. An empty last axis (no keys) gives an
+    empty result, from which ``probs @ v`` is all zeros -- MLX's answer too."""
+    return torch.softmax(scores, dim=-1, dtype=_acc_dtype(scores.dtype)).to(scores.dtype)
 
 
 def scaled_dot_product_attention(
@@ -237,7 +246,7 @@ def scaled_dot_product_attention(
     # Query head h = kv * rep + r reads kv head kv = h // rep: stack the rep query heads of
     # each kv head as extra rows ([B, Hkv, rep * Lq, D]) instead of copying k/v rep times.
     qg = qs.reshape(b, hkv, rep * lq, q.shape[-1])
-    scores = _matmul(qg, k.transpose(-1, -2), precision).reshape(b, hq, lq, lk)
+    scores = _matmul(qg, k.transpose(-1, -2)).reshape(b, hq, lq, lk)
 
     if mask is not None:
         if isinstance(mask, str):
@@ -251,16 +260,16 @@ def scaled_dot_product_attention(
         if keep is not None:
             # MLX's fill value is the dtype's lowest FINITE value, not -inf: a fully masked
             # row then has equal scores and softmax gives uniform weights, not NaN.
-            fill = torch.tensor(torch.finfo(work).min, dtype=work, device=q.device)
-            scores = torch.where(keep, scores, fill)
+            # (In place: ``scores`` is this call's own fresh tensor.)
+            scores.masked_fill_(~keep, torch.finfo(work).min)
 
     if sinks is not None:
         sink_col = sinks.to(device=q.device, dtype=work).reshape(1, hq, 1, 1).expand(b, hq, lq, 1)
         scores = torch.cat([sink_col, scores], dim=-1)
 
-    probs = _softmax(scores, precision)
+    probs = _softmax(scores)
     if sinks is not None:
         probs = probs[..., 1:]
 
-    out = _matmul(probs.reshape(b, hkv, rep * lq, lk), v, precision)
+    out = _matmul(probs.reshape(b, hkv, rep * lq, lk), v)
     return out.reshape(b, hq, lq, v.shape[-1])

@@ -6,11 +6,15 @@ bit-identical to MLX's in float32, float16 and bfloat16 (measured on D = 3 ... 1
 * ``x32 = float32(x)``; the sums over the last axis run SEQUENTIALLY in float32 (element 0,
   then + element 1, ...), as MLX's CPU reduction does; ``torch.sum``'s blocked order would
   differ by float32 ulps, so the sum goes through ``numpy.cumsum`` (a sequential
-  accumulation in the array's dtype) -- see ``torch_reference.fast._mlx_cpu``.
+  accumulation in the array's dtype; see :func:`sequential_sum`).
 * ``mean = sum * float32(1/D)``; ``rsqrt(v) = float32(1 / float32(sqrt(v)))``;
 * RMS: ``y = R(x32 * rsqrt(mean(x32^2) + eps)) * w``; layer norm:
   ``y = R((x32 - mu) * rsqrt(mean((x32 - mu)^2) + eps)) * w + b``, with ``R`` the rounding
   to the output dtype before the weight multiply and the bias add (each rounded).
+* Output dtype (MLX's rule, measured over every x/weight/bias dtype combination): RMS norm,
+  the promotion of x and weight (x's dtype without a weight); layer norm WITH a weight,
+  the promotion of x, weight and bias; layer norm WITHOUT a weight, x's dtype whatever the
+  bias dtype -- the bias is then cast to x's dtype and added in it.
 
 ``precision="float64"`` is the oracle: x, weight, bias widened exactly, eps used exactly,
 everything in float64, no intermediate rounding.
@@ -21,13 +25,30 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
-from torch_reference.fast._mlx_cpu import sequential_sum
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def sequential_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis IN ORDER (``((t0 + t1) + t2) + ...``), keeping the axis.
+
+    Accumulates in ``t``'s dtype (float32 or float64), as MLX's CPU reduction does.
+    ``numpy.cumsum`` accumulates sequentially in the array's dtype; ``torch.cumsum``
+    accumulates float32 in float64 and ``torch.sum`` sums in blocks, so neither
+    reproduces MLX's order (the norms are bit-exact with MLX's CPU back end because of it).
+    """
+    n = t.shape[-1]
+    if n == 0:
+        return torch.zeros((*t.shape[:-1], 1), dtype=t.dtype, device=t.device)
+    array = t.detach().cpu().contiguous().numpy()
+    with np.errstate(all="ignore"):  # inf/NaN inputs propagate as in MLX, silently
+        total = np.cumsum(array, axis=-1)[..., -1:]
+    return torch.from_numpy(np.ascontiguousarray(total)).to(t.device)
 
 
 def check_eps(where: str, eps: object) -> float:
@@ -105,12 +126,15 @@ def rsqrt(v: torch.Tensor, precision: str) -> torch.Tensor:
     return r.to(v.dtype)
 
 
-def _out_dtype(x: torch.Tensor, *vectors: torch.Tensor | None) -> torch.dtype:
-    dtype = x.dtype
-    for t in vectors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+def _out_dtype(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None = None
+) -> torch.dtype:
+    """MLX's output dtype: x's dtype without a weight (a bias alone does not promote it),
+    otherwise the promotion of x, weight and bias."""
+    if weight is None:
+        return x.dtype
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+    return dtype if bias is None else torch.promote_types(dtype, bias.dtype)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float, precision: str) -> torch.Tensor:
@@ -210,7 +234,8 @@ def layer_norm(
         ``x: [..., D] -> [..., D]``.
 
     Dtypes:
-        Output dtype is the promotion of x, weight and bias (native) or float64.
+        Native: with a weight, the promotion of x, weight and bias; without one, x's dtype
+        whatever the bias dtype (the bias is cast to it), as MLX does. float64: float64.
 
     Raises:
         TypeError / ValueError: exactly the inputs ``mlx_impl.fast.layer_norm`` rejects,

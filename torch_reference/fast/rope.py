@@ -5,19 +5,20 @@ Conventions reproduced (mlx 0.32.4, measured): positions ``(offset + t) * scale`
 ``traditional`` (interleaved ``(2i, 2i+1)``); features from ``dims`` on copied bit-exactly;
 per-row offsets index ``x.shape[0]``; array offsets that are not 32-bit are cast to int32.
 
-``precision="native"`` rounding points, as MLX's CPU back end computes them: positions
-``(float32(t) + float32(offset)) * float32(scale)``; ``inv_freq = exp(-i * c)`` in float32
-with ``c = float32(logf(base)) / (dims/2)`` and MLX's ``exp`` rounding point (see
-``torch_reference.fast._mlx_cpu``); ``theta = pos * inv_freq`` in float32; cos and sin in
+``precision="native"`` rounding points (MLX's recipe, in ordinary PyTorch float32 ops):
+positions ``(float32(t) + float32(offset)) * float32(scale)``;
+``inv_freq = exp(-i * c)`` with ``c = log(float32(base)) / (dims/2)``, all in float32
+(``torch.log``/``torch.exp``); ``theta = pos * inv_freq`` in float32; cos and sin in
 float32, cast to x's dtype; ``x1*cos - x2*sin`` and ``x1*sin + x2*cos`` with every op
 rounded in x's dtype.
 
-How close native gets (measured): ``inv_freq`` equals MLX's in ~90% of entries and is
-otherwise 1 float32 ulp away (MLX's ``exp`` polynomial); MLX's CPU ``sin``/``cos`` are
-polynomials too, about 1 ulp from PyTorch's. float16/bfloat16 outputs are bit-identical to
-MLX at small positions (up to a few dozen) and otherwise differ in rare elements by an ulp
-of the output; float32 outputs differ by a few ulps of ``|x|`` plus ``|x| * pos * 2^-23``
-where an ``inv_freq`` is off by its ulp -- not bit-exact.
+How close native gets: MLX's CPU ``exp``, ``sin`` and ``cos`` are polynomial
+approximations (its ``exp`` rounds ``x * log2(e)`` to float32 first: up to ~17 float32 ulp
+at ``|x| ~ 20``, measured), PyTorch's are within about 1 ulp, so ``inv_freq`` differs by a
+few float32 ulps and the angle by ``pos`` times that. Both stay within the derived bound
+against the float64 oracle (``tests/test_rope.py``, ``conformance/records/rope.py``);
+float16/bfloat16 outputs are bit-identical to MLX's at small positions, where those float32
+differences never survive the cast of cos/sin to half precision.
 ``precision="float64"``: angles, cos, sin and the rotation all in float64.
 """
 
@@ -25,14 +26,24 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 
 import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
-from torch_reference.fast import _mlx_cpu
 
 _INT32_MAX = 2**31 - 1
+
+
+def _is_positive_finite_float32(value: float) -> bool:
+    """True when ``value`` rounds (to nearest, ties to even) to a float32 that is > 0 and
+    finite: ``2**-150 < value < 2**128 - 2**103``."""
+    try:
+        rounded = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # struct refuses finite values that round to inf
+        return False
+    return bool(0.0 < rounded < math.inf)
 
 
 def _check_config(
@@ -53,6 +64,15 @@ def _check_config(
     assert isinstance(base, numbers.Real)
     if float(base) <= 0:
         raise value_error(where, f"base must be > 0 but got {base}.")
+    if not _is_positive_finite_float32(float(base)):
+        # MLX computes the frequencies from float32(base): a base that rounds to 0 or to inf
+        # has an infinite log and every angle (position 0 included) is NaN.
+        raise value_error(
+            where,
+            f"base must round to a positive finite float32 (2**-150 < base < 2**128 - 2**103, "
+            f"about 7e-46 ... 3.4e38) "
+            f"but got {base}.",
+        )
 
 
 def _check_input(where: str, x: object, dims: int) -> torch.Tensor:
@@ -98,6 +118,10 @@ def _check_offset(where: str, offset: object, batch: int) -> int | torch.Tensor:
             f"an offset array must be a scalar or have one offset per batch row ({batch},) "
             f"but got shape {tuple(offset.shape)}.",
         )
+    if offset.ndim == 1 and offset.shape[0] == 0:
+        # An empty batch (B = 0) with its (0,) per-row offsets: there is no row to offset.
+        # MLX would broadcast the (0,) offsets against the T positions and raise.
+        return 0
     return offset
 
 
@@ -123,12 +147,10 @@ def _inv_freq(base: float, half: int, precision: str, device: torch.device) -> t
     if precision == "float64":
         i = torch.arange(half, dtype=torch.float64, device=device)
         return torch.exp(-i * (math.log(base) / half))
-    # MLX: c = logf(float32(base)) / half in float32 (logf is correctly rounded here, as the
-    # float64 log rounded to float32), then exp(arange(0, -half, -1) * c) in float32.
-    base32 = float(torch.tensor(base, dtype=torch.float32))
-    log32 = torch.tensor(math.log(base32), dtype=torch.float32, device=device)
-    c = log32 / torch.tensor(float(half), dtype=torch.float32, device=device)
-    return _mlx_cpu.exp(torch.arange(0, -half, -1, dtype=torch.float32, device=device) * c)
+    # MLX's recipe: c = log(float32(base)) / half in float32, then exp(arange(0, -half, -1) * c)
+    # in float32 (the base was checked to round to a positive finite float32).
+    c = torch.log(torch.tensor(base, dtype=torch.float32, device=device)) / half
+    return torch.exp(torch.arange(0, -half, -1, dtype=torch.float32, device=device) * c)
 
 
 def rope(
@@ -151,7 +173,7 @@ def rope(
         dims: number of leading features rotated; positive, even, ``<= D``.
         traditional: ``False`` pairs ``(i, i + dims/2)`` (rotate-half, GPT-NeoX / HF Llama);
             ``True`` pairs ``(2i, 2i+1)`` (interleaved).
-        base: finite ``> 0`` frequency base.
+        base: ``> 0`` frequency base that rounds to a finite nonzero float32.
         scale: finite multiplier of the positions.
         offset: an int in ``[0, 2**31)``, or an integer tensor that is a scalar or ``[B]``.
         precision: ``"native"`` (MLX's float32 angles, rotation rounded in x's dtype) or
@@ -225,7 +247,7 @@ class RoPE(torch.nn.Module):
     Args:
         dims: number of leading features rotated; positive and even.
         traditional: ``False`` rotate-half pairing, ``True`` interleaved pairing.
-        base: finite ``> 0`` frequency base.
+        base: ``> 0`` frequency base that rounds to a finite nonzero float32.
         scale: finite position multiplier.
 
     Shape:

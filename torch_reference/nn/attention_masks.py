@@ -44,6 +44,10 @@ def mask_fill_value(dtype: torch.dtype) -> float:
     return float(torch.tensor(max(MASK_VALUE, lowest), dtype=dtype).item())
 
 
+MAX_HEADS = 2**31 - 1
+"""The largest head count ``repeat_kv`` produces: MLX array dims are int32."""
+
+
 def repeat_kv(x: torch.Tensor, repeats: int, *, precision: str = "native") -> torch.Tensor:
     """Expand key/value heads for grouped-query attention (Ollama ``RepeatKV``).
 
@@ -66,7 +70,8 @@ def repeat_kv(x: torch.Tensor, repeats: int, *, precision: str = "native") -> to
 
     Raises:
         TypeError: ``x`` not a tensor; ``repeats`` not an integer.
-        ValueError: ``x`` not 4-D; ``repeats < 1``; unknown ``precision``.
+        ValueError: ``x`` not 4-D; ``repeats < 1``; ``max(kv_heads, 1) * repeats`` over
+            :data:`MAX_HEADS` (``2**31 - 1``, MLX's int32 dim limit); unknown ``precision``.
 
     Example:
         >>> import torch
@@ -86,6 +91,15 @@ def repeat_kv(x: torch.Tensor, repeats: int, *, precision: str = "native") -> to
         )
     if repeats < 1:
         raise value_error("repeat_kv", f"repeats must be >= 1 but got {repeats}.")
+    kv_heads = int(x.shape[1])
+    if max(kv_heads, 1) * int(repeats) > MAX_HEADS:
+        # Refused as mlx_impl refuses it: MLX dims are int32, so MLX cannot build the result.
+        raise value_error(
+            "repeat_kv",
+            f"the head count kv_heads * repeats (and repeats itself) must be <= 2**31 - 1 = "
+            f"{MAX_HEADS} (MLX's int32 dims) but "
+            f"got kv_heads={kv_heads}, repeats={repeats} (x shape {tuple(x.shape)}).",
+        )
     x_w = to_working(x, precision)
     assert x_w is not None
     if repeats == 1:

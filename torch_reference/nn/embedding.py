@@ -56,9 +56,11 @@ class Embedding(torch.nn.Module):
         (``precision="float64"``, the rows widened exactly).
 
     Raises:
-        TypeError: non-tensor or non-floating ``weight``; non-tensor or non-integer ``indices``.
+        TypeError: non-tensor or non-floating ``weight``; ``index_policy`` not a ``str``;
+            non-tensor or non-integer ``indices``.
         ValueError: ``weight`` not 2-D; unknown ``index_policy`` or ``precision``.
-        IndexError: (``"check"`` only) an index outside ``[0, n)``.
+        IndexError: (``"check"`` only) an index outside ``[0, n)``; (every policy) a
+            non-empty ``indices`` with an empty table (``n == 0``), a shape-only check.
 
     Example:
         >>> import torch
@@ -81,6 +83,13 @@ class Embedding(torch.nn.Module):
         if weight.dtype not in FLOATING_DTYPES:
             raise type_error(
                 "Embedding", f"weight must have a floating dtype but got {weight.dtype}."
+            )
+        # Type first: `not in` on a non-str (a NumPy array, say) can raise its own error.
+        if not isinstance(index_policy, str):
+            raise type_error(
+                "Embedding",
+                f"index_policy must be a str, one of {INDEX_POLICIES}, but got "
+                f"{type(index_policy).__name__}.",
             )
         if index_policy not in INDEX_POLICIES:
             raise value_error(
@@ -112,10 +121,19 @@ class Embedding(torch.nn.Module):
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
         n = self.num_embeddings
+        if n == 0 and indices.numel() > 0:
+            # Shapes only, so free under every policy: no row exists to check, clip or trust.
+            raise index_error(
+                "Embedding",
+                f"cannot look up {indices.numel()} indices (shape {tuple(indices.shape)}) in an "
+                f"empty table (num_embeddings=0, weight shape {tuple(self.weight.shape)}); "
+                "only an empty indices array is allowed.",
+            )
         idx = _as_int64(indices)
         if self.index_policy == "check":
             _check_in_range(indices, idx, n)
-        elif self.index_policy == "clip":
+        elif self.index_policy == "clip" and n > 0:
+            # n == 0 means `indices` is empty here: nothing to clamp (as in mlx_impl).
             clipped = idx.clamp(0, n - 1)
             if indices.dtype == torch.uint64:
                 # uint64 values >= 2**63 wrapped to negatives in _as_int64; they are huge, so

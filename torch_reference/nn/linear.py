@@ -60,6 +60,14 @@ def _matmul_like_mlx(
     out_dtype = torch.promote_types(x.dtype, weight_t.dtype)
     if bias is not None:
         out_dtype = torch.promote_types(out_dtype, bias.dtype)
+    if x.shape[-1] == 0:
+        # Every dot product is an empty sum (zero): the result is the bias itself broadcast
+        # (exactly, -0.0 included, as MLX's addmm gives) or zeros; see mlx_impl's _empty_sum.
+        shape = (*x.shape[:-1], weight_t.shape[-1])
+        if bias is None:
+            return torch.zeros(shape, dtype=out_dtype)
+        # A copy, not an expanded view: the caller must not be able to write into the bias.
+        return bias.to(out_dtype).expand(shape).clone(memory_format=torch.contiguous_format)
     # Half precision: float32 accumulation and bias add, one rounding at the end (as MLX).
     # Every promotion between these dtypes widens exactly, so casting first loses nothing.
     compute = torch.float32 if out_dtype in _HALF_DTYPES else out_dtype
@@ -80,6 +88,9 @@ class Linear(torch.nn.Module):
 
     Shape:
         ``x: [..., in]`` (rank >= 1) ``-> [..., out]``; a 1-D ``x: [in]`` gives ``[out]``.
+        Zero-size dims are supported, as in MLX: an empty batch gives an empty result,
+        ``out == 0`` gives ``[..., 0]``, and ``in == 0`` (empty sums) gives ``bias``
+        broadcast to ``[..., out]`` (zeros without a bias).
 
     Dtypes:
         ``precision="native"``: output dtype is the promotion of ``x``, ``weight`` and
@@ -178,7 +189,8 @@ class MultiLinear(torch.nn.Module):
         weight: ``[heads, out, in]`` floating tensor (a frozen ``Parameter``).
 
     Shape:
-        ``x: [B, heads, L, in] -> [B, heads, L, out]``.
+        ``x: [B, heads, L, in] -> [B, heads, L, out]``. Any of ``B``, ``heads``, ``L``,
+        ``out`` may be 0 (empty result); ``in == 0`` gives zeros (empty sums).
 
     Dtypes:
         ``precision="native"``: promotion of ``x`` and ``weight``; float16/bfloat16 compute
