@@ -244,6 +244,89 @@ def _check_global_scale(where: str, mode: str, global_scale: mx.array | None) ->
         )
 
 
+def _check_nvfp4_dequantizable(where: str, mode: str, wq: mx.array) -> None:
+    """nvfp4 only: the weight's element count (``wq.size * 8``) must be a multiple of 32.
+
+    ``mx.dequantize`` 0.32.4 on the CPU reshapes nvfp4 words to ``(-1, 4)`` and fails with
+    an internal ``[reshape]`` error otherwise (measured: ``(1, 16)``, ``(3, 16)``, ``(1, 48)``,
+    ``(5, 16)`` and batched ``(3, 1, 16)`` weights fail, every multiple of 32 works; with or
+    without a global scale, for every output dtype). :func:`quantize` refuses the same
+    counts, so nothing it produces is refused here. ``mx.quantized_matmul`` is not
+    affected (it computes such weights correctly), so :func:`quantized_matmul` and
+    ``QuantizedLinear`` accept them.
+    """
+    if mode != "nvfp4":
+        return
+    count = wq.size * 32 // 4
+    if count % 32 != 0:
+        raise value_error(
+            where,
+            f"nvfp4 needs the weight's element count to be a multiple of 32 (MLX's CPU "
+            f"unpacker) but packed shape {tuple(wq.shape)} holds {count} elements.",
+        )
+
+
+def _check_transpose(where: str, transpose: object) -> None:
+    # A NumPy / MLX bool, 0, 1 or None would be truth-tested (an array of several values
+    # fails inside MLX's own conversion): only a real bool says which layout is meant.
+    if not isinstance(transpose, bool):
+        raise type_error(where, f"transpose must be a bool but got {transpose!r}.")
+
+
+def _batch_shape(where: str, x: mx.array, wq: mx.array) -> tuple[int, ...]:
+    """The broadcast batch shape of ``x [..., M, K]`` and ``wq [..., N, K']``.
+
+    A batched packed weight (``wq.ndim > 2``) needs ``x`` of at least its rank:
+    ``mx.quantized_matmul`` 0.32.4 silently drops the weight's batch otherwise (an
+    ``x [5, 32]`` times ``wq [3, 2, 4]`` gives ``[5, 2]``, not ``[3, 5, 2]``) and fails with
+    a ``[broadcast_shapes]`` error when the batch dims do not broadcast.
+    """
+    w_batch = tuple(wq.shape[:-2])
+    if not w_batch:
+        return tuple(x.shape[:-2])
+    if x.ndim < wq.ndim:
+        raise value_error(
+            where,
+            f"a batched packed weight of shape {tuple(wq.shape)} needs x with at least "
+            f"{wq.ndim} dims (MLX ignores the weight's batch otherwise) but got shape "
+            f"{tuple(x.shape)}.",
+        )
+    x_batch = tuple(x.shape[:-2])
+    padded = (1,) * (len(x_batch) - len(w_batch)) + w_batch
+    out = []
+    for a, b in zip(x_batch, padded, strict=True):
+        if a != b and 1 not in (a, b):
+            raise value_error(
+                where,
+                f"the batch dims of x {x_batch} and of the packed weight {w_batch} must "
+                f"broadcast but got shapes {tuple(x.shape)} and {tuple(wq.shape)}.",
+            )
+        out.append(b if a == 1 else a)
+    return tuple(out)
+
+
+def _empty_matmul(
+    x: mx.array,
+    wq: mx.array,
+    scales: mx.array,
+    transpose: bool,
+    bits: int,
+    mode: str,
+    batch: tuple[int, ...],
+) -> mx.array:
+    """The result of a quantized matmul whose ``x`` has no rows (``x.size == 0``).
+
+    ``mx.quantized_matmul`` 0.32.4 on the CPU dies with SIGFPE (killing the process) on
+    such inputs, in every mode, so callers return this instead of calling it: zeros of
+    shape ``[*batch, *x.shape[-2:-1], N]`` in the kernel's output dtype (the promotion of
+    ``x`` and the scales for affine, ``x``'s dtype for the fp modes). Builds a graph node
+    only; nothing is evaluated.
+    """
+    n = wq.shape[-2] if transpose else wq.shape[-1] * 32 // bits
+    dtype = mx.result_type(x.dtype, scales.dtype) if mode == "affine" else x.dtype
+    return mx.zeros((*batch, *x.shape[-2:-1], n), dtype=dtype)
+
+
 def _unravel(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
     """Row-major index tuple of the ``flat``-th element of an array of ``shape``."""
     out = []
@@ -450,9 +533,18 @@ def dequantize(
     Shape:
         wq: ``[..., N, K * bits / 32]``, scales / biases: ``[..., N, K / group_size]``
         -> ``[..., N, K]``.
+
+    Raises:
+        TypeError: wrong array dtypes, ``group_size`` / ``bits`` not ints, ``mode`` not a
+            str, ``dtype`` not float32 / float16 / bfloat16 / ``None``.
+        ValueError: an unsupported format, inconsistent shapes (see
+            :func:`check_quantized`), a bad ``global_scale``, or an nvfp4 weight whose
+            element count is not a multiple of 32 (MLX's CPU nvfp4 unpacker fails on it
+            with an internal reshape error; :func:`quantize` never produces one).
     """
     where = "dequantize"
     check_quantized(where, wq, scales, biases, group_size, bits, mode)
+    _check_nvfp4_dequantizable(where, mode, wq)
     _check_global_scale(where, mode, global_scale)
     if dtype is not None and dtype not in _FLOAT_DTYPES:
         raise type_error(
@@ -484,11 +576,31 @@ def quantized_matmul(
         affine: the promotion of ``x`` and the scales (scales and biases are cast to
         it); fp modes: ``x``'s dtype.
 
+    Args:
+        x: activations, float32 / float16 / bfloat16.
+        wq, scales, biases, group_size, bits, mode: the packed weight (see
+            :func:`quantize`).
+        transpose: a Python bool; ``True`` multiplies by ``W.T`` (weights stored
+            ``[out, in]``).
+
     Shape:
         transpose: x ``[..., K]``, wq ``[N, K * bits / 32]`` -> ``[..., N]``;
         otherwise x ``[..., K]``, wq ``[K, N * bits / 32]`` -> ``[..., N]``.
+        A batched weight ``wq [B..., N, K * bits / 32]`` needs ``x [..., M, K]`` of at
+        least its rank with broadcastable batch dims -> ``[broadcast batch..., M, N]``.
+        An empty ``x`` (any zero dim) gives an empty result of that shape and dtype
+        without calling ``mx.quantized_matmul`` (MLX 0.32.4's CPU kernel dies with
+        SIGFPE on it, in every mode).
+
+    Raises:
+        TypeError: ``transpose`` not a bool, ``group_size`` / ``bits`` not ints (bools
+            refused), ``mode`` not a str, or wrong array dtypes.
+        ValueError: an unsupported format, inconsistent packed shapes, ``x``'s last dim
+            not the weight's input dim, or a batched weight whose batch ``x`` lacks or
+            does not broadcast with (MLX would silently drop the weight's batch).
     """
     where = "quantized_matmul"
+    _check_transpose(where, transpose)
     w_cols = check_quantized(where, wq, scales, biases, group_size, bits, mode)
     if not isinstance(x, mx.array) or x.dtype not in _FLOAT_DTYPES:
         raise type_error(
@@ -504,4 +616,8 @@ def quantized_matmul(
             f"x's last dim must equal the weight's input dim {inner} (packed shape "
             f"{tuple(wq.shape)}, bits={bits}, transpose={transpose}) but got {x.shape[-1]}.",
         )
+    batch = _batch_shape(where, x, wq)
+    if x.size == 0:
+        # mx.quantized_matmul 0.32.4 (CPU) dies with SIGFPE on an empty batch: never call it.
+        return _empty_matmul(x, wq, scales, transpose, bits, mode, batch)
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

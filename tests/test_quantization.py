@@ -780,3 +780,97 @@ def test_check_functions(lib):
         lib.check_quantizable("X", (64,), 64)
     with pytest.raises(ValueError, match=r"^\[X\] .*divisible by group_size 64"):
         lib.check_quantizable("X", (2, 96), 64)
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (1, 48), (5, 16), (3, 1, 16)])
+def test_both_dequantize_refuse_nvfp4_element_counts_mlx_cannot_unpack(shape):
+    """mx.dequantize 0.32.4 (CPU) fails on nvfp4 weights whose element count is not a
+    multiple of 32 with an internal "[reshape]" error (pinned here, with and without a
+    global scale, so we notice when MLX fixes it); both packages refuse them up front
+    with the rule quantize already applies (quantize never produces such a weight)."""
+    wq = torch.zeros(*shape[:-1], shape[-1] // 8, dtype=torch.int32).view(torch.uint32)
+    s = torch.full((*shape[:-1], shape[-1] // 16), 56, dtype=torch.uint8)
+    count = int(np.prod(shape))
+    for gscale in (None, torch.tensor([2.0])):
+        g_mx = None if gscale is None else t2m(gscale)
+        with pytest.raises(ValueError, match=r"^\[reshape\] Cannot reshape"):
+            mx.eval(mx.dequantize(t2m(wq), t2m(s), None, 16, 4, "nvfp4", global_scale=g_mx))
+        pattern = (
+            rf"^\[dequantize\] nvfp4 needs the weight's element count to be a multiple of 32 "
+            rf".*packed shape {re.escape(str(tuple(wq.shape)))} holds {count} elements"
+        )
+        for lib, to in ((mq, t2m), (tq, lambda t: t)):
+            dt = mx.float32 if lib is mq else torch.float32
+            g = None if gscale is None else to(gscale)
+            with pytest.raises(ValueError, match=pattern):
+                lib.dequantize(to(wq), to(s), None, 16, 4, "nvfp4", dt, global_scale=g)
+
+
+def test_dequantize_accepts_every_nvfp4_multiple_of_32():
+    """(2, 16), (1, 32), (3, 32) and (2, 1, 16): the multiples of 32 still dequantize in
+    both packages, bit-identically."""
+    g = torch.Generator().manual_seed(9)
+    for shape in ((2, 16), (1, 32), (3, 32), (2, 1, 16)):
+        wq = torch.randint(0, 2**31, (*shape[:-1], shape[-1] // 8), generator=g).to(torch.uint32)
+        s = torch.randint(40, 60, (*shape[:-1], shape[-1] // 16), generator=g).to(torch.uint8)
+        got_t = tq.dequantize(wq, s, None, 16, 4, "nvfp4")
+        got_m = m2t(mq.dequantize(t2m(wq), t2m(s), None, 16, 4, "nvfp4"))
+        assert got_t.shape == shape
+        assert_bit_equal(got_t, got_m, f"nvfp4 {shape}")
+
+
+@pytest.mark.parametrize(
+    "transpose",
+    [None, 0, 1, "yes", np.bool_(True), 1.0, "array"],
+    ids=["None", "0", "1", "str", "np.bool_", "float", "array"],
+)
+def test_quantized_matmul_requires_a_bool_transpose(transpose):
+    """transpose must be a Python bool in both packages: an array used to reach MLX's
+    "[convert] Only length-1 arrays" / torch's "Boolean value of Tensor" errors, and None
+    / 0 / 1 were silently truth-tested."""
+    (wq, s, b), gs, bits = _packed("affine")
+
+    def call(lib, to):
+        tr = (
+            to(torch.zeros(2, dtype=torch.uint8))
+            if isinstance(transpose, str) and transpose == "array"
+            else transpose
+        )
+        return lib.quantized_matmul(to(torch.ones(1, 64)), to(wq), to(s), to(b), tr, gs, bits)
+
+    for lib, to in ((mq, t2m), (tq, lambda t: t)):
+        with pytest.raises(TypeError, match=r"^\[quantized_matmul\] transpose must be a bool"):
+            call(lib, to)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"group_size": True}, "group_size and bits must be ints"),
+        ({"group_size": 64.0}, "group_size and bits must be ints"),
+        ({"group_size": "64"}, "group_size and bits must be ints"),
+        ({"group_size": None}, "group_size and bits must be ints"),
+        ({"bits": True}, "group_size and bits must be ints"),
+        ({"bits": 4.0}, "group_size and bits must be ints"),
+        ({"bits": np.int64(4)}, "group_size and bits must be ints"),
+        ({"mode": None}, "mode must be a str"),
+        ({"mode": 4}, "mode must be a str"),
+    ],
+    ids=lambda v: repr(v),
+)
+def test_scalar_parameters_have_python_types(kwargs, pattern):
+    """group_size and bits must be ints (bools refused), mode a str: TypeError in both
+    packages for quantize, dequantize and quantized_matmul."""
+    (wq, s, b), gs, bits = _packed("affine")
+    fmt = {"group_size": gs, "bits": bits, "mode": "affine", **kwargs}
+    calls = {
+        "quantize": lambda lib, to: lib.quantize(to(W), **fmt),
+        "dequantize": lambda lib, to: lib.dequantize(to(wq), to(s), to(b), **fmt),
+        "quantized_matmul": lambda lib, to: lib.quantized_matmul(
+            to(torch.ones(1, 64)), to(wq), to(s), to(b), True, **fmt
+        ),
+    }
+    for where, call in calls.items():
+        for lib, to in ((mq, t2m), (tq, lambda t: t)):
+            with pytest.raises(TypeError, match=rf"^\[{where}\] {pattern}"):
+                call(lib, to)

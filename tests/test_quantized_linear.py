@@ -4,7 +4,12 @@ module plumbing, and errors raised by both packages."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -425,3 +430,212 @@ def test_from_float_and_to_quantized_refuse_wrapping_groups_and_non_finite_weigh
             TorchLinear(w, bias).to_quantized(gs, bits, mode)
         with pytest.raises(ValueError, match=pattern):
             MxLinear(t2m(w), t2m(bias)).to_quantized(gs, bits, mode)
+
+
+# ------------------------------------------------------------- empty batches (SIGFPE)
+
+# The child processes below print one JSON line; a child killed by a signal has a negative
+# return code (subprocess's convention), so a crash fails a test instead of killing pytest.
+_ROOT = Path(__file__).resolve().parent.parent
+_EMPTY_FORMATS = [("affine", 32, 4), ("nvfp4", 16, 4), ("mxfp4", 32, 4), ("mxfp8", 32, 8)]
+# (x shape, x dtype, scales dtype, transpose) for a [4, 64] weight ([64, 4 * ...] when
+# transpose is False): every way for x to be empty, and mixed dtypes for the dtype rule.
+_EMPTY_CASES = [
+    ((0, 64), "float32", "float32", True),
+    ((0, 64), "float16", "bfloat16", True),
+    ((2, 0, 64), "bfloat16", "bfloat16", True),
+    ((0, 1, 64), "float16", "float32", True),
+    ((3, 2, 0, 64), "bfloat16", "float16", True),
+    ((0, 64), "float32", "bfloat16", False),
+]
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=_ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def _empty_case_inputs(mode: str, gs: int, bits: int, xs, x_dt: str, s_dt: str, tr: bool):
+    """Torch inputs of one empty case: x, packed weight, scales, biases, layer bias."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 64, generator=g) if tr else torch.randn(64, 64, generator=g)
+    wq, s, b = tq.quantize(w.to(TORCH_DTYPE[s_dt]), gs, bits, mode)
+    x = torch.zeros(xs, dtype=TORCH_DTYPE[x_dt])
+    bias = torch.randn(wq.shape[0], generator=g).to(torch.float16)
+    return x, wq, s, b, bias
+
+
+_EMPTY_CHILD = """
+import json, sys
+import mlx.core as mx, numpy as np, torch
+sys.path.insert(0, "tests")
+import mlx_impl.quantization as mq
+from mlx_impl.nn.quantized import QuantizedLinear
+from test_quantized_linear import _EMPTY_CASES, _EMPTY_FORMATS, _empty_case_inputs, t2m
+
+out = []
+for mode, gs, bits in _EMPTY_FORMATS:
+    for xs, x_dt, s_dt, tr in _EMPTY_CASES:
+        x, wq, s, b, bias = _empty_case_inputs(mode, gs, bits, xs, x_dt, s_dt, tr)
+        args = (t2m(wq), t2m(s), None if b is None else t2m(b))
+        y = mq.quantized_matmul(t2m(x), *args, tr, gs, bits, mode)
+        mx.eval(y)
+        row = {"fn": [list(y.shape), str(y.dtype)]}
+        if tr:
+            for name, lb in (("layer", None), ("layer+bias", t2m(bias))):
+                z = QuantizedLinear(*args, lb, gs, bits, mode)(t2m(x))
+                mx.eval(z)
+                row[name] = [list(z.shape), str(z.dtype)]
+        out.append(row)
+print(json.dumps(out))
+"""
+
+
+def test_empty_batches_give_empty_results_without_reaching_mlx_kernel():
+    """mx.quantized_matmul 0.32.4 (CPU) dies with SIGFPE on an empty x in every mode
+    (test_raw_mlx_quantized_matmul_crashes_on_an_empty_batch). mlx_impl's
+    quantized_matmul and QuantizedLinear must return the empty result instead, of the
+    twin's shape and dtype (the affine promotion of x and the scales, x's dtype for fp
+    modes, then the layer bias' promotion). The MLX calls run in a child process so that a
+    regression fails this test instead of killing pytest."""
+    done = _run_child(_EMPTY_CHILD)
+    assert done.returncode == 0, (
+        f"the child exited with {done.returncode} (negative: killed by that signal, i.e. "
+        f"the empty input reached mx.quantized_matmul):\n{done.stderr[-3000:]}"
+    )
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    cases = [(f, c) for f in _EMPTY_FORMATS for c in _EMPTY_CASES]
+    assert len(rows) == len(cases)
+    for ((mode, gs, bits), (xs, x_dt, s_dt, tr)), row in zip(cases, rows, strict=True):
+        x, wq, s, b, bias = _empty_case_inputs(mode, gs, bits, xs, x_dt, s_dt, tr)
+        want = tq.quantized_matmul(x, wq, s, b, tr, gs, bits, mode)
+        assert want.numel() == 0
+        what = (mode, xs, x_dt, s_dt, tr)
+        assert row["fn"] == [list(want.shape), f"mlx.core.{str(want.dtype)[6:]}"], what
+        # The dtype is also MLX's own for a non-empty x of the same dtypes.
+        full = mq.quantized_matmul(
+            t2m(torch.ones(1, xs[-1], dtype=x.dtype)), t2m(wq), t2m(s),
+            None if b is None else t2m(b), tr, gs, bits, mode,
+        )  # fmt: skip
+        assert row["fn"][1] == str(full.dtype), what
+        if tr:
+            layer = TorchQL(wq, s, b, None, gs, bits, mode)(x)
+            with_bias = TorchQL(wq, s, b, bias, gs, bits, mode)(x)
+            for name, t in (("layer", layer), ("layer+bias", with_bias)):
+                assert row[name] == [list(t.shape), f"mlx.core.{str(t.dtype)[6:]}"], what
+
+
+_RAW_CRASH_CHILD = """
+import mlx.core as mx
+mode, gs, bits = {fmt!r}
+k = 64
+w = mx.ones((4, k))
+wq, s, *b = mx.quantize(w, gs, bits, mode)
+y = mx.quantized_matmul(mx.zeros((0, k)), wq, s, b[0] if b else None, True, gs, bits, mode)
+mx.eval(y)
+print("returned", y.shape)
+"""
+
+
+@pytest.mark.parametrize("fmt", _EMPTY_FORMATS, ids=lambda f: f[0])
+def test_raw_mlx_quantized_matmul_crashes_on_an_empty_batch(fmt):
+    """Pins that MLX 0.32.4 crashes: ``mx.quantized_matmul`` on the CPU with x ``[0, K]``
+    kills the process (SIGFPE, exit 136 from a shell) in every mode, which is why
+    mlx_impl never hands it an empty x. Run in a child process; passes whenever the child
+    is killed by a signal. If this fails because the call now returns, MLX has fixed the
+    crash: revisit the empty-batch guards in mlx_impl/quantization.py (quantized_matmul)
+    and mlx_impl/nn/quantized.py (QuantizedLinear.__call__)."""
+    done = _run_child(_RAW_CRASH_CHILD.format(fmt=fmt))
+    assert done.returncode != 0, (
+        f"mx.quantized_matmul {getattr(mx, '__version__', '?')} no longer crashes on an empty batch in mode "
+        f"{fmt[0]!r} ({done.stdout.strip()}): revisit the empty-batch guards in mlx_impl."
+    )
+    # Any signal pins the crash (SIGFPE on x86 today); an ordinary exit code would mean
+    # MLX raised a Python exception instead, which also needs a look.
+    assert done.returncode < 0, (
+        f"expected the child to be killed by a signal (SIGFPE) but it exited with "
+        f"{done.returncode}: {done.stderr[-2000:]}"
+    )
+
+
+# ---------------------------------------------------------- nvfp4 odd groups, batches
+
+
+@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (1, 48), (3, 1, 16)])
+def test_quantized_matmul_and_layer_accept_nvfp4_weights_mx_dequantize_cannot_unpack(shape):
+    """mx.dequantize 0.32.4 fails on nvfp4 weights whose element count is not a multiple
+    of 32 (both packages' dequantize refuse them, tests/test_quantization.py), but the
+    fused mx.quantized_matmul computes them correctly, so quantized_matmul and
+    QuantizedLinear accept them in both packages and agree with x @ dequantize(W).T."""
+    g = torch.Generator().manual_seed(5)
+    wq = torch.randint(0, 2**31, (*shape[:-1], shape[-1] // 8), generator=g).to(torch.uint32)
+    s = torch.randint(40, 60, (*shape[:-1], shape[-1] // 16), generator=g).to(torch.uint8)
+    x = torch.randn(*shape[:-2], 2, shape[-1], generator=g)
+    y_t = tq.quantized_matmul(x, wq, s, None, True, 16, 4, "nvfp4")
+    y_m = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), None, True, 16, 4, "nvfp4"))
+    ref = tq.quantized_matmul(x, wq, s, None, True, 16, 4, "nvfp4", precision="float64")
+    assert y_t.shape == y_m.shape == (*shape[:-2], 2, shape[-2])
+    # The exact float64 W through the private helper (the public dequantize refuses it).
+    w64 = tq._dequantize(wq, s, None, shape[-1], 16, 4, "nvfp4", None, None, "float64")
+    mag = x.double().abs() @ w64.abs().transpose(-1, -2)
+    bound = (shape[-1] + 8) * 2.0**-24 * mag  # float32 summation, any order
+    assert ((y_m.double() - ref).abs() <= bound).all()
+    assert ((y_t.double() - ref).abs() <= bound).all()
+    if len(shape) == 2:
+        layer_t = TorchQL(wq, s, None, None, 16, 4, "nvfp4")(x)
+        layer_m = m2t(MxQL(t2m(wq), t2m(s), None, None, 16, 4, "nvfp4")(t2m(x)))
+        assert torch.equal(layer_t, y_t)
+        assert torch.equal(layer_m, y_m)
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_batched_weights_agree_when_x_has_the_weights_rank(transpose):
+    """A batched packed weight works when x has at least its rank and broadcasting batch
+    dims (MLX 0.32.4 computes it correctly then)."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(3, 4, 64, generator=g) if transpose else torch.randn(3, 64, 64, generator=g)
+    wq, s, b = tq.quantize(w, 32, 4, "affine")
+    assert b is not None
+    k = 64
+    for lead in ((3, 5), (1, 5), (2, 3, 5), (2, 1, 1)):
+        x = torch.randn(*lead, k, generator=g)
+        y_t = tq.quantized_matmul(x, wq, s, b, transpose, 32, 4, "affine")
+        y_m = m2t(mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), t2m(b), transpose, 32, 4))
+        w_deq = tq.dequantize(wq, s, b, 32, 4, "affine", precision="float64")
+        ref = x.double() @ (w_deq.transpose(-1, -2) if transpose else w_deq)
+        assert y_t.shape == y_m.shape == ref.shape, lead
+        assert torch.allclose(y_m.double(), ref, rtol=0, atol=1e-4), lead
+        assert torch.allclose(y_t.double(), ref, rtol=0, atol=1e-4), lead
+
+
+def test_raw_mlx_drops_the_weights_batch_for_a_lower_rank_x():
+    """Why both packages refuse x of lower rank than a batched weight: MLX 0.32.4 returns
+    [5, 2] for x [5, 32] times a weight [3, 2, 32] instead of [3, 5, 2] (no error), and
+    fails with a "[broadcast_shapes]" error for batch dims that do not broadcast."""
+    wq, s, b = mx.quantize(mx.ones((3, 2, 32)), 32, 4)
+    assert mx.quantized_matmul(mx.ones((5, 32)), wq, s, b, True, 32, 4).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"broadcast_shapes"):
+        mx.eval(mx.quantized_matmul(mx.ones((2, 1, 32)), wq, s, b, True, 32, 4))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "pattern"),
+    [
+        ((32,), r"needs x with at least 3 dims"),
+        ((5, 32), r"needs x with at least 3 dims"),
+        ((2, 1, 32), r"batch dims of x \(2,\) and of the packed weight \(3,\) must broadcast"),
+        ((4, 2, 1, 32), r"batch dims of x \(4, 2\) and of the packed weight \(3,\)"),
+    ],
+)
+def test_both_refuse_batched_weights_mlx_would_mishandle(x_shape, pattern):
+    wq, s, b = tq.quantize(torch.ones(3, 2, 32), 32, 4, "affine")
+    assert b is not None
+    x = torch.ones(x_shape)
+    with pytest.raises(ValueError, match=rf"^\[quantized_matmul\] .*{pattern}"):
+        tq.quantized_matmul(x, wq, s, b, True, 32, 4)
+    with pytest.raises(ValueError, match=rf"^\[quantized_matmul\] .*{pattern}"):
+        mq.quantized_matmul(t2m(x), t2m(wq), t2m(s), t2m(b), True, 32, 4)

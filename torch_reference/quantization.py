@@ -278,6 +278,60 @@ def _check_global_scale(where: str, mode: str, global_scale: torch.Tensor | None
         )
 
 
+def _check_nvfp4_dequantizable(where: str, mode: str, wq: torch.Tensor) -> None:
+    """nvfp4 only: the weight's element count (``wq.numel() * 8``) must be a multiple of
+    32, as ``mx.dequantize`` 0.32.4's CPU unpacker needs (it fails with an internal
+    ``[reshape]`` error otherwise; ``mlx_impl.quantization`` refuses the same inputs).
+    ``quantize`` refuses the same counts; ``quantized_matmul`` is not affected."""
+    if mode != "nvfp4":
+        return
+    count = wq.numel() * 32 // 4
+    if count % 32 != 0:
+        raise value_error(
+            where,
+            f"nvfp4 needs the weight's element count to be a multiple of 32 (MLX's CPU "
+            f"unpacker) but packed shape {tuple(wq.shape)} holds {count} elements.",
+        )
+
+
+def _check_transpose(where: str, transpose: object) -> None:
+    # 0, 1, None or a tensor would be truth-tested (a tensor of several values raises
+    # RuntimeError): only a real bool says which layout is meant, as in mlx_impl.
+    if not isinstance(transpose, bool):
+        raise type_error(where, f"transpose must be a bool but got {transpose!r}.")
+
+
+def _batch_shape(where: str, x: torch.Tensor, wq: torch.Tensor) -> tuple[int, ...]:
+    """The broadcast batch shape of ``x [..., M, K]`` and ``wq [..., N, K']``.
+
+    A batched packed weight (``wq.ndim > 2``) needs ``x`` of at least its rank and
+    broadcastable batch dims, as ``mlx_impl.quantization`` requires: MLX 0.32.4 silently
+    drops the weight's batch for a lower-rank ``x`` (PyTorch's matmul would broadcast).
+    """
+    w_batch = tuple(wq.shape[:-2])
+    if not w_batch:
+        return tuple(x.shape[:-2])
+    if x.ndim < wq.ndim:
+        raise value_error(
+            where,
+            f"a batched packed weight of shape {tuple(wq.shape)} needs x with at least "
+            f"{wq.ndim} dims (MLX ignores the weight's batch otherwise) but got shape "
+            f"{tuple(x.shape)}.",
+        )
+    x_batch = tuple(x.shape[:-2])
+    padded = (1,) * (len(x_batch) - len(w_batch)) + w_batch
+    out = []
+    for a, b in zip(x_batch, padded, strict=True):
+        if a != b and 1 not in (a, b):
+            raise value_error(
+                where,
+                f"the batch dims of x {x_batch} and of the packed weight {w_batch} must "
+                f"broadcast but got shapes {tuple(x.shape)} and {tuple(wq.shape)}.",
+            )
+        out.append(b if a == 1 else a)
+    return tuple(out)
+
+
 def _check_weight_values(where: str, w: torch.Tensor, group_size: int, mode: str) -> None:
     """Refuse weights whose quantization ``mx.quantize`` 0.32.4 silently corrupts
     (the same checks, order and messages as ``mlx_impl.quantization``).
@@ -683,15 +737,44 @@ def dequantize(
     Shape:
         wq: ``[..., N, K * bits / 32]``, scales / biases: ``[..., N, K / group_size]``
         -> ``[..., N, K]``.
+
+    Raises:
+        TypeError: wrong tensor dtypes, ``group_size`` / ``bits`` not ints, ``mode`` not
+            a str, ``dtype`` not float32 / float16 / bfloat16 / ``None``.
+        ValueError: an unsupported format or ``precision``, inconsistent shapes (see
+            :func:`check_quantized`), a bad ``global_scale``, or an nvfp4 weight whose
+            element count is not a multiple of 32 (``mx.dequantize`` 0.32.4's CPU
+            unpacker fails on it; :func:`quantize` never produces one).
     """
     where = "dequantize"
     check_precision(where, precision)
     k = check_quantized(where, wq, scales, biases, group_size, bits, mode)
+    _check_nvfp4_dequantizable(where, mode, wq)
     _check_global_scale(where, mode, global_scale)
     if dtype is not None and dtype not in _QUANTIZABLE_DTYPES:
         raise type_error(
             where, f"dtype must be float32, float16, bfloat16 or None but got {dtype!r}."
         )
+    return _dequantize(
+        wq, scales, biases, k, group_size, bits, mode, dtype, global_scale, precision
+    )
+
+
+def _dequantize(
+    wq: torch.Tensor,
+    scales: torch.Tensor,
+    biases: torch.Tensor | None,
+    k: int,
+    group_size: int,
+    bits: int,
+    mode: str,
+    dtype: torch.dtype | None,
+    global_scale: torch.Tensor | None,
+    precision: str,
+) -> torch.Tensor:
+    """:func:`dequantize` on checked inputs (``k`` = the unpacked last dim). Also used by
+    :func:`quantized_matmul`, which accepts nvfp4 weights of any whole number of groups
+    (MLX's fused kernel handles them; only ``mx.dequantize``'s CPU unpacker does not)."""
     lead = wq.shape[:-1]
     codes = _unpack(wq, bits).reshape(*lead, k // group_size, group_size)
     values, scale = _decode(codes, scales, mode, bits)
@@ -770,15 +853,28 @@ def quantized_matmul(
         x: activations, floating.
         wq, scales, biases, group_size, bits, mode: the packed weight (see
             :func:`quantize`).
-        transpose: ``True`` multiplies by ``W.T`` (weights stored ``[out, in]``).
+        transpose: a Python bool; ``True`` multiplies by ``W.T`` (weights stored
+            ``[out, in]``).
         precision: ``"native"`` or ``"float64"``.
 
     Shape:
         transpose: x ``[..., K]``, wq ``[N, K * bits / 32]`` -> ``[..., N]``;
         otherwise x ``[..., K]``, wq ``[K, N * bits / 32]`` -> ``[..., N]``.
+        A batched weight ``wq [B..., N, K * bits / 32]`` needs ``x [..., M, K]`` of at
+        least its rank with broadcastable batch dims -> ``[broadcast batch..., M, N]``.
+        An empty ``x`` gives an empty result of that shape and dtype (as
+        ``mlx_impl.quantization.quantized_matmul``, which never hands it to MLX's kernel).
+
+    Raises:
+        TypeError: ``transpose`` not a bool, ``group_size`` / ``bits`` not ints (bools
+            refused), ``mode`` not a str, or wrong tensor dtypes.
+        ValueError: an unsupported format or ``precision``, inconsistent packed shapes,
+            ``x``'s last dim not the weight's input dim, or a batched weight whose batch
+            ``x`` lacks or does not broadcast with.
     """
     where = "quantized_matmul"
     check_precision(where, precision)
+    _check_transpose(where, transpose)
     w_cols = check_quantized(where, wq, scales, biases, group_size, bits, mode)
     if not isinstance(x, torch.Tensor) or x.dtype not in _QUANTIZABLE_DTYPES:
         raise type_error(
@@ -794,17 +890,31 @@ def quantized_matmul(
             f"x's last dim must equal the weight's input dim {inner} (packed shape "
             f"{tuple(wq.shape)}, bits={bits}, transpose={transpose}) but got {x.shape[-1]}.",
         )
+    _batch_shape(where, x, wq)
     if precision == "float64":
-        w = dequantize(wq, scales, biases, group_size, bits, mode, precision="float64")
+        w = _dequantize(wq, scales, biases, w_cols, group_size, bits, mode, None, None, "float64")
         xf = x.to(torch.float64)
     else:
         if mode == "affine":
             assert biases is not None
             out_dtype = torch.promote_types(x.dtype, scales.dtype)
-            w = dequantize(wq, scales.to(out_dtype), biases.to(out_dtype), group_size, bits, mode)
+            w = _dequantize(
+                wq,
+                scales.to(out_dtype),
+                biases.to(out_dtype),
+                w_cols,
+                group_size,
+                bits,
+                mode,
+                None,
+                None,
+                "native",
+            )
         else:
             out_dtype = x.dtype
-            w = dequantize(wq, scales, None, group_size, bits, mode, dtype=out_dtype)
+            w = _dequantize(
+                wq, scales, None, w_cols, group_size, bits, mode, out_dtype, None, "native"
+            )
         xf = x.to(out_dtype)
     w_t = w.transpose(-1, -2) if transpose else w
     if xf.dtype in (torch.float16, torch.bfloat16):

@@ -24,6 +24,41 @@ OVERHEAD_GOAL = 1.05
 """The layers' goal (reported): at most 5 % over the raw ``mx`` call at decode shapes."""
 
 
+CPU_CAUSES: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
+    (("nn.linear", "nn.multi_linear"), ("bfloat16", "float16"),
+     "MLX's CPU back end multiplies half-precision matrices with its own single-threaded blocked kernel "
+     "(mlx/backend/cpu/gemms/simd_gemm.h, float32 accumulation); only float32/float64 reach BLAS. "
+     "PyTorch runs oneDNN/MKL bfloat16 kernels on every core."),
+    (("nn.linear",), ("float32",),
+     "At M = 1 MLX sends the product through cblas_sgemm (OpenBLAS via mlx_impl.cpu_backend), which "
+     "streams the weight at about half the bandwidth of PyTorch's MKL GEMV; OpenBLAS's threads also "
+     "spin-wait badly when another process holds a core (decode 8.5 ms quiet, 70-180 ms under load)."),
+    (("quantization.quantized_matmul", "nn.quantized_linear"), ("bfloat16", "float16"),
+     "MLX's CPU quantized matmul is single-threaded and, in float16/bfloat16, accumulates in the input "
+     "dtype with a scalar loop (SEMANTICS.md), about 10x slower than its float32 path; torch_reference "
+     "dequantizes once and runs a multi-threaded GEMM. Decode (M = 1) is still faster in MLX."),
+    (("quantization.quantized_matmul", "nn.quantized_linear"), ("float32",),
+     "MLX's CPU quantized matmul is single-threaded; torch_reference's dequantize + GEMM uses every core."),
+    (("nn.embedding",), (),
+     "A one-token lookup is fixed per-call cost: every mx.eval hands the graph to MLX's CPU stream "
+     "thread and waits (about 20 us here), and index_policy='check' evaluates twice (the bounds check "
+     "brings the indices' min and max to the host; see the overhead table), where PyTorch's eager "
+     "F.embedding costs about 10 us. At 2048 tokens MLX's gather runs on one thread, PyTorch's on every core."),
+    (("nn.repeat_kv", "nn.causal_mask"), (),
+     "MLX's CPU copy and where kernels run on one thread; PyTorch's use every core."),
+)
+"""(ops, dtypes or () for all, reason): causes measured on MLX 0.32.4's CPU back end
+(x86_64) for cells beyond GOAL_RATIO; the report prints the matching one."""
+
+
+def cpu_cause(entry: dict[str, Any]) -> str:
+    """The known reason a CPU cell misses the goal, or ''."""
+    for ops, dtypes, text in CPU_CAUSES:
+        if entry["op"] in ops and (not dtypes or entry["dtype"] in dtypes):
+            return text
+    return ""
+
+
 def fmt_time(seconds: float | None) -> str:
     """``12.3 µs``, ``4.56 ms``, ``1.23 s``; ``-`` when absent."""
     if seconds is None:
@@ -146,6 +181,27 @@ def _overhead_cells(item: dict[str, Any]) -> list[str]:
             _timing(item["raw_t"]), _num(item["ratio"], ".3f") if not item["error"] else item["error"]]
 
 
+def _causes(run: dict[str, Any]) -> dict[str, list[str]]:
+    """Known cause -> the cells beyond the goal it explains (CPU back end only)."""
+    if run["machine"]["backend"] != "cpu":
+        return {}
+    out: dict[str, list[str]] = {}
+    for r in _rows(run):
+        if r["ratio"] is not None and r["ratio"] > GOAL_RATIO:
+            cause = cpu_cause(r["entry"]) or "no known cause: investigate"
+            out.setdefault(cause, []).append(r["entry"]["key"])
+    return out
+
+
+def _causes_md(run: dict[str, Any]) -> list[str]:
+    causes = _causes(run)
+    if not causes:
+        return []
+    lines = ["Why (MLX 0.32.4 CPU back end, measured):", ""]
+    lines += [f"- {', '.join(keys)}: {text}" for text, keys in causes.items()]
+    return [*lines, ""]
+
+
 def render_report_md(run: dict[str, Any]) -> str:
     """``report.md`` of one benchmark run."""
     within, total, beyond = goal_summary(run)
@@ -168,6 +224,7 @@ def render_report_md(run: dict[str, Any]) -> str:
         f"**Goal** (reported, not asserted): mlx_impl within {GOAL_RATIO}x of torch_reference's time. "
         f"{within} of {total} cells are; beyond it: {', '.join(beyond) or 'none'}.",
         "",
+        *_causes_md(run),
         "MLX/PyTorch is mlx_impl's median over torch_reference's (native precision; below 1 = MLX faster). "
         "'PyTorch op' is the idiomatic PyTorch call where one exists (context; torch_reference reproduces "
         "MLX's rounding and may cost more). Roofline share = the time the measured peaks allow for the op's "
@@ -261,7 +318,9 @@ def render_report_html(run: dict[str, Any]) -> str:
         f"<h1>Benchmark baseline: {esc(run['machine']['backend'])}</h1>{_html_list(machine_lines(run))}"
         f"<p><b>Goal</b> (reported, not asserted): mlx_impl within {GOAL_RATIO}x of torch_reference. "
         f"{within} of {total} cells are; beyond: {esc(', '.join(beyond) or 'none')}.</p>"
-        "<p>Bars: MLX/PyTorch on a log scale from 1/8 to 8, centred at 1 (left of the line: MLX faster); "
+        + "".join(f"<p><small><b>{esc(', '.join(keys))}</b>: {esc(text)}</small></p>"
+                  for text, keys in _causes(run).items())
+        +         "<p>Bars: MLX/PyTorch on a log scale from 1/8 to 8, centred at 1 (left of the line: MLX faster); "
         f"green up to 1, amber up to {GOAL_RATIO}, red beyond.</p>"
         "<table><tr><th>op</th><th>case</th><th>dtype</th><th>shape</th><th>mlx_impl</th><th>torch_reference</th>"
         "<th colspan=2>MLX/PyTorch</th><th>PyTorch op</th><th>MLX/op</th><th>MLX roofline</th>"

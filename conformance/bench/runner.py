@@ -119,7 +119,7 @@ def build_case(cell: Cell, shapes: str) -> tuple[Case, str]:
     if shapes == "tiny":
         return tiny_case(cell.record, bench.mode, cell.dtype), "tiny smoke shape (minimal Hypothesis example)"
     if shapes == "cpu" and bench.cpu_make is not None:
-        return bench.cpu_make(), bench.cpu_note or "CPU shape"
+        return bench.cpu_make(), f"{bench.note}; CPU shape: {bench.cpu_note or 'smaller'}"
     return bench.make(), bench.note
 
 
@@ -306,14 +306,20 @@ def run(options: Options) -> dict[str, Any]:
     for i, cell in enumerate(cells):
         # One input per (record, bench case), reused for each dtype (the embedding table
         # alone is 512 MiB at full size): built on first use, dropped after its last dtype.
+        # Tiny inputs are drawn per dtype, so they are not shared.
         key = (cell.record.name, cell.bench.name)
-        if key not in cases or tiny:
-            cases.clear()
-            cases[key] = build_case(cell, shapes)
-        case, note = cases[key]
         t0 = time.perf_counter()
-        entry = run_cell(cell, case, note, torch_device=torch_device, budget=budget,
-                         raw_torch=options.raw_torch)
+        try:
+            if key not in cases or tiny:
+                cases.clear()
+                cases[key] = build_case(cell, shapes)
+            case, note = cases[key]
+        except Exception as exc:  # a broken BenchCase is reported, and the run goes on
+            entry = {"key": cell.key, "op": cell.record.name, "case": cell.bench.name, "dtype": cell.dtype,
+                     "mode": cell.bench.mode, "note": "", "errors": {"make": f"{type(exc).__name__}: {exc}"}}
+        else:
+            entry = run_cell(cell, case, note, torch_device=torch_device, budget=budget,
+                             raw_torch=options.raw_torch)
         results.append(entry)
         ratio = mlx_torch_ratio(entry)
         say(f"  [{i + 1}/{len(cells)}] {cell.key}: "

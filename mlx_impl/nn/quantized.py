@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import type_error, value_error
-from mlx_impl.quantization import check_quantized, quantize
+from mlx_impl.quantization import _empty_matmul, check_quantized, quantize
 
 _WHERE = "QuantizedLinear"
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
@@ -34,7 +34,9 @@ class QuantizedLinear(mlx.nn.Module):
         group_size, bits, mode: see ``mlx_impl.quantization.SUPPORTED_QUANTIZATION``.
 
     Shape:
-        ``x: [..., in] -> [..., out]``.
+        ``x: [..., in] -> [..., out]``. An empty ``x`` (a zero leading dim) gives the empty
+        ``[..., out]`` result without calling ``mx.quantized_matmul``, whose 0.32.4 CPU
+        kernel dies with SIGFPE on it.
 
     Dtypes:
         ``quantized_matmul`` gives the promotion of ``x`` and the scales (affine) or
@@ -148,6 +150,13 @@ class QuantizedLinear(mlx.nn.Module):
                 _WHERE,
                 f"input last dim must equal in_features {self.in_features} but got shape {x.shape}.",
             )
+        if x.size == 0:
+            # mx.quantized_matmul 0.32.4 (CPU) dies with SIGFPE on an empty batch (any zero
+            # leading dim, every mode): return the empty [..., out] result without it.
+            y = _empty_matmul(
+                x, self.weight, self.scales, True, self.bits, self.mode, tuple(x.shape[:-2])
+            )
+            return y if self.bias is None else y + self.bias
         y = mx.quantized_matmul(
             x,
             self.weight,
