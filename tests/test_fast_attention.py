@@ -1,8 +1,15 @@
 """fast.scaled_dot_product_attention: known answers, MLX's bottom-right causal alignment
 (decode, cached prefill, prefill, Lq > Lk) against PyTorch's top-left ``is_causal``, the
-fully-masked-row convention, GQA head mapping, sinks, MLX vs the PyTorch twin on fixed
-inputs (float32/float16/bfloat16, GQA ratios 1/2/4, head dims 64/80/128), the float64
-oracle, and errors raised identically by both packages."""
+fully-masked-row convention, GQA head mapping, sinks, MLX and the PyTorch twin on fixed
+inputs (float32/float16/bfloat16, GQA ratios 1/2/4, head dims 64/80/128) both within a
+DERIVED error bound of the float64 oracle, the half-precision rounding points pinned bit for
+bit on inputs where nothing else can round differently, empty axes, and errors raised
+identically by both packages.
+
+The twin computes with PyTorch's matmul and softmax, so its float32 summation order is not
+MLX's (nor is MLX's the same across its CPU, Metal and CUDA back ends): outputs are compared
+through :func:`sdpa_error_bound`, not bit for bit, except where bit-exactness follows from
+the construction of the inputs."""
 
 from __future__ import annotations
 
@@ -22,6 +29,10 @@ DTYPES = ["float32", "float16", "bfloat16"]
 MX_DTYPE = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 U32 = 2.0**-24  # unit roundoff of float32
+UNIT = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+"""Unit roundoff ``u_d`` of each input dtype (half the spacing at 1)."""
+TINY = {torch.float32: 2.0**-149, torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}
+"""Spacing of each dtype's subnormals: the absolute part of one rounding's error."""
 
 
 def to_mx(a: np.ndarray, dtype: str = "float32") -> mx.array:
@@ -59,6 +70,121 @@ def both(
     return mx_as_torch(y_mx), y_t
 
 
+def gamma(n: int, u: float = U32) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)``: the relative error bound of an n-term dot
+    product or sum in any order (products rounded or exact), Accuracy and Stability of
+    Numerical Algorithms, section 3.1."""
+    return n * u / (1 - n * u)
+
+
+def sdpa_error_bound(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    mask: str | torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Elementwise bound on ``|native - float64 oracle|`` for any implementation that keeps
+    MLX's rounding points but sums in ANY order (MLX's CPU, the twin). Inputs: the dtype
+    tensors both libraries receive (the oracle sees the same rounded values).
+
+    With ``u = 2^-24``, ``u_d`` the input dtype's unit roundoff, ``m_j = |scale| |q|.|k_j|``:
+
+    * Scores: ``R_d(scale)``, ``R_d(q * scale)``, a float32 dot product over D (error
+      ``<= gamma_D m_j`` in any order; half products are exact in float32), ``R_d`` of it:
+      ``|s_j - S_j| <= eta_j = ((1 + u_d)^3 (1 + gamma_D) - 1) m_j``; an additive mask adds
+      ``R_d(s + mask)``: ``+ u_d (|z_j| + eta_j)``. Masked keys (boolean, causal, ``-inf``)
+      get weight exactly 0 in both; a fully masked boolean row is uniform in both.
+    * Softmax of scores each within ``eta = max_j eta_j``: the exact weights move by a factor
+      in ``[e^-2eta, e^2eta]``. Its float32 evaluation: ``x_j - max`` rounded (``u |x_j|``),
+      ``exp`` (MLX's polynomial: ``<= (1.25 |x| + 3) u``, test_mlx_cpu_exp_error_envelope),
+      the sum (``gamma_n``), ``1/sum`` and the product (``2u``):
+      ``eps_j = (2.25 |x_j| + 5) u + gamma_n``, ``|x_j| <=`` the exact gap below the row max
+      ``+ 2 eta``; then ``R_d(p)``. So ``pi_j <= P_j E_j`` with
+      ``E_j = e^2eta (1 + eps_j)(1 + u_d)``, plus ``2^-125`` absolute for MLX's ``exp``
+      flushing results below ``2^-126.5`` to 0.
+    * Output: a float32 sum over Lk (``gamma_Lk``) of ``pi_j v_j``, then ``R_d``:
+      ``|y_hat - y| <= sum_j P_j |v_j| (E_j - 1) + (gamma_Lk + u_d)(1 + gamma_Lk) sum_j P_j E_j |v_j|``
+      plus the absolute (subnormal) terms.
+
+    The ``(1 + delta)`` factors are multiplied out, not linearised; only the float32
+    softmax error ``eps_j`` (below 1e-4 on these inputs) enters to first order. Rows whose
+    every score is an additive ``-inf`` are NaN in both and get a NaN bound (callers
+    compare NaN positions separately). Measured: errors reach <= 0.3 of the bound over
+    several hundred random configurations (float32, float16, bfloat16; GQA; all masks).
+    """
+    dtype = q.dtype
+    ud, tiny = UNIT[dtype], TINY[dtype]
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    b, hq, lq, d = q64.shape
+    rep = hq // k64.shape[1]
+    k64, v64 = k64.repeat_interleave(rep, 1), v64.repeat_interleave(rep, 1)
+    lk = k64.shape[2]
+    z = scale * q64 @ k64.transpose(-1, -2)
+    m = abs(scale) * q64.abs() @ k64.abs().transpose(-1, -2)
+    eta = ((1 + ud) ** 3 * (1 + gamma(d)) - 1) * m + tiny
+    visible = torch.ones(b, hq, lq, lk, dtype=torch.bool)
+    if isinstance(mask, str):
+        visible = visible & torch.from_numpy(visible_keys(lq, lk))
+    elif mask is not None and mask.dtype == torch.bool:
+        visible = visible & mask
+    elif mask is not None:
+        additive = mask.double()
+        visible = visible & torch.isfinite(additive)
+        z = z + torch.where(visible, additive, 0.0)
+        eta = eta + ud * (z.abs() + eta) + tiny
+    if not isinstance(mask, torch.Tensor) or mask.dtype == torch.bool:
+        empty = ~visible.any(-1, keepdim=True)  # fully masked: uniform weights in both
+        visible, z = visible | empty, torch.where(empty, 0.0, z)
+    logits = z.masked_fill(~visible, -math.inf)
+    if sinks is not None:
+        logits = torch.cat([sinks.double().reshape(1, hq, 1, 1).expand(b, hq, lq, 1), logits], -1)
+    n = logits.shape[-1]
+    p = torch.softmax(logits, -1)
+    if sinks is not None:
+        p = p[..., 1:]
+    row = torch.zeros(b, hq, lq, 1, dtype=torch.float64)
+    top = logits.amax(-1, keepdim=True) if n else row
+    eta_row = eta.masked_fill(~visible, 0.0).amax(-1, keepdim=True) if lk else row
+    gap = (top - z + 2 * eta_row).masked_fill(~visible, 0.0)
+    eps = U32 * (2.25 * gap + 5) + gamma(n)
+    e = torch.exp(2 * eta_row) * (1 + eps) * (1 + ud)
+    av = v64.abs()
+    absolute = (tiny + 2.0**-125) * av.sum(-2, keepdim=True)
+    weighted = (p * e) @ av + absolute
+    return (p * (e - 1)) @ av + absolute + (gamma(lk) + ud) * (1 + gamma(lk)) * weighted + tiny
+
+
+def oracle(q, k, v, *, scale, mask=None, sinks=None) -> torch.Tensor:
+    return torch_sdpa(q, k, v, scale=scale, mask=mask, sinks=sinks, precision="float64")
+
+
+def assert_within_bound(
+    y: torch.Tensor, q, k, v, *, scale, mask=None, sinks=None, what: str = ""
+) -> None:
+    """``|y - oracle| <= sdpa_error_bound`` everywhere; NaN exactly where the oracle's is."""
+    y64 = oracle(q, k, v, scale=scale, mask=mask, sinks=sinks)
+    bound = sdpa_error_bound(q, k, v, scale=scale, mask=mask, sinks=sinks)
+    nan = y64.isnan()
+    assert torch.equal(y.isnan(), nan), what
+    err = (y.double() - y64).abs()[~nan]
+    assert bool((err <= bound[~nan]).all()), (what, float((err / bound[~nan]).max()))
+
+
+def both_within_bound(q, k, v, *, scale, mask=None, sinks=None, dtype="float32"):
+    """Run both packages on numpy inputs; assert both within the oracle bound; return them."""
+    y_mx, y_t = both(q, k, v, scale=scale, mask=mask, sinks=sinks, dtype=dtype)
+    tq, tk, tv = to_torch(q, dtype), to_torch(k, dtype), to_torch(v, dtype)
+    tmask = mask if mask is None or isinstance(mask, str) else to_torch(mask, dtype)
+    tsinks = None if sinks is None else to_torch(sinks, dtype)
+    for name, y in (("mlx", y_mx), ("twin", y_t)):
+        assert y.dtype == TORCH_DTYPE[dtype], name
+        assert_within_bound(y, tq, tk, tv, scale=scale, mask=tmask, sinks=tsinks, what=name)
+    return y_mx, y_t
+
+
 def random_qkv(b, hq, hkv, lq, lk, d, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((b, hq, lq, d)).astype(np.float32)
@@ -77,6 +203,9 @@ def visible(lq: int, lk: int, top_left: bool = False) -> np.ndarray:
     i = np.arange(lq)[:, None]
     j = np.arange(lk)[None, :]
     return j <= i + (0 if top_left else lk - lq)
+
+
+visible_keys = visible
 
 
 # ---- known answers -------------------------------------------------------------------
@@ -119,9 +248,8 @@ def test_gqa_query_head_reads_kv_head_h_div_ratio(ratio: int) -> None:
 def test_dv_may_differ_from_d() -> None:
     q, k, _ = random_qkv(1, 2, 1, 3, 5, 8)
     v = np.random.default_rng(3).standard_normal((1, 1, 5, 3)).astype(np.float32)
-    y_mx, y_t = both(q, k, v, scale=0.3, mask="causal")
+    y_mx, y_t = both_within_bound(q, k, v, scale=0.3, mask="causal")
     assert y_mx.shape == y_t.shape == (1, 2, 3, 3)
-    torch.testing.assert_close(y_t, y_mx, rtol=0, atol=1e-6)
 
 
 # ---- causal alignment ----------------------------------------------------------------
@@ -167,14 +295,11 @@ def test_fully_masked_boolean_row_gives_mean_of_v(dtype: str) -> None:
     q, k, v = random_qkv(1, 2, 2, 3, 4, 8)
     keep = np.ones((3, 4), bool)
     keep[1] = False  # query 1 sees nothing
-    y_mx, y_t = both(q, k, v, scale=0.35, mask=keep, dtype=dtype)
-    if dtype == "float32":  # see test_mlx_matches_twin for this float32 bound
-        assert (y_mx - y_t).abs().max().item() <= 4 * _ulp(float(np.abs(v).max()))
-    else:
-        assert torch.equal(y_mx, y_t)
+    y_mx, y_t = both_within_bound(q, k, v, scale=0.35, mask=keep, dtype=dtype)
     mean_v = to_torch(v, dtype).float().mean(dim=2)  # [B, H, D]
     tol = {"float32": 1e-6, "float16": 2e-3, "bfloat16": 2e-2}[dtype]  # v rounding + 1 output ulp
-    torch.testing.assert_close(y_mx[:, :, 1].float(), mean_v, rtol=0, atol=tol)
+    for y in (y_mx, y_t):
+        torch.testing.assert_close(y[:, :, 1].float(), mean_v, rtol=0, atol=tol)
 
 
 def test_fully_masked_additive_minus_inf_row_is_nan() -> None:
@@ -182,10 +307,9 @@ def test_fully_masked_additive_minus_inf_row_is_nan() -> None:
     q, k, v = random_qkv(1, 1, 1, 2, 3, 4)
     mask = np.zeros((2, 3), np.float32)
     mask[0] = -np.inf
-    y_mx, y_t = both(q, k, v, scale=0.5, mask=mask)
+    y_mx, y_t = both_within_bound(q, k, v, scale=0.5, mask=mask)  # row 1 within the bound
     assert torch.isnan(y_mx[0, 0, 0]).all() and torch.isnan(y_t[0, 0, 0]).all()
     assert not torch.isnan(y_mx[0, 0, 1]).any()
-    torch.testing.assert_close(y_t[0, 0, 1], y_mx[0, 0, 1], rtol=0, atol=1e-6)
 
 
 def test_pytorch_is_causal_is_top_left_and_differs_from_mlx_causal() -> None:
@@ -203,16 +327,23 @@ def test_pytorch_is_causal_is_top_left_and_differs_from_mlx_causal() -> None:
         mask=torch.from_numpy(visible(2, 5, top_left=True)),
     )
     torch.testing.assert_close(pt_causal, top_left, rtol=0, atol=1e-6)  # PyTorch = top-left
-    y_mx, y_t = both(q, k, v, scale=scale, mask="causal")
+    y_mx, _ = both(q, k, v, scale=scale, mask="causal")
     assert (pt_causal - y_mx).abs().max() > 0.1  # MLX is NOT top-left when Lq != Lk
-    torch.testing.assert_close(y_t, y_mx, rtol=0, atol=1e-6)  # and the twin follows MLX
+    both_within_bound(q, k, v, scale=scale, mask="causal")  # and the twin follows MLX
+    # PyTorch's top-left answer is far outside the bound of MLX's convention: the bound
+    # has teeth against a convention error.
+    with pytest.raises(AssertionError):
+        assert_within_bound(
+            pt_causal, *(torch.from_numpy(a) for a in (q, k, v)), scale=scale, mask="causal"
+        )
     # With Lq == Lk the two alignments coincide.
     q, k, v = random_qkv(1, 2, 2, 4, 4, 8, seed=1)
     pt_square = F.scaled_dot_product_attention(
         torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), is_causal=True, scale=scale
     )
-    y_mx, _ = both(q, k, v, scale=scale, mask="causal")
-    torch.testing.assert_close(y_mx, pt_square, rtol=0, atol=1e-6)
+    assert_within_bound(
+        pt_square, *(torch.from_numpy(a) for a in (q, k, v)), scale=scale, mask="causal"
+    )
 
 
 # ---- sinks ---------------------------------------------------------------------------
@@ -233,35 +364,29 @@ def test_sink_joins_softmax_and_is_dropped() -> None:
 # ---- MLX vs the twin on fixed inputs -------------------------------------------------
 
 
-def _ulp(x: float) -> float:
-    return 2.0 ** (math.floor(math.log2(x)) - 23)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ratio", [1, 2, 4])
 @pytest.mark.parametrize("d", [64, 80, 128])
 @pytest.mark.parametrize("mask", [None, "causal"])
-def test_mlx_matches_twin(dtype: str, ratio: int, d: int, mask: str | None) -> None:
+def test_mlx_and_twin_within_derived_bound(
+    dtype: str, ratio: int, d: int, mask: str | None
+) -> None:
+    # Not bit for bit: the twin's float32 sums (torch.matmul, torch.softmax) run in
+    # PyTorch's order, MLX's CPU back end sums sequentially and its exp is a polynomial.
+    # Both must sit within sdpa_error_bound of the float64 oracle (derived in its docstring;
+    # measured at <= 0.3 of it over several hundred random configurations). In half
+    # precision the outputs are usually bit-identical, but not always: a float32 sum that
+    # lands within a few float32 ulps of a half rounding boundary can round either way
+    # (it happens here for d=80, causal, ratio 2, float16).
     q, k, v = random_qkv(1, 2 * ratio, 2, 3, 6, d, seed=ratio * 1000 + d)
-    y_mx, y_t = both(q, k, v, scale=d**-0.5, mask=mask, dtype=dtype)
-    assert y_mx.dtype == y_t.dtype == TORCH_DTYPE[dtype]
-    if dtype == "float32":
-        # Not bit-exact: the twin replays MLX's summation orders and its exp's float32
-        # rounding of x * log2(e), but MLX's exp then evaluates 2^y with a polynomial that
-        # is up to 1 ulp off. That moves a softmax weight by ~1 float32 ulp, so the output
-        # (a convex combination of v rows) moves by a few ulps of max|v|. Measured: 99.3% of
-        # elements identical, worst 2 ulp(max|v|) over 720 such configurations; asserted at 4.
-        bound = 4 * _ulp(float(np.abs(v).max()))
-        assert (y_mx - y_t).abs().max().item() <= bound
-    else:
-        # Half precision: the twin reproduces every rounding point (scale and q*scale in
-        # the dtype, float32-accumulated matmuls rounded once, float32 softmax rounded).
-        assert torch.equal(y_mx, y_t)
+    both_within_bound(q, k, v, scale=d**-0.5, mask=mask, dtype=dtype)
+    # Logits in the hundreds (|q|, |k| ~ 4): far past exp's range without max subtraction.
+    both_within_bound(4 * q, 4 * k, v, scale=d**-0.5, mask=mask, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["bool", "additive", "sinks"])
-def test_mlx_matches_twin_with_masks_and_sinks(dtype: str, kind: str) -> None:
+def test_mlx_and_twin_within_derived_bound_with_masks_and_sinks(dtype: str, kind: str) -> None:
     rng = np.random.default_rng(7)
     q, k, v = random_qkv(2, 4, 2, 3, 5, 64, seed=11)
     mask = sinks = None
@@ -272,21 +397,75 @@ def test_mlx_matches_twin_with_masks_and_sinks(dtype: str, kind: str) -> None:
         mask = rng.standard_normal((3, 5)).astype(np.float32)  # broadcast over B and heads
     else:
         sinks = rng.standard_normal(4).astype(np.float32)
-    y_mx, y_t = both(q, k, v, scale=0.125, mask=mask, sinks=sinks, dtype=dtype)
-    if dtype == "float32":
-        assert (y_mx - y_t).abs().max().item() <= 4 * _ulp(float(np.abs(v).max()))  # as above
+    both_within_bound(q, k, v, scale=0.125, mask=mask, sinks=sinks, dtype=dtype)
+
+
+def _half_recipe(q, k, v, scale: float, dtype: torch.dtype, skip: str | None = None):
+    """MLX's half-precision recipe by hand in float64, ``R`` = rounding to ``dtype``:
+    ``R(R(scale) q)`` @ k.T, ``R``; softmax; ``R``; @ v, ``R``. ``skip`` drops one rounding
+    point (or moves the scale after the matmul). Returns (y, scores, weights)."""
+
+    def r(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype).double()
+
+    sc = torch.tensor(scale, dtype=torch.float64)
+    sc_d = sc if skip == "scale_not_rounded" else r(sc)
+    if skip == "scale_after_matmul":
+        scores = r((q @ k.transpose(-1, -2)) * sc_d)
     else:
-        assert torch.equal(y_mx, y_t)
+        scores = r(q * sc_d) @ k.transpose(-1, -2)
+        scores = scores if skip == "scores_not_rounded" else r(scores)
+    p = torch.softmax(scores, -1)
+    weights = p if skip == "weights_not_rounded" else r(p)
+    return r(weights @ v), scores, p, weights
 
 
-def test_half_precision_rounds_the_scale_first() -> None:
-    # MLX multiplies q by scale cast to q's dtype. With bfloat16 and scale = 1/sqrt(80) the
-    # rounded scale is 0.11181640625 (not 0.1118034): the twin must round it too.
-    q, k, v = random_qkv(1, 2, 2, 2, 4, 80, seed=5)
-    scale = 80**-0.5
-    y_mx, y_t = both(q, k, v, scale=scale, dtype="bfloat16")
-    assert torch.equal(y_mx, y_t)
-    assert float(torch.tensor(scale, dtype=torch.bfloat16)) != scale
+def _exact_in_float32(terms: torch.Tensor) -> bool:
+    """True when every sum over the last axis of ``terms`` is exact in float32 in ANY order:
+    all terms are multiples of one power of two g and the sum of their magnitudes is below
+    2^24 g, so every partial sum is a float32 integer multiple of g."""
+    nonzero = terms[terms != 0].abs()
+    if nonzero.numel() == 0:
+        return True
+    g = 2.0 ** math.floor(math.log2(float(nonzero.min())))
+    while not bool(torch.all(torch.remainder(terms / g, 1) == 0)):
+        g /= 2
+    return bool(terms.abs().sum(-1).max() < 2**24 * g)
+
+
+@pytest.mark.parametrize(("dtype", "seed"), [("float16", 1), ("bfloat16", 0)])
+def test_half_precision_rounding_points_bit_for_bit(dtype: str, seed: int) -> None:
+    # MLX in half precision: scale rounded to the dtype, q * scale rounded, float32 scores
+    # rounded, float32 softmax rounded, float32 weighted sum rounded once. Bit-exactness of
+    # MLX and the twin with the hand recipe is DERIVED here, not measured: q are dtype
+    # values, k and v small integers, so every float32 sum is exact in any order
+    # (asserted), and the float32 softmax (within eps_j of the exact weights, see
+    # sdpa_error_bound) cannot cross a rounding boundary of the dtype (asserted). Each
+    # skipped rounding point changes the answer (asserted), so each one is pinned.
+    tdt = TORCH_DTYPE[dtype]
+    rng = np.random.default_rng(seed)
+    qn = (rng.standard_normal((1, 1, 4, 8)) * 2).astype(np.float32)
+    kn = rng.integers(-4, 5, (1, 1, 4, 8)).astype(np.float32)
+    vn = rng.integers(-4, 5, (1, 1, 4, 2)).astype(np.float32)
+    scale = 80**-0.5  # rounds to 0.11181640625 in bfloat16
+    q, k, v = (to_torch(a, dtype).double() for a in (qn, kn, vn))
+    y, scores, p, weights = _half_recipe(q, k, v, scale, tdt)
+    qs = (q * torch.tensor(scale).to(tdt).double()).to(tdt).double()
+    assert _exact_in_float32(qs.unsqueeze(-2) * k.unsqueeze(-3))  # q @ k.T, any order
+    assert _exact_in_float32((weights.unsqueeze(-1) * v.unsqueeze(-3)).transpose(-1, -2))
+    gap = scores.amax(-1, keepdim=True) - scores
+    eps = U32 * (2.25 * gap + 5) + gamma(scores.shape[-1])
+    assert torch.equal((p * (1 - eps)).to(tdt), (p * (1 + eps)).to(tdt))  # no boundary near
+    for skip in (
+        "scale_not_rounded",
+        "scale_after_matmul",
+        "scores_not_rounded",
+        "weights_not_rounded",
+    ):
+        assert not torch.equal(_half_recipe(q, k, v, scale, tdt, skip)[0], y), skip
+    y_mx, y_t = both(qn, kn, vn, scale=scale, dtype=dtype)
+    assert torch.equal(y_mx.double(), y) and torch.equal(y_t.double(), y)
+    assert y_mx.dtype == y_t.dtype == tdt
 
 
 def test_float64_oracle() -> None:
@@ -302,7 +481,7 @@ def test_float64_oracle() -> None:
     s = s.masked_fill(~torch.from_numpy(keep), -math.inf)
     torch.testing.assert_close(y64, torch.softmax(s, -1) @ v64, rtol=1e-12, atol=1e-12)
     native = torch_sdpa(*args, scale=0.25, mask="causal")
-    torch.testing.assert_close(native.double(), y64, rtol=0, atol=1e-5)
+    assert_within_bound(native, *args, scale=0.25, mask="causal")
 
 
 # ---- errors: both packages reject the same inputs ------------------------------------
@@ -408,49 +587,57 @@ def test_valid_edge_inputs_are_accepted_by_both() -> None:
     assert y_mx.dtype == mx.float32 and y_t.dtype == torch.float32
 
 
-# ---- the MLX CPU numerics the twin replays (torch_reference.fast._mlx_cpu) -----------
+# ---- MLX facts the bound relies on ---------------------------------------------------
 
 
-def test_mlx_cpu_exp_rounds_x_log2e_to_float32() -> None:
-    # MLX's CPU exp evaluates 2^y with y = float32(x * float32(log2 e)): up to ~64 float32
-    # ulp from a correctly rounded exp at |x| ~ 80. The twin's emulation reproduces that
-    # rounding point and lands within 1 ulp; torch.exp does not.
-    from torch_reference.fast import _mlx_cpu
-
-    x = torch.linspace(-90.0, 10.0, 200_001)
-    mlx_exp = torch.from_numpy(np.array(mx.exp(mx.array(x.numpy()))))
-
-    def ulps(a: torch.Tensor) -> int:
-        return int((a.view(torch.int32).long() - mlx_exp.view(torch.int32).long()).abs().max())
-
-    assert ulps(_mlx_cpu.exp(x)) <= 1
-    assert ulps(torch.exp(x)) > 16
-    assert mx.exp(mx.array(-87.7)).item() == 0.0  # no subnormals below y = -126.5
-    assert _mlx_cpu.exp(torch.tensor([-87.7])).item() == 0.0
+def test_mlx_cpu_exp_error_envelope() -> None:
+    # MLX's CPU exp evaluates 2^y with y = float32(x * float32(log2 e)): rounding y costs up
+    # to |x| u relative, so it is not correctly rounded (torch.exp is, to ~1 u). The bound in
+    # sdpa_error_bound uses (1.25 |x| + 3) u; it flushes to 0 only below 2^-126.5.
+    x = torch.linspace(-87.0, 10.0, 400_001, dtype=torch.float32)
+    exact = torch.exp(x.double())
+    rel = lambda t: (t.double() - exact).abs() / exact / U32  # noqa: E731
+    mlx_rel = rel(torch.from_numpy(np.array(mx.exp(mx.array(x.numpy())))))
+    assert bool((mlx_rel <= 1.25 * x.double().abs() + 3).all())
+    assert float(mlx_rel.max()) > 16 and float(rel(torch.exp(x)).max()) <= 2
+    tiny = torch.linspace(-88.5, -87.0, 10_001, dtype=torch.float32)
+    flushed = torch.from_numpy(np.array(mx.exp(mx.array(tiny.numpy())))) == 0
+    assert bool(flushed.any()) and bool((torch.exp(tiny.double())[flushed] < 2.0**-125).all())
 
 
+@pytest.mark.parametrize(
+    ("b", "lq", "lk", "d"),
+    [(1, 3, 0, 4), (1, 0, 3, 4), (0, 3, 3, 4)],
+    ids=["no_keys", "no_queries", "no_batch"],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mlx_cpu_matmul_order_is_sequential(dtype: str) -> None:
-    # float32: netlib sgemm, products rounded, summed in order; halves: float32 accumulation
-    # in order, rounded once. The twin's sequential_matmul reproduces both bit for bit.
-    from torch_reference.fast import _mlx_cpu
-
-    rng = np.random.default_rng(9)
-    a = rng.standard_normal((2, 3, 5, 70)).astype(np.float32)
-    b = rng.standard_normal((2, 1, 70, 6)).astype(np.float32)
-    y_mx = mx_as_torch(to_mx(a, dtype) @ to_mx(b, dtype))
-    y_t = _mlx_cpu.sequential_matmul(to_torch(a, dtype), to_torch(b, dtype)).to(TORCH_DTYPE[dtype])
-    assert torch.equal(y_mx, y_t)
-
-
-@pytest.mark.parametrize(("lq", "lk"), [(3, 0), (0, 3)], ids=["no_keys", "no_queries"])
-def test_empty_sequence_axes(lq: int, lk: int) -> None:
-    # MLX returns zeros when there is no key (an empty weighted sum) and an empty result when
-    # there is no query; the twin agrees in both precisions.
-    q = np.ones((1, 2, lq, 4), np.float32)
-    k = np.ones((1, 1, lk, 4), np.float32)
-    y_mx, y_t = both(q, k, k, scale=1.0, mask="causal")
-    assert y_mx.shape == y_t.shape == (1, 2, lq, 4)
+@pytest.mark.parametrize("with_sinks", [False, True])
+def test_empty_axes(b: int, lq: int, lk: int, d: int, dtype: str, with_sinks: bool) -> None:
+    # MLX returns zeros when there is no key (an empty weighted sum, also with sinks, which
+    # then take all the weight) and an empty result when there is no query or batch row;
+    # the twin agrees in both precisions (a contract choice: the empty sum, not an error).
+    q = np.ones((b, 2, lq, d), np.float32)
+    k = np.ones((b, 1, lk, d), np.float32)
+    sinks = np.array([0.5, -1.0], np.float32) if with_sinks else None
+    y_mx, y_t = both(q, k, k, scale=1.0, mask="causal", sinks=sinks, dtype=dtype)
+    assert y_mx.shape == y_t.shape == (b, 2, lq, d)
+    assert y_mx.dtype == y_t.dtype == TORCH_DTYPE[dtype]
     assert torch.equal(y_mx, y_t) and not y_t.any()
-    y64 = torch_sdpa(to_torch(q), to_torch(k), to_torch(k), scale=1.0, precision="float64")
-    assert y64.shape == (1, 2, lq, 4) and not y64.any()
+    args = (to_torch(q), to_torch(k), to_torch(k))
+    y64 = torch_sdpa(*args, scale=1.0, precision="float64")
+    assert y64.shape == (b, 2, lq, d) and not y64.any()
+
+
+@pytest.mark.parametrize("mask", [None, "causal"])
+def test_zero_head_dim_gives_uniform_weights(mask: str | None) -> None:
+    # D = 0: every score is the empty dot product 0, so each query averages the keys it
+    # sees (bottom-right causal) -- MLX and the twin alike, bit for bit (exact sums).
+    # Lq = Lk = 2: the rows see 1 or 2 keys, so the weights (1, 1/2) and sums are exact.
+    q = np.ones((1, 2, 2, 0), np.float32)
+    k = np.ones((1, 1, 2, 0), np.float32)
+    v = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    y_mx, y_t = both(q, k, v, scale=1.0, mask=mask)
+    keep = visible(2, 2) if mask else np.ones((2, 2), bool)
+    want = torch.from_numpy((keep / keep.sum(1, keepdims=True)) @ v[0, 0]).float()
+    assert torch.equal(y_mx[0, 0], want) and torch.equal(y_t[0, 0], want)
+    assert torch.equal(y_mx, y_t)

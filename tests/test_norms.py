@@ -272,6 +272,36 @@ def test_output_dtype_is_the_promotion(name: str, dtypes: tuple[str, str, str]) 
     assert same_bits(y_mx, y_t)
 
 
+OPT_DTYPES = [None, "float16", "bfloat16", "float32"]
+DTYPE_RULE_CASES = [
+    (name, xd, wd, bd)
+    for name in ("fast.rms_norm", "fast.RMSNorm", "fast.layer_norm", "fast.LayerNorm")
+    for xd in DTYPES
+    for wd in OPT_DTYPES
+    for bd in ([None] if "rms" in name.lower() else OPT_DTYPES)  # RMS norms take no bias
+]
+
+
+@pytest.mark.parametrize(("name", "x_dtype", "w_dtype", "b_dtype"), DTYPE_RULE_CASES)
+def test_fast_output_dtype_rule_with_optional_weight_and_bias(
+    name: str, x_dtype: str, w_dtype: str | None, b_dtype: str | None
+) -> None:
+    # MLX's rule, measured over every combination: with a weight the output dtype is the
+    # promotion of x, weight (and bias); WITHOUT a weight it is x's dtype whatever the bias
+    # dtype -- mx.fast.layer_norm then casts the bias to x's dtype and adds it there (a
+    # bfloat16 x with a float32 bias gives bfloat16, not float32). RMS norms take no bias.
+    x, w, b = _inputs(12, seed=6)
+    b = b / 3  # not representable in the half dtypes: the bias cast is visible in the bits
+    ww = None if w_dtype is None else w
+    bb = None if b_dtype is None else b
+    used = [x_dtype] + ([] if w_dtype is None else [w_dtype] + ([b_dtype] if b_dtype else []))
+    want = functools.reduce(torch.promote_types, (TORCH_DTYPE[d] for d in used))
+    dts = (x_dtype, w_dtype or "float32", b_dtype or "float32")
+    y_mx, y_t = RUNNERS[name](x, ww, bb, 1e-5, dts)
+    assert y_mx.dtype == y_t.dtype == want
+    assert same_bits(y_mx, y_t)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_special_values_match(dtype: str) -> None:
     x = np.array(

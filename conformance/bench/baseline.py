@@ -16,7 +16,8 @@ column is context, never judged), both hold:
 The first keeps small real changes from failing a run; the second keeps a noisy
 measurement (a busy machine, a cell whose samples spread widely) from failing it. A cell
 that ran in the baseline but raises now also fails. Improvements (the mirror image of
-the rule) are reported, never failed; cells only in one of the two runs are listed.
+the rule) are reported, never failed; cells only in one of the two runs are listed. The
+layer-overhead pairs are reported by ``record`` and not judged here.
 """
 
 from __future__ import annotations

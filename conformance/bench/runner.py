@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import time
+import timeit
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,8 +234,16 @@ def run_cell(cell: Cell, case: Case, note: str, *, torch_device: str, budget: Bu
     return entry
 
 
+def host_seconds(thunk: Callable[[], Any], *, calls: int = 200, repeats: int = 3) -> float:
+    """Seconds one call of ``thunk`` spends on the host building its lazy graph (no
+    ``mx.eval``): the best of ``repeats`` runs of ``calls`` calls. Far less noisy than the
+    evaluated time, and exactly where a layer's Python-side checks add cost."""
+    return min(timeit.repeat(thunk, number=calls, repeat=repeats)) / calls
+
+
 def run_overhead(dtype: str, *, tiny: bool, budget: Budget) -> list[dict[str, Any]]:
-    """Every overhead pair at ``dtype``: the layer's median over the raw call's."""
+    """Every overhead pair at ``dtype``: the layer's median over the raw call's (evaluated),
+    and the host-side time the layer adds to building the graph (not evaluated)."""
     sizes = TINY if tiny else FULL
     rows = []
     for pair in PAIRS:
@@ -245,6 +254,8 @@ def run_overhead(dtype: str, *, tiny: bool, budget: Budget) -> list[dict[str, An
             names = [*pair.variants, "raw"]
             fns = [(lambda t=thunks[n]: mx.eval(t())) for n in names]
             timings = measure_interleaved(fns, budget)
+            host = {n: host_seconds(thunks[n], calls=5 if tiny else 200, repeats=1 if tiny else 3)
+                    for n in names}
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
@@ -252,7 +263,9 @@ def run_overhead(dtype: str, *, tiny: bool, budget: Budget) -> list[dict[str, An
         by_name = dict(zip(names, timings, strict=True))
         raw = by_name.pop("raw")
         row["raw_timing"] = raw.as_dict()
-        row["variants"] = {n: {"timing": t.as_dict(), "ratio": t.median_s / raw.median_s}
+        row["raw_host_s"] = host["raw"]
+        row["variants"] = {n: {"timing": t.as_dict(), "ratio": t.median_s / raw.median_s,
+                               "host_extra_s": host[n] - host["raw"]}
                            for n, t in by_name.items()}
         rows.append(row)
         del thunks

@@ -16,10 +16,14 @@ How close native gets: MLX's CPU ``exp``, ``sin`` and ``cos`` are polynomial
 approximations (its ``exp`` rounds ``x * log2(e)`` to float32 first: up to ~17 float32 ulp
 at ``|x| ~ 20``, measured), PyTorch's are within about 1 ulp, so ``inv_freq`` differs by a
 few float32 ulps and the angle by ``pos`` times that. Both stay within the derived bound
-against the float64 oracle (``tests/test_rope.py``, ``conformance/records/rope.py``);
-float16/bfloat16 outputs are bit-identical to MLX's at small positions, where those float32
-differences never survive the cast of cos/sin to half precision.
+against the float64 oracle (``tests/test_rope.py``, ``conformance/records/rope.py``).
+float16/bfloat16 outputs are usually bit-identical to MLX's at small positions, but not by
+construction: a float32 cos/sin a few ulps apart can straddle a half rounding boundary.
 ``precision="float64"``: angles, cos, sin and the rotation all in float64.
+
+Contract shared with ``mlx_impl``: a ``base`` whose float32 rounding is 0 or inf is refused
+(MLX's log of it is infinite: NaN angles even at position 0); an empty batch with ``(0,)``
+per-row offsets is computed with offset 0 (MLX itself would raise on it).
 """
 
 from __future__ import annotations
