@@ -290,3 +290,23 @@ def test_record_then_compare_end_to_end(tmp_path, capsys):
     current = load_baseline(out / "current.json")
     assert current["settings"]["shapes"] == "tiny"
     assert "Only in the baseline (not run now): nn.linear" in (out / "comparison.md").read_text(encoding="utf-8")
+
+
+def test_overhead_pairs_at_tiny_sizes_are_reported():
+    from conformance.bench.overhead import PAIRS
+    from conformance.bench.runner import run_overhead
+    from conformance.bench.timing import TINY_BUDGET
+
+    rows = run_overhead("float32", tiny=True, budget=TINY_BUDGET)
+    assert [r["layer"] for r in rows] == [p.name for p in PAIRS]
+    assert all("error" not in r for r in rows), [r.get("error") for r in rows]
+    embedding = rows[-1]
+    assert set(embedding["variants"]) == {"check", "trusted"} and "prefill: 4 tokens" in embedding["shape"]
+    for row in rows:
+        for v in row["variants"].values():
+            assert v["ratio"] == pytest.approx(v["timing"]["median_s"] / row["raw_timing"]["median_s"])
+            assert isinstance(v["host_extra_s"], float)
+    run = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)})
+    run["overhead"] = rows
+    md = render_report_md(run)
+    assert "| nn.Embedding (check) | mx.take | decode: 1 token, table [50, 64] | float32 |" in md

@@ -93,9 +93,10 @@ def _done(n: int, elapsed: float, budget: Budget) -> bool:
 
 
 def measure_interleaved(fns: Sequence[Callable[[], Any]], budget: Budget = Budget()) -> list[Timing]:
-    """Time several calls in turn (a, b, a, b, ...), so that a drift in the machine's speed
-    (another process, frequency scaling) affects each of them alike; the sample count is
-    decided on the slowest. Used for the layer-vs-raw overhead comparisons."""
+    """Time several calls in turn (a, b, b, a, ... rotating the order each round), so that
+    a drift in the machine's speed (another process, frequency scaling) affects each of them
+    alike; the sample count is decided on the slowest. Used for the layer-vs-raw overhead
+    comparisons."""
     if not fns:
         return []
     samples: list[list[float]] = [[] for _ in fns]
@@ -121,14 +122,20 @@ def measure_interleaved(fns: Sequence[Callable[[], Any]], budget: Budget = Budge
             break
     was_enabled = gc.isenabled()
     gc.disable()
+    rounds = 0
     try:
-        while not _done(len(samples[0]), max(spent), budget):
-            for i, fn in enumerate(fns):
+        while not _done(min(len(s) for s in samples), max(spent), budget):
+            # Each round starts one call later (a, b, c; b, c, a; ...): no call always runs
+            # right after the same neighbour, whose caches or thread wake-ups it would inherit.
+            for j in range(len(fns)):
+                i = (j + rounds) % len(fns)
+                fn = fns[i]
                 t0 = time.perf_counter()
                 fn()
                 dt = time.perf_counter() - t0
                 samples[i].append(dt)
                 spent[i] += dt
+            rounds += 1
     finally:
         if was_enabled:
             gc.enable()
