@@ -218,6 +218,7 @@ def test_without_scipy_openblas32_nothing_changes(monkeypatch: pytest.MonkeyPatc
 
 @NEEDS_LINUX
 def test_missing_library_changes_nothing() -> None:
+    cb.restore_default_blas()  # an earlier test module may have left OpenBLAS bound
     before = cb.blas_status().library
     status = cb.use_optimized_blas("/nonexistent/libblas.so.3")
     assert not status.active

@@ -151,3 +151,22 @@ def test_overflow_is_admissible_only_near_the_dtype_limit() -> None:
     v = judge(np.array([-np.inf], np.float32), np.array([np.inf], np.float32), np.array([4e38]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
     assert not v.passed
+
+
+def test_nan_positions_must_match_unless_the_overflow_is_order_dependent() -> None:
+    # Far from overflow: a NaN where the peer is finite is a real difference.
+    assert not _judge([np.nan], [1.0], [1.0]).passed
+    assert not _judge([1.0], [np.nan], [1.0]).passed
+    # The terms reach float32's limit: the peer's inf - inf = NaN is order-dependent;
+    # MLX's infinity with the oracle's sign is admissible.
+    v = judge(np.array([-np.inf], np.float32), np.array([np.nan], np.float32), np.array([-5e37]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([1e39]))
+    assert v.passed
+    # ... and symmetrically MLX's order may be the one that overflows; without the
+    # overflow-scale magnitude the same NaN is a failure.
+    v = judge(np.array([np.nan], np.float32), np.array([-5e37], np.float32), np.array([-5e37]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([1e39]))
+    assert v.passed
+    v = judge(np.array([np.nan], np.float32), np.array([-5e37], np.float32), np.array([-5e37]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([6e37]))
+    assert not v.passed
