@@ -21,7 +21,7 @@ _COMMON = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-EXAMPLES = {"ci": 12, "dev": 6, "thorough": 250}
+EXAMPLES = {"ci": 50, "dev": 10, "thorough": 250}
 """Examples per conformance cell (op x dtype x mode). ``ci`` is sized so the whole matrix
 runs well inside 15 minutes on 2 cores with MLX's slow x86 CPU half-precision kernels."""
 

@@ -147,8 +147,11 @@ def test_overflow_is_admissible_only_near_the_dtype_limit() -> None:
     v = judge(np.array([1.0], np.float32), np.array([np.inf], np.float32), np.array([1.0]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
     assert not v.passed and v.kind == "nonfinite"
-    # An overflow with the wrong sign is never admissible.
+    # An infinity of the other sign is admissible only where the overflow is order-dependent.
     v = judge(np.array([-np.inf], np.float32), np.array([np.inf], np.float32), np.array([4e38]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
+    assert v.passed
+    v = judge(np.array([-np.inf], np.float32), np.array([np.inf], np.float32), np.array([1e30]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
     assert not v.passed
 
