@@ -27,7 +27,9 @@ PyTorch gets ``torch.set_num_threads(cores)``; both are recorded.
 
 The regression rule (:mod:`~conformance.bench.baseline`): a cell fails when mlx_impl's
 or torch_reference's median is more than 25 % (``--threshold``) above the baseline's AND
-the slowdown exceeds the two runs' IQRs added.
+the slowdown exceeds the two runs' IQRs added; a cell that regresses is measured once more
+and fails only if it regresses again. ``--min-delta-us`` also ignores absolute slowdowns
+below a floor, for shared machines where sub-millisecond cells jitter between runs.
 
 Modules: :mod:`~conformance.bench.timing` (how a call is timed), :mod:`~conformance.bench.costs`
 (each op's FLOP and byte model), :mod:`~conformance.bench.machine` (machine info and the

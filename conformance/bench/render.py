@@ -130,9 +130,10 @@ def machine_lines(run: dict[str, Any]) -> list[str]:
         + (f"; GPU {m['gpu']}" if m.get("gpu") else ""),
         f"- Versions: MLX {m['mlx']}, PyTorch {m['torch']}, NumPy {m['numpy']}, Python {m['python']}; "
         f"{m['platform']}; commit {m['commit']}; {m['date']}",
-        f"- MLX CPU back end: cache limit {_bytes(cpu.get('cache_limit'))}; BLAS "
-        f"{blas.get('provider', '?')} ({'active' if blas.get('active') else 'NOT active'}"
-        + (f", {blas['threads']} threads" if blas.get("threads") else "") + f"): {blas.get('reason', '')}",
+        (f"- MLX CPU back end: cache limit {_bytes(cpu.get('cache_limit'))}; BLAS "
+         f"{blas.get('provider', '?')} ({'active' if blas.get('active') else 'NOT active'}"
+         + (f", {blas['threads']} threads" if blas.get("threads") else "") + f"): {blas.get('reason', '')}")
+        if m["backend"] == "cpu" else f"- MLX CPU back end: not used (MLX computes on {m['backend']})",
         f"- PyTorch: {m['torch_threads']} threads (torch.set_num_threads = cores), BLAS {m['torch_blas']}",
         f"- Shapes: **{s['shapes']}**"
         + (" (cases with a CPU shape ran it: see the shape column; the rest ran their full shape)"
@@ -375,7 +376,8 @@ def render_comparison_md(cmp: Comparison, base: dict[str, Any], new: dict[str, A
         "",
         f"Rule: a cell regresses when mlx_impl's or torch_reference's median is more than "
         f"{cmp.threshold:.0%} above the baseline's AND the slowdown exceeds the two runs' IQRs added "
-        "(the noise); a cell that ran before and raises now also fails. The PyTorch op column is context only.",
+        "(the noise)" + (f" and {cmp.min_delta_s * 1e6:g} µs" if cmp.min_delta_s else "")
+        + "; a cell that ran before and raises now also fails. The PyTorch op column is context only.",
         "",
         "Baseline:",
         *machine_lines(base),
@@ -384,6 +386,9 @@ def render_comparison_md(cmp: Comparison, base: dict[str, Any], new: dict[str, A
         *machine_lines(new),
         "",
     ]
+    if new.get("retried"):
+        parts += ["Measured twice (regressed the first time; each side kept its faster median): "
+                  + ", ".join(new["retried"]), ""]
     if cmp.warnings:
         parts += ["Warnings (timings may not be comparable):", *[f"- {w}" for w in cmp.warnings], ""]
     if regressions:
@@ -425,6 +430,8 @@ def render_comparison_html(cmp: Comparison, base: dict[str, Any], new: dict[str,
         f"<p><b>{'FAIL' if regressions else 'PASS'}</b>: {len(regressions)} regression(s) in {len(cmp.rows)} cells.</p>"
         f"<p>Rule: regressed when the median is more than {cmp.threshold:.0%} above the baseline's AND the slowdown "
         "exceeds both runs' IQRs added. Change bars: now/baseline, log scale 1/4 to 4 (right = slower).</p>"
+        + (f"<p>Measured twice (regressed the first time; each side kept its faster median): "
+           f"{esc(', '.join(new['retried']))}</p>" if new.get("retried") else "")
         + (f"<p>Warnings:</p><ul>{warn}</ul>" if warn else "")
         + f"<h2>Baseline</h2>{_html_list(machine_lines(base))}<h2>Now</h2>{_html_list(machine_lines(new))}"
         "<table><tr><th>cell</th><th>side</th><th>baseline</th><th>now</th><th colspan=2>change</th>"

@@ -279,6 +279,10 @@ class Options:
     device: str = "auto"
     shapes: str = "auto"
     records: list[str] | None = None
+    keys: set[str] | None = None
+    """Only these cells (``op/case/dtype``); compare's retry of regressed cells uses it."""
+    roofline: dict[str, Any] | None = None
+    """Reuse this roofline instead of measuring it again."""
     budget: Budget = field(default_factory=Budget)
     raw_torch: bool = True
     overhead: bool = True
@@ -306,10 +310,10 @@ def run(options: Options) -> dict[str, Any]:
     tiny = shapes == "tiny"
     budget = TINY_BUDGET if tiny else options.budget
     say = options.progress
-    cells = bench_cells(options.records)
+    cells = [c for c in bench_cells(options.records) if options.keys is None or c.key in options.keys]
     say(f"[bench] {backend} (MLX {mx.default_device()}, PyTorch {torch_device}), shapes {shapes}, "
         f"{len(cells)} cells")
-    roofline = machine.measure_roofline(torch_device, tiny=tiny)
+    roofline = options.roofline or machine.measure_roofline(torch_device, tiny=tiny)
     peak = roofline["peak"]
     say(f"[bench] roofline: {peak['bandwidth_Bps'] / 1e9:.1f} GB/s, {peak['gemm_flops'] / 1e9:.1f} GFLOP/s "
         f"(float32 GEMM); MLX {roofline['mlx']['gemm_flops'] / 1e9:.1f}, "
@@ -340,7 +344,7 @@ def run(options: Options) -> dict[str, Any]:
             + f" ({time.perf_counter() - t0:.1f} s)")
     cases.clear()
     overhead: list[dict[str, Any]] = []
-    if options.overhead and options.records is None:
+    if options.overhead and options.records is None and options.keys is None:
         for dtype in options.overhead_dtypes:
             overhead.extend(run_overhead(dtype, tiny=tiny, budget=budget))
         say(f"[bench] overhead pairs: {len(overhead)}")
