@@ -382,7 +382,7 @@ def _check_weight_values(where: str, w: torch.Tensor, group_size: int, mode: str
 def _mx_ratio(g: torch.Tensor, bits: int) -> torch.Tensor:
     """``amax / maxval`` per group ``[..., G, 1]`` of ``g [..., G, group]``, rounded to
     ``g``'s dtype (MLX divides in the weight's dtype)."""
-    maxval = torch.tensor(_FP_MAXVAL[bits], dtype=g.dtype)
+    maxval = torch.tensor(_FP_MAXVAL[bits], dtype=g.dtype, device=g.device)
     return g.abs().amax(dim=-1, keepdim=True) / maxval
 
 
@@ -421,7 +421,7 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     k = c.shape[-1]
     if 32 % bits == 0:  # 1, 2, 4, 8 bits: whole codes per word (nvfp4 rows hold K=16)
         per_word = 32 // bits
-        shifts = torch.arange(per_word, dtype=torch.int64) * bits
+        shifts = torch.arange(per_word, dtype=torch.int64, device=c.device) * bits
         grouped = c.reshape(*c.shape[:-1], k // per_word, per_word)
         return (grouped << shifts).sum(dim=-1).to(torch.uint32)
     blocks = c.reshape(*c.shape[:-1], k // 32, 32)
@@ -442,7 +442,7 @@ def _unpack(wq: torch.Tensor, bits: int) -> torch.Tensor:
     n = w.shape[-1]
     mask = (1 << bits) - 1
     if 32 % bits == 0:
-        shifts = torch.arange(32 // bits, dtype=torch.int64) * bits
+        shifts = torch.arange(32 // bits, dtype=torch.int64, device=w.device) * bits
         per_word = (w.unsqueeze(-1) >> shifts) & mask
         return per_word.reshape(*w.shape[:-1], n * 32 // bits)
     words = w.reshape(*w.shape[:-1], n // bits, bits)
@@ -483,8 +483,9 @@ def _to_e4m3(x: torch.Tensor) -> torch.Tensor:
     """
     f = x.to(torch.float32)
     a = f.abs()
-    code = torch.searchsorted(_E4M3_MID, a, side="left")  # number of midpoints below a
-    tie = (code < 126) & (a == _E4M3_MID[code.clamp(max=125)])
+    mids = _E4M3_MID.to(a.device)
+    code = torch.searchsorted(mids, a, side="left")  # number of midpoints below a
+    tie = (code < 126) & (a == mids[code.clamp(max=125)])
     code = torch.where(tie & (code % 2 == 1), code + 1, code)
     code = torch.where(torch.isnan(f) | (a >= 464.0), torch.full_like(code, 126), code)
     return (code | torch.signbit(f).to(torch.int64) << 7).to(torch.uint8)
@@ -493,7 +494,7 @@ def _to_e4m3(x: torch.Tensor) -> torch.Tensor:
 def _from_e4m3(codes: torch.Tensor) -> torch.Tensor:
     """Decode E4M3FN uint8 codes to float32 (exact; code 0x7F/0xFF decode to NaN)."""
     c = codes.to(torch.int64)
-    mag = _E4M3[(c & 127).clamp(max=126)]
+    mag = _E4M3.to(c.device)[(c & 127).clamp(max=126)]
     mag = torch.where((c & 127) == 127, torch.full_like(mag, float("nan")), mag)
     return torch.where((c & 128) != 0, -mag, mag)
 
@@ -511,8 +512,8 @@ def _to_fp4(v: torch.Tensor) -> torch.Tensor:
     so that the ``[n, 8]`` distance matrix stays small.
     """
     flat = v.reshape(-1)
-    mags = torch.tensor(_FP4_VALUES[:8], dtype=v.dtype)
-    out = torch.empty(flat.shape, dtype=torch.int64)
+    mags = torch.tensor(_FP4_VALUES[:8], dtype=v.dtype, device=v.device)
+    out = torch.empty(flat.shape, dtype=torch.int64, device=v.device)
     chunk = 1 << 20
     for start in range(0, flat.numel(), chunk):
         part = flat[start : start + chunk]
@@ -628,8 +629,8 @@ def _affine_quantize(
     g = w.to(torch.float32).reshape(*lead, k // group_size, group_size)
     w_max = g.amax(dim=-1, keepdim=True)
     w_min = g.amin(dim=-1, keepdim=True)
-    n_bins = torch.tensor(float(2**bits - 1), dtype=torch.float32)
-    eps = torch.tensor(1e-7, dtype=torch.float32)
+    n_bins = torch.tensor(float(2**bits - 1), dtype=torch.float32, device=w.device)
+    eps = torch.tensor(1e-7, dtype=torch.float32, device=w.device)
     if bits == 1:
         scale = torch.maximum(w_max - w_min, eps)
         bias = w_min
@@ -809,7 +810,7 @@ def _decode(
     if mode == "affine":
         return codes.to(torch.float64), scales.unsqueeze(-1)
     if bits == 4:
-        values = torch.tensor(_FP4_VALUES, dtype=torch.float64)[codes]
+        values = torch.tensor(_FP4_VALUES, dtype=torch.float64, device=codes.device)[codes]
     else:
         values = _from_e4m3(codes).to(torch.float64)
     s = scales.to(torch.int64).unsqueeze(-1)
