@@ -425,7 +425,7 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         grouped = c.reshape(*c.shape[:-1], k // per_word, per_word)
         return (grouped << shifts).sum(dim=-1).to(torch.uint32)
     blocks = c.reshape(*c.shape[:-1], k // 32, 32)
-    words = torch.zeros(*c.shape[:-1], k // 32, bits, dtype=torch.int64)
+    words = torch.zeros(*c.shape[:-1], k // 32, bits, dtype=torch.int64, device=c.device)
     for i in range(32):
         offset = i * bits
         word, shift = divmod(offset, 32)
