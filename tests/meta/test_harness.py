@@ -173,3 +173,11 @@ def test_nan_positions_must_match_unless_the_overflow_is_order_dependent() -> No
     v = judge(np.array([np.nan], np.float32), np.array([-5e37], np.float32), np.array([-5e37]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([6e37]))
     assert not v.passed
+
+
+def test_a_narrow_accumulator_overflow_is_not_admissible() -> None:
+    # float16 output, exact result 0, terms far beyond float16's range but well inside
+    # float32's: a float32 accumulator cannot overflow, so MLX's inf is a real difference.
+    v = judge(np.array([np.inf]), np.array([0.0]), np.array([0.0]), mlx_dtype="float16",
+              peer_dtype="float16", tolerance=ROUNDED, magnitude=np.array([153600.0]))
+    assert not v.passed and v.kind == "nonfinite"
