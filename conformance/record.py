@@ -106,6 +106,8 @@ class ExpectedDivergence:
     dtype: str
     applies: Callable[[Case, str, str], bool]
     mode: str = "default"
+    backends: tuple[str, ...] = ("cpu", "metal", "cuda")
+    """The back ends where MLX diverges; elsewhere the reproducer is not expected to."""
 
 
 @dataclass(frozen=True)

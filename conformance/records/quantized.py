@@ -306,6 +306,7 @@ HALF_ACCUMULATOR_OVERFLOW = ExpectedDivergence(
     dtype="float16",
     mode="affine",
     applies=_overflows_half_accumulator,
+    backends=("cpu",),
 )
 
 
