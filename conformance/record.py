@@ -110,6 +110,66 @@ class ExpectedDivergence:
     """The back ends where MLX diverges; elsewhere the reproducer is not expected to."""
 
 
+FuzzArgs = dict[str, Any]
+"""A fuzz input: argument name -> value (``conformance.fuzz.inputs.Arr`` for arrays, plain
+Python values for the rest), library-neutral until the engine converts it."""
+FuzzCall = Callable[[ModuleType, FuzzArgs, dict[str, Any]], Any]
+"""``call(lib, args, kw)``: one public entry point called on ``lib`` (either package)."""
+
+
+@dataclass(frozen=True)
+class FuzzParam:
+    """How the fuzz may corrupt one argument: as an array (``array``), by interesting
+    ``values`` (wrong types, boundaries), and by an ``extra`` strategy built from the rest
+    of the input (e.g. offset arrays one row too long)."""
+
+    array: bool = False
+    values: tuple[Any, ...] = ()
+    extra: Callable[[FuzzArgs], st.SearchStrategy[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class FuzzOutput:
+    """What one output of an accepted call must be: its ``shape``, and ``"floating"``, a
+    dtype name, or ``None`` for an output that must itself be ``None``."""
+
+    shape: tuple[int, ...] | None
+    dtype: str | None = "floating"
+
+
+@dataclass(frozen=True)
+class FuzzEntry:
+    """One public entry point (a function, a layer constructor + call, a method) as the
+    fuzz drives it (:mod:`conformance.fuzz`).
+
+    Args:
+        name: the public name a report shows, e.g. ``"nn.Linear"``.
+        call: ``call(lib, args, kw)`` on either library.
+        valid: a strategy of VALID inputs (consistent shapes, supported formats), small and
+            with zero-size dims; the engine corrupts 0-3 arguments of each.
+        params: every argument's :class:`FuzzParam` (the ones the engine may corrupt).
+        expect: ``expect(args) -> [FuzzOutput]`` for an accepted input; raising means
+            "this input has no defined result", so accepting it is a violation.
+        where: the op names an error message may carry in brackets, ``[Linear] ...``.
+        from_case: maps a record ``Case`` (arrays as ``Arr`` in a cell dtype, and params)
+            to this entry's arguments, so the fuzz also starts from the record's own
+            Hypothesis strategy; ``None`` where the record's case needs derived data.
+        fixup: applied to every input before the call (keeps a documented precondition,
+            e.g. ``index_policy="trusted"`` only ever sees in-range indices).
+        pinned: inputs every run checks first (each once broke the contract).
+    """
+
+    name: str
+    call: FuzzCall
+    valid: st.SearchStrategy[FuzzArgs]
+    params: Mapping[str, FuzzParam]
+    expect: Callable[[FuzzArgs], list[FuzzOutput]]
+    where: tuple[str, ...]
+    from_case: Callable[[Mapping[str, Any], Mapping[str, Any]], FuzzArgs] | None = None
+    fixup: Callable[[FuzzArgs], FuzzArgs] | None = None
+    pinned: tuple[FuzzArgs, ...] = ()
+
+
 @dataclass(frozen=True)
 class OpRecord:
     """One op or layer. See the module docstring for ``call``.
@@ -125,6 +185,8 @@ class OpRecord:
             ``mx.quantize``) so both libraries see identical derived data.
         magnitude: float64 ``|x| @ |w|.T``-like magnitudes for accumulation bounds.
         edge_cases, errors, mutants, bench, divergences: see their classes.
+        entry_points: the public entry points this record's op is reached by, as the
+            fuzz drives them (:class:`FuzzEntry`).
     """
 
     name: str
@@ -142,6 +204,7 @@ class OpRecord:
     bench: tuple[BenchCase, ...] = ()
     divergences: tuple[ExpectedDivergence, ...] = ()
     notes: str = ""
+    entry_points: tuple[FuzzEntry, ...] = ()
 
 
 def constant(tolerance: Tolerance) -> Callable[[str, str], Tolerance]:

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 
 import torch_reference
 from conformance.dtypes import FORMATS
+from conformance.fuzz.inputs import any_arr, arr, dims, float_dtypes, shape_of, shapes
+from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import HEAD_DIMS, arrays, fill
 from conformance.tolerance import Tolerance
 
@@ -125,9 +128,71 @@ def _bench_sdpa(b, hq, hkv, lq, lk, d, mask):
                 {"scale": 1.0 / math.sqrt(d), "mask": mask})
 
 
+# ---- fuzz entry point (conformance.fuzz) ---------------------------------------------
+
+_ARRAY = FuzzParam(array=True)
+_MASK_STRINGS = ("causal", "Causal", "upper", "", "none", "causal ", "lower")
+_REAL_VALUES = (10000.0, 1.0, 0.0, -1.0, -10000.0, math.nan, math.inf, 1e-300, 1e300, "10000", None, True, 1j, 5)
+
+
+@st.composite
+def _sdpa_fuzz_valid(draw):
+    dt = draw(float_dtypes())
+    b, hkv, ratio = draw(dims(0, 2)), draw(dims(1, 2)), draw(dims(1, 2))
+    lq, lk, d, dv = draw(dims(0, 3)), draw(dims(0, 3)), draw(dims(0, 4)), draw(dims(0, 4))
+    hq = hkv * ratio
+    found = {
+        "q": draw(arr((b, hq, lq, d), dt)),
+        "k": draw(arr((b, hkv, lk, d), dt)),
+        "v": draw(arr((b, hkv, lk, dv), dt)),
+        "scale": draw(st.sampled_from((1.0 / math.sqrt(max(d, 1)), 1.0, 0.125))),
+    }
+    kind = draw(st.sampled_from(("none", "causal", "bool", "additive")))
+    if kind in ("none", "causal"):
+        found["mask"] = None if kind == "none" else "causal"
+    else:
+        full = (b, hq, lq, lk)
+        mshape = tuple(draw(st.sampled_from((1, s))) for s in full)[draw(st.integers(0, 4)):]
+        found["mask"] = draw(arr(mshape, "bool" if kind == "bool" else dt))
+    found["sinks"] = draw(st.sampled_from((None, None, None, "yes")))
+    if found["sinks"] == "yes":
+        found["sinks"] = draw(arr((hq,), dt))
+    return found
+
+
+def _sdpa_fuzz_mask_junk(a):
+    """Masks of odd shapes and dtypes, and the strings that are not ``"causal"``."""
+    return st.one_of(st.sampled_from(_MASK_STRINGS), any_arr(),
+                     shapes(max_rank=5, max_elements=32).flatmap(lambda s: arr(s, "bool")))
+
+
+def _sdpa_fuzz_expect(a):
+    b, hq, lq, _ = shape_of(a["q"])
+    return [FuzzOutput((b, hq, lq, shape_of(a["v"])[-1]))]
+
+
+SDPA_FUZZ = FuzzEntry(
+    name="fast.scaled_dot_product_attention",
+    call=lambda lib, a, kw: lib.fast.scaled_dot_product_attention(
+        a["q"], a["k"], a["v"], scale=a["scale"], mask=a["mask"], sinks=a["sinks"], **kw),
+    valid=_sdpa_fuzz_valid(),
+    params={"q": _ARRAY, "k": _ARRAY, "v": _ARRAY, "sinks": _ARRAY,
+            "mask": FuzzParam(array=True, extra=_sdpa_fuzz_mask_junk), "scale": FuzzParam(values=_REAL_VALUES)},
+    expect=_sdpa_fuzz_expect,
+    where=("scaled_dot_product_attention",),
+    from_case=lambda a, p: {"q": a["q"], "k": a["k"], "v": a["v"], "scale": p["scale"],
+                            "mask": a.get("mask", p.get("mask")), "sinks": None},
+    pinned=(  # no keys at all
+        {"q": _fuzz_zeros((1, 2, 2, 3), "float32"), "k": _fuzz_zeros((1, 2, 0, 3), "float32"),
+         "v": _fuzz_zeros((1, 2, 0, 3), "float32"), "scale": 1.0, "mask": None, "sinks": None},
+    ),
+)
+
+
 SDPA = OpRecord(
     name="fast.scaled_dot_product_attention",
     api=("fast.scaled_dot_product_attention",),
+    entry_points=(SDPA_FUZZ,),
     call=_sdpa_call,
     cases=_sdpa_cases,
     modes=MODES,

@@ -7,7 +7,10 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance.fuzz.inputs import ALL_DTYPES, INT_DTYPES, Arr, Foreign, arr, dims, float_dtypes, same_as, shape_of, shapes
+from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import arrays, fill, index_array
 from conformance.tolerance import EXACT
 
@@ -43,9 +46,71 @@ def _mutant_reversed_rows(lib, a, p, kw):
 
 _W = np.arange(12, dtype=np.float32).reshape(4, 3)
 
+# ---- fuzz entry point (conformance.fuzz) ----
+
+_ARRAY = FuzzParam(array=True)
+_POLICIES = ("check", "clip", "trusted")
+
+
+@st.composite
+def _embedding_fuzz_valid(draw):
+    n, d = draw(dims(0, 6)), draw(dims(0, 4))
+    policy = draw(st.sampled_from(_POLICIES))
+    ishape = draw(shapes(max_rank=3, max_elements=12))
+    idt = draw(st.sampled_from(INT_DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    values = rng.integers(0, max(n, 1), ishape)
+    if policy != "trusted" and draw(st.booleans()) and values.size:
+        bad = draw(st.sampled_from((n, n + 1, -1, -n - 1, 2**31 - 1, -(2**31), 255, 2**32 - 1)))
+        values.reshape(-1)[draw(st.integers(0, values.size - 1))] = bad
+    info = np.iinfo(np.dtype(idt))
+    indices = Arr(np.clip(values, info.min, info.max).astype(idt), idt)
+    return {"weight": draw(arr((n, d), draw(float_dtypes()))), "index_policy": policy, "indices": indices}
+
+
+def _embedding_fuzz_fixup(a):
+    """``trusted`` promises in-range indices (the caller guarantees them; out-of-range ones
+    are undefined behaviour by design): keep that promise. ``check``/``clip`` get any index."""
+    w, idx = a.get("weight"), a.get("indices")
+    if a.get("index_policy") != "trusted" or not isinstance(idx, Arr) or idx.dtype not in INT_DTYPES:
+        return a
+    n = w.shape[0] if isinstance(w, Arr) and w.ndim == 2 else 0
+    if n == 0:
+        values = np.zeros((0,), idx.data.dtype)  # no row is a valid index: only an empty lookup is
+    else:
+        values = np.mod(idx.data.astype(np.int64), n).astype(idx.data.dtype)
+    return {**a, "indices": Arr(values, idx.dtype)}
+
+
+def _embedding_fuzz_expect(a):
+    assert shape_of(a["weight"])[0] > 0 or a["indices"].data.size == 0, "no row to look up in an empty table"
+    return [FuzzOutput((*shape_of(a["indices"]), shape_of(a["weight"])[1]), a["weight"].dtype)]
+
+
+EMBEDDING_FUZZ = FuzzEntry(
+    name="nn.Embedding",
+    call=lambda lib, a, kw: lib.nn.Embedding(a["weight"], index_policy=a["index_policy"])(a["indices"], **kw),
+    valid=_embedding_fuzz_valid(),
+    params={"weight": _ARRAY, "indices": _ARRAY,
+            "index_policy": FuzzParam(values=(*_POLICIES, "wrap", "", "CHECK", None, 0, True))},
+    expect=_embedding_fuzz_expect,
+    where=("Embedding",),
+    from_case=lambda a, p: {"weight": a["weight"], "index_policy": p["index_policy"], "indices": a["indices"]},
+    fixup=_embedding_fuzz_fixup,
+    pinned=(
+        {"weight": _fuzz_zeros((0, 3), "float32"), "index_policy": "clip", "indices": _fuzz_zeros((2,), "int32")},
+        {"weight": _fuzz_zeros((2, 5), "float32"), "index_policy": Foreign(np.zeros(3, np.float32)),
+         "indices": _fuzz_zeros((2,), "int32")},
+        {"weight": _fuzz_zeros((3, 2), "float32"), "index_policy": "check",
+         "indices": Arr(np.array([2**31 - 1, -1], np.int32), "int32")},
+    ),
+)
+
+
 EMBEDDING = OpRecord(
     name="nn.embedding",
     api=("nn.Embedding",),
+    entry_points=(EMBEDDING_FUZZ,),
     call=_embedding_call,
     cases=_embedding_cases,
     tolerance=constant(EXACT),
@@ -109,9 +174,35 @@ def _mutant_repeat_seq(lib, a, p, kw):
     return y.reshape(x.shape[0], x.shape[1] * p["repeats"], x.shape[2], x.shape[3])
 
 
+# ---- fuzz entry point (conformance.fuzz) ----
+
+@st.composite
+def _repeat_kv_fuzz_valid(draw):
+    shape = (draw(dims(0, 2)), draw(dims(0, 3)), draw(dims(0, 3)), draw(dims(0, 3)))
+    return {"x": draw(arr(shape, draw(st.sampled_from(ALL_DTYPES)))), "repeats": draw(st.integers(1, 4))}
+
+
+def _repeat_kv_fuzz_expect(a):
+    b, h, s, d = shape_of(a["x"])
+    return [FuzzOutput((b, h * int(a["repeats"]), s, d), a["x"].dtype)]
+
+
+REPEAT_KV_FUZZ = FuzzEntry(
+    name="nn.repeat_kv",
+    call=lambda lib, a, kw: lib.nn.repeat_kv(a["x"], a["repeats"], **kw),
+    valid=_repeat_kv_fuzz_valid(),
+    params={"x": _ARRAY, "repeats": FuzzParam(values=(0, -1, 1, 2, 2**31, 2.0, True, None, "2", np.int32(2)))},
+    expect=_repeat_kv_fuzz_expect,
+    where=("repeat_kv",),
+    from_case=lambda a, p: {"x": a["x"], "repeats": p["repeats"]},
+    pinned=({"x": _fuzz_zeros((2, 1, 0, 0), "float32"), "repeats": 2**31},),
+)
+
+
 REPEAT_KV = OpRecord(
     name="nn.repeat_kv",
     api=("nn.repeat_kv",),
+    entry_points=(REPEAT_KV_FUZZ,),
     call=_repeat_kv_call,
     cases=_repeat_kv_cases,
     tolerance=constant(EXACT),
@@ -190,9 +281,55 @@ def _mutant_float32_fill(lib, a, p, kw):
     return mx.where(keep, s, mx.array(-1e9, dtype=mx.float32))
 
 
+# ---- fuzz entry points (conformance.fuzz) ----
+
+@st.composite
+def _square_scores_fuzz(draw):
+    s = draw(dims(0, 4))
+    return {"scores": draw(arr((draw(dims(0, 2)), draw(dims(0, 2)), s, s), draw(float_dtypes())))}
+
+
+@st.composite
+def _offset_scores_fuzz(draw):
+    lq = draw(dims(0, 3))
+    lk = lq + draw(dims(0, 3))
+    scores = draw(arr((draw(dims(0, 2)), draw(dims(0, 2)), lq, lk), draw(float_dtypes())))
+    return {"scores": scores, "offset": draw(st.integers(0, lk - lq))}
+
+
+def _square_from_case(a, p):
+    """The record's scores, cut to their first ``Lq`` keys (square) for the offset mode."""
+    s = a["scores"]
+    return {"scores": Arr(np.ascontiguousarray(s.data[..., : s.shape[-2]]), s.dtype)}
+
+
+CAUSAL_MASK_FUZZ = (
+    FuzzEntry(
+        name="nn.apply_causal_mask",
+        call=lambda lib, a, kw: lib.nn.apply_causal_mask(a["scores"], **kw),
+        valid=_square_scores_fuzz(),
+        params={"scores": _ARRAY},
+        expect=same_as("scores"),
+        where=("apply_causal_mask",),
+        from_case=_square_from_case,
+    ),
+    FuzzEntry(
+        name="nn.apply_causal_mask_with_offset",
+        call=lambda lib, a, kw: lib.nn.apply_causal_mask_with_offset(a["scores"], a["offset"], **kw),
+        valid=_offset_scores_fuzz(),
+        params={"scores": _ARRAY,
+                "offset": FuzzParam(values=(0, 1, -1, 5, 2**31 - 1, 2**63, 1.0, True, None, "0", np.int64(1)))},
+        expect=same_as("scores"),
+        where=("apply_causal_mask_with_offset",),
+        from_case=lambda a, p: {"scores": a["scores"], "offset": p["offset"] or 0},
+    ),
+)
+
+
 CAUSAL_MASK = OpRecord(
     name="nn.causal_mask",
     api=("nn.apply_causal_mask", "nn.apply_causal_mask_with_offset"),
+    entry_points=CAUSAL_MASK_FUZZ,
     call=_mask_call,
     cases=_mask_cases,
     modes=("square", "offset"),

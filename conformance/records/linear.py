@@ -6,7 +6,10 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance.fuzz.inputs import FLOAT_DTYPES, arr, dims, float_dtypes, opt, shape_of, shapes
+from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill
 from conformance.tolerance import Tolerance
 
@@ -68,10 +71,48 @@ def _bench_linear(m: int, k: int, n: int) -> Case:
     return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1),
                  "bias": fill((n,), "normal", "float32", 2)})
 
+# ---- fuzz entry points (conformance.fuzz) -------------------------------------------
+
+_ARRAY = FuzzParam(array=True)
+
+
+@st.composite
+def _linear_fuzz_valid(draw):
+    dt = draw(float_dtypes())
+    n, k = draw(dims(0, 4)), draw(dims(0, 5))
+    lead = draw(shapes(max_rank=3, max_elements=12))
+    xdt = draw(st.sampled_from((dt, dt, dt, *FLOAT_DTYPES)))
+    return {"weight": draw(arr((n, k), dt)), "bias": draw(opt(arr((n,), dt))), "x": draw(arr((*lead, k), xdt))}
+
+
+def _linear_fuzz_call(lib, a, kw):
+    return lib.nn.Linear(a["weight"], a["bias"])(a["x"], **kw)
+
+
+def linear_fuzz_expect(a):
+    """``x [..., K]`` through ``weight [N, K]`` gives ``[..., N]``."""
+    return [FuzzOutput((*shape_of(a["x"])[:-1], shape_of(a["weight"])[0]))]
+
+
+LINEAR_FUZZ = FuzzEntry(
+    name="nn.Linear",
+    call=_linear_fuzz_call,
+    valid=_linear_fuzz_valid(),
+    params={"x": _ARRAY, "weight": _ARRAY, "bias": _ARRAY},
+    expect=linear_fuzz_expect,
+    where=("Linear",),
+    from_case=lambda a, p: {"weight": a["weight"], "bias": a.get("bias"), "x": a["x"]},
+    pinned=(  # mx.addmm cannot reshape an empty batch with K = 0
+        {"weight": _fuzz_zeros((3, 0), "float16"), "bias": _fuzz_zeros((3,), "float16"),
+         "x": _fuzz_zeros((7, 0, 0), "bfloat16")},
+    ),
+)
+
 
 LINEAR = OpRecord(
     name="nn.linear",
     api=("nn.Linear",),
+    entry_points=(LINEAR_FUZZ,),
     call=_linear_call,
     cases=_linear_cases,
     tolerance=constant(MATMUL_TOLERANCE),
@@ -134,10 +175,33 @@ def _mutant_weight_not_transposed(lib, a, p, kw):
     w = a["weight"]
     return a["x"] @ w.reshape(w.shape[0], w.shape[2], w.shape[1])
 
+@st.composite
+def _multi_linear_fuzz_valid(draw):
+    dt = draw(float_dtypes())
+    h, n, k, b, seq = draw(dims(0, 3)), draw(dims(0, 3)), draw(dims(0, 3)), draw(dims(0, 2)), draw(dims(0, 3))
+    return {"weight": draw(arr((h, n, k), dt)), "x": draw(arr((b, h, seq, k), dt))}
+
+
+def _multi_linear_fuzz_expect(a):
+    b, h, seq, _ = shape_of(a["x"])
+    return [FuzzOutput((b, h, seq, shape_of(a["weight"])[1]))]
+
+
+MULTI_LINEAR_FUZZ = FuzzEntry(
+    name="nn.MultiLinear",
+    call=lambda lib, a, kw: lib.nn.MultiLinear(a["weight"])(a["x"], **kw),
+    valid=_multi_linear_fuzz_valid(),
+    params={"x": _ARRAY, "weight": _ARRAY},
+    expect=_multi_linear_fuzz_expect,
+    where=("MultiLinear",),
+    from_case=lambda a, p: {"weight": a["weight"], "x": a["x"]},
+)
+
 
 MULTI_LINEAR = OpRecord(
     name="nn.multi_linear",
     api=("nn.MultiLinear",),
+    entry_points=(MULTI_LINEAR_FUZZ,),
     call=_multi_linear_call,
     cases=_multi_linear_cases,
     tolerance=constant(MATMUL_TOLERANCE),

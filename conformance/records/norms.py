@@ -11,7 +11,10 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance.fuzz.inputs import EPS_VALUES, FLOAT_DTYPES, arr, dims, float_dtypes, same_as, shapes
+from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord
+from conformance.record import FuzzEntry, FuzzParam
 from conformance.strategies import FEATURES, arrays, fill
 from conformance.tolerance import Tolerance
 
@@ -135,9 +138,83 @@ def _norm_bench(bias: bool) -> tuple[BenchCase, ...]:
 
 _NORM_BENCH = _norm_bench(bias=False)
 
+# ---- fuzz entry points (conformance.fuzz) -------------------------------------------
+
+_ARRAY = FuzzParam(array=True)
+_FUZZ_NORM_PARAMS = {"x": _ARRAY, "weight": _ARRAY, "eps": FuzzParam(values=EPS_VALUES)}
+_FUZZ_EPS = (0.0, 1e-5, 1e-2)
+
+
+@st.composite
+def _fuzz_rows(draw, *, weight, bias):
+    """``x [..., D]`` with a ``[D]`` weight/bias: ``"yes"``, ``"no"`` or ``"optional"``."""
+    dt = draw(float_dtypes())
+    d = draw(dims(0, 6))
+    lead = draw(shapes(max_rank=3, max_elements=10))
+    found = {"x": draw(arr((*lead, d), dt))}
+    for name, rule in (("weight", weight), ("bias", bias)):
+        if rule == "yes" or (rule == "optional" and draw(st.booleans())):
+            found[name] = draw(arr((d,), draw(st.sampled_from((dt, dt, *FLOAT_DTYPES)))))
+        elif rule == "optional":
+            found[name] = None
+    return found
+
+
+@st.composite
+def _fuzz_norm_valid(draw, *, weight, bias, stored_eps=False):
+    found = {**draw(_fuzz_rows(weight=weight, bias=bias)), "eps": draw(st.sampled_from(_FUZZ_EPS))}
+    if stored_eps:
+        found["stored_eps"] = draw(st.sampled_from((1e-5, 1e-6, 1.0)))
+    return found
+
+
+def _fuzz_norm_entry(name, call, weight, bias, where, from_case, pinned=(), stored_eps=False):
+    params = {**_FUZZ_NORM_PARAMS, **({"bias": _ARRAY} if bias != "no" else {})}
+    if stored_eps:
+        params["stored_eps"] = FuzzParam(values=EPS_VALUES)
+    return FuzzEntry(name=name, call=call, valid=_fuzz_norm_valid(weight=weight, bias=bias, stored_eps=stored_eps),
+                     params=params, expect=same_as("x"), where=(where,), from_case=from_case, pinned=pinned)
+
+
+def _fuzz_rms_case(a, p):
+    return {"x": a["x"], "weight": a.get("weight"), "eps": p["eps"]}
+
+
+def _fuzz_ln_case(a, p):
+    return {"x": a["x"], "weight": a.get("weight"), "bias": a.get("bias"), "eps": p["eps"]}
+
+
+FAST_RMS_NORM_FUZZ = (
+    _fuzz_norm_entry("fast.RMSNorm", lambda lib, a, kw: lib.fast.RMSNorm(a["weight"])(a["x"], a["eps"], **kw),
+                     "optional", "no", "RMSNorm", _fuzz_rms_case),
+    _fuzz_norm_entry("fast.rms_norm", lambda lib, a, kw: lib.fast.rms_norm(a["x"], a["weight"], a["eps"], **kw),
+                     "optional", "no", "rms_norm", _fuzz_rms_case),
+)
+FAST_LAYER_NORM_FUZZ = (
+    _fuzz_norm_entry("fast.LayerNorm",
+                     lambda lib, a, kw: lib.fast.LayerNorm(a["weight"], a["bias"])(a["x"], a["eps"], **kw),
+                     "optional", "optional", "LayerNorm", _fuzz_ln_case),
+    _fuzz_norm_entry("fast.layer_norm",
+                     lambda lib, a, kw: lib.fast.layer_norm(a["x"], a["weight"], a["bias"], a["eps"], **kw),
+                     "optional", "optional", "layer_norm", _fuzz_ln_case,
+                     pinned=(  # float32 bias, bfloat16 x, no weight: which dtype comes out?
+                         {"x": _fuzz_zeros((2, 4), "bfloat16"), "weight": None,
+                          "bias": _fuzz_zeros((4,), "float32"), "eps": 1e-5},
+                     )),
+)
+NN_RMS_NORM_FUZZ = _fuzz_norm_entry(
+    "nn.RMSNorm", lambda lib, a, kw: lib.nn.RMSNorm(a["weight"], eps=a["stored_eps"])(a["x"], eps=a["eps"], **kw),
+    "yes", "no", "RMSNorm", lambda a, p: {"x": a["x"], "weight": a["weight"], "stored_eps": p["stored_eps"],
+                                          "eps": p["eps"]}, stored_eps=True)
+NN_LAYER_NORM_FUZZ = _fuzz_norm_entry(
+    "nn.LayerNorm", lambda lib, a, kw: lib.nn.LayerNorm(a["weight"], a["bias"], eps=a["eps"])(a["x"], **kw),
+    "yes", "optional", "LayerNorm", _fuzz_ln_case)
+
+
 FAST_RMS_NORM = OpRecord(
     name="fast.rms_norm",
     api=("fast.RMSNorm", "fast.rms_norm"),
+    entry_points=FAST_RMS_NORM_FUZZ,
     call=_fast_rms_call,
     cases=_fast_rms_cases,
     tolerance=_norm_tolerance(_NORM_TOLERANCE, 1),
@@ -197,6 +274,7 @@ def _ln_by_hand(a, p, *, ddof=0, use_bias=True):
 FAST_LAYER_NORM = OpRecord(
     name="fast.layer_norm",
     api=("fast.LayerNorm", "fast.layer_norm"),
+    entry_points=FAST_LAYER_NORM_FUZZ,
     call=_fast_ln_call,
     cases=_fast_ln_cases,
     tolerance=_norm_tolerance(_NORM_TOLERANCE, 2),
@@ -245,6 +323,7 @@ def _mutant_ignores_call_eps(lib, a, p, kw):
 NN_RMS_NORM = OpRecord(
     name="nn.rms_norm",
     api=("nn.RMSNorm",),
+    entry_points=(NN_RMS_NORM_FUZZ,),
     call=_nn_rms_call,
     cases=_nn_rms_cases,
     tolerance=_norm_tolerance(_NORM_TOLERANCE, 1),
@@ -298,6 +377,7 @@ def _mutant_eps_zero_kept(lib, a, p, kw):
 NN_LAYER_NORM = OpRecord(
     name="nn.layer_norm",
     api=("nn.LayerNorm",),
+    entry_points=(NN_LAYER_NORM_FUZZ,),
     call=_nn_ln_call,
     cases=_nn_ln_cases,
     tolerance=_norm_tolerance(_COMPOSED_LN_TOLERANCE, 2),

@@ -30,6 +30,7 @@ from conformance.record import (
     OpRecord,
     constant,
 )
+from conformance.records import quantized_fuzz
 from conformance.strategies import arrays, fill
 from conformance.tolerance import EXACT, Tolerance
 
@@ -119,6 +120,7 @@ def mx_quantize(w, p):
 QUANTIZE = OpRecord(
     name="quantization.quantize",
     api=("quantization.quantize",),
+    entry_points=(quantized_fuzz.QUANTIZE_FUZZ,),
     call=_quantize_call,
     cases=_quantize_cases,
     modes=MODES,
@@ -186,6 +188,7 @@ def _mutant_fp_float32_output(lib, a, p, kw):
 DEQUANTIZE = OpRecord(
     name="quantization.dequantize",
     api=("quantization.dequantize",),
+    entry_points=(quantized_fuzz.DEQUANTIZE_FUZZ,),
     call=_dequantize_call,
     cases=_quantize_cases,
     derive=_derive_packed,
@@ -335,6 +338,7 @@ def _bench_qmm(m: int, k: int, n: int, mode: str) -> Case:
 QUANTIZED_MATMUL = OpRecord(
     name="quantization.quantized_matmul",
     api=("quantization.quantized_matmul",),
+    entry_points=(quantized_fuzz.QUANTIZED_MATMUL_FUZZ,),
     call=_qmm_call,
     cases=_qmm_cases,
     derive=_derive_packed,
@@ -386,6 +390,11 @@ def _mutant_dropped_layer_bias(lib, a, p, kw):
 QUANTIZED_LINEAR = OpRecord(
     name="nn.quantized_linear",
     api=("nn.QuantizedLinear",),
+    entry_points=(
+        quantized_fuzz.QUANTIZED_LINEAR_FUZZ,
+        quantized_fuzz.FROM_FLOAT_FUZZ,
+        quantized_fuzz.TO_QUANTIZED_FUZZ,
+    ),
     call=_qlinear_call,
     cases=_qlinear_cases,
     derive=_derive_packed,

@@ -4,11 +4,16 @@ per-row offset arrays, 3-D and 4-D inputs."""
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
+from conformance.fuzz.inputs import ALL_DTYPES, Arr, arr, dims, float_dtypes, same_as
+from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.record import FuzzEntry, FuzzParam
 from conformance.strategies import SEQ_LENS, arrays, fill
 from conformance.tolerance import Tolerance
 
@@ -114,9 +119,78 @@ _ROPE_TOLERANCE = Tolerance(
     accumulation_terms=lambda a, p: 12,
 )
 
+# ---- fuzz entry points (conformance.fuzz) ---------------------------------------------
+
+_DIMS_VALUES = (0, -2, 1, 3, 7, 2, 4, 8, 16, 2**31, 4.0, None, "8", True)
+_REAL_VALUES = (10000.0, 1.0, 0.0, -1.0, -10000.0, math.nan, math.inf, 1e-300, 1e300, "10000", None, True, 1j, 5)
+
+
+@st.composite
+def _rope_fuzz_valid(draw):
+    dt = draw(float_dtypes())
+    b, t, d = draw(dims(0, 2)), draw(dims(0, 3)), 2 * draw(dims(1, 4))
+    shape = (b, t, d) if draw(st.booleans()) else (b, draw(dims(0, 2)), t, d)
+    offset = draw(st.sampled_from((0, 1, 17, 4096)))
+    if draw(st.booleans()):
+        offset = draw(arr(draw(st.sampled_from(((b,), (), (1,)))),
+                          draw(st.sampled_from(("int32", "int32", "uint32"))), ("small",)))
+    return {
+        "x": draw(arr(shape, dt)),
+        "dims": 2 * draw(st.integers(1, d // 2)),
+        "traditional": draw(st.booleans()),
+        "base": draw(st.sampled_from((10000.0, 10.0, 1e6))),
+        "scale": draw(st.sampled_from((1.0, 0.5, 2.0))),
+        "offset": offset,
+    }
+
+
+def _rope_fuzz_offset_junk(a):
+    """Negative, float and huge offsets, and offset arrays of the wrong length or dtype."""
+    b = a["x"].shape[0] if isinstance(a.get("x"), Arr) and a["x"].ndim else 1
+    return st.one_of(
+        st.sampled_from((-1, 1.5, 2**31 - 1, 2**31, -(2**31), True, np.int64(3), "0", None)),
+        st.sampled_from(((b + 1,), (b, 1), (0,), (2, b))).flatmap(lambda s: arr(s, "int32")),
+        st.sampled_from(ALL_DTYPES).flatmap(lambda dt: arr((b,), dt)),
+    )
+
+
+def _rope_fuzz_layer_call(lib, a, kw):
+    layer = lib.fast.RoPE(a["dims"], traditional=a["traditional"], base=a["base"], scale=a["scale"])
+    return layer(a["x"], offset=a["offset"], **kw)
+
+
+def _rope_fuzz_fn_call(lib, a, kw):
+    return lib.fast.rope(a["x"], a["dims"], traditional=a["traditional"], base=a["base"], scale=a["scale"],
+                         offset=a["offset"], **kw)
+
+
+def _rope_from_case(a, p):
+    return {"x": a["x"], "dims": p["dims"], "traditional": p["mode"] == "interleaved", "base": p["base"],
+            "scale": p["scale"], "offset": a["offset"] if "offset" in a else p["offset"]}
+
+
+_ROPE_FUZZ_PARAMS = {
+    "x": FuzzParam(array=True),
+    "dims": FuzzParam(values=_DIMS_VALUES),
+    "traditional": FuzzParam(values=(0, 1, None, "no")),
+    "base": FuzzParam(values=_REAL_VALUES),
+    "scale": FuzzParam(values=_REAL_VALUES),
+    "offset": FuzzParam(array=True, extra=_rope_fuzz_offset_junk),
+}
+ROPE_FUZZ = (
+    FuzzEntry(name="fast.RoPE", call=_rope_fuzz_layer_call, valid=_rope_fuzz_valid(), params=_ROPE_FUZZ_PARAMS,
+              expect=same_as("x"), where=("RoPE",), from_case=_rope_from_case),
+    FuzzEntry(name="fast.rope", call=_rope_fuzz_fn_call, valid=_rope_fuzz_valid(), params=_ROPE_FUZZ_PARAMS,
+              expect=same_as("x"), where=("rope",), from_case=_rope_from_case,
+              pinned=({"x": _fuzz_zeros((1, 2, 8), "float32"), "dims": 2, "traditional": False, "base": 1e-300,
+                       "scale": 1.0, "offset": 0},)),
+)
+
+
 ROPE = OpRecord(
     name="fast.rope",
     api=("fast.RoPE", "fast.rope"),
+    entry_points=ROPE_FUZZ,
     call=_rope_call,
     cases=_rope_cases,
     modes=MODES,
