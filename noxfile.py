@@ -1,5 +1,6 @@
 """Sessions: ``tests`` (unit, harness meta-tests, fuzz), ``conformance`` (the main job:
 the full registry under a Hypothesis profile, writing ``reports/conformance/``),
+``thorough`` (the same under the ``thorough`` profile, for nightly runs; not a default),
 ``lint`` (ruff), ``typecheck`` (mypy), ``bench`` / ``bench_compare`` / ``bench_smoke``
 (performance baselines).
 
@@ -41,6 +42,16 @@ def conformance(session: nox.Session) -> None:
     """The conformance matrix, error cases and mutation meta-tests; writes the report."""
     install_project(session)
     session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
+
+
+@nox.session
+def thorough(session: nox.Session) -> None:
+    """Nightly: the whole registry under the ``thorough`` profile (250 examples a cell),
+    error cases, mutants, and the fuzz at 1000 inputs per entry point, each entry point
+    capped at a minute and each call at 20 s (a hang is killed and reported), so the fuzz
+    ends within about half an hour. Writes the report like ``conformance``."""
+    install_project(session)
+    session.run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
 
 
 @nox.session

@@ -77,6 +77,7 @@ def summary(report: dict[str, Any]) -> dict[str, int]:
         "fuzz_inputs": sum(f["total_inputs"] for f in report.get("fuzz", [])),
         "fuzz_violations": sum(len(f["violations"]) for f in report.get("fuzz", [])),
         "fuzz_crashes": sum(len(f["crashes"]) for f in report.get("fuzz", [])),
+        "fuzz_hangs": sum(len(f.get("hangs", [])) for f in report.get("fuzz", [])),
     }
 
 
@@ -193,7 +194,7 @@ def _fuzz_rows(result: dict[str, Any]) -> list[tuple[str, int, str, str, int, st
     for name, e in sorted(result["entries"].items()):
         sides = [f"{e[lib]['accepted']} / {e[lib]['refused']}" if lib in e else "-" for lib in ("mlx", "torch")]
         bad = sum(e[lib]["violations"] for lib in ("mlx", "torch") if lib in e) + e.get("disagreements", 0)
-        note = f"crashed {e['crashed']}" if e.get("crashed") else ""
+        note = ", ".join(f"{what} {e[key]}" for key, what in (("crashed", "crashed"), ("hung", "hung")) if e.get(key))
         rows.append((name, e["inputs"], sides[0], sides[1], bad, note))
     return rows
 
@@ -205,13 +206,16 @@ def _fuzz_markdown(report: dict[str, Any]) -> list[str]:
         out += ["", f"## Fuzzing (run {result.get('run', 0)})", "", _FUZZ_INTRO, "",
                 f"**{result['total_inputs']} inputs** over {len(result['entries'])} entry points "
                 f"({result['examples_per_entry']} each, profile `{result['profile']}`); "
-                f"{len(result['violations'])} distinct violations, {len(result['crashes'])} crashes.", "",
+                f"{len(result['violations'])} distinct violations, {len(result['crashes'])} crashes, "
+                f"{len(result.get('hangs', []))} hangs.", "",
                 "| entry point | inputs | MLX accepted / refused | PyTorch accepted / refused | violations | |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {n} | {i} | {m} | {t} | {'**' + str(b) + '**' if b else 0} | {note} |"
                 for n, i, m, t, b, note in _fuzz_rows(result)]
         for c in result["crashes"]:
             out += ["", f"- CRASH `{c['entry']}` [{c['library']}]: {c['detail'][:300]}", f"  input: `{c['input']}`"]
+        for h in result.get("hangs", []):
+            out += ["", f"- HANG `{h['entry']}` [{h['library']}]: {h['detail'][:300]}", f"  input: `{h['input']}`"]
         for v in result["violations"]:
             out += ["", f"- `{v['entry']}` [{v['library']}] {v['kind']} (x{v['count']}): {v['exception']} "
                     f"{v['detail'][:300]}", f"  input: `{v['input'][:800]}`"]
@@ -229,6 +233,8 @@ def _fuzz_html(report: dict[str, Any]) -> str:
         )
         problems = [f"CRASH {c['entry']} [{c['library']}]: {c['detail'][:300]}\n  input: {c['input']}"
                     for c in result["crashes"]]
+        problems += [f"HANG {h['entry']} [{h['library']}]: {h['detail'][:300]}\n  input: {h['input']}"
+                     for h in result.get("hangs", [])]
         problems += [f"{v['entry']} [{v['library']}] {v['kind']} (x{v['count']}): {v['exception']} "
                      f"{v['detail'][:300]}\n  input: {v['input'][:800]}" for v in result["violations"]]
         listing = f"<pre>{esc(chr(10).join(problems))}</pre>" if problems else ""

@@ -3,8 +3,9 @@ every public entry point of ``mlx_impl`` and ``torch_reference``, in a subproces
 
 Each call must return a correctly shaped result or raise ``ValueError`` / ``TypeError`` /
 ``IndexError`` with a bracketed message naming the op, and never kill the interpreter; the
-two libraries must accept and refuse the same inputs. ``conformance/fuzz.py`` explains the
-strategy and the crash isolation. The counts (inputs tried per entry point, acceptances,
+two libraries must accept and refuse the same inputs, and no call may hang. The entry
+points are the registry records' ``entry_points``; ``conformance/fuzz/__init__.py`` explains
+the strategy and the crash and hang isolation. The counts (inputs tried per entry point, acceptances,
 refusals, violations, crashes) are written to ``reports/conformance/fuzz.json``.
 
 The budget follows the Hypothesis profile (``--hypothesis-profile``; ``ci`` unless given):
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "reports" / "conformance" / "fuzz.json"
 SECONDS_PER_INPUT = 0.25
 """A generous bound on one input's time (both libraries, a loaded 2-core machine) for the
-run's time limit; a run past it is reported as a hang with the input in flight."""
+run's total time limit (a single call is bounded by ``fuzz.HANG_SECONDS``)."""
+PLANTED_HANG_SECONDS = 3.0
+"""The per-call deadline the planted-hang meta-test runs under."""
 
 
 def _budget() -> tuple[str, int]:
@@ -43,6 +46,8 @@ def _problems(result: dict[str, Any]) -> str:
         lines.append(
             f"CRASH {c['entry']} [{c['library']}]: {c['detail'][:300]}\n    input: {c['input']}"
         )
+    for h in result["hangs"]:
+        lines.append(f"HANG {h['entry']} [{h['library']}]: {h['detail'][:300]}\n    input: {h['input']}")
     for v in result["violations"]:
         lines.append(
             f"VIOLATION {v['entry']} [{v['library']}] {v['kind']} (x{v['count']}): "
@@ -55,15 +60,20 @@ def _problems(result: dict[str, Any]) -> str:
 def fuzz_result() -> dict[str, Any]:
     """One fuzz run for the module, written to the report folder whatever its verdict."""
     profile, examples = _budget()
-    timeout = 120.0 + SECONDS_PER_INPUT * examples * len(fuzz.ENTRY_POINTS)
+    timeout = 120.0 + SECONDS_PER_INPUT * examples * len(fuzz.entry_points())
     result = fuzz.run_fuzz(examples, profile, timeout_s=timeout)
     write_json_atomic(REPORT, result)
     return result
 
 
 def test_no_crash(fuzz_result: dict[str, Any]) -> None:
-    """Neither library killed (or hung) the interpreter on any input."""
+    """Neither library killed the interpreter on any input."""
     assert not fuzz_result["crashes"], _problems(fuzz_result)
+
+
+def test_no_hang(fuzz_result: dict[str, Any]) -> None:
+    """No call of either library ran past the per-call deadline."""
+    assert not fuzz_result["hangs"], _problems(fuzz_result)
 
 
 def test_no_contract_violation(fuzz_result: dict[str, Any]) -> None:
@@ -77,22 +87,25 @@ def test_every_entry_point_was_tried(fuzz_result: dict[str, Any]) -> None:
     examples = fuzz_result["examples_per_entry"]
     least = max(1, int(0.9 * examples))  # Hypothesis runs exactly max_examples here; margin only
     entries = fuzz_result["entries"]
-    missing = sorted(set(fuzz.ENTRY_POINTS) - set(entries))
+    missing = sorted(set(fuzz.entry_points()) - set(entries))
     assert not missing, f"entry points never fuzzed: {missing}\n{_problems(fuzz_result)}"
     abandoned = {
-        n: e["abandoned_after_crashes"]
+        n: e["abandoned_after_failures"]
         for n, e in entries.items()
-        if "abandoned_after_crashes" in e
+        if "abandoned_after_failures" in e
     }
     assert not abandoned, (
-        f"entry points abandoned after repeated crashes (test_no_crash has them): {abandoned}"
+        f"entry points abandoned after repeated crashes or hangs (test_no_crash/test_no_hang "
+        f"have them): {abandoned}"
     )
+    stopped = sorted(n for n, e in entries.items() if e.get("stopped_at_time_budget"))
+    assert not stopped, f"entry points stopped at their time budget: {stopped}"
     short = {n: e["inputs"] for n, e in fuzz_result["entries"].items() if e["inputs"] < least}
     assert not short, f"entry points tried fewer than {least} times: {short}"
     for name, e in fuzz_result["entries"].items():
         for lib in ("mlx", "torch"):
             ran = e[lib]["accepted"] + e[lib]["refused"] + e[lib]["violations"]
-            assert ran == e["inputs"] - e["crashed"], (name, lib, e)
+            assert ran == e["inputs"] - e["crashed"] - e["hung"], (name, lib, e)
 
 
 def test_inputs_are_a_mix_of_right_and_wrong(fuzz_result: dict[str, Any]) -> None:
@@ -104,11 +117,73 @@ def test_inputs_are_a_mix_of_right_and_wrong(fuzz_result: dict[str, Any]) -> Non
 
 
 def test_fuzz_covers_every_public_op() -> None:
-    """Every public name a conformance record covers has a fuzz entry point."""
-    from conformance.registry import covered_api
+    """Every public name a conformance record covers has a fuzz entry point, declared by
+    the record that covers it."""
+    from conformance.registry import REGISTRY
 
-    uncovered = sorted(name for name in covered_api() if name not in fuzz.ENTRY_POINTS)
-    assert not uncovered, f"public ops without a fuzz entry point: {uncovered}"
+    uncovered = sorted(
+        f"{record.name}: {name}"
+        for record in REGISTRY.values()
+        for name in record.api
+        if name not in {e.name for e in record.entry_points}
+    )
+    assert not uncovered, f"public ops without a fuzz entry point in their record: {uncovered}"
+
+
+EXPECTED_ENTRY_POINTS = 21
+"""The entry points fuzzed before the fuzz read the registry (issue 11): none may be lost."""
+
+
+def _assert_accepts(entry: Any, strategy: Any, libraries: list[Any]) -> None:
+    """Both libraries accept 5 inputs of ``strategy`` for ``entry``."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hsettings
+
+    from conformance.fuzz.library import run_one
+
+    @hsettings(max_examples=5, database=None, deadline=None, derandomize=True,
+               suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def accepted(args: dict[str, Any]) -> None:
+        for lib in libraries:
+            outcome = run_one(entry, lib, args)
+            assert outcome.status == "accepted", (entry.name, lib.name, outcome)
+
+    accepted()
+
+
+def test_every_entry_point_is_declared_and_starts_from_its_record() -> None:
+    """All 21 entry points come from the registry, and each also draws valid inputs from
+    its record's own ``cases`` strategy (``from_case``): those inputs are accepted by both
+    libraries, so the map from a record case to the entry's arguments is right."""
+    from conformance.fuzz.entries import record_inputs
+    from conformance.fuzz.library import Library
+    from conformance.registry import REGISTRY
+
+    entries = fuzz.entry_points()
+    assert len(entries) == EXPECTED_ENTRY_POINTS, sorted(entries)
+    libraries = [Library("mlx"), Library("torch")]
+    for name, driven in entries.items():
+        strategy = record_inputs(REGISTRY[driven.record], driven.entry)
+        assert strategy is not None, f"{name}: no from_case map to its record's cases"
+        _assert_accepts(driven.entry, strategy, libraries)
+
+
+def test_pinned_inputs_are_kept() -> None:
+    """The inputs pinned because they once broke the contract are still declared."""
+    entries = fuzz.entry_points()
+    pinned = {name: len(d.entry.pinned) for name, d in entries.items() if d.entry.pinned}
+    assert pinned == {
+        "quantization.quantized_matmul": 4,
+        "nn.QuantizedLinear": 1,
+        "nn.Linear": 1,
+        "nn.Embedding": 3,
+        "fast.scaled_dot_product_attention": 1,
+        "quantization.dequantize": 1,
+        "nn.repeat_kv": 1,
+        "fast.layer_norm": 1,
+        "fast.rope": 1,
+    }, pinned
 
 
 def test_fuzz_notices_crashes_and_broken_contracts() -> None:
@@ -130,11 +205,42 @@ def test_fuzz_notices_crashes_and_broken_contracts() -> None:
     assert len(crashes) == 1, crashes
     assert crashes[0]["entry"] == "selftest.crash" and crashes[0]["library"] == "mlx"
     assert "SIGSEGV" in crashes[0]["detail"]
-    shape = re.match(r"x=float\w+\[([\d, ]*)\]", crashes[0]["input"])
+    shape = re.match(r"x=\w+\[([\d, ]*)\]", crashes[0]["input"])
     assert shape is not None and "0" in shape.group(1).split(", "), crashes[0]["input"]
     kinds = {v["kind"] for v in result["violations"] if v["entry"] == "selftest.misbehave"}
     assert "undocumented exception (call)" in kinds, kinds
     assert "message not bracketed" in kinds, kinds
     assert "wrong result" in kinds, kinds
     assert result["entries"]["selftest.misbehave"]["inputs"] == 30
+    assert not result["hangs"], result["hangs"]
+    assert not result["ok"]
+
+
+def test_fuzz_reports_a_planted_hang_within_seconds() -> None:
+    """Meta-test: an entry point that never returns on a zero-size input (as MLX's CPU sum
+    over an empty last axis sometimes does) is reported as a HANG, not a crash, within
+    seconds of the call starting, naming that exact input; the child is killed and
+    restarted with the input skipped, and the entry points after it still run."""
+    env = {**os.environ, fuzz.SELFTEST_ENV: "1"}
+    result = fuzz.run_fuzz(
+        30,
+        "ci",
+        entries=("selftest.hang", "selftest.misbehave"),
+        env=env,
+        libraries=("mlx",),
+        max_crashes_per_entry=2,
+        hang_s=PLANTED_HANG_SECONDS,
+        timeout_s=300.0,
+    )
+    hangs = result["hangs"]
+    assert not result["crashes"], result["crashes"]
+    assert len(hangs) == 2, hangs  # two distinct zero-size inputs, then the entry is abandoned
+    for hang in hangs:
+        assert hang["entry"] == "selftest.hang" and hang["library"] == "mlx", hang
+        assert PLANTED_HANG_SECONDS <= hang["seconds"] < PLANTED_HANG_SECONDS + 10.0, hang
+        shape = re.match(r"x=\w+\[([\d, ]*)\]", hang["input"])
+        assert shape is not None and "0" in shape.group(1).split(", "), hang["input"]
+    assert hangs[0]["input"] != hangs[1]["input"], "the first hang's input was not skipped"
+    assert result["entries"]["selftest.hang"]["abandoned_after_failures"] == 2
+    assert result["entries"]["selftest.misbehave"]["inputs"] == 30  # the run went on
     assert not result["ok"]

@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.record import FuzzArgs, FuzzOutput, FuzzParam
+from conformance.record import FuzzArgs, FuzzEntry, FuzzOutput, FuzzParam
+
+__all__ = [  # what a record needs to declare its entry points, from one place
+    "ALL_DTYPES", "EPS_VALUES", "FLOAT_DTYPES", "INT_DTYPES", "MAX_ELEMENTS", "MAX_QUANT_ELEMENTS",
+    "Arr", "DType", "Foreign", "FuzzArgs", "FuzzEntry", "FuzzOutput", "FuzzParam",
+    "any_arr", "arr", "case_arrays", "constant_array", "describe", "dims", "drawable", "float_dtypes",
+    "junk", "make_data", "mutated", "mutated_array", "opt", "same_as", "set_float64_supported",
+    "shape_of", "shapes",
+]
 
 MAX_ELEMENTS = 64
 MAX_QUANT_ELEMENTS = 256

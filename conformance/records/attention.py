@@ -13,10 +13,19 @@ from hypothesis import strategies as st
 
 import torch_reference
 from conformance.dtypes import FORMATS
-from conformance.fuzz.inputs import any_arr, arr, dims, float_dtypes, shape_of, shapes
+from conformance.fuzz.inputs import (
+    FuzzEntry,
+    FuzzOutput,
+    FuzzParam,
+    any_arr,
+    arr,
+    dims,
+    float_dtypes,
+    shape_of,
+    shapes,
+)
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
-from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import HEAD_DIMS, arrays, fill
 from conformance.tolerance import Tolerance
 

@@ -7,10 +7,23 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.fuzz.inputs import ALL_DTYPES, INT_DTYPES, Arr, Foreign, arr, dims, float_dtypes, same_as, shape_of, shapes
+from conformance.fuzz.inputs import (
+    ALL_DTYPES,
+    INT_DTYPES,
+    Arr,
+    Foreign,
+    FuzzEntry,
+    FuzzOutput,
+    FuzzParam,
+    arr,
+    dims,
+    float_dtypes,
+    same_as,
+    shape_of,
+    shapes,
+)
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
-from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import arrays, fill, index_array
 from conformance.tolerance import EXACT
 

@@ -6,10 +6,20 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.fuzz.inputs import FLOAT_DTYPES, arr, dims, float_dtypes, opt, shape_of, shapes
+from conformance.fuzz.inputs import (
+    FLOAT_DTYPES,
+    FuzzEntry,
+    FuzzOutput,
+    FuzzParam,
+    arr,
+    dims,
+    float_dtypes,
+    opt,
+    shape_of,
+    shapes,
+)
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
-from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill
 from conformance.tolerance import Tolerance
 

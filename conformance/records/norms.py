@@ -11,10 +11,19 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.fuzz.inputs import EPS_VALUES, FLOAT_DTYPES, arr, dims, float_dtypes, same_as, shapes
+from conformance.fuzz.inputs import (
+    EPS_VALUES,
+    FLOAT_DTYPES,
+    FuzzEntry,
+    FuzzParam,
+    arr,
+    dims,
+    float_dtypes,
+    same_as,
+    shapes,
+)
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord
-from conformance.record import FuzzEntry, FuzzParam
 from conformance.strategies import FEATURES, arrays, fill
 from conformance.tolerance import Tolerance
 

@@ -19,6 +19,9 @@ from conformance.fuzz.inputs import (
     FLOAT_DTYPES,
     MAX_QUANT_ELEMENTS,
     DType,
+    FuzzEntry,
+    FuzzOutput,
+    FuzzParam,
     arr,
     dims,
     float_dtypes,
@@ -26,7 +29,6 @@ from conformance.fuzz.inputs import (
     shape_of,
 )
 from conformance.fuzz.inputs import constant_array as _zeros
-from conformance.record import FuzzEntry, FuzzOutput, FuzzParam
 
 QUANT_MODES = ("affine", "nvfp4", "mxfp4", "mxfp8")
 FP_FORMATS = {"nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}

@@ -10,10 +10,18 @@ import mlx.core as mx
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.fuzz.inputs import ALL_DTYPES, Arr, arr, dims, float_dtypes, same_as
+from conformance.fuzz.inputs import (
+    ALL_DTYPES,
+    Arr,
+    FuzzEntry,
+    FuzzParam,
+    arr,
+    dims,
+    float_dtypes,
+    same_as,
+)
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
-from conformance.record import FuzzEntry, FuzzParam
 from conformance.strategies import SEQ_LENS, arrays, fill
 from conformance.tolerance import Tolerance
 
