@@ -244,3 +244,40 @@ def test_fuzz_reports_a_planted_hang_within_seconds() -> None:
     assert result["entries"]["selftest.hang"]["abandoned_after_failures"] == 2
     assert result["entries"]["selftest.misbehave"]["inputs"] == 30  # the run went on
     assert not result["ok"]
+
+
+def test_gpu_back_ends_have_no_float64_and_do_not_draw_it() -> None:
+    """MLX's GPU back ends (CUDA and Metal) have no float64: there the fuzz draws another
+    dtype wherever it would draw a float64 array or dtype argument, so no input it builds
+    is one MLX cannot even hold; on the CPU float64 is drawn."""
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+
+    from conformance.fuzz import inputs
+    from conformance.fuzz.library import Library, has_float64, mlx_backend
+
+    assert has_float64("cpu")
+    assert not has_float64("cuda") and not has_float64("metal") and not has_float64("gpu")
+    assert mlx_backend() in ("cpu", "cuda", "metal", "gpu")
+    seen: dict[bool, set[str]] = {True: set(), False: set()}
+
+    def dtypes_drawn(supported: bool) -> None:
+        inputs.set_float64_supported(supported)
+
+        @hsettings(max_examples=60, database=None, derandomize=True)
+        @given(inputs.any_arr())
+        def draw(a: Any) -> None:
+            seen[supported].add(a.dtype)
+
+        draw()
+
+    try:
+        dtypes_drawn(True)
+        dtypes_drawn(False)
+        assert "float64" in seen[True], seen
+        assert "float64" not in seen[False] and "float32" in seen[False], seen
+        assert inputs.drawable("float64") == "float32"  # what arr() builds in its place
+        mlx = Library("mlx")
+        assert str(mlx.convert(inputs.DType("float64"))) == "mlx.core.float32"
+    finally:
+        inputs.set_float64_supported(has_float64(mlx_backend()))

@@ -15,6 +15,7 @@ import faulthandler
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -246,6 +247,8 @@ def child_main(args: argparse.Namespace) -> int:
     # A fatal signal (an MLX kernel's SIGSEGV/SIGFPE/SIGABRT) prints the Python stack to
     # stderr, which the parent puts in the crash report next to the input in flight.
     faulthandler.enable()
+    if hasattr(signal, "SIGUSR1"):  # the parent asks for every thread's stack before killing a hang
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     profiles.register()
     settings.load_profile(args.profile)
     if "mlx" in args.library:

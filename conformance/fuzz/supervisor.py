@@ -98,10 +98,22 @@ def _watch(
         if not verdict and time.monotonic() > deadline:
             verdict, age = "time limit", now - launched
         if verdict:
+            _dump_stacks(proc)
             proc.kill()
             proc.wait()
             return verdict, age
     return "exited", 0.0
+
+
+def _dump_stacks(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a stuck child for every thread's Python stack (the child registers faulthandler
+    on SIGUSR1), so the hang's report shows where it was stuck; then it is killed."""
+    if hasattr(signal, "SIGUSR1"):
+        try:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        except ProcessLookupError:
+            pass
 
 
 def run_fuzz(
@@ -205,7 +217,7 @@ def run_fuzz(
                         "startup": f"no call started within {STARTUP_SECONDS:g} s of launch"}[verdict]
                 merged["hangs"].append({"entry": entry, "library": library, "input": text,
                                         "seconds": round(seconds, 1),
-                                        "detail": f"hang: {what}; the child was killed"})
+                                        "detail": f"hang: {what}; the child was killed; its stacks: {tail}"})
             failures_by_entry[entry] = failures_by_entry.get(entry, 0) + 1
             if text:
                 skip[f"{entry}|{text}"] = "crash" if verdict == "exited" else "hang"
@@ -243,11 +255,13 @@ def _entry_names(env: Mapping[str, str]) -> list[str]:
 
 
 def _stderr_excerpt(text: str) -> str:
-    """The useful part of a dead child's stderr: faulthandler's dump starts with the
-    innermost frames, so keep its head; otherwise the tail (a Python traceback's end)."""
-    start = text.find("Fatal Python error")
-    if start >= 0:
-        return text[start : start + 1500]
+    """The useful part of a dead or stuck child's stderr: faulthandler's dump (after a fatal
+    signal, or on the parent's SIGUSR1 for a hang) starts with the innermost frames, so keep
+    its head; otherwise the tail (a Python traceback's end)."""
+    for marker in ("Fatal Python error", "Current thread 0x", "Thread 0x"):
+        start = text.find(marker)
+        if start >= 0:
+            return text[start : start + 1500]
     return text[-2000:]
 
 
