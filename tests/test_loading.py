@@ -22,7 +22,7 @@ import pytest
 
 import mlx_impl.loading as loading
 from mlx_impl import WeightLoadError, fast, load_safetensors, load_weights, weight
-from mlx_impl.loading import save_safetensors
+from mlx_impl.loading import safetensors_io, save_safetensors
 from mlx_impl.nn import (
     Embedding,
     LayerNorm,
@@ -587,15 +587,11 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
-    calls = []
+    def failing(specs: object, file: str, metadata: object) -> None:
+        Path(file).write_bytes(b"partial")  # the disk fills up halfway through the write
+        raise OSError("disk full")
 
-    def failing(arr: mx.array) -> bytes:
-        calls.append(arr)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return bytes(arr.nbytes)
-
-    monkeypatch.setattr(loading, "_array_bytes", failing)
+    monkeypatch.setattr(safetensors_io, "_write_file", failing)
     with pytest.raises(OSError, match="disk full"):
         save_safetensors(path, {"a": mx.zeros((2,)), "b": mx.zeros((3,))})
     assert path.read_bytes() == old  # untouched
