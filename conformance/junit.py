@@ -149,7 +149,8 @@ def junit_cases(report: Mapping[str, Any]) -> list[JUnitCase]:
     modules = header.get("records_modules") or []
     if modules:
         prefix = f"{RECORDS_ENV}={shlex.quote(','.join(modules))} "
-        cases = [JUnitCase(c.suite, c.classname, c.name, c.failure, prefix + c.rerun, c.kind)
+        cases = [JUnitCase(c.suite, c.classname, c.name, c.failure,
+                           c.rerun if c.rerun.startswith(prefix) else prefix + c.rerun, c.kind)
                  for c in cases]
     return cases
 
