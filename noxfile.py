@@ -12,6 +12,7 @@ does not download a multi-GB CUDA build. Override it, e.g. ``TORCH_SPEC=torch no
 from __future__ import annotations
 
 import os
+import shlex
 
 import nox
 
@@ -20,12 +21,19 @@ nox.options.reuse_existing_virtualenvs = True
 
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+RECORDS_INSTALL = os.environ.get("CONFORMANCE_INSTALL", "")
+"""pip arguments for a user's own records package (e.g. ``./my_layers``), installed beside
+the project so its ``mlx_conformance.records`` entry point joins the registry. Records
+modules named in ``CONFORMANCE_RECORDS`` reach the sessions as every variable does."""
 
 
 def install_project(session: nox.Session) -> None:
-    """torch first (pinned CPU build), then the project with its dev extras."""
+    """torch first (pinned CPU build), then the project with its dev extras, then any
+    records package named in ``CONFORMANCE_INSTALL``."""
     session.install(TORCH_SPEC)
     session.install("-e", ".[dev]")
+    if RECORDS_INSTALL:
+        session.install(*shlex.split(RECORDS_INSTALL))
 
 
 @nox.session
@@ -39,7 +47,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """The conformance matrix, error cases and mutation meta-tests; writes the report."""
+    """The conformance matrix, error cases and mutation meta-tests; writes the report.
+    Arguments after ``--`` go to ``python -m conformance run`` (``--junitxml PATH``,
+    ``--records MODULE``, ``--record NAME``)."""
     install_project(session)
     session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
 

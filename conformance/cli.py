@@ -89,9 +89,17 @@ def _run_record(name: str, profile: str, work: Path, env: dict[str, str]) -> dic
 
 def command_run(args: argparse.Namespace) -> int:
     """Run the registry (or ``--record`` subsets) and write the report."""
-    from conformance.registry import REGISTRY
+    from conformance import plugins
     from mlx_impl import cpu_backend
 
+    try:
+        # Records modules from outside the project (--records, entry points, the env var);
+        # the env var carries them into every subprocess below.
+        plugins.add_record_modules(args.records or [])
+        from conformance.registry import REGISTRY
+    except plugins.PluginError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     names = args.record or list(REGISTRY)
     unknown = sorted(set(names) - set(REGISTRY))
     if unknown:
@@ -111,11 +119,17 @@ def command_run(args: argparse.Namespace) -> int:
         partials = list(pool.map(lambda n: _run_record(n, args.profile, work, env), names))
     report: dict[str, Any] = {"schema": SCHEMA, "runs": [run_header(args.profile)], "cells": [],
                               "divergences": [], "mutants": [], "errors": [], "crashes": []}
+    if plugins.env_modules():  # rerun commands of user records need them (conformance.junit)
+        report["runs"][0]["records_modules"] = plugins.env_modules()
     for partial in partials:
         for section in ("cells", "divergences", "mutants", "errors", "crashes"):
             report[section].extend(partial.get(section, []))
     fuzz_ok = _run_fuzz(args, env, out, report)
     write_report(report, out)
+    if args.junitxml:
+        from conformance.junit import write_junit
+
+        write_junit(report, Path(args.junitxml))
     s = summary(report)
     print(f"[conformance] {s['cells'] - s['cells_failed']}/{s['cells']} cells conform, "
           f"{s['examples']} examples; mutants killed {s['mutants_killed']}/{s['mutants']}; "
@@ -169,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="ci", choices=("ci", "dev", "thorough"))
     run.add_argument("--out", default=str(ROOT / "reports" / "conformance"))
     run.add_argument("--record", action="append", help="only this registry record (repeatable)")
+    run.add_argument("--records", action="append", metavar="MODULE",
+                     help="also register the RECORDS of this module of yours (repeatable; "
+                          "see conformance/plugins.py)")
+    run.add_argument("--junitxml", metavar="PATH", default=None,
+                     help="also write the verdict as JUnit XML (one test case per cell, error "
+                          "case, mutant and fuzzed entry point)")
     run.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     run.add_argument("--fuzz-examples", type=int, default=None,
                      help="fuzz inputs per public entry point (default: by profile; 0 skips the fuzz)")

@@ -5,20 +5,39 @@ Conformance tests, error tests, mutation meta-tests, benchmarks and reports all 
 names the MLX code and the reference (by the shared public name in ``api``), its
 Hypothesis strategy (``cases``), its tolerance and the reason for it, its edge cases,
 error cases, mutants and benchmark shapes. Adding an op is adding a record.
+
+A user's own package adds records from outside the project: see :mod:`conformance.plugins`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from conformance.plugins import plugin_records
 from conformance.record import OpRecord
 from conformance.records import attention, gather, linear, norms, quantized, rope
 
-REGISTRY: dict[str, OpRecord] = {
+BUILTIN_REGISTRY: dict[str, OpRecord] = {
     record.name: record
     for family in (linear, quantized, norms, gather, attention, rope)
     for record in family.RECORDS
 }
+"""The project's own records (those of ``mlx_impl``)."""
+
+REGISTRY: dict[str, OpRecord] = {**BUILTIN_REGISTRY, **plugin_records(BUILTIN_REGISTRY)}
+"""The built-in records, then those of installed or named records modules
+(:mod:`conformance.plugins`: entry points ``mlx_conformance.records`` and
+``$CONFORMANCE_RECORDS``). Everything that runs records reads this."""
+
+
+def reload_plugins() -> None:
+    """Rebuild ``REGISTRY`` in place (modules that imported it keep the same dict) after the
+    records modules changed (:func:`conformance.plugins.add_record_modules`)."""
+    plugins = plugin_records(BUILTIN_REGISTRY)
+    REGISTRY.clear()
+    REGISTRY.update(BUILTIN_REGISTRY)
+    REGISTRY.update(plugins)
+
 
 NOT_OPS: dict[str, str] = {
     "nn.Layer": "a typing Protocol, not an op (tests/test_protocols.py)",
@@ -46,5 +65,6 @@ def cells() -> Iterator[tuple[OpRecord, str, str]]:
 
 
 def covered_api() -> set[str]:
-    """The public names the records cover."""
-    return {name for record in REGISTRY.values() for name in record.api}
+    """The public names of ``mlx_impl`` the built-in records cover (a user's records cover
+    names of their own package)."""
+    return {name for record in BUILTIN_REGISTRY.values() for name in record.api}

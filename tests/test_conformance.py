@@ -8,10 +8,13 @@ back); Hypothesis also prints the falsifying example and a ``@reproduce_failure`
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 from hypothesis import assume, given
 
 from conformance.execute import backend_name, run_case
+from conformance.plugins import RECORDS_ENV, env_modules
 from conformance.record import Case, OpRecord
 from conformance.registry import REGISTRY, cells
 from conformance.results import Collector
@@ -26,7 +29,10 @@ def cell_id(record: OpRecord, dtype: str, mode: str) -> str:
 
 def _reproduce(request: pytest.FixtureRequest) -> str:
     profile = request.config.getoption("--hypothesis-profile", default=None) or "default"
-    return f'python -m pytest "{request.node.nodeid}" --hypothesis-profile={profile}'
+    # Records from outside the project exist only with the env var that named them.
+    modules = ",".join(env_modules())
+    prefix = f"{RECORDS_ENV}={shlex.quote(modules)} " if modules else ""
+    return f'{prefix}python -m pytest "{request.node.nodeid}" --hypothesis-profile={profile}'
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import pytest
 
 import mlx_impl.loading as loading
 from mlx_impl import WeightLoadError, fast, load_safetensors, load_weights, weight
-from mlx_impl.loading import save_safetensors
+from mlx_impl.loading import safetensors_io, save_safetensors
 from mlx_impl.nn import (
     Embedding,
     LayerNorm,
@@ -587,15 +587,11 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
-    calls = []
+    def failing(specs: object, file: str, metadata: object) -> None:
+        Path(file).write_bytes(b"partial")  # the disk fills up halfway through the write
+        raise OSError("disk full")
 
-    def failing(arr: mx.array) -> bytes:
-        calls.append(arr)
-        if len(calls) == 2:
-            raise OSError("disk full")
-        return bytes(arr.nbytes)
-
-    monkeypatch.setattr(loading, "_array_bytes", failing)
+    monkeypatch.setattr(safetensors_io, "_write_file", failing)
     with pytest.raises(OSError, match="disk full"):
         save_safetensors(path, {"a": mx.zeros((2,)), "b": mx.zeros((3,))})
     assert path.read_bytes() == old  # untouched
@@ -755,3 +751,65 @@ def test_missing_file_and_bad_paths(tmp_path: Path) -> None:
         load_safetensors([])
     with pytest.raises(TypeError, match="paths"):
         load_safetensors(42)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# The libraries decide: rules the safetensors package enforces, torch never imported
+# ---------------------------------------------------------------------------------------
+
+
+def test_unowned_bytes_are_refused_though_mx_load_reads_them(tmp_path: Path) -> None:
+    # The format's rule that the data section is exactly covered by the tensors: the
+    # safetensors library enforces it; mx.load does not look.
+    gap = write_raw(
+        tmp_path / "gap.safetensors", {"x": entry("F32", [4], 0, 16), "y": entry("F32", [4], 20, 36)},
+        b"\0" * 36,
+    )
+    tail = write_raw(tmp_path / "tail.safetensors", {"x": entry("F32", [4], 0, 16)}, b"\0" * 20)
+    assert set(mx_load(gap)) == {"x", "y"} and set(mx_load(tail)) == {"x"}
+    err = load_error(gap, tail)
+    assert len(err.problems) == 2, str(err)
+    assert f"{gap}: bytes [16, 20) of the data section belong to no tensor (before 'y')" in str(err)
+    assert f"{tail}: the data section has 4 bytes after the last tensor" in str(err)
+
+
+def test_huge_declared_shape_is_refused_without_allocating(tmp_path: Path) -> None:
+    path = write_raw(tmp_path / "huge.safetensors", {"w": entry("U8", [2**40, 2**40], 0, 8)}, b"\0" * 8)
+    err = load_error(path)
+    (line,) = err.problems
+    assert line.startswith(f"{path}: tensor 'w': shape [{2**40}, {2**40}] of U8 needs")
+
+
+def test_bool_bytes_other_than_0_and_1_load_as_true(tmp_path: Path) -> None:
+    path = write_raw(tmp_path / "b.safetensors", {"b": entry("BOOL", [3], 0, 3)}, b"\x00\x01\x07")
+    got = load_safetensors(path)["b"]
+    assert got.dtype == mx.bool_ and got.tolist() == [False, True, True]
+
+
+def test_float64_and_bfloat16_in_one_file(tmp_path: Path) -> None:
+    # mx.load refuses F64; such a file is read through the safetensors library instead,
+    # which must still hand out bfloat16 bit for bit.
+    arrays = {
+        "d": mx.array([1e300, -2.5, 5e-324], dtype=mx.float64),
+        "h": mx.array([[1.5, -3e38]], dtype=mx.bfloat16),
+    }
+    path = tmp_path / "mixed.safetensors"
+    save_safetensors(path, arrays)
+    back = load_safetensors(path)
+    assert same(back["d"], arrays["d"]) and same(back["h"], arrays["h"])
+
+
+def test_loading_never_imports_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mlx.core as mx\n"
+        "from mlx_impl.loading import load_safetensors, save_safetensors\n"
+        f"p = {str(tmp_path / 'w.safetensors')!r}\n"
+        "save_safetensors(p, {'w': mx.ones((2,), dtype=mx.bfloat16), 'd': mx.ones((1,), dtype=mx.float64)})\n"
+        "load_safetensors(p)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
