@@ -122,6 +122,10 @@ def _fuzz(report: Mapping[str, Any]) -> Iterable[JUnitCase]:
             crashed.setdefault(c["entry"], []).append(
                 f"CRASH [{c.get('library')}]: {c.get('detail')}\n  input: {c.get('input')}"
             )
+        for h in result.get("hangs", []):  # a call killed at the per-call deadline
+            crashed.setdefault(h["entry"], []).append(
+                f"HANG [{h.get('library')}]: {h.get('detail')}\n  input: {h.get('input')}"
+            )
         for entry in sorted(set(result.get("entries", {})) | set(problems) | set(crashed)):
             rerun = (f"python -m conformance.fuzz --supervise --entry={shlex.quote(entry)} "
                      f"--examples={examples} --profile={profile}")

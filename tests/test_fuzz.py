@@ -119,11 +119,11 @@ def test_inputs_are_a_mix_of_right_and_wrong(fuzz_result: dict[str, Any]) -> Non
 def test_fuzz_covers_every_public_op() -> None:
     """Every public name a conformance record covers has a fuzz entry point, declared by
     the record that covers it."""
-    from conformance.registry import REGISTRY
+    from conformance.registry import BUILTIN_REGISTRY
 
     uncovered = sorted(
         f"{record.name}: {name}"
-        for record in REGISTRY.values()
+        for record in BUILTIN_REGISTRY.values()
         for name in record.api
         if name not in {e.name for e in record.entry_points}
     )
@@ -158,9 +158,9 @@ def test_every_entry_point_is_declared_and_starts_from_its_record() -> None:
     libraries, so the map from a record case to the entry's arguments is right."""
     from conformance.fuzz.entries import record_inputs
     from conformance.fuzz.library import Library
-    from conformance.registry import REGISTRY
+    from conformance.registry import BUILTIN_REGISTRY as REGISTRY
 
-    entries = fuzz.entry_points()
+    entries = {n: d for n, d in fuzz.entry_points().items() if d.record in REGISTRY}
     assert len(entries) == EXPECTED_ENTRY_POINTS, sorted(entries)
     libraries = [Library("mlx"), Library("torch")]
     for name, driven in entries.items():
@@ -281,3 +281,23 @@ def test_gpu_back_ends_have_no_float64_and_do_not_draw_it() -> None:
         assert str(mlx.convert(inputs.DType("float64"))) == "mlx.core.float32"
     finally:
         inputs.set_float64_supported(has_float64(mlx_backend()))
+
+
+def test_a_fuzz_hang_reaches_the_report_and_junit() -> None:
+    """A hang in ``fuzz.json`` is counted in the report's summary and shows in the JUnit
+    XML as an error of its entry point, naming the input, with the command that reruns it."""
+    from conformance.junit import junit_cases
+    from conformance.report import summary
+
+    hang = {"entry": "nn.LayerNorm", "library": "mlx", "input": "x=float32[5, 1, 2, 0]=[]",
+            "seconds": 20.1, "detail": "hang: one call ran past 20 s; the child was killed"}
+    report = {"runs": [{"profile": "ci"}], "cells": [], "errors": [], "mutants": [],
+              "divergences": [], "crashes": [],
+              "fuzz": [{"profile": "ci", "examples_per_entry": 100, "total_inputs": 100,
+                        "entries": {"nn.LayerNorm": {"inputs": 100}}, "violations": [],
+                        "crashes": [], "hangs": [hang]}]}
+    assert summary(report)["fuzz_hangs"] == 1
+    (case,) = [c for c in junit_cases(report) if c.suite == "fuzz"]
+    assert case.name == "nn.LayerNorm" and case.kind == "error", case
+    assert "HANG [mlx]" in case.failure and "x=float32[5, 1, 2, 0]" in case.failure, case.failure
+    assert "--entry=nn.LayerNorm" in case.rerun, case.rerun
