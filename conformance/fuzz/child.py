@@ -32,6 +32,8 @@ from conformance.fuzz.library import Library, Outcome, has_float64, mlx_backend,
 from conformance.record import FuzzArgs
 
 CHECKPOINT_EVERY = 20
+CHUNK_EXAMPLES = 50
+"""With a time budget per entry point, Hypothesis runs this many examples at a time."""
 """The child rewrites its counts every this many inputs, so an entry point abandoned after
 crashes still reports how many inputs it tried."""
 
@@ -197,9 +199,9 @@ class Fuzzer:
 
     def fuzz(self, driven: DrivenEntry, examples: int, profile: str, seconds: float | None) -> None:
         """Drive an entry point with its pinned inputs, then ``examples`` Hypothesis inputs
-        under ``profile``, stopping early once ``seconds`` (if given) have passed."""
-        from hypothesis import HealthCheck, given
-
+        under ``profile``. With a time budget (``seconds``) the examples run in chunks of
+        :data:`CHUNK_EXAMPLES`, each under its own seed (reproducible), and no chunk starts
+        once the budget is spent, so the entry point stops within about one chunk's time."""
         self._deadline = float("inf") if seconds is None else time.monotonic() + seconds
         stats = self.stats.setdefault(driven.entry.name, EntryStats())
         stats.record_case_draws = driven.record_case_draws
@@ -207,19 +209,35 @@ class Fuzzer:
             stats.lib(lib.name)
         for args in driven.entry.pinned:
             self.check(driven, args)
+        if seconds is None:
+            self._drive(driven, examples, profile, None)
+            return
+        chunk = 0
+        while chunk * CHUNK_EXAMPLES < examples and time.monotonic() < self._deadline:
+            self._drive(driven, min(CHUNK_EXAMPLES, examples - chunk * CHUNK_EXAMPLES), profile, chunk)
+            chunk += 1
+        if chunk * CHUNK_EXAMPLES < examples:
+            stats.stopped_at_time_budget = True
 
-        @settings(
+    def _drive(self, driven: DrivenEntry, examples: int, profile: str, chunk: int | None) -> None:
+        """``examples`` Hypothesis inputs through :meth:`check` (``chunk``: seeded by it)."""
+        from hypothesis import HealthCheck, given, seed
+
+        def drive(args: FuzzArgs) -> None:
+            self.check(driven, args)
+
+        run = given(driven.inputs)(drive)
+        run = settings(
             settings.get_profile(profile),
             max_examples=examples,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
-        )
-        @given(driven.inputs)
-        def drive(args: FuzzArgs) -> None:
-            self.check(driven, args)
-
-        drive()
+            **({} if chunk is None else {"derandomize": False}),
+        )(run)
+        if chunk is not None:
+            run = seed(chunk)(run)
+        run()
 
     def as_dict(self) -> dict[str, Any]:
         """Counts per entry point, violations and notes (the child's JSON)."""
