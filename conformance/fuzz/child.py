@@ -226,14 +226,15 @@ class Fuzzer:
         def drive(args: FuzzArgs) -> None:
             self.check(driven, args)
 
+        base = settings.get_profile(profile)
         run = given(driven.inputs)(drive)
         run = settings(
-            settings.get_profile(profile),
+            base,
             max_examples=examples,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
-            **({} if chunk is None else {"derandomize": False}),
+            derandomize=base.derandomize if chunk is None else False,  # a chunk has its own seed
         )(run)
         if chunk is not None:
             run = seed(chunk)(run)
