@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import torch_reference
 from conformance.dtypes import FORMATS, mlx_to_numpy, to_mlx
+from conformance.execute import backend_name
 from conformance.record import (
     BenchCase,
     Case,
@@ -40,10 +41,16 @@ FP_FORMATS = {"nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}
 WEIGHT_PROFILES = ("normal", "ints", "mixed", "tiny", "large")
 
 
+def affine_bits(backend: str) -> tuple[int, ...]:
+    """The affine bit widths the back end supports: MLX's CUDA back end has no 1-bit
+    (``mlx_impl`` refuses it there; the error case ``CUDA_ONE_BIT`` covers the refusal)."""
+    return tuple(b for b in AFFINE_BITS if not (b == 1 and backend == "cuda"))
+
+
 @st.composite
 def _format(draw, mode):
     if mode == "affine":
-        bits = draw(st.sampled_from(AFFINE_BITS), label="bits")
+        bits = draw(st.sampled_from(affine_bits(backend_name())), label="bits")
         group = draw(st.sampled_from(AFFINE_GROUPS), label="group_size")
         return group, bits
     return FP_FORMATS[mode]
@@ -116,6 +123,15 @@ def mx_quantize(w, p):
     return out[0], out[1], (out[2] if len(out) > 2 else None)
 
 
+def _cuda_only_errors() -> tuple[ErrorCase, ...]:
+    """Refusals that exist only on MLX's CUDA back end (the CPU and Metal accept 1-bit)."""
+    if backend_name() != "cuda":
+        return ()
+    return (ErrorCase("1-bit affine on CUDA", Case({"weight": np.ones((2, 64), np.float32)},
+                                                   {"group_size": 64, "bits": 1, "mode": "affine"}),
+                      ValueError),)
+
+
 QUANTIZE = OpRecord(
     name="quantization.quantize",
     api=("quantization.quantize",),
@@ -124,6 +140,7 @@ QUANTIZE = OpRecord(
     modes=MODES,
     tolerance=constant(EXACT),
     errors=(
+        *_cuda_only_errors(),
         ErrorCase("unknown mode", Case({"weight": np.ones((2, 64), np.float32)},
                                        {"group_size": 64, "bits": 4, "mode": "int4"}), ValueError),
         ErrorCase("affine bits 7", Case({"weight": np.ones((2, 64), np.float32)},
@@ -172,11 +189,15 @@ def _dequantize_call(lib, a, p, kw):
     return lib.quantization.dequantize(a["wq"], a["scales"], a.get("qbiases"), **_fmt(p), **kw)
 
 
-def _mutant_single_rounding(lib, a, p, kw):
+def _mutant_truncated_rounding(lib, a, p, kw):
+    # q*scale + bias in float32, then TRUNCATED to bfloat16 (the low 16 bits dropped) instead
+    # of rounded to nearest: wrong on every back end. (A single rounding to nearest is not a
+    # bug: MLX's CUDA dequantize does exactly that, more accurately than the CPU's two.)
     s = a["scales"]
     b = a.get("qbiases")
     wide = mx.dequantize(a["wq"], s.astype(mx.float32), None if b is None else b.astype(mx.float32), **_fmt(p))
-    return wide.astype(s.dtype)
+    bits = wide.view(mx.uint32) & mx.array(0xFFFF0000, dtype=mx.uint32)
+    return bits.view(mx.float32).astype(s.dtype)
 
 
 def _mutant_fp_float32_output(lib, a, p, kw):
@@ -204,8 +225,8 @@ DEQUANTIZE = OpRecord(
                        {"group_size": 32, "bits": 4, "mode": "affine"}), ValueError),
     ),
     mutants=(
-        Mutant("single_rounding", "q*scale + bias rounded once (FMA-like)", _mutant_single_rounding,
-               mode="affine", dtype="bfloat16"),
+        Mutant("truncated_rounding", "q*scale + bias truncated to bfloat16, not rounded to nearest",
+               _mutant_truncated_rounding, mode="affine", dtype="bfloat16"),
         Mutant("fp_float32_output", "fp modes return float32, not bfloat16", _mutant_fp_float32_output,
                mode="mxfp8"),
     ),

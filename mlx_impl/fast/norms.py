@@ -74,6 +74,19 @@ def check_x(where: str, x: object, *vectors: tuple[str, mx.array | None]) -> mx.
     return x
 
 
+def empty_norm_result(x: mx.array, weight: mx.array | None, bias: mx.array | None = None) -> mx.array:
+    """The (empty) result of a normalisation of an empty ``x: [..., D]`` (a zero row count
+    or ``D == 0``), in MLX's output dtype (x's without a weight; else the promotion of x,
+    weight and bias), built without the kernel: on MLX 0.32.4 ``mx.fast.rms_norm`` /
+    ``layer_norm`` die with SIGFPE on CUDA for D = 0, the CUDA graph refuses a zero-row
+    launch ("cudaGraphAddKernelNode ... invalid argument"), and MLX's CPU sum over an empty
+    last axis can spin forever."""
+    dtype = x.dtype
+    if weight is not None:
+        dtype = mx.result_type(x, weight) if bias is None else mx.result_type(x, weight, bias)
+    return mx.zeros(x.shape, dtype=dtype)
+
+
 def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     """RMS normalisation over the last axis (``mx.fast.rms_norm``).
 
@@ -104,6 +117,8 @@ def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     eps_value = check_eps("rms_norm", eps)
     w = check_vector("rms_norm", "weight", weight)
     x = check_x("rms_norm", x, ("weight", w))
+    if x.size == 0:
+        return empty_norm_result(x, w)
     return mx.fast.rms_norm(x, w, eps_value)
 
 
@@ -140,6 +155,8 @@ def layer_norm(x: mx.array, weight: mx.array | None, bias: mx.array | None, eps:
     w = check_vector("layer_norm", "weight", weight)
     b = check_vector("layer_norm", "bias", bias)
     x = check_x("layer_norm", x, ("weight", w), ("bias", b))
+    if x.size == 0:
+        return empty_norm_result(x, w, b)
     return mx.fast.layer_norm(x, w, b, eps_value)
 
 
@@ -168,6 +185,8 @@ class RMSNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", self.weight))
+        if x.size == 0:
+            return empty_norm_result(x, self.weight)
         return mx.fast.rms_norm(x, self.weight, eps_value)
 
 
@@ -205,4 +224,6 @@ class LayerNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("LayerNorm", eps)
         x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
+        if x.size == 0:
+            return empty_norm_result(x, self.weight, self.bias)
         return mx.fast.layer_norm(x, self.weight, self.bias, eps_value)
