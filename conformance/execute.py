@@ -15,7 +15,7 @@ import torch_reference
 from conformance.dtypes import dtype_name, mlx_to_numpy, round_to, to_mlx, to_torch, torch_to_numpy
 from conformance.judge import Verdict, judge
 from conformance.record import Call, Case, OpRecord
-from conformance.tolerance import tf32_enabled
+from conformance.tolerance import for_case, tf32_enabled
 
 
 def backend_name() -> str:
@@ -131,7 +131,7 @@ def run_case(
             f"oracle {len(oracle_out)}."
         )
         return result
-    tolerance = record.tolerance(backend, dtype)
+    tolerance = for_case(record.tolerance(backend, dtype), params)
     magnitude = None
     terms = None
     if tolerance.accumulation_terms is not None and record.magnitude is not None:

@@ -188,8 +188,9 @@ def _more_accurate(
     with np.errstate(invalid="ignore"):
         err_m = np.where(finite, np.abs(m - o), 0.0)
         err_p = np.where(finite, np.abs(p - o), 0.0)
-    row_scale = fmt.ulp(np.where(finite, np.abs(o), 0.0).reshape(rows_shape).max(axis=1, keepdims=True))
-    bound = np.broadcast_to(tol.floor_ulps * row_scale, rows_shape).reshape(o.shape)
+    o_rows = np.where(finite, np.abs(o), 0.0).reshape(rows_shape)
+    row_scale = fmt.ulp(o_rows.max(axis=1, keepdims=True))
+    bound = np.broadcast_to(tol.floor_ulps * row_scale, o_rows.shape).reshape(o.shape)
     if magnitude is not None and terms is not None:
         u = fmt.unit_roundoff if tol.accumulates_in_input_dtype else FORMATS["float32"].unit_roundoff
         bound = np.maximum(bound, accumulation_factor(terms, u, tol.input_unit_roundoff) * np.abs(magnitude)

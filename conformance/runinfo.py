@@ -9,6 +9,7 @@ import datetime
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ COMMIT_ENV = "CONFORMANCE_COMMIT"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def project_commit(root: Path = ROOT, env: dict[str, str] | None = None) -> str:
+def project_commit(root: Path = ROOT, env: Mapping[str, str] | None = None) -> str:
     """The short commit of the project directory: ``$CONFORMANCE_COMMIT`` if set; else the
     HEAD of the git repository whose top level IS ``root`` (a copy of the project inside
     another checkout must not report that checkout's commit); else ``"unknown"``."""
-    env = os.environ if env is None else env
-    if env.get(COMMIT_ENV):
-        return env[COMMIT_ENV]
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if environ.get(COMMIT_ENV):
+        return environ[COMMIT_ENV]
 
     def git(*args: str) -> str:
         try:
@@ -43,18 +44,18 @@ def project_commit(root: Path = ROOT, env: dict[str, str] | None = None) -> str:
     return f"{commit}-dirty" if dirty and commit != "unknown" else commit
 
 
-def matmul_precision(backend: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+def matmul_precision(backend: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """MLX's float32 matmul precision on ``backend`` and how it was set.
 
     ``MLX_ENABLE_TF32`` defaults to on in MLX on CUDA and on M5-class Apple GPUs, where
     float32 matmuls then round their inputs to TF32 (10-bit mantissa); MLX's CPU back end
     always computes float32 matmuls in float32."""
-    env = os.environ if env is None else env
-    value = env.get(TF32_ENV)
+    environ: Mapping[str, str] = os.environ if env is None else env
+    value = environ.get(TF32_ENV)
     if backend not in TF32_BACKENDS:
         return {"variable": TF32_ENV, "value": value, "how_set": "not applicable on this back end",
                 "float32_matmul": "float32", "default": "float32"}
-    on = tf32_enabled(backend, dict(env))
+    on = tf32_enabled(backend, environ)
     return {
         "variable": TF32_ENV,
         "value": value,

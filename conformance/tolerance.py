@@ -62,7 +62,8 @@ class Tolerance:
             accumulated per output; enables the gamma_K bound (needs the record's
             ``magnitude`` function).
         accumulates_in_input_dtype: the kernel rounds every partial sum to the input
-            dtype (u of that dtype) rather than accumulating in float32.
+            dtype (u of that dtype) rather than accumulating in float32; or a function of
+            the case's params saying so (a record whose modes differ); see :func:`for_case`.
     """
 
     reason: str
@@ -70,7 +71,7 @@ class Tolerance:
     floor_ulps: float = DEFAULT_FLOOR_ULPS
     exact: bool = False
     accumulation_terms: Callable[[Mapping[str, Any], Mapping[str, Any]], int] | None = None
-    accumulates_in_input_dtype: bool = False
+    accumulates_in_input_dtype: bool | Callable[[Mapping[str, Any]], bool] = False
     input_unit_roundoff: float = 0.0
     """Unit roundoff of a narrower format the kernel rounds its inputs to before the
     products (TF32: ``2^-11``); 0 when the inputs are used as they are."""
@@ -99,6 +100,15 @@ ROUNDED = Tolerance(
 )
 
 
+def for_case(tolerance: Tolerance, params: Mapping[str, Any]) -> Tolerance:
+    """``tolerance`` with its per-case choices resolved for one case's ``params``."""
+    if callable(tolerance.accumulates_in_input_dtype):
+        return dataclasses.replace(
+            tolerance, accumulates_in_input_dtype=bool(tolerance.accumulates_in_input_dtype(params))
+        )
+    return tolerance
+
+
 TF32_UNIT_ROUNDOFF = 2.0**-11
 """TF32 keeps float32's 8-bit exponent and 10 mantissa bits: rounding to nearest has a
 relative error of at most 2^-11."""
@@ -109,7 +119,7 @@ TF32_BACKENDS: tuple[str, ...] = ("cuda", "metal")
 (default on) and Metal on M5-class Apple GPUs (same variable). MLX's CPU back end never does."""
 
 
-def tf32_enabled(backend: str, env: dict[str, str] | None = None) -> bool:
+def tf32_enabled(backend: str, env: Mapping[str, str] | None = None) -> bool:
     """Whether MLX's float32 matmuls run at TF32 precision on ``backend``: the
     ``MLX_ENABLE_TF32`` variable (``"0"`` turns it off; unset means MLX's default, on)
     on CUDA and Metal; never on the CPU. On a Metal GPU older than M5 the variable has no
