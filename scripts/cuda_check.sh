@@ -28,7 +28,7 @@ PY
 head -12 "$out/peer_smoke.txt"
 if ! grep -q "PEER_ERRORS 0" "$out/peer_smoke.txt"; then export CONFORMANCE_PEER_DEVICE=cpu; echo "peer on CPU"; fi
 for t in on off; do
-  timeout 240 python -m conformance run --profile=ci --jobs 8 --fuzz-examples 0 --tf32 $t --out /tmp/conf-$t \
+  timeout 150 python -m conformance run --profile=ci --jobs 8 --fuzz-examples 0 --tf32 $t --out /tmp/conf-$t \
     > /tmp/conf-$t.log 2>&1; echo "conformance tf32=$t rc=$?"; tail -2 /tmp/conf-$t.log
   mkdir -p "$out/tf32-$t" && cp /tmp/conf-$t/conformance.json /tmp/conf-$t/report.md "$out/tf32-$t/" 2>/dev/null
   grep -h "FAILED" /tmp/conf-$t/_work/*.log | cut -c1-200 | head -20
