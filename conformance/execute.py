@@ -166,9 +166,10 @@ def both_refuse(record: OpRecord, case: Case, dtype: str, raises: type[Exception
     op's bracketed name, before any kernel runs.
     """
     problems = []
+    device = peer_device(backend_name())  # the reference refuses what the run's back end lacks
     for lib, convert, kw in (
         (mlx_impl, to_mlx, {}),
-        (torch_reference, to_torch, {"precision": "native"}),
+        (torch_reference, lambda v, d: to_torch(v, d).to(device), {"precision": "native"}),
     ):
         arrays = {k: convert(v, dtype) for k, v in case.arrays.items()}
         try:

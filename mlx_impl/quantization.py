@@ -637,4 +637,24 @@ def quantized_matmul(
     if x.size == 0:
         # mx.quantized_matmul 0.32.4 (CPU) dies with SIGFPE on an empty batch: never call it.
         return _empty_matmul(x, wq, scales, transpose, bits, mode, batch)
+    return _quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
+
+
+def _quantized_matmul(
+    x: mx.array, wq: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
+    group_size: int, bits: int, mode: str,
+) -> mx.array:
+    """``mx.quantized_matmul``, except float16 on CUDA, which is computed in float32 and
+    rounded once: MLX 0.32.4's CUDA kernels round each float16 product to float16 before
+    the (float32) sum, so a single product above 65504 turns a finite result into inf or
+    NaN (measured on an H200 in nvfp4 and mxfp4: NaN where the float64 result is -47613.66;
+    notes/cuda-triage.md). The float32 path is not TF32 and its rounding is one rounding of
+    a float32 sum, at least as accurate as MLX's float16 path."""
+    if x.dtype == mx.float16 and _on_cuda():
+        # Affine scales/biases widen exactly to float32; fp scale codes (uint8) stay as they are.
+        wide_scales = scales if scales.dtype == mx.uint8 else scales.astype(mx.float32)
+        wide_biases = None if biases is None else biases.astype(mx.float32)
+        y = mx.quantized_matmul(x.astype(mx.float32), wq, wide_scales, wide_biases, transpose,
+                                group_size, bits, mode)
+        return y.astype(mx.float16)
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

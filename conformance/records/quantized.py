@@ -12,6 +12,7 @@ refuses such groups; QUANTIZE's error cases cover the refusal (and inf weights).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import mlx.core as mx
@@ -270,12 +271,21 @@ def _qmm_tolerance(backend: str, dtype: str) -> Tolerance:
             accumulation_terms=_qmm_terms,
             accumulates_in_input_dtype=lambda params: params["mode"] in half_modes,
         )
-    return Tolerance(
+    float32_sum = Tolerance(
         reason="x @ dequantize(w).T from identical packed weights, summed in float32 in any order: "
                "2x the peer's error + 2 ulp, or the float32 gamma_K summation bound on "
                "|x| @ (|q*s| + |b|).T, whichever is larger.",
         accumulation_terms=_qmm_terms,
     )
+    if backend in HALF_PRODUCT_BACKENDS and dtype != "float32":
+        return dataclasses.replace(
+            float32_sum,
+            reason=float32_sum.reason + f" On {backend} each {dtype} product is rounded to {dtype} "
+            "before the float32 sum (HALF_PRODUCT_BACKENDS): the bound carries (1 + u_in)^2 with "
+            f"u_in = {dtype}'s unit roundoff.",
+            input_unit_roundoff=FORMATS[dtype].unit_roundoff,
+        )
+    return float32_sum
 
 
 @st.composite
@@ -292,14 +302,23 @@ def _qmm_cases(draw, dtype, mode):
 
 
 HALF_ACCUMULATING_KERNELS: tuple[tuple[str, str], ...] = (
-    ("cpu", "affine"), ("cpu", "nvfp4"), ("cpu", "mxfp4"), ("cpu", "mxfp8"), ("cuda", "nvfp4"),
+    ("cpu", "affine"), ("cpu", "nvfp4"), ("cpu", "mxfp4"), ("cpu", "mxfp8"),
 )
 """(back end, mode) pairs whose float16/bfloat16 quantized matmul accumulates in the input
-dtype. The x86 CPU kernel in every mode (SEMANTICS.md); the CUDA nvfp4 kernel, measured on an
-H200 (mlx 0.32.4): NaN where the float64 result is -47613.66 and its float16 partial sums of
-|x w| reach 2.7e7 (``_CUDA_NVFP4_CASE``), and a bfloat16 error of 2 on an exact -4.81 that a
-float32 accumulator cannot make but a bfloat16 one within gamma_K can. The other CUDA modes
-showed errors of float32 accumulation (notes/cuda-triage.md)."""
+dtype: the x86 CPU kernel in every mode (SEMANTICS.md). On CUDA the sum is float32 in every
+mode (measured on an H200: x = 400, w = +6 then -6 over K = 64, whose float16 running sum
+would reach 76800, gives exactly 0), but each product is rounded to the input dtype first
+(``HALF_PRODUCT_BACKENDS``)."""
+
+HALF_PRODUCT_BACKENDS: tuple[str, ...] = ("cuda",)
+"""Back ends whose float16/bfloat16 quantized matmul rounds every product ``x * w`` to the
+input dtype before a float32 sum. Measured on an H200 (mlx 0.32.4): float16 NaN where one
+product exceeds 65504 but the float64 result (-47613.66, -46978.78) is finite, with a float32
+accumulator (above); bfloat16 errors of 3-4 output ulps where the peer (float32 products)
+makes 0.4-1.6. The bound: each term carries the product's rounding (u of the input dtype),
+then a float32 sum: ``((1 + u_in)^2 (1 + gamma_K) - 1) * |x| @ (|q*s| + |b|).T`` with
+``u_in`` the input dtype's unit roundoff (the square also covers the peer's rounding of the
+dequantized weight)."""
 
 
 def accumulates_in_half(backend: str, mode: str, dtype: str) -> bool:
@@ -338,8 +357,8 @@ _OVERFLOW_CASE = Case(
 )
 
 # Found by the conformance run on an H200 (mlx 0.32.4, CUDA), float16 nvfp4: the float64 result
-# of row 1 is -47613.66 (inside float16's range); MLX's CUDA kernel gives NaN (its running sum
-# of |x * w| terms, about 2.7e7 here, overflows a float16 accumulator).
+# of row 1 is -47613.66 (inside float16's range); MLX's CUDA kernel gives NaN (products such as
+# 3640 * 3438 overflow float16 before the float32 sum).
 _CUDA_NVFP4_CASE = Case(
     {"x": np.array(
         [[-0.016143798828125, 0.00933837890625, 0.029052734375, -7.23828125, -1389.0, 0.0335693359375,
@@ -366,24 +385,36 @@ _CUDA_NVFP4_CASE = Case(
         -0.006801605224609375, -0.0011005401611328125, -83.75, -980.5, -398.25, -0.0149688720703125,
         -1.634765625, 60.5, 109.75, -0.0021610260009765625, -0.0081329345703125, -43.03125, -0.16015625,
         -0.07843017578125]],
-        np.float32),
-     "bias": np.array([0.78564453125], np.float32)},
+        np.float32)},
     {"group_size": 16, "bits": 4, "mode": "nvfp4"},
-    label="x [3, 32] float16 up to 3640 in magnitude, one nvfp4 output; exact row 1 is -47613.66",
+    label="x [3, 32] float16 up to 3640 in magnitude, one nvfp4 output; exact row 1 is -47613.66 "
+          "(rows 0 and 2 overflow float16 in any arithmetic)",
 )
 
-CUDA_NVFP4_HALF_ACCUMULATOR_OVERFLOW = ExpectedDivergence(
-    name="cuda_nvfp4_half_accumulator_overflow",
-    reason="MLX's CUDA nvfp4 quantized matmul accumulates float16 in float16: a partial sum above "
-           "65504 becomes inf/NaN although the result is finite (the other CUDA modes accumulate "
-           "in float32).",
+
+def _raw_qmm_call(lib, a, p, kw):
+    """``mx.quantized_matmul`` itself, bypassing mlx_impl's guard."""
+    return mx.quantized_matmul(a["x"], a["wq"], a["scales"], a.get("qbiases"), transpose=True, **_fmt(p))
+
+
+def _guarded_in_mlx_impl(case: Case, dtype: str, backend: str) -> bool:
+    """mlx_impl computes float16 on CUDA in float32, so the cells test these inputs too."""
+    return False
+
+
+CUDA_HALF_PRODUCT_OVERFLOW = ExpectedDivergence(
+    name="cuda_half_product_overflow",
+    reason="MLX's CUDA quantized matmul rounds each float16 product x*w to float16 before its float32 "
+           "sum: one product above 65504 makes the result inf or NaN although it is finite "
+           "(measured in nvfp4 and mxfp4). mlx_impl computes float16 in float32 on CUDA.",
     reference="notes/cuda-triage.md (H200, mlx 0.32.4); `python -m conformance repro "
-              "cuda_nvfp4_half_accumulator_overflow`",
+              "cuda_half_product_overflow`",
     reproducer=_CUDA_NVFP4_CASE,
     dtype="float16",
     mode="nvfp4",
-    applies=_overflows_half_accumulator,
+    applies=_guarded_in_mlx_impl,
     backends=("cuda",),
+    mlx_call=_raw_qmm_call,
 )
 
 
@@ -431,7 +462,7 @@ QUANTIZED_MATMUL = OpRecord(
     magnitude=_qmm_magnitude,
     modes=MODES,
     tolerance=_qmm_tolerance,
-    divergences=(HALF_ACCUMULATOR_OVERFLOW, CUDA_NVFP4_HALF_ACCUMULATOR_OVERFLOW),
+    divergences=(HALF_ACCUMULATOR_OVERFLOW, CUDA_HALF_PRODUCT_OVERFLOW),
     errors=(
         ErrorCase("x width differs from in-features",
                   Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 8), np.uint32),
@@ -482,7 +513,7 @@ QUANTIZED_LINEAR = OpRecord(
     magnitude=_qmm_magnitude,
     modes=MODES,
     tolerance=_qmm_tolerance,
-    divergences=(HALF_ACCUMULATOR_OVERFLOW, CUDA_NVFP4_HALF_ACCUMULATOR_OVERFLOW),
+    divergences=(HALF_ACCUMULATOR_OVERFLOW,),
     errors=(
         ErrorCase("fp mode given zero-point biases",
                   Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 4), np.uint32),
