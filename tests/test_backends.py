@@ -162,3 +162,21 @@ def test_cuda_conventions_measured_on_h200() -> None:
     zeros = mx.zeros((1, 32))
     assert int(np.array(mx.quantize(zeros, group_size=32, bits=8, mode="mxfp8")[1])[0, 0]) == 0
     assert int(np.array(mx.quantize(zeros, group_size=32, bits=8, mode="mxfp8", stream=mx.cpu)[1])[0, 0]) == 127
+
+
+def test_report_shows_more_accurate_cells_as_conforming() -> None:
+    from conformance.report import render_html, render_markdown, summary
+
+    cell = {"op": "fast.scaled_dot_product_attention", "dtype": "float16", "mode": "none", "examples": 50,
+            "edge_cases": 0, "mlx": {"max_abs": 0.0, "max_rel": 0.0, "max_ulp": 1.0},
+            "peer": {"max_abs": 0.0, "max_rel": 0.0, "max_ulp": 9.0}, "ulp_histogram": [0] * 9,
+            "status": "more-accurate", "more_accurate": 3, "first_more_accurate": "MLX more accurate: ...",
+            "first_failure": "", "reproduce": ""}
+    run = {"backend": "cuda", "matmul_precision": matmul_precision("cuda", {}),
+           "supports": {"float64": False, "affine_1bit": False}}
+    report = {"runs": [run], "cells": [cell, {**cell, "dtype": "float32", "status": "fail",
+                                              "first_failure": "x"}]}
+    assert summary(report)["cells_failed"] == 1 and summary(report)["cells_more_accurate"] == 1
+    text = render_markdown(report)
+    assert "MLX-MORE-ACCURATE" in text and "float32 matmuls at tf32" in text and "float64 no" in text
+    assert "MLX-MORE-ACCURATE" in render_html(report)
