@@ -1,7 +1,7 @@
 """Fused normalisations over ``mx.fast``: ``rms_norm``, ``layer_norm`` and their layers.
 
-Behaviour measured on mlx 0.32.4, CPU back end (``torch_reference.fast.norms`` reproduces it
-bit for bit in float32, float16 and bfloat16):
+Behaviour measured on mlx 0.32.4, CPU back end (``torch_reference.fast.norms`` keeps these
+rounding points with PyTorch's own float32 sums, so it agrees up to the summation order):
 
 * RMS norm: ``y = R(x32 * rsqrt(mean(x32^2) + eps)) * w``; layer norm:
   ``y = R((x32 - mean) * rsqrt(var + eps)) * w + b`` with the biased variance
@@ -10,7 +10,8 @@ bit for bit in float32, float16 and bfloat16):
   add, which are then done (and rounded) in the output dtype. (PyTorch's ``F.rms_norm`` /
   ``F.layer_norm`` round once at the end instead: about one output ulp apart in half
   precision.)
-* The float32 sums run sequentially along the last axis; ``mean = sum * float32(1/D)``;
+* The float32 sums run sequentially along the last axis on the CPU (in parallel on GPUs);
+  ``mean = sum * float32(1/D)``;
   ``rsqrt(v) = 1 / sqrt(v)`` with both steps rounded to float32.
 * Output dtype (measured over every x/weight/bias dtype combination): RMS norm, the
   promotion of x and weight (x's dtype without a weight); layer norm WITH a weight, the
