@@ -12,10 +12,8 @@ cell, error case or mutant failed, or anything crashed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -32,33 +30,10 @@ TEST_FILES = ("tests/test_conformance.py", "tests/test_error_cases.py", "tests/m
 
 
 def run_header(profile: str) -> dict[str, Any]:
-    """Versions, back end, device, platform, commit and profile of this run."""
-    import hypothesis
-    import mlx.core as mx
-    import numpy
-    import torch
+    """The report header (:func:`conformance.runinfo.run_header`)."""
+    from conformance.runinfo import run_header as header
 
-    from conformance.execute import backend_name
-    from mlx_impl import cpu_backend
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
-    info = cpu_backend.cpu_backend_info()
-    return {
-        "mlx": getattr(mx, "__version__", "unknown"),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "hypothesis": hypothesis.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "backend": backend_name(),
-        "device": str(mx.default_device()),
-        "commit": commit,
-        "profile": profile,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_backend": info,
-    }
+    return header(profile)
 
 
 def _run_record(name: str, profile: str, work: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -113,6 +88,8 @@ def command_run(args: argparse.Namespace) -> int:
     # (tests/conftest.py reads TUNE_ENV); the header below records the same configuration.
     env = {**os.environ, TUNE_ENV: "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
+    if args.tf32 != "default":  # MLX reads MLX_ENABLE_TF32 in each per-record subprocess
+        os.environ["MLX_ENABLE_TF32"] = env["MLX_ENABLE_TF32"] = "1" if args.tf32 == "on" else "0"
     cpu_backend.tune_cpu(blas_threads=1)
     print(f"[conformance] {len(names)} records, profile {args.profile}, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -192,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     run.add_argument("--fuzz-examples", type=int, default=None,
                      help="fuzz inputs per public entry point (default: by profile; 0 skips the fuzz)")
+    run.add_argument("--tf32", default="default", choices=("on", "off", "default"),
+                     help="MLX's float32 matmul precision on CUDA/Metal: sets MLX_ENABLE_TF32=1/0 for the "
+                          "per-record runs (default: leave the environment as it is; MLX's default is on)")
     run.set_defaults(func=command_run)
+    from conformance.repro import add_parser as add_repro_parser
+
+    add_repro_parser(sub)
     mrg = sub.add_parser("merge", help="merge report JSON files from several machines")
     mrg.add_argument("reports", nargs="+")
     mrg.add_argument("--out", required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch_reference
 from conformance.dtypes import dtype_name, mlx_to_numpy, round_to, to_mlx, to_torch, torch_to_numpy
 from conformance.judge import Verdict, judge
 from conformance.record import Call, Case, OpRecord
+from conformance.tolerance import for_case, tf32_enabled
 
 
 def backend_name() -> str:
@@ -23,6 +25,28 @@ def backend_name() -> str:
     if mx.metal.is_available():
         return "metal"
     return "cuda"
+
+
+def peer_device(backend: str) -> torch.device:
+    """Where the PyTorch peer computes: the run's device (CUDA tensors in a CUDA run, at
+    PyTorch's speed and with its GPU arithmetic). On Metal the peer stays on the CPU: MPS
+    has no float64, which the reference uses for correctly rounded sqrt and division.
+    The float64 oracle always computes on the CPU. ``CONFORMANCE_PEER_DEVICE=cpu`` keeps the
+    peer on the CPU everywhere."""
+    if os.environ.get("CONFORMANCE_PEER_DEVICE", "") == "cpu":
+        return torch.device("cpu")
+    if backend == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def configure_peer_precision(backend: str) -> None:
+    """Run the peer's float32 matmuls at the precision MLX uses on this back end: TF32
+    where MLX_ENABLE_TF32 is on (CUDA), full float32 otherwise."""
+    if backend == "cuda" and torch.cuda.is_available():
+        tf32 = tf32_enabled(backend)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 @dataclass
@@ -76,11 +100,14 @@ def run_case(
     inputs = prepare_inputs(record, case, dtype)
     params = case.params
     call = mlx_call or record.call
+    backend = backend or backend_name()
+    device = peer_device(backend)
+    configure_peer_precision(backend)
     outcomes: dict[str, Any] = {}
     for side, run in (
         ("MLX", lambda: call(mlx_impl, {k: to_mlx(v, dtype) for k, v in inputs.items()}, params, {})),
         ("PyTorch", lambda: record.call(
-            torch_reference, {k: to_torch(v, dtype) for k, v in inputs.items()}, params,
+            torch_reference, {k: to_torch(v, dtype).to(device) for k, v in inputs.items()}, params,
             {"precision": "native"})),
         ("oracle", lambda: record.call(
             torch_reference, {k: to_torch(v, dtype) for k, v in inputs.items()}, params,
@@ -104,7 +131,7 @@ def run_case(
             f"oracle {len(oracle_out)}."
         )
         return result
-    tolerance = record.tolerance(backend or backend_name(), dtype)
+    tolerance = for_case(record.tolerance(backend, dtype), params)
     magnitude = None
     terms = None
     if tolerance.accumulation_terms is not None and record.magnitude is not None:
@@ -139,9 +166,10 @@ def both_refuse(record: OpRecord, case: Case, dtype: str, raises: type[Exception
     op's bracketed name, before any kernel runs.
     """
     problems = []
+    device = peer_device(backend_name())  # the reference refuses what the run's back end lacks
     for lib, convert, kw in (
         (mlx_impl, to_mlx, {}),
-        (torch_reference, to_torch, {"precision": "native"}),
+        (torch_reference, lambda v, d: to_torch(v, d).to(device), {"precision": "native"}),
     ):
         arrays = {k: convert(v, dtype) for k, v in case.arrays.items()}
         try:

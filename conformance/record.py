@@ -108,6 +108,9 @@ class ExpectedDivergence:
     mode: str = "default"
     backends: tuple[str, ...] = ("cpu", "metal", "cuda")
     """The back ends where MLX diverges; elsewhere the reproducer is not expected to."""
+    mlx_call: Call | None = None
+    """The raw MLX call the reproducer runs, where ``mlx_impl`` guards against the bug (its
+    own call then gives the right answer, but MLX must still be shown to diverge)."""
 
 
 FuzzArgs = dict[str, Any]

@@ -18,6 +18,8 @@ import numpy as np
 from conformance.execute import CaseResult
 
 SCHEMA = "mlx-conformance-results/1"
+CONFORMING = ("pass", "more-accurate")
+"""Cell statuses that count as conforming."""
 ULP_BINS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, float("inf"))
 """Bucket edges for the distribution of MLX's error in output ulps (the report's plots)."""
 
@@ -38,7 +40,12 @@ class CellStats:
     ulp_histogram: list[int] = field(default_factory=lambda: [0] * (len(ULP_BINS) - 1))
     first_failure: str = ""
     reproduce: str = ""
+    more_accurate: int = 0
+    """Cases where MLX failed against the peer but was closer to the float64 oracle."""
+    first_more_accurate: str = ""
     status: str = "pass"
+    """``"pass"``, ``"more-accurate"`` (conforms; in some cases MLX beat the peer against the
+    oracle) or ``"fail"``."""
 
     def add(self, result: CaseResult, *, edge: bool = False, reproduce: str = "") -> None:
         """Fold one case's verdicts into the cell."""
@@ -55,6 +62,13 @@ class CellStats:
             if verdict.ulp_errors.size:
                 counts, _ = np.histogram(np.nan_to_num(verdict.ulp_errors, posinf=1e308), bins=ULP_BINS)
                 self.ulp_histogram = [a + int(b) for a, b in zip(self.ulp_histogram, counts, strict=True)]
+        better = [v for v in result.verdicts if v.kind == "more_accurate"]
+        if better and result.passed:
+            self.more_accurate += 1
+            if not self.first_more_accurate:
+                self.first_more_accurate = f"dtype {result.dtype}; input {result.case.describe()}\n{better[0].message}"
+            if self.status == "pass":
+                self.status = "more-accurate"
         if not result.passed:
             if edge:
                 self.edge_failures += 1

@@ -118,6 +118,18 @@ def check_quantization(where: str, group_size: int, bits: int, mode: str) -> Non
         )
     if bits not in widths:
         raise value_error(where, f"mode {mode!r} supports bits in {widths} but got {bits}.")
+    if mode == "affine" and bits == 1 and _on_cuda():
+        # MLX 0.32.4 on CUDA: mx.quantized_matmul refuses 1-bit, and mx.dequantize of 1-bit
+        # codes returns wrong values silently (measured on an H200: -2e36 for 8.4).
+        raise value_error(
+            where, "1-bit affine quantization is not supported on MLX's CUDA back end; "
+            "use bits 2, 3, 4, 5, 6 or 8 (or run on the CPU or Metal)."
+        )
+
+
+def _on_cuda() -> bool:
+    """True when MLX's default device is a CUDA GPU (a GPU that is not Metal)."""
+    return mx.default_device().type == mx.DeviceType.gpu and not mx.metal.is_available()
 
 
 def check_quantizable(
@@ -498,7 +510,12 @@ def quantize(
     _check_global_scale(where, mode, global_scale)
     # Offline, once per weight: the one check here that evaluates (synchronises) the weight.
     _check_weight_values(where, w, group_size, mode)
-    out = mx.quantize(w, group_size, bits, mode, global_scale=global_scale)
+    # On the CPU stream on every back end: one checkpoint, one set of codes. MLX 0.32.4's CUDA
+    # quantize differs from its CPU one in representation (-0 codes, an all-zero group's
+    # scale byte 0 instead of 127, nonzero codes in all-zero nvfp4 rows) and in affine
+    # tie-breaking (half away from zero instead of half to even), values otherwise equal
+    # (notes/cuda-triage.md); quantizing is offline, so running it on the CPU costs little.
+    out = mx.quantize(w, group_size, bits, mode, global_scale=global_scale, stream=mx.cpu)
     if mode == "affine":
         return out[0], out[1], out[2]
     return out[0], out[1], None
@@ -620,4 +637,24 @@ def quantized_matmul(
     if x.size == 0:
         # mx.quantized_matmul 0.32.4 (CPU) dies with SIGFPE on an empty batch: never call it.
         return _empty_matmul(x, wq, scales, transpose, bits, mode, batch)
+    return _quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
+
+
+def _quantized_matmul(
+    x: mx.array, wq: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
+    group_size: int, bits: int, mode: str,
+) -> mx.array:
+    """``mx.quantized_matmul``, except float16 on CUDA, which is computed in float32 and
+    rounded once: MLX 0.32.4's CUDA kernels round each float16 product to float16 before
+    the (float32) sum, so a single product above 65504 turns a finite result into inf or
+    NaN (measured on an H200 in nvfp4 and mxfp4: NaN where the float64 result is -47613.66;
+    notes/cuda-triage.md). The float32 path is not TF32 and its rounding is one rounding of
+    a float32 sum, at least as accurate as MLX's float16 path."""
+    if x.dtype == mx.float16 and _on_cuda():
+        # Affine scales/biases widen exactly to float32; fp scale codes (uint8) stay as they are.
+        wide_scales = scales if scales.dtype == mx.uint8 else scales.astype(mx.float32)
+        wide_biases = None if biases is None else biases.astype(mx.float32)
+        y = mx.quantized_matmul(x.astype(mx.float32), wq, wide_scales, wide_biases, transpose,
+                                group_size, bits, mode)
+        return y.astype(mx.float16)
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

@@ -85,7 +85,8 @@ def test_expected_divergence_still_diverges(record: OpRecord, divergence, collec
     if backend not in divergence.backends:
         pytest.skip(f"'{divergence.name}' is specific to MLX's {'/'.join(divergence.backends)} back end; "
                     f"this run is on {backend}")
-    result = run_case(record, divergence.reproducer, divergence.dtype, backend=backend)
+    result = run_case(record, divergence.reproducer, divergence.dtype, backend=backend,
+                      mlx_call=divergence.mlx_call)
     collector.note("divergences", {
         "op": record.name, "name": divergence.name, "dtype": divergence.dtype, "mode": divergence.mode,
         "reason": divergence.reason, "reference": divergence.reference,

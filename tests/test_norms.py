@@ -1,8 +1,9 @@
 """fast.RMSNorm / fast.rms_norm, fast.LayerNorm / fast.layer_norm, nn.RMSNorm and the
 composed nn.LayerNorm: known answers, the eps conventions, MLX's rounding points (the
 normalised value rounded before the weight multiply; the composed layer norm's statistics
-in the input dtype), MLX vs the PyTorch twin bit for bit in float32/float16/bfloat16, the
-float64 oracle, and errors raised identically by both packages."""
+in the input dtype), MLX vs the PyTorch twin in float32/float16/bfloat16 (equal up to the
+order of the float32 sums: the twin sums in PyTorch's order, not MLX's), the float64
+oracle, and errors raised identically by both packages."""
 
 from __future__ import annotations
 
@@ -42,9 +43,28 @@ def mx_as_torch(y: mx.array) -> torch.Tensor:
     return torch.from_numpy(np.array(y.astype(mx.float32))).to(TORCH_DTYPE[name])
 
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal dtype and values, NaN matching NaN."""
-    return a.dtype == b.dtype and bool(((a == b) | (a.isnan() & b.isnan())).all())
+def same_bits(a: torch.Tensor, b: torch.Tensor, stats: torch.dtype | None = None) -> bool:
+    """Equal dtype and values up to the order of the float32 sums over the last axis: NaN
+    matching NaN, infinities equal, and finite values within ``2 gamma_(2D+4) * max|row|``
+    (both sides within gamma of the exact statistics; Higham §3.1) plus one rounding of the
+    output dtype each. ``stats``: the dtype the statistics are rounded to when it is narrower
+    than the output (the composed LayerNorm's x dtype): a different float32 sum can flip
+    those roundings (mean, variance, rsqrt), each a relative ``eps`` of that dtype, so 4 of
+    them are admitted. A wrong rounding point or formula is far outside this."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a64, b64 = a.double(), b.double()
+    same = (a64 == b64) | (a64.isnan() & b64.isnan())
+    if bool(same.all()):
+        return True
+    d = a.shape[-1] if a.ndim else 1
+    u = 2.0**-24
+    gamma = (2 * d + 4) * u / (1 - (2 * d + 4) * u)
+    finite = a64.isfinite() & b64.isfinite()
+    row = torch.where(finite, b64.abs(), torch.zeros_like(b64)).amax(dim=-1, keepdim=True) if a.ndim else b64.abs()
+    slack = row * (2 * gamma + 2 * torch.finfo(a.dtype).eps
+                   + (4 * torch.finfo(stats).eps if stats is not None else 0.0))
+    return bool((same | (finite & ((a64 - b64).abs() <= slack))).all())
 
 
 # The four layers/functions, each as (mlx call, torch call) over numpy inputs.
@@ -204,11 +224,15 @@ def test_mlx_half_mean_accumulates_in_float32() -> None:
     assert t_fast.mean_last(torch.ones(1, 4096, dtype=torch.float16), "native").item() == 1.0
 
 
-def test_sequential_sum_matches_mlx_sum_order() -> None:
-    # MLX's CPU sum over the last axis is sequential in float32; torch.sum is blocked.
+def test_twin_sums_with_pytorch_not_numpy() -> None:
+    # The twin replays no back end's summation order (issue 8): its float32 sum is torch.sum's,
+    # which differs from MLX's CPU (sequential) sum in the last bits but stays within gamma_D.
     x = np.random.default_rng(2).standard_normal((64, 1000)).astype(np.float32)
-    mlx_sum = torch.from_numpy(np.array(mx.sum(mx.array(x), axis=-1, keepdims=True)))
-    assert torch.equal(t_fast.sequential_sum(torch.from_numpy(x)), mlx_sum)
+    twin = t_fast.mean_last(torch.from_numpy(x), "native") * 1000
+    exact = x.astype(np.float64).mean(axis=-1, keepdims=True) * 1000
+    bound = 1000 * 2.0**-24 / (1 - 1000 * 2.0**-24) * np.abs(x).astype(np.float64).sum(-1, keepdims=True)
+    assert (np.abs(twin.double().numpy() - exact) <= bound + 1e-3).all()
+    assert not hasattr(t_fast, "sequential_sum")
 
 
 # ---- MLX vs the twin, bit for bit ----------------------------------------------------
@@ -269,7 +293,7 @@ def test_output_dtype_is_the_promotion(name: str, dtypes: tuple[str, str, str]) 
     want = functools.reduce(torch.promote_types, (TORCH_DTYPE[d] for d in used))
     y_mx, y_t = RUNNERS[name](x, w, b, 1e-5, dtypes)
     assert y_mx.dtype == y_t.dtype == want
-    assert same_bits(y_mx, y_t)
+    assert same_bits(y_mx, y_t, stats=TORCH_DTYPE[dtypes[0]] if name == "nn.LayerNorm" else None)
 
 
 OPT_DTYPES = [None, "float16", "bfloat16", "float32"]

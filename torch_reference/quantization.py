@@ -198,6 +198,17 @@ def _check_scales_dtype(where: str, mode: str, scales: torch.Tensor) -> None:
         raise type_error(where, f"{mode} scales must be uint8 codes but got {scales.dtype}.")
 
 
+def _check_device_support(where: str, bits: int, mode: str, t: object) -> None:
+    """Refuse what MLX's back end of the tensor's device lacks, as ``mlx_impl`` does there:
+    1-bit affine on CUDA (MLX 0.32.4's CUDA quantized matmul refuses it and its dequantize
+    gives wrong values), so that a CUDA run's reference refuses the same inputs."""
+    if mode == "affine" and bits == 1 and isinstance(t, torch.Tensor) and t.device.type == "cuda":
+        raise value_error(
+            where, "1-bit affine quantization is not supported on MLX's CUDA back end; "
+            "use bits 2, 3, 4, 5, 6 or 8 (or run on the CPU or Metal)."
+        )
+
+
 def check_quantized(
     where: str,
     wq: torch.Tensor,
@@ -219,6 +230,7 @@ def check_quantized(
         wq: ``[..., N, K * bits / 32]``; scales, biases: ``[..., N, K / group_size]``.
     """
     check_quantization(where, group_size, bits, mode)
+    _check_device_support(where, bits, mode, wq)
     if not isinstance(wq, torch.Tensor) or not isinstance(scales, torch.Tensor):
         raise type_error(where, "the packed weight and the scales must be tensors.")
     if wq.dtype != torch.uint32:
@@ -605,6 +617,7 @@ def quantize(
     where = "quantize"
     check_precision(where, precision)
     check_quantization(where, group_size, bits, mode)
+    _check_device_support(where, bits, mode, w)
     if not isinstance(w, torch.Tensor):
         raise type_error(where, f"w must be a torch.Tensor but got {type(w).__name__}.")
     if w.dtype not in _QUANTIZABLE_DTYPES:

@@ -19,9 +19,9 @@ from conformance.fuzz.inputs import (
     shapes,
 )
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
-from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord, constant
+from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord
 from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill
-from conformance.tolerance import Tolerance
+from conformance.tolerance import Tolerance, with_matmul_precision
 
 # Dot products grow with K: keep "large" values K-fold away from overflow so a result
 # that overflows is the op's real answer, not an artefact of the draw.
@@ -36,6 +36,12 @@ MATMUL_TOLERANCE = Tolerance(
     ),
     accumulation_terms=lambda a, p: a["x"].shape[-1] + 1,
 )
+
+
+def _matmul_tolerance(backend: str, dtype: str) -> Tolerance:
+    """MATMUL_TOLERANCE, with the TF32 input rounding admitted where MLX runs float32
+    matmuls at TF32 (CUDA and M5-class Metal under MLX_ENABLE_TF32, see tolerance.py)."""
+    return with_matmul_precision(MATMUL_TOLERANCE, backend, dtype)
 
 
 def _linear_magnitude(a, p):
@@ -125,7 +131,7 @@ LINEAR = OpRecord(
     entry_points=(LINEAR_FUZZ,),
     call=_linear_call,
     cases=_linear_cases,
-    tolerance=constant(MATMUL_TOLERANCE),
+    tolerance=_matmul_tolerance,
     magnitude=_linear_magnitude,
     edge_cases=(
         EdgeCase(Case({"x": np.ones(3, np.float32),
@@ -214,7 +220,7 @@ MULTI_LINEAR = OpRecord(
     entry_points=(MULTI_LINEAR_FUZZ,),
     call=_multi_linear_call,
     cases=_multi_linear_cases,
-    tolerance=constant(MATMUL_TOLERANCE),
+    tolerance=_matmul_tolerance,
     magnitude=_multi_linear_magnitude,
     errors=(
         ErrorCase("heads differ",

@@ -12,6 +12,7 @@ refuses such groups; QUANTIZE's error cases cover the refusal (and inf weights).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import mlx.core as mx
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 import torch_reference
 from conformance.dtypes import FORMATS, mlx_to_numpy, to_mlx
+from conformance.execute import backend_name
 from conformance.record import (
     BenchCase,
     Case,
@@ -41,10 +43,16 @@ FP_FORMATS = {"nvfp4": (16, 4), "mxfp4": (32, 4), "mxfp8": (32, 8)}
 WEIGHT_PROFILES = ("normal", "ints", "mixed", "tiny", "large")
 
 
+def affine_bits(backend: str) -> tuple[int, ...]:
+    """The affine bit widths the back end supports: MLX's CUDA back end has no 1-bit
+    (``mlx_impl`` refuses it there; the error case ``CUDA_ONE_BIT`` covers the refusal)."""
+    return tuple(b for b in AFFINE_BITS if not (b == 1 and backend == "cuda"))
+
+
 @st.composite
 def _format(draw, mode):
     if mode == "affine":
-        bits = draw(st.sampled_from(AFFINE_BITS), label="bits")
+        bits = draw(st.sampled_from(affine_bits(backend_name())), label="bits")
         group = draw(st.sampled_from(AFFINE_GROUPS), label="group_size")
         return group, bits
     return FP_FORMATS[mode]
@@ -117,6 +125,15 @@ def mx_quantize(w, p):
     return out[0], out[1], (out[2] if len(out) > 2 else None)
 
 
+def _cuda_only_errors() -> tuple[ErrorCase, ...]:
+    """Refusals that exist only on MLX's CUDA back end (the CPU and Metal accept 1-bit)."""
+    if backend_name() != "cuda":
+        return ()
+    return (ErrorCase("1-bit affine on CUDA", Case({"weight": np.ones((2, 64), np.float32)},
+                                                   {"group_size": 64, "bits": 1, "mode": "affine"}),
+                      ValueError),)
+
+
 QUANTIZE = OpRecord(
     name="quantization.quantize",
     api=("quantization.quantize",),
@@ -126,6 +143,7 @@ QUANTIZE = OpRecord(
     modes=MODES,
     tolerance=constant(EXACT),
     errors=(
+        *_cuda_only_errors(),
         ErrorCase("unknown mode", Case({"weight": np.ones((2, 64), np.float32)},
                                        {"group_size": 64, "bits": 4, "mode": "int4"}), ValueError),
         ErrorCase("affine bits 7", Case({"weight": np.ones((2, 64), np.float32)},
@@ -174,11 +192,15 @@ def _dequantize_call(lib, a, p, kw):
     return lib.quantization.dequantize(a["wq"], a["scales"], a.get("qbiases"), **_fmt(p), **kw)
 
 
-def _mutant_single_rounding(lib, a, p, kw):
+def _mutant_truncated_rounding(lib, a, p, kw):
+    # q*scale + bias in float32, then TRUNCATED to bfloat16 (the low 16 bits dropped) instead
+    # of rounded to nearest: wrong on every back end. (A single rounding to nearest is not a
+    # bug: MLX's CUDA dequantize does exactly that, more accurately than the CPU's two.)
     s = a["scales"]
     b = a.get("qbiases")
     wide = mx.dequantize(a["wq"], s.astype(mx.float32), None if b is None else b.astype(mx.float32), **_fmt(p))
-    return wide.astype(s.dtype)
+    bits = wide.view(mx.uint32) & mx.array(0xFFFF0000, dtype=mx.uint32)
+    return bits.view(mx.float32).astype(s.dtype)
 
 
 def _mutant_fp_float32_output(lib, a, p, kw):
@@ -207,8 +229,8 @@ DEQUANTIZE = OpRecord(
                        {"group_size": 32, "bits": 4, "mode": "affine"}), ValueError),
     ),
     mutants=(
-        Mutant("single_rounding", "q*scale + bias rounded once (FMA-like)", _mutant_single_rounding,
-               mode="affine", dtype="bfloat16"),
+        Mutant("truncated_rounding", "q*scale + bias truncated to bfloat16, not rounded to nearest",
+               _mutant_truncated_rounding, mode="affine", dtype="bfloat16"),
         Mutant("fp_float32_output", "fp modes return float32, not bfloat16", _mutant_fp_float32_output,
                mode="mxfp8"),
     ),
@@ -239,23 +261,34 @@ def _qmm_magnitude(arrays_in, params) -> np.ndarray:
 
 
 def _qmm_tolerance(backend: str, dtype: str) -> Tolerance:
-    if backend == "cpu" and dtype != "float32":
+    half_modes = tuple(m for m in MODES if accumulates_in_half(backend, m, dtype))
+    if half_modes:
         return Tolerance(
             reason=(
-                "MLX's CPU quantized matmul accumulates float16/bfloat16 products in the input "
-                "dtype, rounding every step (SEMANTICS.md; Metal and NEON accumulate in float32). "
-                "The bound admits Higham's worst case for that summation, "
+                f"MLX's {backend} quantized matmul accumulates float16/bfloat16 products in the input "
+                f"dtype in modes {', '.join(half_modes)}, rounding every step (SEMANTICS.md for the x86 "
+                "CPU; HALF_ACCUMULATING_KERNELS for CUDA nvfp4; Metal, NEON and the other CUDA modes "
+                "accumulate in float32). The bound admits Higham's worst case for that summation, "
                 "gamma_K * |x| @ (|q*s| + |b|).T, on top of 2x the peer's error + 2 ulp."
             ),
             accumulation_terms=_qmm_terms,
-            accumulates_in_input_dtype=True,
+            accumulates_in_input_dtype=lambda params: params["mode"] in half_modes,
         )
-    return Tolerance(
+    float32_sum = Tolerance(
         reason="x @ dequantize(w).T from identical packed weights, summed in float32 in any order: "
                "2x the peer's error + 2 ulp, or the float32 gamma_K summation bound on "
                "|x| @ (|q*s| + |b|).T, whichever is larger.",
         accumulation_terms=_qmm_terms,
     )
+    if backend in HALF_PRODUCT_BACKENDS and dtype != "float32":
+        return dataclasses.replace(
+            float32_sum,
+            reason=float32_sum.reason + f" On {backend} each {dtype} product is rounded to {dtype} "
+            "before the float32 sum (HALF_PRODUCT_BACKENDS): the bound carries (1 + u_in)^2 with "
+            f"u_in = {dtype}'s unit roundoff.",
+            input_unit_roundoff=FORMATS[dtype].unit_roundoff,
+        )
+    return float32_sum
 
 
 @st.composite
@@ -271,12 +304,38 @@ def _qmm_cases(draw, dtype, mode):
     return Case(found, params)
 
 
+HALF_ACCUMULATING_KERNELS: tuple[tuple[str, str], ...] = (
+    ("cpu", "affine"), ("cpu", "nvfp4"), ("cpu", "mxfp4"), ("cpu", "mxfp8"),
+)
+"""(back end, mode) pairs whose float16/bfloat16 quantized matmul accumulates in the input
+dtype: the x86 CPU kernel in every mode (SEMANTICS.md). On CUDA the sum is float32 in every
+mode (measured on an H200: x = 400, w = +6 then -6 over K = 64, whose float16 running sum
+would reach 76800, gives exactly 0), but each product is rounded to the input dtype first
+(``HALF_PRODUCT_BACKENDS``)."""
+
+HALF_PRODUCT_BACKENDS: tuple[str, ...] = ("cuda",)
+"""Back ends whose float16/bfloat16 quantized matmul rounds every product ``x * w`` to the
+input dtype before a float32 sum. Measured on an H200 (mlx 0.32.4): float16 NaN where one
+product exceeds 65504 but the float64 result (-47613.66, -46978.78) is finite, with a float32
+accumulator (above); bfloat16 errors of 3-4 output ulps where the peer (float32 products)
+makes 0.4-1.6. The bound: each term carries the product's rounding (u of the input dtype),
+then a float32 sum: ``((1 + u_in)^2 (1 + gamma_K) - 1) * |x| @ (|q*s| + |b|).T`` with
+``u_in`` the input dtype's unit roundoff (the square also covers the peer's rounding of the
+dequantized weight)."""
+
+
+def accumulates_in_half(backend: str, mode: str, dtype: str) -> bool:
+    """Whether MLX's quantized matmul on ``backend`` sums ``dtype`` products in ``dtype``."""
+    return dtype != "float32" and (backend, mode) in HALF_ACCUMULATING_KERNELS
+
+
 def _overflows_half_accumulator(case: Case, dtype: str, backend: str) -> bool:
-    """MLX's x86 CPU kernel sums float16/bfloat16 products in the input dtype, so a partial
-    sum can overflow where a float32 accumulator (and the peer) stays finite. In the fp
-    modes it first sums ``x * element`` per group with the UNSCALED element values (up to
-    6 for FP4, 448 for FP8), then adds each group's sum times its scale."""
-    if backend != "cpu" or dtype == "float32":
+    """A kernel that sums float16/bfloat16 products in the input dtype (see
+    ``HALF_ACCUMULATING_KERNELS``) can overflow a partial sum where a float32 accumulator
+    (and the peer) stays finite. In the fp modes the x86 kernel first sums ``x * element``
+    per group with the UNSCALED element values (up to 6 for FP4, 448 for FP8), then adds
+    each group's sum times its scale; both orders are bounded here."""
+    if not accumulates_in_half(backend, case.params["mode"], dtype):
         return False
     x = np.abs(case.arrays["x"].astype(np.float64))
     w = np.abs(case.arrays["weight"].astype(np.float64))
@@ -299,6 +358,68 @@ _OVERFLOW_CASE = Case(
     {"group_size": 32, "bits": 4, "mode": "affine"},
     label="x = 300, w = +8 then -8: the true sum is 0, the float16 running sum reaches 76800",
 )
+
+# Found by the conformance run on an H200 (mlx 0.32.4, CUDA), float16 nvfp4: the float64 result
+# of row 1 is -47613.66 (inside float16's range); MLX's CUDA kernel gives NaN (products such as
+# 3640 * 3438 overflow float16 before the float32 sum).
+_CUDA_NVFP4_CASE = Case(
+    {"x": np.array(
+        [[-0.016143798828125, 0.00933837890625, 0.029052734375, -7.23828125, -1389.0, 0.0335693359375,
+        -1.4052734375, 0.0238189697265625, 73.8125, 100.1875, 38.625, 470.0, 0.0005259513854980469,
+        0.0012111663818359375, -1925.0, -0.7958984375, 15.265625, -0.0026702880859375, -0.03271484375,
+        0.388671875, 0.0010204315185546875, -0.0005240440368652344, 59.84375, 2.984375, -1947.0,
+        0.011383056640625, -13.7421875, 368.25, -0.0013856887817382812, 1.3056640625, -0.013763427734375,
+        0.04864501953125], [0.0019006729125976562, -879.0, -0.01910400390625, -110.0625, -6.88671875,
+        -5.12890625, -0.0002675056457519531, 1013.5, 620.0, 1.43359375, -136.0, -0.004058837890625,
+        -0.059722900390625, -0.0020313262939453125, -0.002010345458984375, -0.00240325927734375, -102.875,
+        -0.00940704345703125, -73.375, 2056.0, -1552.0, 0.0186309814453125, 0.07177734375, -0.52734375,
+        0.12042236328125, -0.0055389404296875, -0.2230224609375, 3.43359375, -174.75, 584.0, -3640.0,
+        -0.0010881423950195312], [-0.6123046875, -1598.0, 1946.0, -422.5, 0.0009398460388183594, -812.0,
+        137.0, -0.1552734375, -0.206298828125, -0.1690673828125, -0.0276641845703125, -0.5390625,
+        0.00040411949157714844, -1.228515625, -630.0, 1.642578125, 11.453125, 0.0025119781494140625, 4.5,
+        0.001209259033203125, 0.005413055419921875, 0.0245513916015625, 0.037445068359375,
+        -0.0127105712890625, -0.0006518363952636719, -165.25, -0.0003046989440917969, -1932.0,
+        -0.10614013671875, 0.0005297660827636719, 0.0024089813232421875, -1309.0]],
+        np.float32),
+     "weight": np.array(
+        [[-5.0625, -0.0009584426879882812, 0.0005898475646972656, 0.00527191162109375, 1639.0, 3438.0,
+        -25.34375, 0.0037708282470703125, 0.000324249267578125, -0.001415252685546875, 9.1328125,
+        0.204833984375, 2130.0, 0.54052734375, -0.0003380775451660156, 10.359375, 987.5, 0.0166473388671875,
+        -0.006801605224609375, -0.0011005401611328125, -83.75, -980.5, -398.25, -0.0149688720703125,
+        -1.634765625, 60.5, 109.75, -0.0021610260009765625, -0.0081329345703125, -43.03125, -0.16015625,
+        -0.07843017578125]],
+        np.float32)},
+    {"group_size": 16, "bits": 4, "mode": "nvfp4"},
+    label="x [3, 32] float16 up to 3640 in magnitude, one nvfp4 output; exact row 1 is -47613.66 "
+          "(rows 0 and 2 overflow float16 in any arithmetic)",
+)
+
+
+def _raw_qmm_call(lib, a, p, kw):
+    """``mx.quantized_matmul`` itself, bypassing mlx_impl's guard."""
+    return mx.quantized_matmul(a["x"], a["wq"], a["scales"], a.get("qbiases"), transpose=True, **_fmt(p))
+
+
+def _guarded_in_mlx_impl(case: Case, dtype: str, backend: str) -> bool:
+    """mlx_impl computes float16 on CUDA in float32, so the cells test these inputs too."""
+    return False
+
+
+CUDA_HALF_PRODUCT_OVERFLOW = ExpectedDivergence(
+    name="cuda_half_product_overflow",
+    reason="MLX's CUDA quantized matmul rounds each float16 product x*w to float16 before its float32 "
+           "sum: one product above 65504 makes the result inf or NaN although it is finite "
+           "(measured in nvfp4 and mxfp4). mlx_impl computes float16 in float32 on CUDA.",
+    reference="notes/cuda-triage.md (H200, mlx 0.32.4); `python -m conformance repro "
+              "cuda_half_product_overflow`",
+    reproducer=_CUDA_NVFP4_CASE,
+    dtype="float16",
+    mode="nvfp4",
+    applies=_guarded_in_mlx_impl,
+    backends=("cuda",),
+    mlx_call=_raw_qmm_call,
+)
+
 
 HALF_ACCUMULATOR_OVERFLOW = ExpectedDivergence(
     name="cpu_half_accumulator_overflow",
@@ -345,7 +466,7 @@ QUANTIZED_MATMUL = OpRecord(
     magnitude=_qmm_magnitude,
     modes=MODES,
     tolerance=_qmm_tolerance,
-    divergences=(HALF_ACCUMULATOR_OVERFLOW,),
+    divergences=(HALF_ACCUMULATOR_OVERFLOW, CUDA_HALF_PRODUCT_OVERFLOW),
     errors=(
         ErrorCase("x width differs from in-features",
                   Case({"x": np.ones((1, 32), np.float32), "wq": np.zeros((2, 8), np.uint32),

@@ -1,7 +1,7 @@
 """Fused normalisations over ``mx.fast``: ``rms_norm``, ``layer_norm`` and their layers.
 
-Behaviour measured on mlx 0.32.4, CPU back end (``torch_reference.fast.norms`` reproduces it
-bit for bit in float32, float16 and bfloat16):
+Behaviour measured on mlx 0.32.4, CPU back end (``torch_reference.fast.norms`` keeps these
+rounding points with PyTorch's own float32 sums, so it agrees up to the summation order):
 
 * RMS norm: ``y = R(x32 * rsqrt(mean(x32^2) + eps)) * w``; layer norm:
   ``y = R((x32 - mean) * rsqrt(var + eps)) * w + b`` with the biased variance
@@ -10,7 +10,8 @@ bit for bit in float32, float16 and bfloat16):
   add, which are then done (and rounded) in the output dtype. (PyTorch's ``F.rms_norm`` /
   ``F.layer_norm`` round once at the end instead: about one output ulp apart in half
   precision.)
-* The float32 sums run sequentially along the last axis; ``mean = sum * float32(1/D)``;
+* The float32 sums run sequentially along the last axis on the CPU (in parallel on GPUs);
+  ``mean = sum * float32(1/D)``;
   ``rsqrt(v) = 1 / sqrt(v)`` with both steps rounded to float32.
 * Output dtype (measured over every x/weight/bias dtype combination): RMS norm, the
   promotion of x and weight (x's dtype without a weight); layer norm WITH a weight, the
@@ -74,6 +75,19 @@ def check_x(where: str, x: object, *vectors: tuple[str, mx.array | None]) -> mx.
     return x
 
 
+def empty_norm_result(x: mx.array, weight: mx.array | None, bias: mx.array | None = None) -> mx.array:
+    """The (empty) result of a normalisation of an empty ``x: [..., D]`` (a zero row count
+    or ``D == 0``), in MLX's output dtype (x's without a weight; else the promotion of x,
+    weight and bias), built without the kernel: on MLX 0.32.4 ``mx.fast.rms_norm`` /
+    ``layer_norm`` die with SIGFPE on CUDA for D = 0, the CUDA graph refuses a zero-row
+    launch ("cudaGraphAddKernelNode ... invalid argument"), and MLX's CPU sum over an empty
+    last axis can spin forever."""
+    dtype = x.dtype
+    if weight is not None:
+        dtype = mx.result_type(x, weight) if bias is None else mx.result_type(x, weight, bias)
+    return mx.zeros(x.shape, dtype=dtype)
+
+
 def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     """RMS normalisation over the last axis (``mx.fast.rms_norm``).
 
@@ -104,6 +118,8 @@ def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
     eps_value = check_eps("rms_norm", eps)
     w = check_vector("rms_norm", "weight", weight)
     x = check_x("rms_norm", x, ("weight", w))
+    if x.size == 0:
+        return empty_norm_result(x, w)
     return mx.fast.rms_norm(x, w, eps_value)
 
 
@@ -140,6 +156,8 @@ def layer_norm(x: mx.array, weight: mx.array | None, bias: mx.array | None, eps:
     w = check_vector("layer_norm", "weight", weight)
     b = check_vector("layer_norm", "bias", bias)
     x = check_x("layer_norm", x, ("weight", w), ("bias", b))
+    if x.size == 0:
+        return empty_norm_result(x, w, b)
     return mx.fast.layer_norm(x, w, b, eps_value)
 
 
@@ -168,6 +186,8 @@ class RMSNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", self.weight))
+        if x.size == 0:
+            return empty_norm_result(x, self.weight)
         return mx.fast.rms_norm(x, self.weight, eps_value)
 
 
@@ -205,4 +225,6 @@ class LayerNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("LayerNorm", eps)
         x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
+        if x.size == 0:
+            return empty_norm_result(x, self.weight, self.bias)
         return mx.fast.layer_norm(x, self.weight, self.bias, eps_value)

@@ -176,6 +176,8 @@ def rope(
     _check_config("rope", dims, traditional, base, scale)
     x = _check_input("rope", x, dims)
     checked = _check_offset("rope", offset, x.shape[0])
+    if x.size == 0:  # mx.fast.rope on CUDA: "cudaGraphAddKernelNode ... invalid argument"
+        return mx.zeros(x.shape, dtype=x.dtype)
     return mx.fast.rope(
         x, dims, traditional=traditional, base=float(base), scale=float(scale), offset=checked
     )
@@ -219,6 +221,8 @@ class RoPE(mlx.nn.Module):
         """Rotate ``x: [B, *, T, D]`` with positions starting at ``offset``."""
         x = _check_input("RoPE", x, self.dims)
         checked = _check_offset("RoPE", offset, x.shape[0])
+        if x.size == 0:  # mx.fast.rope on CUDA: "cudaGraphAddKernelNode ... invalid argument"
+            return mx.zeros(x.shape, dtype=x.dtype)
         return mx.fast.rope(
             x,
             self.dims,

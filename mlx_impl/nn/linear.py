@@ -137,6 +137,13 @@ class Linear(mlx.nn.Module):
             )
         if self.in_features == 0:
             return _empty_sum(x, self.weight, self.bias)
+        if x.size == 0:
+            # An empty batch: mx.addmm (mlx 0.32.4) dies with SIGFPE on CUDA, even in float32
+            # (the process exits 136), so the empty [..., out] result is built without it.
+            out_dtype = mx.result_type(x, self.weight)
+            if self.bias is not None:
+                out_dtype = mx.result_type(out_dtype, self.bias)
+            return mx.zeros((*x.shape[:-1], self.weight.shape[0]), dtype=out_dtype)
         if self.bias is None:
             return x @ self.weight.T
         # mx.addmm broadcasts a batched `x` itself: verified on mlx 0.32.4 for x of rank 1

@@ -12,8 +12,10 @@ writes it, and so computes in x's dtype (measured on mlx 0.32.4, CPU back end):
   dtype), ``rsqrt = R(1 / R(sqrt(.)))`` -- two roundings;
 * ``normalized * weight (+ bias)`` with MLX's promotion.
 
-``torch_reference.nn.norms`` replays the same sequence and matches MLX bit for bit in
-float32, float16 and bfloat16 on every input tested.
+The sums are written out (``_mean_last``: float32 sum, rounded, times ``1/D`` rounded) so
+that every back end computes the CPU's ``mx.mean``: MLX's CUDA float16 sum accumulates in
+float16 and overflows. ``torch_reference.nn.norms`` replays the same sequence with
+PyTorch's own float32 sums.
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import value_error
-from mlx_impl.fast.norms import check_eps, check_vector, check_x
+from mlx_impl.fast.norms import check_eps, check_vector, check_x, empty_norm_result
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
+
+
+def _mean_last(x: mx.array) -> mx.array:
+    """``mx.mean(x, axis=-1, keepdims=True)`` as MLX's CPU back end computes it for every
+    dtype: the sum accumulated in float32, rounded to x's dtype, times ``1/D`` rounded to
+    x's dtype. Written out because MLX 0.32.4's CUDA sum of float16 accumulates in float16
+    and overflows to inf / NaN where the float32 sum (and the float64 oracle) is finite
+    (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
+    the oracle is finite; notes/cuda-triage.md). Same bits as ``mx.mean`` on the CPU."""
+    total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
+    return total * mx.array(1.0 / x.shape[-1], dtype=mx.float32).astype(x.dtype)
 
 
 class RMSNorm(mlx.nn.Module):
@@ -70,6 +83,8 @@ class RMSNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
         given = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", self.weight))
+        if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang
+            return empty_norm_result(x, self.weight)
         return mx.fast.rms_norm(x, self.weight, given if given != 0.0 else self.eps)
 
 
@@ -125,9 +140,11 @@ class LayerNorm(mlx.nn.Module):
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
         x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
         eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
-        mean = mx.mean(x, axis=-1, keepdims=True)
+        if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
+            return empty_norm_result(x, self.weight, self.bias)
+        mean = _mean_last(x)
         centered = x - mean
-        variance = mx.mean(centered * centered, axis=-1, keepdims=True)
+        variance = _mean_last(centered * centered)
         # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
         eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
         normalized = centered * mx.rsqrt(variance + eps_arr)

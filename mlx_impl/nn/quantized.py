@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import type_error, value_error
-from mlx_impl.quantization import _empty_matmul, check_quantized, quantize
+from mlx_impl.quantization import _empty_matmul, _quantized_matmul, check_quantized, quantize
 
 _WHERE = "QuantizedLinear"
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
@@ -157,15 +157,9 @@ class QuantizedLinear(mlx.nn.Module):
                 x, self.weight, self.scales, True, self.bits, self.mode, tuple(x.shape[:-2])
             )
             return y if self.bias is None else y + self.bias
-        y = mx.quantized_matmul(
-            x,
-            self.weight,
-            self.scales,
-            self.biases,
-            transpose=True,
-            group_size=self.group_size,
-            bits=self.bits,
-            mode=self.mode,
+        # float16 on CUDA goes through float32 (see quantization._quantized_matmul).
+        y = _quantized_matmul(
+            x, self.weight, self.scales, self.biases, True, self.group_size, self.bits, self.mode
         )
         if self.bias is not None:
             y = y + self.bias

@@ -144,9 +144,14 @@ def test_overflow_is_admissible_only_near_the_dtype_limit() -> None:
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED, magnitude=np.array([4e38]))
     assert v.passed
     # Far from the limit an infinity is a real difference.
-    v = judge(np.array([1.0], np.float32), np.array([np.inf], np.float32), np.array([1.0]),
+    # Far from the limit an infinity is a real difference: MLX's, when MLX has it...
+    v = judge(np.array([np.inf], np.float32), np.array([1.0], np.float32), np.array([1.0]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
     assert not v.passed and v.kind == "nonfinite"
+    # ... the peer's when the peer has it: the oracle arbitrates, MLX is the more accurate.
+    v = judge(np.array([1.0], np.float32), np.array([np.inf], np.float32), np.array([1.0]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
+    assert v.passed and v.kind == "more_accurate"
     # An infinity of the other sign is admissible only where the overflow is order-dependent.
     v = judge(np.array([-np.inf], np.float32), np.array([np.inf], np.float32), np.array([4e38]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=ROUNDED)
@@ -159,7 +164,10 @@ def test_overflow_is_admissible_only_near_the_dtype_limit() -> None:
 def test_nan_positions_must_match_unless_the_overflow_is_order_dependent() -> None:
     # Far from overflow: a NaN where the peer is finite is a real difference.
     assert not _judge([np.nan], [1.0], [1.0]).passed
-    assert not _judge([1.0], [np.nan], [1.0]).passed
+    # The peer's NaN where MLX equals the oracle: MLX is the more accurate (the oracle arbitrates).
+    assert _judge([1.0], [np.nan], [1.0]).kind == "more_accurate"
+    # ... but not when MLX is itself off the oracle.
+    assert not _judge([1.5], [np.nan], [1.0]).passed
     # The terms reach float32's limit: the peer's inf - inf = NaN is order-dependent;
     # MLX's infinity with the oracle's sign is admissible.
     v = judge(np.array([-np.inf], np.float32), np.array([np.nan], np.float32), np.array([-5e37]),
@@ -181,3 +189,20 @@ def test_a_narrow_accumulator_overflow_is_not_admissible() -> None:
     v = judge(np.array([np.inf]), np.array([0.0]), np.array([0.0]), mlx_dtype="float16",
               peer_dtype="float16", tolerance=ROUNDED, magnitude=np.array([153600.0]))
     assert not v.passed and v.kind == "nonfinite"
+
+
+def test_more_accurate_needs_mlx_near_the_oracle_and_the_peer_worse() -> None:
+    # MLX within 2 ulp of the oracle where the peer is 100 ulp off: MLX more accurate.
+    ulp = 2.0**-23
+    v = _judge([1.0 + ulp], [1.0 + 100 * ulp], [1.0])
+    assert v.passed and v.kind in ("ok", "more_accurate")
+    # MLX far off and the peer close: a failure, not "more accurate".
+    assert not _judge([1.0 + 1e-2], [1.0 + 1e-3], [1.0]).passed
+    # Bit-identical ops: MLX the correctly rounded oracle where the peer is not.
+    one_rounding = np.float32(1.0) + np.float32(2.0**-23)
+    v = judge(np.array([one_rounding], np.float32), np.array([1.0], np.float32), np.array([1.0 + 2.0**-23]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=EXACT)
+    assert v.passed and v.kind == "more_accurate"
+    v = judge(np.array([1.0], np.float32), np.array([one_rounding], np.float32), np.array([1.0 + 2.0**-23]),
+              mlx_dtype="float32", peer_dtype="float32", tolerance=EXACT)
+    assert not v.passed

@@ -1,12 +1,11 @@
 """Fused normalisations: PyTorch twin of ``mlx_impl.fast.norms``.
 
-``precision="native"`` replays MLX 0.32.4's CPU computation op by op, which makes the output
-bit-identical to MLX's in float32, float16 and bfloat16 (measured on D = 3 ... 1000):
+``precision="native"`` keeps MLX's conventions and rounding points but uses PyTorch's own
+arithmetic, on the tensors' device (it replays no back end's summation order; the
+conformance bound for the reductions is derived, gamma_D-style, in ``conformance.records.norms``):
 
-* ``x32 = float32(x)``; the sums over the last axis run SEQUENTIALLY in float32 (element 0,
-  then + element 1, ...), as MLX's CPU reduction does; ``torch.sum``'s blocked order would
-  differ by float32 ulps, so the sum goes through ``numpy.cumsum`` (a sequential
-  accumulation in the array's dtype; see :func:`sequential_sum`).
+* ``x32 = float32(x)``; the sums over the last axis are ``torch.sum`` in float32 (float64
+  for float64 input), in whatever order PyTorch uses on that device.
 * ``mean = sum * float32(1/D)``; ``rsqrt(v) = float32(1 / float32(sqrt(v)))``;
 * RMS: ``y = R(x32 * rsqrt(mean(x32^2) + eps)) * w``; layer norm:
   ``y = R((x32 - mu) * rsqrt(mean((x32 - mu)^2) + eps)) * w + b``, with ``R`` the rounding
@@ -25,30 +24,12 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 
 from torch_reference._errors import type_error, value_error
 from torch_reference._precision import check_precision
 
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def sequential_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over the last axis IN ORDER (``((t0 + t1) + t2) + ...``), keeping the axis.
-
-    Accumulates in ``t``'s dtype (float32 or float64), as MLX's CPU reduction does.
-    ``numpy.cumsum`` accumulates sequentially in the array's dtype; ``torch.cumsum``
-    accumulates float32 in float64 and ``torch.sum`` sums in blocks, so neither
-    reproduces MLX's order (the norms are bit-exact with MLX's CPU back end because of it).
-    """
-    n = t.shape[-1]
-    if n == 0:
-        return torch.zeros((*t.shape[:-1], 1), dtype=t.dtype, device=t.device)
-    array = t.detach().cpu().contiguous().numpy()
-    with np.errstate(all="ignore"):  # inf/NaN inputs propagate as in MLX, silently
-        total = np.cumsum(array, axis=-1)[..., -1:]
-    return torch.from_numpy(np.ascontiguousarray(total)).to(t.device)
 
 
 def check_eps(where: str, eps: object) -> float:
@@ -99,13 +80,13 @@ def check_x(where: str, x: object, *vectors: tuple[str, torch.Tensor | None]) ->
 def mean_last(t: torch.Tensor, precision: str) -> torch.Tensor:
     """Mean over the last axis (kept): MLX's ``sum * (1/D)`` in ``t``'s dtype natively.
 
-    Native: the sum accumulates sequentially in float32 (float64 for float64 input) and is
-    rounded to ``t``'s dtype, then multiplied by ``1/D`` rounded to ``t``'s dtype."""
+    Native: the sum accumulates in float32 (float64 for float64 input) in PyTorch's order and
+    is rounded to ``t``'s dtype, then multiplied by ``1/D`` rounded to ``t``'s dtype."""
     n = t.shape[-1]
     if precision == "float64":
         return t.mean(dim=-1, keepdim=True)
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-    total = sequential_sum(t.to(acc)).to(t.dtype)
+    total = t.to(acc).sum(dim=-1, keepdim=True).to(t.dtype)
     inv_n = 1.0 / n if n else math.inf
     return total * torch.tensor(inv_n, dtype=t.dtype, device=t.device)
 

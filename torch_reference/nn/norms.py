@@ -1,18 +1,19 @@
 """The layer set's normalisations: PyTorch twin of ``mlx_impl.nn.norms``.
 
-``RMSNorm`` delegates to ``torch_reference.fast.rms_norm`` (bit-identical to MLX's fused
-kernel natively). ``LayerNorm`` replays MLX's COMPOSED op sequence in x's dtype
+``RMSNorm`` delegates to ``torch_reference.fast.rms_norm`` (MLX's fused kernel's rounding
+points, PyTorch's float32 sums). ``LayerNorm`` replays MLX's COMPOSED op sequence in x's dtype
 (``precision="native"``), each op rounded where MLX rounds it:
 
-* ``mean = R(R(seqsum32(x)) * R(1/D))``: float32 sequential sum rounded to x's dtype, times
+* ``mean = R(R(sum32(x)) * R(1/D))``: float32 sum (``torch.sum``'s order) rounded to x's dtype, times
   ``1/D`` rounded to x's dtype (that is what ``mx.mean`` of float16/bfloat16 does on the CPU;
   float32 is the same with no-op roundings);
 * ``centered = x - mean``, ``var = mean(centered * centered)``, ``var + R(eps)``;
 * ``rsqrt = R(1 / R(sqrt))``, then ``centered * rsqrt``, ``* weight``, ``+ bias``.
 
-Measured: bit-identical to ``mlx_impl.nn.LayerNorm`` (0 ulp) in float32, float16 and
-bfloat16 for D = 3 ... 1000. ``precision="float64"`` computes the same formula in float64
-with eps exact.
+It replays no back end's summation order, so it agrees with ``mlx_impl.nn.LayerNorm`` up to
+the order of the float32 sums (bit-identical wherever those sums agree; the conformance
+bound is derived in ``conformance.records.norms``). ``precision="float64"`` computes the same
+formula in float64 with eps exact.
 """
 
 from __future__ import annotations

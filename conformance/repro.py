@@ -1,0 +1,188 @@
+"""``python -m conformance repro NAME``: print a standalone reproducer of a known MLX
+divergence that uses MLX and NumPy only, prints MLX's result on the back end where it
+diverges, MLX's result on the CPU (or in float32) for contrast, and the float64 value, so a
+user can paste it into an MLX issue as it is.
+
+``NAME`` is an expected divergence of the registry (``ExpectedDivergence.name``) or one of
+:data:`GUARDED_BUGS`: MLX bugs that ``mlx_impl`` guards against (so they never reach a
+conformance cell) but that MLX itself still has. ``python -m conformance repro --list``
+names them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any
+
+import numpy as np
+
+from conformance.record import Case, ExpectedDivergence
+
+_HEADER = """\
+# Reproducer for {name} (printed by `python -m conformance repro {name}`).
+# {reason}
+# Needs only MLX and NumPy. MLX's default device is the back end under test.
+import mlx.core as mx
+import numpy as np
+
+np.set_printoptions(precision=8, suppress=False, linewidth=120)
+print("mlx", mx.__version__, "default device", mx.default_device())
+"""
+
+GUARDED_BUGS: dict[str, tuple[str, str]] = {
+    "cuda_half_sum_overflow": (
+        "On CUDA, mx.sum/mx.mean of float16 accumulates in float16 and overflows where the float32 "
+        "sum (the CPU back end's) is finite; mlx_impl.nn.LayerNorm sums in float32 itself.",
+        """\
+x = np.array([[-53344.0, -48160.0, 54240.0]], np.float32)  # exact float16 values
+a = mx.array(x).astype(mx.float16)
+print("MLX sum, default device:", np.array(mx.sum(a, axis=-1).astype(mx.float32)))
+print("MLX sum, CPU:           ", np.array(mx.sum(a, axis=-1, stream=mx.cpu).astype(mx.float32)))
+print("float64:                ", x.astype(np.float64).sum(axis=-1))
+""",
+    ),
+    "cuda_addmm_empty_batch_sigfpe": (
+        "On CUDA, mx.addmm with an empty batch kills the process with SIGFPE (exit 136), even in "
+        "float32; mlx_impl.nn.Linear builds the empty result itself.",
+        """\
+out = mx.addmm(mx.zeros(3), mx.zeros((0, 4)), mx.zeros((4, 3)), stream=mx.cpu)
+mx.eval(out)
+print("MLX on the CPU:", out.shape, "(float64: an empty (0, 3) result)")
+out = mx.addmm(mx.zeros(3), mx.zeros((0, 4)), mx.zeros((4, 3)))
+mx.eval(out)  # on CUDA the process dies here with SIGFPE
+print("MLX, default device:", out.shape)
+""",
+    ),
+    "cuda_fast_norm_empty_sigfpe": (
+        "On CUDA, mx.fast.rms_norm / layer_norm over an empty last axis kill the process with "
+        "SIGFPE, and a zero-row input fails in cudaGraphAddKernelNode; mlx_impl returns the empty "
+        "result itself.",
+        """\
+print("MLX on the CPU:", mx.fast.rms_norm(mx.ones((0, 4)), None, 1e-5, stream=mx.cpu).shape,
+      "(float64: an empty (0, 4) result)")
+try:
+    mx.eval(mx.fast.rms_norm(mx.ones((0, 4)), None, 1e-5))
+    print("zero rows, default device: ok")
+except RuntimeError as exc:
+    print("zero rows, default device:", exc)
+mx.eval(mx.fast.rms_norm(mx.ones((2, 0)), None, 1e-5))  # on CUDA the process dies here
+print("D = 0, default device: ok")
+""",
+    ),
+    "cuda_dequantize_1bit": (
+        "On CUDA, 1-bit affine quantized_matmul is refused and mx.dequantize of 1-bit codes returns "
+        "wrong values silently; mlx_impl refuses 1-bit affine on CUDA.",
+        """\
+w = np.linspace(-1.0, 1.0, 128, dtype=np.float32).reshape(2, 64)
+wq, scales, biases = mx.quantize(mx.array(w), group_size=64, bits=1, stream=mx.cpu)
+codes = np.array(mx.dequantize(wq, mx.ones(scales.shape), mx.zeros(scales.shape), group_size=64,
+                               bits=1, stream=mx.cpu)).astype(np.float64)
+exact = codes * np.repeat(np.array(scales), 64, -1) + np.repeat(np.array(biases), 64, -1)
+print("MLX dequantize, default device:", np.array(mx.dequantize(wq, scales, biases, group_size=64, bits=1))[:, :4])
+print("MLX dequantize, CPU:           ", np.array(mx.dequantize(wq, scales, biases, group_size=64, bits=1,
+                                                              stream=mx.cpu))[:, :4])
+print("float64:                       ", exact[:, :4])
+""",
+    ),
+}
+"""name -> (why, MLX-and-NumPy code) of MLX bugs that mlx_impl guards against."""
+
+
+def _literal(a: np.ndarray) -> str:
+    return f"np.array({np.asarray(a).tolist()!r}, np.{np.asarray(a).dtype})"
+
+
+def _quantized_matmul_body(case: Case, dtype: str) -> str:
+    """MLX and NumPy code for a quantized-matmul divergence: pack with mx.quantize on the CPU,
+    run mx.quantized_matmul on the default device and on the CPU, and the float64 product of
+    the same packed weights (element codes read back exactly, scale and bias exact)."""
+    p = case.params
+    arrays = case.arrays
+    lines = [f"dtype = mx.{dtype}",
+             f"x = mx.array({_literal(arrays['x'])}).astype(dtype)",
+             f"w = mx.array({_literal(arrays['weight'])}).astype(dtype)",
+             f"fmt = dict(group_size={p['group_size']}, bits={p['bits']}, mode={p['mode']!r})",
+             "packed = mx.quantize(w, **fmt, stream=mx.cpu)",
+             "wq, scales = packed[0], packed[1]",
+             "biases = packed[2] if len(packed) > 2 else None"]
+    if "bias" in arrays:
+        lines.append(f"bias = mx.array({_literal(arrays['bias'])}).astype(dtype)")
+    else:
+        lines.append("bias = None")
+    lines += [
+        "def product(stream=None):",
+        "    y = mx.quantized_matmul(x, wq, scales, biases, transpose=True, **fmt, stream=stream)",
+        "    y = y if bias is None else y + bias",
+        "    return np.array(y.astype(mx.float32))",
+        "# float64: dequantize on the CPU in float32 (exact: element times a power-of-two-ish scale;",
+        "# for affine the codes are read back with unit scale and zero bias, then q*s+b in float64)",
+        "if fmt['mode'] == 'affine':",
+        "    one, zero = mx.ones(scales.shape), mx.zeros(scales.shape)",
+        "    q = np.array(mx.dequantize(wq, one, zero, **fmt, stream=mx.cpu)).astype(np.float64)",
+        "    g = fmt['group_size']",
+        "    deq = q * np.repeat(np.array(scales.astype(mx.float32)), g, -1) + "
+        "np.repeat(np.array(biases.astype(mx.float32)), g, -1)",
+        "else:",
+        "    deq = np.array(mx.dequantize(wq, scales, None, **fmt, stream=mx.cpu, dtype=mx.float32))"
+        ".astype(np.float64)",
+        "exact = np.array(x.astype(mx.float32)).astype(np.float64) @ deq.T",
+        "exact = exact if bias is None else exact + np.array(bias.astype(mx.float32))",
+        "print('MLX, default device:', product())",
+        "print('MLX, CPU back end:  ', product(mx.cpu))",
+        "print('float64:            ', exact)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def divergences() -> dict[str, tuple[str, ExpectedDivergence]]:
+    """Every expected divergence of the registry: name -> (record name, divergence)."""
+    from conformance.registry import REGISTRY
+
+    return {d.name: (r.name, d) for r in REGISTRY.values() for d in r.divergences}
+
+
+_BODIES = {"quantization.quantized_matmul": _quantized_matmul_body,
+           "nn.quantized_linear": _quantized_matmul_body}
+"""Record name -> the builder of its MLX-and-NumPy reproducer body."""
+
+
+def reproducer(name: str) -> str:
+    """The standalone reproducer script for ``name`` (see the module docstring)."""
+    if name in GUARDED_BUGS:
+        reason, body = GUARDED_BUGS[name]
+        return _HEADER.format(name=name, reason=reason) + body
+    known = divergences()
+    if name not in known:
+        raise KeyError(f"[repro] unknown name {name!r}; known: {sorted([*known, *GUARDED_BUGS])}.")
+    record_name, divergence = known[name]
+    if record_name not in _BODIES:
+        raise KeyError(f"[repro] no MLX-only reproducer is written for record {record_name!r}.")
+    reason = " ".join(textwrap.wrap(divergence.reason, 10_000)) + f" Back ends: {', '.join(divergence.backends)}."
+    return _HEADER.format(name=name, reason=reason) + _BODIES[record_name](divergence.reproducer,
+                                                                          divergence.dtype)
+
+
+def command_repro(args: argparse.Namespace) -> int:
+    """Print the reproducer (or, with ``--list``, the names)."""
+    if args.list or not args.name:
+        for name, (record_name, d) in sorted(divergences().items()):
+            print(f"{name}  ({record_name}; {', '.join(d.backends)})")
+        for name in sorted(GUARDED_BUGS):
+            print(f"{name}  (guarded in mlx_impl)")
+        return 0
+    try:
+        sys.stdout.write(reproducer(args.name))
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``repro`` on the ``python -m conformance`` subcommands."""
+    repro = sub.add_parser("repro", help="print a standalone MLX+NumPy reproducer of a known divergence")
+    repro.add_argument("name", nargs="?", help="an expected divergence or guarded MLX bug")
+    repro.add_argument("--list", action="store_true", help="list the names")
+    repro.set_defaults(func=command_repro)
