@@ -198,6 +198,9 @@ SDPA_FUZZ = FuzzEntry(
     pinned=(  # no keys at all
         {"q": _fuzz_zeros((1, 2, 2, 3), "float32"), "k": _fuzz_zeros((1, 2, 0, 3), "float32"),
          "v": _fuzz_zeros((1, 2, 0, 3), "float32"), "scale": 1.0, "mask": None, "sinks": None},
+        # no query heads beside two kv heads: MLX's kernel fails to broadcast [B, Hq] sinks/mask
+        {"q": _fuzz_zeros((1, 0, 1, 3), "float32"), "k": _fuzz_zeros((1, 2, 1, 3), "float32"),
+         "v": _fuzz_zeros((1, 2, 1, 3), "float32"), "scale": 1.0, "mask": None, "sinks": None},
     ),
 )
 

@@ -194,4 +194,7 @@ def scaled_dot_product_attention(
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     _check_mask(mask, out_dtype, target)
     _check_sinks(sinks, out_dtype, q.shape[1])
+    if q.shape[1] == 0:
+        # Zero query heads is a valid (empty) GQA group; MLX's kernel raises a broadcast error.
+        return mx.zeros((q.shape[0], 0, q.shape[2], v.shape[3]), dtype=out_dtype)
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale_value, mask=mask, sinks=sinks)
