@@ -173,7 +173,8 @@ class Model(torch.nn.Module):
             DecoderLayer(w, f"model.layers.{i}", args, t) for i, t in enumerate(args.layer_types)
         )
         self.norm = _norm(w, "model.norm", args)
-        if w.has("lm_head.weight"):
+        if w.has("lm_head.weight") or not args.tie_word_embeddings:
+            # Untied: the head must be there (linear() names it when it is not).
             self.lm_head = w.linear("lm_head")
         elif isinstance(self.embed_tokens, QuantizedEmbedding):
             self.lm_head = self.embed_tokens.as_linear()
