@@ -45,6 +45,7 @@ CASES = [
     ("gemma3_text", {}),
     ("gemma3_text", {"tie": False, "softcap": True}),
     ("glm4", {}),
+    ("gpt_oss", {}),
 ]
 assert {a for a, _ in CASES} == set(ARCHITECTURES)
 
