@@ -78,13 +78,17 @@ def test_mlx_matches_mlx_lm(old_checkpoint: Path) -> None:
     assert first_departure(errors, bound) is None, first_departure(errors, bound)
 
 
-# (architecture, (group_size, bits, mode)): affine 4-bit for every architecture; the fp mode
-# (uint8 E8M0 scale codes) for Llama (layer biases) and Gemma 3 (tied quantized head), to
-# keep the twin's slow unpacking off the other two.
+# (architecture, (group_size, bits, mode)): affine 4-bit for every architecture; mxfp4
+# (uint8 E8M0 scale codes) for Llama (layer biases) and Gemma 3 (tied quantized head); the
+# other modes mlx-lm writes (affine 8-bit, nvfp4, mxfp8) for Llama only, to keep the twin's
+# slow unpacking short.
 QUANTIZED_CASES = [
     *((arch, (32, 4, "affine")) for arch in MLX_LM_ARCHITECTURES),
     ("llama", (32, 4, "mxfp4")),
     ("gemma3_text", (32, 4, "mxfp4")),
+    ("llama", (32, 8, "affine")),
+    ("llama", (16, 4, "nvfp4")),
+    ("llama", (32, 8, "mxfp8")),
 ]
 
 
