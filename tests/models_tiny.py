@@ -40,11 +40,14 @@ _COMMON: dict[str, Any] = dict(
 )
 
 
-def make_config(arch: str, *, tie: bool | None = None, softcap: bool = False) -> Any:
+def make_config(
+    arch: str, *, tie: bool | None = None, softcap: bool = False, linear_rope: bool = False
+) -> Any:
     """The transformers config of a tiny model of ``arch``; ``tie`` overrides the class
     default of ``tie_word_embeddings``; ``softcap`` (Gemma 3 only) sets attention-logit and
     final-logit softcapping, which real Gemma 3 checkpoints leave unset (and mlx-lm's
-    gemma3_text does not implement)."""
+    gemma3_text does not implement); ``linear_rope`` (Gemma 3 only) gives the global layers
+    linear RoPE scaling (factor 8), as Gemma 3 4B and larger have."""
     import transformers as tf
 
     kw = dict(_COMMON)
@@ -70,6 +73,7 @@ def make_config(arch: str, *, tie: bool | None = None, softcap: bool = False) ->
             rope_theta=100000.0,
             rope_local_base_freq=5000.0,
             final_logit_softcapping=8.0 if softcap else None,
+            rope_scaling={"rope_type": "linear", "factor": 8.0} if linear_rope else None,
             # transformers 5.24 stores attn_logit_softcapping but its Gemma3Attention never
             # applies it; the ports ignore it too (a test checks it changes nothing).
             attn_logit_softcapping=5.0 if softcap else None,
@@ -100,7 +104,7 @@ _MODEL_CLASSES = {
 
 def build_checkpoint(
     arch: str, directory: Path, *, tie: bool | None = None, seed: int = 0,
-    old_format: bool = False, softcap: bool = False,
+    old_format: bool = False, softcap: bool = False, linear_rope: bool = False,
 ) -> Path:
     """Write a tiny random ``arch`` checkpoint into ``directory`` and return it.
 
@@ -111,7 +115,7 @@ def build_checkpoint(
     import transformers as tf
 
     torch.manual_seed(seed)
-    config = make_config(arch, tie=tie, softcap=softcap)
+    config = make_config(arch, tie=tie, softcap=softcap, linear_rope=linear_rope)
     model = getattr(tf, _MODEL_CLASSES[arch])(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
