@@ -1,4 +1,4 @@
-"""Device probes for issue 8 after the fixes (run by scripts/cuda_check.sh): which quantized
+"""Device probes for issue 8 after the fixes (run by conformance/gpu/cuda_check.sh): which quantized
 matmul modes accumulate float16 in float16 on this back end, what mlx_impl's guarded empty
 sizes return, and the output of every standalone reproducer."""
 

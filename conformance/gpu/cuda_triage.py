@@ -1,6 +1,6 @@
 """Triage of MLX's CUDA back end against the float64 oracle (issue 8), in one process.
 
-Run on a machine with MLX CUDA: ``python scripts/cuda_triage.py OUTDIR``. Prints compact
+Run on a machine with MLX CUDA: ``python conformance/gpu/cuda_triage.py OUTDIR``. Prints compact
 findings, writes ``OUTDIR/triage.json`` and ``OUTDIR/failures.pkl`` (the failing conformance
 inputs, with their arrays, for building reproducers). Each crash probe runs in a subprocess.
 """

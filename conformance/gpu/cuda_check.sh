@@ -2,12 +2,12 @@
 # One device call after staging MLX CUDA (see ../shared/gpu/stage-mlx-cuda.sh): probes, the
 # back-end tests, the reproducers, and the conformance run under both float32 matmul
 # precisions. Usage (in the project root, PYTHONPATH including MLX CUDA and the project):
-#   bash scripts/cuda_check.sh OUTDIR
+#   bash conformance/gpu/cuda_check.sh OUTDIR
 set -uo pipefail
 out=${1:?OUTDIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-python scripts/cuda_probe.py > "$out/probe.txt" 2>&1; echo "probe rc=$?"
+python conformance/gpu/cuda_probe.py > "$out/probe.txt" 2>&1; echo "probe rc=$?"
 grep -E "^(half_acc|repro|crash)" "$out/probe.txt" | cut -c1-220
 python -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_norms.py tests/meta/test_harness.py \
   > "$out/pytest.txt" 2>&1; echo "pytest rc=$?"; tail -3 "$out/pytest.txt"
