@@ -19,6 +19,7 @@ import torch
 from torch_reference import fast, nn
 from torch_reference._errors import value_error
 from torch_reference._precision import check_precision, to_working
+from torch_reference.quantization import dequantize
 
 PROJECTIONS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -59,6 +60,19 @@ def _projection(weights: Mapping[str, torch.Tensor], name: str,
         return layer
     group_size, bits, mode = quantization
     return layer.to_quantized(group_size=group_size, bits=bits, mode=mode)
+
+
+def _quantized_float64(layer: nn.QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` in float64 with ``W`` the exact value of the stored codes.
+
+    ``QuantizedLinear`` takes only a float32/float16/bfloat16 ``x`` (its float64 precision
+    widens a native input); inside a float64 forward ``x`` is already float64.
+    Shape: ``x: [..., in] -> [..., out]``.
+    """
+    w = dequantize(layer.weight, layer.scales, layer.biases, layer.group_size, layer.bits, layer.mode,
+                   precision="float64")
+    y = x.to(torch.float64) @ w.T
+    return y if layer.bias is None else y + layer.bias.to(torch.float64)
 
 
 def _silu(x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +144,10 @@ class Flux2DoubleBlock(torch.nn.Module):
                                             for n in QK_NORMS})
 
     def _p(self, name: str, x: torch.Tensor, precision: str) -> torch.Tensor:
-        return self.proj[name.replace(".", "_")](x, precision=precision)
+        layer = self.proj[name.replace(".", "_")]
+        if precision == "float64" and isinstance(layer, nn.QuantizedLinear):
+            return _quantized_float64(layer, x)
+        return layer(x, precision=precision)
 
     def _n(self, name: str, x: torch.Tensor, precision: str) -> torch.Tensor:
         return self.qk_norm[name.replace(".", "_")](x, precision=precision)
