@@ -46,7 +46,7 @@ def test_rope_axes_swapped_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     original = mlx_dit.flux2_rope
 
     def swapped(x, text_len, grid, axes_dim, theta):  # type: ignore[no-untyped-def]
-        b, heads, length, d = x.shape
+        b, heads, _, d = x.shape
         h, w = grid
         image = x[:, :, text_len:].reshape(b, heads, h, w, d).transpose(0, 1, 3, 2, 4).reshape(b, heads, h * w, d)
         import mlx.core as mx
