@@ -1,0 +1,143 @@
+"""Read a Hugging Face-layout checkpoint directory into ``torch_reference.nn`` layers.
+
+The twin of ``mlx_impl.models.checkpoint``: ``config.json`` plus every ``*.safetensors``
+read with :func:`torch_reference.loading.load_safetensors`. A weight with a ``.scales``
+sibling is MLX-quantized; the twin keeps the same packed codes and dequantizes them (in
+float64 for the oracle). Every tensor must be used by the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torch_reference import nn
+from torch_reference.loading import load_safetensors
+from torch_reference.quantization import dequantize
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, {name: tensor})`` of a checkpoint directory.
+
+    Raises:
+        ValueError: no ``config.json`` or no ``*.safetensors`` in ``path``.
+    """
+    root = Path(path)
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        raise ValueError(f"[models.load] {root} has no config.json.")
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"[models.load] {root} has no *.safetensors file.")
+    with open(cfg, encoding="utf-8") as f:
+        config = json.load(f)
+    return config, load_safetensors(files)
+
+
+class QuantizedProjection(torch.nn.Module):
+    """A quantized linear layer: ``nn.QuantizedLinear`` natively; for ``precision="float64"``
+    the exact float64 value of the same codes (``dequantize(..., precision="float64")``)
+    times x in float64 (``QuantizedLinear`` itself takes no float64 input).
+
+    Shape: ``x: [..., in] -> [..., out]``.
+    """
+
+    def __init__(self, layer: nn.QuantizedLinear) -> None:
+        super().__init__()
+        self.layer = layer
+        self._w64: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
+        if precision != "float64":
+            return self.layer(x, precision=precision)
+        q = self.layer
+        if self._w64 is None:
+            self._w64 = dequantize(q.weight, q.scales, q.biases, q.group_size, q.bits, q.mode,
+                                   precision="float64")
+        y = x.to(torch.float64) @ self._w64.T
+        return y if q.bias is None else y + q.bias.to(torch.float64)
+
+
+class QuantizedEmbedding(torch.nn.Module):
+    """Row lookup in an MLX-quantized table: take the packed rows, then dequantize them.
+
+    Shape: ``indices: [...] -> [..., D]``.
+    """
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
+                 quantization: tuple[int, int, str]) -> None:
+        super().__init__()
+        self.weight, self.scales, self.biases = weight, scales, biases
+        self.group_size, self.bits, self.mode = quantization
+
+    def forward(self, indices: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
+        biases = None if self.biases is None else self.biases[indices]
+        return dequantize(self.weight[indices], self.scales[indices], biases, self.group_size,
+                          self.bits, self.mode, precision=precision)
+
+    def as_linear(self) -> QuantizedProjection:
+        """The tied head: the same codes as a quantized ``[vocab, D]`` projection."""
+        return QuantizedProjection(nn.QuantizedLinear(
+            self.weight, self.scales, self.biases, None, self.group_size, self.bits, self.mode))
+
+
+class Weights:
+    """The checkpoint's tensors, handed out once each, cast to ``dtype`` when floating."""
+
+    def __init__(self, arrays: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                 quantization: tuple[int, int, str] | None, device: str | torch.device) -> None:
+        self.arrays = arrays
+        self.dtype = dtype
+        self.quantization = quantization
+        self.device = torch.device(device)
+        self.used: set[str] = set()
+
+    def has(self, key: str) -> bool:
+        return key in self.arrays
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.arrays:
+            raise ValueError(f"[models.load] the checkpoint lacks {key!r}.")
+        self.used.add(key)
+        t = self.arrays[key]
+        if self.dtype is not None and t.dtype in _FLOATS:
+            t = t.to(self.dtype)
+        return t.to(self.device)
+
+    def _quant(self, prefix: str) -> tuple[int, int, str]:
+        if self.quantization is None:
+            raise ValueError(
+                f"[models.load] {prefix!r} is quantized (it has .scales) but config.json "
+                "has no quantization."
+            )
+        return self.quantization
+
+    def linear(self, prefix: str) -> torch.nn.Module:
+        """``prefix.weight`` (+ ``.bias``) as ``nn.Linear``, or a :class:`QuantizedProjection`."""
+        bias = self.take(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
+        if self.has(f"{prefix}.scales"):
+            g, b, mode = self._quant(prefix)
+            biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
+            return QuantizedProjection(nn.QuantizedLinear(
+                self.take(f"{prefix}.weight"), self.take(f"{prefix}.scales"), biases, bias,
+                g, b, mode))
+        return nn.Linear(self.take(f"{prefix}.weight"), bias)
+
+    def embedding(self, prefix: str) -> torch.nn.Module:
+        if self.has(f"{prefix}.scales"):
+            biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
+            return QuantizedEmbedding(self.take(f"{prefix}.weight"),
+                                      self.take(f"{prefix}.scales"), biases, self._quant(prefix))
+        return nn.Embedding(self.take(f"{prefix}.weight"))
+
+    def check_all_used(self) -> None:
+        left = sorted(set(self.arrays) - self.used)
+        if left:
+            raise ValueError(
+                f"[models.load] {len(left)} checkpoint tensor(s) no layer uses: {left[:8]}"
+            )

@@ -1,0 +1,242 @@
+"""The decoder-only transformer: the twin of ``mlx_impl.models.decoder``.
+
+Same architectures, same checkpoint names, same order of operations; every op is a
+``torch_reference`` op called with the model's ``precision`` (``"native"``: MLX's rounding
+points in the weights' dtype; ``"float64"``: the oracle, float64 throughout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from torch_reference import nn
+from torch_reference.fast import scaled_dot_product_attention
+from torch_reference.fast.norms import rms_norm
+from torch_reference.models.cache import KVCache
+from torch_reference.models.checkpoint import QuantizedEmbedding, Weights
+from torch_reference.models.config import SLIDING, ModelArgs
+from torch_reference.models.rope import LayerRoPE
+from torch_reference.nn import repeat_kv
+
+
+class GemmaRMSNorm(torch.nn.Module):
+    """``RMSNorm(x) * (1 + w)`` with the ``(1 + w)`` multiply in float32 (float64 for the
+    oracle), rounded once to x's dtype. Shape: ``x: [..., D] -> [..., D]``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
+        if precision == "float64":
+            return rms_norm(x, 1.0 + self.weight.to(torch.float64), self.eps, precision=precision)
+        w = 1.0 + self.weight.to(torch.float32)
+        return rms_norm(x, w, self.eps, precision=precision).to(x.dtype)
+
+
+def _norm(w: Weights, key: str, args: ModelArgs) -> torch.nn.Module:
+    weight = w.take(f"{key}.weight")
+    if args.is_gemma:
+        return GemmaRMSNorm(weight, args.rms_norm_eps)
+    return nn.RMSNorm(weight, eps=args.rms_norm_eps)
+
+
+def attention_mask(
+    q_start: int, length: int, key_positions: torch.Tensor, window: int | None
+) -> str | torch.Tensor | None:
+    """``None`` / ``"causal"`` / boolean ``[length, Lk]``: key ``j`` visible to query ``i``
+    iff ``j <= i`` and, with a window W, ``j > i - W`` (queries ``q_start ..``)."""
+    if window is None:
+        return "causal" if length > 1 else None
+    q = torch.arange(q_start, q_start + length)[:, None]
+    k = key_positions[None, :]
+    return (k <= q) & (k > q - window)
+
+
+class Attention(torch.nn.Module):
+    """Self-attention of one layer: ``x: [B, L, H] -> [B, L, H]``, updating ``cache``."""
+
+    def __init__(self, w: Weights, p: str, args: ModelArgs, layer_type: str) -> None:
+        super().__init__()
+        self.args = args
+        self.q_proj = w.linear(f"{p}.q_proj")
+        self.k_proj = w.linear(f"{p}.k_proj")
+        self.v_proj = w.linear(f"{p}.v_proj")
+        self.o_proj = w.linear(f"{p}.o_proj")
+        self.q_norm = _norm(w, f"{p}.q_norm", args) if w.has(f"{p}.q_norm.weight") else None
+        self.k_norm = _norm(w, f"{p}.k_norm", args) if w.has(f"{p}.k_norm.weight") else None
+        self.rope = LayerRoPE(args.rope[layer_type])
+        self.window = args.sliding_window if layer_type == SLIDING else None
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str) -> torch.Tensor:
+        a, pr = self.args, precision
+        b, length, _ = x.shape
+        q = self.q_proj(x, precision=pr).reshape(b, length, a.num_attention_heads, a.head_dim)
+        k = self.k_proj(x, precision=pr).reshape(b, length, a.num_key_value_heads, a.head_dim)
+        v = self.v_proj(x, precision=pr).reshape(b, length, a.num_key_value_heads, a.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q, precision=pr)
+        if self.k_norm is not None:
+            k = self.k_norm(k, precision=pr)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        offset = 0 if cache is None else cache.offset
+        q = self.rope(q, offset, pr)
+        k = self.rope(k, offset, pr)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+            key_pos = cache.key_positions(k.shape[2])
+            cache.trim()
+        else:
+            key_pos = torch.arange(length)
+        mask = attention_mask(offset, length, key_pos, self.window)
+        if a.attn_logit_softcapping is None:
+            out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
+                                               precision=pr)
+        else:
+            out = self._softcapped(q, k, v, mask, pr)
+        out = out.transpose(1, 2).reshape(b, length, a.num_attention_heads * a.head_dim)
+        return self.o_proj(out, precision=pr)
+
+    def _softcapped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: str | torch.Tensor | None, precision: str) -> torch.Tensor:
+        """Eager attention with ``cap * tanh(scores / cap)`` before the mask (Gemma 2/3)."""
+        rep = self.args.num_attention_heads // self.args.num_key_value_heads
+        k = repeat_kv(k, rep, precision=precision)
+        v = repeat_kv(v, rep, precision=precision)
+        if precision == "float64":
+            q = q.to(torch.float64)
+        cap = self.args.attn_logit_softcapping
+        assert cap is not None
+        scores = (q @ k.transpose(-1, -2)) * self.args.attention_scale
+        scores = torch.tanh(scores / cap) * cap
+        if isinstance(mask, str):
+            lq, lk = q.shape[2], k.shape[2]
+            mask = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -math.inf)
+        acc = torch.float64 if precision == "float64" else torch.float32
+        probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
+        return probs @ v
+
+
+class MLP(torch.nn.Module):
+    """Gated MLP ``down(act(gate(x)) * up(x))``; GLM-4's gate and up are one fused weight."""
+
+    def __init__(self, w: Weights, p: str, args: ModelArgs) -> None:
+        super().__init__()
+        self.fused = w.has(f"{p}.gate_up_proj.weight")
+        if self.fused:
+            self.gate_up_proj = w.linear(f"{p}.gate_up_proj")
+        else:
+            self.gate_proj = w.linear(f"{p}.gate_proj")
+            self.up_proj = w.linear(f"{p}.up_proj")
+        self.down_proj = w.linear(f"{p}.down_proj")
+        self.gelu = args.is_gemma
+
+    def forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        if self.fused:
+            gate, up = self.gate_up_proj(x, precision=precision).chunk(2, dim=-1)
+        else:
+            gate = self.gate_proj(x, precision=precision)
+            up = self.up_proj(x, precision=precision)
+        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return self.down_proj(act * up, precision=precision)
+
+
+_NORMS = {
+    "llama": (None, "post_attention_layernorm", None),
+    "qwen3": (None, "post_attention_layernorm", None),
+    "gemma3_text": (
+        "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+    ),
+    "glm4": ("post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"),
+}
+
+
+class DecoderLayer(torch.nn.Module):
+    """``x + post(attn(norm(x)))`` then ``+ post(mlp(pre(x)))``: ``[B, L, H] -> [B, L, H]``."""
+
+    def __init__(self, w: Weights, p: str, args: ModelArgs, layer_type: str) -> None:
+        super().__init__()
+        self.layer_type = layer_type
+        self.self_attn = Attention(w, f"{p}.self_attn", args, layer_type)
+        self.mlp = MLP(w, f"{p}.mlp", args)
+        post_attn, pre_mlp, post_mlp = _NORMS[args.model_type]
+        self.input_layernorm = _norm(w, f"{p}.input_layernorm", args)
+        self.post_attn_norm = _norm(w, f"{p}.{post_attn}", args) if post_attn else None
+        self.pre_mlp_norm = _norm(w, f"{p}.{pre_mlp}", args)
+        self.post_mlp_norm = _norm(w, f"{p}.{post_mlp}", args) if post_mlp else None
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str) -> torch.Tensor:
+        pr = precision
+        h = self.self_attn(self.input_layernorm(x, precision=pr), cache, pr)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h, precision=pr)
+        x = x + h
+        h = self.mlp(self.pre_mlp_norm(x, precision=pr), pr)
+        if self.post_mlp_norm is not None:
+            h = self.post_mlp_norm(h, precision=pr)
+        return x + h
+
+
+class Model(torch.nn.Module):
+    """A causal LM: ``model(tokens [B, L] int, cache=None, hidden_states=None) -> logits
+    [B, L, vocab]`` computed with ``model.precision``. Build it with
+    :func:`torch_reference.models.load`."""
+
+    def __init__(self, args: ModelArgs, w: Weights, precision: str) -> None:
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.precision = precision
+        self.embed_tokens = w.embedding("model.embed_tokens")
+        self.layers = torch.nn.ModuleList(
+            DecoderLayer(w, f"model.layers.{i}", args, t) for i, t in enumerate(args.layer_types)
+        )
+        self.norm = _norm(w, "model.norm", args)
+        if w.has("lm_head.weight"):
+            self.lm_head = w.linear("lm_head")
+        elif isinstance(self.embed_tokens, QuantizedEmbedding):
+            self.lm_head = self.embed_tokens.as_linear()
+        else:
+            self.lm_head = nn.Linear(self.embed_tokens.weight.detach())
+        w.check_all_used()
+
+    @torch.no_grad()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: list[KVCache] | None = None,
+        hidden_states: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, L, vocab]`` of ``tokens: [B, L]``; with ``cache`` (from
+        :func:`make_cache`) the tokens continue the cached sequence. A ``hidden_states``
+        list receives the residual stream ``[B, L, H]`` after the (scaled) embedding and
+        after each layer (``num_layers + 1`` entries)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"[Model] tokens must be [B, L] but got shape {tuple(tokens.shape)}.")
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"[Model] cache must have {len(self.layers)} entries but has {len(cache)}."
+            )
+        pr = self.precision
+        h = self.embed_tokens(tokens, precision=pr)
+        if self.args.is_gemma:
+            # sqrt(hidden) rounded to the weights' dtype first, as transformers does.
+            stored = self.layers[0].input_layernorm.weight.dtype
+            h = h * torch.tensor(math.sqrt(self.args.hidden_size), dtype=stored).to(h.dtype)
+        if hidden_states is not None:
+            hidden_states.append(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, None if cache is None else cache[i], pr)
+            if hidden_states is not None:
+                hidden_states.append(h)
+        logits = self.lm_head(self.norm(h, precision=pr), precision=pr)
+        cap = self.args.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
