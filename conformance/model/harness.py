@@ -95,7 +95,7 @@ def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
             check = check_point(a, p, o, dtype)
             entry = {"step": s, "point": point_name(index, len(ohs)), "index": index,
                      "rel_err": check.rel_err, "peer_rel_err": check.peer_rel_err,
-                     "max_ulp": check.max_ulp, "passed": check.passed}
+                     "ratio": check.ratio, "passed": check.passed}
             if not check.passed:
                 entry["message"] = check.message
                 if departure is None:
