@@ -38,8 +38,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """The conformance matrix, error cases and mutation meta-tests; writes the report."""
-    install_project(session)
+    """The conformance matrix, error cases and mutation meta-tests, and the tiny-model
+    conformance (needs the ``models`` extra: transformers, mlx-lm, diffusers); writes the reports."""
+    session.install(TORCH_SPEC)
+    session.install("-e", ".[dev,models]")
     session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.bench import cli as bench_cli
+from conformance.model import cli as model_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,10 @@ def command_run(args: argparse.Namespace) -> int:
         for section in ("cells", "divergences", "mutants", "errors", "crashes"):
             report[section].extend(partial.get(section, []))
     fuzz_ok = _run_fuzz(args, env, out, report)
+    models_ok = True
+    if args.models if args.models is not None else not args.record:
+        # Whole tiny models of every architecture (conformance/model/cli.py: TINY_SUITE).
+        models_ok, report["models"] = model_cli.run_tiny_suite(out.parent / "models", env)
     write_report(report, out)
     s = summary(report)
     print(f"[conformance] {s['cells'] - s['cells_failed']}/{s['cells']} cells conform, "
@@ -122,7 +127,8 @@ def command_run(args: argparse.Namespace) -> int:
           f"error cases {s['error_cases'] - s['error_cases_failed']}/{s['error_cases']}; "
           f"crashes {s['crashes']}. Report: {out / 'report.html'}")
     failed = (s["cells_failed"] or s["crashes"] or s["mutants_killed"] < s["mutants"]
-              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials) or not fuzz_ok)
+              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials) or not fuzz_ok
+              or not models_ok)
     return 1 if failed else 0
 
 
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     run.add_argument("--fuzz-examples", type=int, default=None,
                      help="fuzz inputs per public entry point (default: by profile; 0 skips the fuzz)")
+    run.add_argument("--models", action=argparse.BooleanOptionalAction, default=None,
+                     help="also run the tiny-model conformance (default: unless --record)")
     run.set_defaults(func=command_run)
     mrg = sub.add_parser("merge", help="merge report JSON files from several machines")
     mrg.add_argument("reports", nargs="+")
@@ -181,5 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     readme.add_argument("--report", default=str(ROOT / "reports" / "conformance" / "conformance.json"))
     readme.set_defaults(func=command_readme)
     bench_cli.add_parser(sub)
+    model_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
