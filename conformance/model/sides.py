@@ -102,8 +102,7 @@ class TransformersSide:
         length = ids.shape[1]
         positions = torch.arange(self.seen, self.seen + length)[None]
         with torch.no_grad():
-            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True,
-                             position_ids=positions, cache_position=positions[0])
+            out = self.model(input_ids=ids, cache=self.cache, use_cache=True, position_ids=positions)
         self.seen += length
         return _torch_np(out.logits), []
 
