@@ -48,7 +48,7 @@ _COMMON: dict[str, Any] = {
 }
 
 
-def _llama() -> torch.nn.Module:
+def _llama() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(**_COMMON, rope_parameters={
@@ -57,13 +57,13 @@ def _llama() -> torch.nn.Module:
     return LlamaForCausalLM(cfg)
 
 
-def _qwen3() -> torch.nn.Module:
+def _qwen3() -> Any:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     return Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, "tie_word_embeddings": True}))
 
 
-def _gemma3() -> torch.nn.Module:
+def _gemma3() -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     cfg = Gemma3TextConfig(**_COMMON, sliding_window=4, query_pre_attn_scalar=24,
@@ -71,14 +71,14 @@ def _gemma3() -> torch.nn.Module:
     return Gemma3ForCausalLM(cfg)
 
 
-def _glm4() -> torch.nn.Module:
+def _glm4() -> Any:
     from transformers import Glm4Config, Glm4ForCausalLM
 
-    cfg = Glm4Config(**_COMMON, partial_rotary_factor=0.5, attention_bias=True, pad_token_id=0)
+    cfg = Glm4Config(**{**_COMMON, "partial_rotary_factor": 0.5, "attention_bias": True, "pad_token_id": 0})
     return Glm4ForCausalLM(cfg)
 
 
-BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
+BUILDERS: dict[str, Callable[[], Any]] = {
     "llama": _llama, "qwen3": _qwen3, "gemma3_text": _gemma3, "glm4": _glm4,
 }
 """Tiny random transformers models by ``model_type``."""

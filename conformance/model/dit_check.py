@@ -104,7 +104,8 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
                       quantization)
     t_block = twin_dit.Flux2DoubleBlock({k: to_torch(v, dtype) for k, v in rounded.items()},
                                         twin_dit.Flux2BlockConfig(*shape), quantization)
-    m_out = m_block(*(to_mlx(a, dtype) for a in ins), grid=case.grid)
+    m_img, m_txt, m_mod_img, m_mod_txt = (to_mlx(a, dtype) for a in ins)
+    m_out = m_block(m_img, m_txt, m_mod_img, m_mod_txt, grid=case.grid)
     mx.eval(*m_out)
     t_ins = [to_torch(a, dtype) for a in ins]
     with torch.no_grad():
