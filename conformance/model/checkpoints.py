@@ -91,6 +91,9 @@ def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
     magnitude, plus a shift) so no norm or bias is a constant."""
     if model_type not in BUILDERS:
         raise ValueError(f"[build_tiny] unknown model_type {model_type!r}; known: {sorted(BUILDERS)}.")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = BUILDERS[model_type]().to(torch.float32)
     gen = torch.Generator().manual_seed(seed + 1)

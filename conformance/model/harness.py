@@ -179,7 +179,7 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     result["passed"] = (departure is None and not tokens["flips"]
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
-    _log(progress, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
+    _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
          f"tokens {tokens['agree']}/{tokens['steps']} agree"
          + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
     return result

@@ -88,7 +88,9 @@ class TransformersSide:
     def __init__(self, path: Path, name: str = "transformers-float64") -> None:
         import torch
         from transformers import AutoModelForCausalLM, DynamicCache
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()
         self.name = name
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64)
         self.model.eval()
