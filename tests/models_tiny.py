@@ -40,9 +40,11 @@ _COMMON: dict[str, Any] = dict(
 )
 
 
-def make_config(arch: str, *, tie: bool | None = None) -> Any:
+def make_config(arch: str, *, tie: bool | None = None, softcap: bool = False) -> Any:
     """The transformers config of a tiny model of ``arch``; ``tie`` overrides the class
-    default of ``tie_word_embeddings``."""
+    default of ``tie_word_embeddings``; ``softcap`` (Gemma 3 only) sets attention-logit and
+    final-logit softcapping, which real Gemma 3 checkpoints leave unset (and mlx-lm's
+    gemma3_text does not implement)."""
     import transformers as tf
 
     kw = dict(_COMMON)
@@ -67,7 +69,10 @@ def make_config(arch: str, *, tie: bool | None = None) -> Any:
             query_pre_attn_scalar=24,  # deliberately not head_dim
             rope_theta=100000.0,
             rope_local_base_freq=5000.0,
-            final_logit_softcapping=30.0,
+            final_logit_softcapping=8.0 if softcap else None,
+            # transformers 5.24 stores attn_logit_softcapping but its Gemma3Attention never
+            # applies it; the ports ignore it too (a test checks it changes nothing).
+            attn_logit_softcapping=5.0 if softcap else None,
         )
     if arch == "glm4":
         return tf.Glm4Config(**kw, partial_rotary_factor=0.5, rope_theta=10000.0)
@@ -84,7 +89,7 @@ _MODEL_CLASSES = {
 
 def build_checkpoint(
     arch: str, directory: Path, *, tie: bool | None = None, seed: int = 0,
-    old_format: bool = False,
+    old_format: bool = False, softcap: bool = False,
 ) -> Path:
     """Write a tiny random ``arch`` checkpoint into ``directory`` and return it.
 
@@ -95,7 +100,7 @@ def build_checkpoint(
     import transformers as tf
 
     torch.manual_seed(seed)
-    config = make_config(arch, tie=tie)
+    config = make_config(arch, tie=tie, softcap=softcap)
     model = getattr(tf, _MODEL_CLASSES[arch])(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -107,6 +112,13 @@ def build_checkpoint(
                 p.copy_(centre + 0.2 * torch.randn(p.shape, generator=gen))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
+    if arch == "gemma3_text":
+        # mlx-lm's gemma3_text reads the old pattern, not layer_types; this pattern gives
+        # the same layers (every 2nd global), so both readings agree.
+        path = directory / "config.json"
+        cfg = json.loads(path.read_text())
+        cfg["sliding_window_pattern"] = 2
+        path.write_text(json.dumps(cfg, indent=2))
     if old_format:
         _to_old_config(directory / "config.json", arch)
     return directory
@@ -143,7 +155,9 @@ def transformers_logits(directory: Path, prompt: list[int], steps: list[int]) ->
     """
     import transformers as tf
 
-    model = tf.AutoModelForCausalLM.from_pretrained(directory).to(torch.float64).eval()
+    # Eager attention: transformers' reference path (it applies attention softcapping).
+    model = tf.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager")
+    model = model.to(torch.float64).eval()
     cache = tf.DynamicCache(config=model.config)
     out: list[torch.Tensor] = []
     with torch.no_grad():

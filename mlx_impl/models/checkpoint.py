@@ -47,14 +47,17 @@ class QuantizedEmbedding:
     """
 
     def __init__(self, weight: mx.array, scales: mx.array, biases: mx.array | None,
-                 quantization: tuple[int, int, str]) -> None:
+                 quantization: tuple[int, int, str], dtype: mx.Dtype) -> None:
         self.weight, self.scales, self.biases = weight, scales, biases
         self.group_size, self.bits, self.mode = quantization
+        # The model's float dtype: fp modes would otherwise dequantize to bfloat16 (MLX's
+        # default) and the residual stream would start in bfloat16.
+        self.dtype = dtype
 
     def __call__(self, indices: mx.array) -> mx.array:
         biases = None if self.biases is None else self.biases[indices]
         return dequantize(self.weight[indices], self.scales[indices], biases,
-                          self.group_size, self.bits, self.mode)
+                          self.group_size, self.bits, self.mode, self.dtype)
 
     def as_linear(self) -> nn.QuantizedLinear:
         """The tied head: the same codes as a ``QuantizedLinear`` ``[vocab, D]``."""
@@ -75,14 +78,32 @@ class Weights:
     def has(self, key: str) -> bool:
         return key in self.arrays
 
-    def take(self, key: str) -> mx.array:
+    def take(self, key: str, quantized: bool = False) -> mx.array:
         if key not in self.arrays:
             raise ValueError(f"[models.load] the checkpoint lacks {key!r}.")
         self.used.add(key)
         a = self.arrays[key]
-        if self.dtype is not None and a.dtype in _FLOATS and a.dtype != self.dtype:
+        if self._casts(key, quantized) and a.dtype in _FLOATS and a.dtype != self.dtype:
             a = a.astype(self.dtype)
         return a
+
+    def _casts(self, key: str, quantized: bool) -> bool:
+        """Cast to ``dtype``? Quantization scales and biases (and a quantized layer's bias) only to a dtype quantized
+        layers take (float32/float16/bfloat16); for float64 they stay as stored (the
+        float64 path dequantizes the codes exactly from the stored scales)."""
+        if self.dtype is None:
+            return False
+        if quantized or key.endswith((".scales", ".biases")):
+            return self.dtype in _FLOATS[:3]
+        return True
+
+    def float_dtype(self) -> mx.Dtype:
+        """The dtype of the model's float tensors: ``dtype`` when casting (float64 maps to
+        float32 for quantized layers, which take no float64), else the final norm's."""
+        if self.dtype is not None:
+            return self.dtype if self.dtype in _FLOATS[:3] else _FLOATS[2]
+        stored = self.arrays["model.norm.weight"].dtype
+        return stored if stored in _FLOATS[:3] else _FLOATS[2]
 
     def _quant(self, prefix: str) -> tuple[int, int, str]:
         if self.quantization is None:
@@ -94,8 +115,9 @@ class Weights:
 
     def linear(self, prefix: str) -> nn.Linear | nn.QuantizedLinear:
         """``prefix.weight`` (+ ``prefix.bias``) as a Linear, or a QuantizedLinear."""
-        bias = self.take(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        if self.has(f"{prefix}.scales"):
+        quantized = self.has(f"{prefix}.scales")
+        bias = self.take(f"{prefix}.bias", quantized) if self.has(f"{prefix}.bias") else None
+        if quantized:
             g, b, mode = self._quant(prefix)
             biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
             return nn.QuantizedLinear(self.take(f"{prefix}.weight"), self.take(f"{prefix}.scales"),
@@ -106,7 +128,7 @@ class Weights:
         if self.has(f"{prefix}.scales"):
             biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
             return QuantizedEmbedding(self.take(f"{prefix}.weight"), self.take(f"{prefix}.scales"),
-                                      biases, self._quant(prefix))
+                                      biases, self._quant(prefix), self.float_dtype())
         return nn.Embedding(self.take(f"{prefix}.weight"))
 
     def check_all_used(self) -> None:

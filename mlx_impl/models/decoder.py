@@ -8,7 +8,9 @@ checkpoint and ``config.json``):
 * ``gemma3_text``: embeddings times ``sqrt(hidden)`` rounded to the weights' dtype;
   ``(1 + w)`` norms computed in float32; norms before AND after attention and MLP;
   GELU-tanh MLP; scale ``query_pre_attn_scalar ** -0.5``; sliding-window layers with their
-  own RoPE base; optional attention-logit and final-logit tanh softcapping.
+  own RoPE base; final-logit tanh softcapping when configured. ``attn_logit_softcapping``
+  is ignored, as transformers 5.24's ``Gemma3Attention`` ignores it (it never passes it
+  to the attention function; real Gemma 3 configs leave it unset).
 * ``glm4``: partial interleaved RoPE, fused ``gate_up_proj`` (gate first), q/k/v biases,
   sandwich norms ``post_self_attn_layernorm`` / ``post_mlp_layernorm``.
 """
@@ -26,7 +28,6 @@ from mlx_impl.models.cache import KVCache
 from mlx_impl.models.checkpoint import Weights
 from mlx_impl.models.config import SLIDING, ModelArgs
 from mlx_impl.models.rope import LayerRoPE
-from mlx_impl.nn import repeat_kv
 
 
 class GemmaRMSNorm(mlx.nn.Module):
@@ -105,29 +106,9 @@ class Attention(mlx.nn.Module):
         else:
             key_pos = mx.arange(length)
         mask = attention_mask(offset, length, key_pos, self.window)
-        if a.attn_logit_softcapping is None:
-            out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask)
-        else:
-            out = self._softcapped(q, k, v, mask)
+        out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, length, a.num_attention_heads * a.head_dim)
         return self.o_proj(out)
-
-    def _softcapped(self, q: mx.array, k: mx.array, v: mx.array,
-                    mask: str | mx.array | None) -> mx.array:
-        """Eager attention with ``cap * tanh(scores / cap)`` before the mask (Gemma 2/3)."""
-        rep = self.args.num_attention_heads // self.args.num_key_value_heads
-        k, v = repeat_kv(k, rep), repeat_kv(v, rep)
-        cap = self.args.attn_logit_softcapping
-        assert cap is not None
-        scores = (q @ k.swapaxes(-1, -2)) * self.args.attention_scale
-        scores = mx.tanh(scores / cap) * cap
-        if isinstance(mask, str):
-            lq, lk = q.shape[2], k.shape[2]
-            mask = mx.arange(lk)[None, :] <= mx.arange(lq)[:, None] + (lk - lq)
-        if mask is not None:
-            scores = mx.where(mask, scores, mx.array(-math.inf, dtype=scores.dtype))
-        probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype)
-        return probs @ v
 
 
 class MLP(mlx.nn.Module):
@@ -207,7 +188,8 @@ class Model(mlx.nn.Module):
             DecoderLayer(w, f"model.layers.{i}", args, t) for i, t in enumerate(args.layer_types)
         ]
         self.norm = _norm(w, "model.norm", args)
-        if w.has("lm_head.weight"):
+        if w.has("lm_head.weight") or not args.tie_word_embeddings:
+            # Untied: the head must be there (linear() names it when it is not).
             self.lm_head = w.linear("lm_head")
         elif isinstance(self.embed_tokens, nn.Embedding):
             self.lm_head = nn.Linear(self.embed_tokens.weight)

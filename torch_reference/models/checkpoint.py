@@ -70,15 +70,18 @@ class QuantizedEmbedding(torch.nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
-                 quantization: tuple[int, int, str]) -> None:
+                 quantization: tuple[int, int, str], dtype: torch.dtype) -> None:
         super().__init__()
         self.weight, self.scales, self.biases = weight, scales, biases
         self.group_size, self.bits, self.mode = quantization
+        # The model's float dtype: fp modes would otherwise dequantize to bfloat16 (MLX's
+        # default) and the residual stream would start in bfloat16.
+        self.dtype = dtype
 
     def forward(self, indices: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
         biases = None if self.biases is None else self.biases[indices]
         return dequantize(self.weight[indices], self.scales[indices], biases, self.group_size,
-                          self.bits, self.mode, precision=precision)
+                          self.bits, self.mode, self.dtype, precision=precision)
 
     def as_linear(self) -> QuantizedProjection:
         """The tied head: the same codes as a quantized ``[vocab, D]`` projection."""
@@ -100,14 +103,32 @@ class Weights:
     def has(self, key: str) -> bool:
         return key in self.arrays
 
-    def take(self, key: str) -> torch.Tensor:
+    def take(self, key: str, quantized: bool = False) -> torch.Tensor:
         if key not in self.arrays:
             raise ValueError(f"[models.load] the checkpoint lacks {key!r}.")
         self.used.add(key)
         t = self.arrays[key]
-        if self.dtype is not None and t.dtype in _FLOATS:
+        if self._casts(key, quantized) and t.dtype in _FLOATS:
             t = t.to(self.dtype)
         return t.to(self.device)
+
+    def _casts(self, key: str, quantized: bool) -> bool:
+        """Cast to ``dtype``? Quantization scales and biases (and a quantized layer's bias) only to a dtype quantized
+        layers take (float32/float16/bfloat16); for float64 they stay as stored (the
+        float64 path dequantizes the codes exactly from the stored scales)."""
+        if self.dtype is None:
+            return False
+        if quantized or key.endswith((".scales", ".biases")):
+            return self.dtype in _FLOATS[:3]
+        return True
+
+    def float_dtype(self) -> torch.dtype:
+        """The dtype of the model's float tensors: ``dtype`` when casting (float64 maps to
+        float32 for quantized layers, which take no float64), else the final norm's."""
+        if self.dtype is not None:
+            return self.dtype if self.dtype in _FLOATS[:3] else _FLOATS[2]
+        stored = self.arrays["model.norm.weight"].dtype
+        return stored if stored in _FLOATS[:3] else _FLOATS[2]
 
     def _quant(self, prefix: str) -> tuple[int, int, str]:
         if self.quantization is None:
@@ -119,8 +140,9 @@ class Weights:
 
     def linear(self, prefix: str) -> torch.nn.Module:
         """``prefix.weight`` (+ ``.bias``) as ``nn.Linear``, or a :class:`QuantizedProjection`."""
-        bias = self.take(f"{prefix}.bias") if self.has(f"{prefix}.bias") else None
-        if self.has(f"{prefix}.scales"):
+        quantized = self.has(f"{prefix}.scales")
+        bias = self.take(f"{prefix}.bias", quantized) if self.has(f"{prefix}.bias") else None
+        if quantized:
             g, b, mode = self._quant(prefix)
             biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
             return QuantizedProjection(nn.QuantizedLinear(
@@ -132,7 +154,8 @@ class Weights:
         if self.has(f"{prefix}.scales"):
             biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
             return QuantizedEmbedding(self.take(f"{prefix}.weight"),
-                                      self.take(f"{prefix}.scales"), biases, self._quant(prefix))
+                                      self.take(f"{prefix}.scales"), biases, self._quant(prefix),
+                                      self.float_dtype())
         return nn.Embedding(self.take(f"{prefix}.weight"))
 
     def check_all_used(self) -> None:

@@ -244,7 +244,9 @@ def _rope_specs(
 
 
 def _quantization(config: Mapping[str, Any]) -> tuple[int, int, str] | None:
-    q = config.get("quantization") or config.get("quantization_config")
+    # mlx-lm writes "quantization" (and a copy as "quantization_config"); a
+    # "quantization_config" alone is some other tool's format (GPTQ, AWQ, bitsandbytes).
+    q = config.get("quantization")
     if not q:
         return None
     if not isinstance(q, Mapping) or "group_size" not in q or "bits" not in q:

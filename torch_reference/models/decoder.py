@@ -19,7 +19,6 @@ from torch_reference.models.cache import KVCache
 from torch_reference.models.checkpoint import QuantizedEmbedding, Weights
 from torch_reference.models.config import SLIDING, ModelArgs
 from torch_reference.models.rope import LayerRoPE
-from torch_reference.nn import repeat_kv
 
 
 class GemmaRMSNorm(torch.nn.Module):
@@ -93,34 +92,10 @@ class Attention(torch.nn.Module):
         else:
             key_pos = torch.arange(length)
         mask = attention_mask(offset, length, key_pos, self.window)
-        if a.attn_logit_softcapping is None:
-            out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
-                                               precision=pr)
-        else:
-            out = self._softcapped(q, k, v, mask, pr)
+        out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
+                                           precision=pr)
         out = out.transpose(1, 2).reshape(b, length, a.num_attention_heads * a.head_dim)
         return self.o_proj(out, precision=pr)
-
-    def _softcapped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    mask: str | torch.Tensor | None, precision: str) -> torch.Tensor:
-        """Eager attention with ``cap * tanh(scores / cap)`` before the mask (Gemma 2/3)."""
-        rep = self.args.num_attention_heads // self.args.num_key_value_heads
-        k = repeat_kv(k, rep, precision=precision)
-        v = repeat_kv(v, rep, precision=precision)
-        if precision == "float64":
-            q = q.to(torch.float64)
-        cap = self.args.attn_logit_softcapping
-        assert cap is not None
-        scores = (q @ k.transpose(-1, -2)) * self.args.attention_scale
-        scores = torch.tanh(scores / cap) * cap
-        if isinstance(mask, str):
-            lq, lk = q.shape[2], k.shape[2]
-            mask = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, -math.inf)
-        acc = torch.float64 if precision == "float64" else torch.float32
-        probs = torch.softmax(scores.to(acc), dim=-1).to(q.dtype)
-        return probs @ v
 
 
 class MLP(torch.nn.Module):
@@ -198,7 +173,8 @@ class Model(torch.nn.Module):
             DecoderLayer(w, f"model.layers.{i}", args, t) for i, t in enumerate(args.layer_types)
         )
         self.norm = _norm(w, "model.norm", args)
-        if w.has("lm_head.weight"):
+        if w.has("lm_head.weight") or not args.tie_word_embeddings:
+            # Untied: the head must be there (linear() names it when it is not).
             self.lm_head = w.linear("lm_head")
         elif isinstance(self.embed_tokens, QuantizedEmbedding):
             self.lm_head = self.embed_tokens.as_linear()
