@@ -103,6 +103,13 @@ def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
                 p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
+    if model_type == "gemma3_text":
+        # mlx-lm's Gemma 3 reads the older sliding_window_pattern, not layer_types; this
+        # one gives the same layers (every second one full), so mlx-lm can anchor it too.
+        cfg_path = directory / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["sliding_window_pattern"] = 2
+        cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     return directory
 
 
