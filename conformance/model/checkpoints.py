@@ -38,11 +38,11 @@ group sizes mlx-lm uses by default for each mode."""
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# The tiny configs: 2 layers, GQA (4 query heads over 2 kv heads), small vocab. Each names
+# The tiny configs: 4 layers (enough for the depth curves to show growth), GQA (4 query heads over 2 kv heads), small vocab. Each names
 # what its architecture must exercise (llama3 rope scaling, Gemma 3's sliding window that a
 # prompt longer than the window crosses, GLM-4's partial rotary and attention bias).
 _COMMON: dict[str, Any] = {
-    "vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
     "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
 }
@@ -67,7 +67,7 @@ def _gemma3() -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     cfg = Gemma3TextConfig(**_COMMON, sliding_window=4, query_pre_attn_scalar=24,
-                           layer_types=["sliding_attention", "full_attention"])
+                           layer_types=["sliding_attention", "full_attention"] * 2)
     return Gemma3ForCausalLM(cfg)
 
 

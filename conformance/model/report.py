@@ -122,6 +122,15 @@ def _anchors(r: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _growth(r: dict[str, Any]) -> str:
+    """The twin's relative error at the last layer over the first, at the prefill."""
+    _, twin, _ = _series_by_layer(r, 0)
+    layers = twin[1:-1]
+    if len(layers) < 2 or layers[0] <= 0:
+        return "-"
+    return f"{layers[-1] / layers[0]:.2g}x over {len(layers)} layers"
+
+
 def _worst(r: dict[str, Any], key: str) -> float:
     return max(p[key] for p in r["points"])
 
@@ -139,16 +148,19 @@ def to_markdown(report: dict[str, Any]) -> str:
              "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
              "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "
              "Errors are relative 2-norm errors against the float64 oracle.", "",
-             "| configuration | status | first departure | greedy tokens agree | worst MLX / twin rel. error | anchors |",
-             "|---|---|---|---|---|---|"]
+             "Ratio: the worst row's ||MLX - oracle|| / bound over all points (1 = at the bound). "
+             "Depth growth: the twin's error at the last layer over its error at the first, at the prefill.", "",
+             "| configuration | status | first departure | greedy tokens agree | worst MLX / twin rel. error "
+             "| ratio | depth growth | anchors |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {config_label(r)} | {'PASS' if r['passed'] else 'FAIL'} | {_departure(r)} | "
                      f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
-                     f"{_anchors(r)} |")
+                     f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_anchors(r)} |")
     for d in report.get("dit", []):
         lines.append(f"| Flux 2 DiT block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
                      + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
-                     + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " | "
+                     + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " (text / image) | - | - | "
                      + ("diffusers-float64: " + " / ".join(f"{v['rel_err']:.2g}" for v in d["anchor"].values())
                         if d["anchor"] else "-") + " |")
     failing = [r for r in results if not r["passed"]]
