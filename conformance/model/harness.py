@@ -77,6 +77,10 @@ def _replay(side: Side, inputs: list[np.ndarray], progress: bool,
     return outputs
 
 
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
 def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
@@ -93,9 +97,11 @@ def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
         for i, (a, p, o) in enumerate(pairs):
             index = i if with_hidden else len(ohs)
             check = check_point(a, p, o, dtype)
+            # 4 significant digits: the report plots and compares these, and a long run
+            # on a deep model has (layers + 2) x (steps + 1) points per configuration.
             entry = {"step": s, "point": point_name(index, len(ohs)), "index": index,
-                     "rel_err": check.rel_err, "peer_rel_err": check.peer_rel_err,
-                     "ratio": check.ratio, "passed": check.passed}
+                     "rel_err": _sig(check.rel_err), "peer_rel_err": _sig(check.peer_rel_err),
+                     "ratio": _sig(check.ratio), "passed": check.passed}
             if not check.passed:
                 entry["message"] = check.message
                 if departure is None:

@@ -139,8 +139,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: header, one row per configuration, departures in full."""
     run = report["run"]
     results = report["results"]
-    passed = sum(r["passed"] for r in results)
-    lines = [f"# Model conformance: {passed} / {len(results)} configurations conform", "",
+    dit = report.get("dit", [])
+    passed = sum(r["passed"] for r in results) + sum(d["passed"] for d in dit)
+    lines = [f"# Model conformance: {passed} / {len(results) + len(dit)} configurations conform "
+             f"({len(results)} model, {len(dit)} DiT block)", "",
              f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
              f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
              f"{run.get('date')}. Steps: prefill of {results[0]['prompt_len'] if results else '?'} tokens "
