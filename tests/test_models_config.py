@@ -133,27 +133,27 @@ def test_unused_tensor_is_refused(llama_dir: Path, load) -> None:
     import torch
 
     _rewrite_weights(llama_dir, lambda t: t.update({"model.layers.0.self_attn.q_norm.weigth": torch.ones(16)}))
-    with pytest.raises(ValueError, match="no layer uses.*q_norm.weigth"):
+    with pytest.raises(ValueError, match=r"no layer uses.*q_norm.weigth"):
         load(llama_dir)
 
 
 @pytest.mark.parametrize("load", [mmodels.load, tmodels.load], ids=["mlx", "torch"])
 def test_missing_tensor_is_refused(llama_dir: Path, load) -> None:
     _rewrite_weights(llama_dir, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
-    with pytest.raises(ValueError, match="lacks 'model.layers.2.mlp.up_proj.weight'"):
+    with pytest.raises(ValueError, match=r"lacks 'model.layers.2.mlp.up_proj.weight'"):
         load(llama_dir)
 
 
 @pytest.mark.parametrize("load", [mmodels.load, tmodels.load], ids=["mlx", "torch"])
 def test_untied_head_required_when_not_tied(llama_dir: Path, load) -> None:
     _rewrite_weights(llama_dir, lambda t: t.pop("lm_head.weight"))
-    with pytest.raises(ValueError, match="lacks 'lm_head.weight'"):
+    with pytest.raises(ValueError, match=r"lacks 'lm_head.weight'"):
         load(llama_dir)
 
 
 @pytest.mark.parametrize("load", [mmodels.load, tmodels.load], ids=["mlx", "torch"])
 def test_directory_without_checkpoint_is_refused(tmp_path: Path, llama_dir: Path, load) -> None:
-    with pytest.raises(ValueError, match="has no config.json"):
+    with pytest.raises(ValueError, match=r"has no config.json"):
         load(tmp_path / "nowhere")
     shutil.copy(llama_dir / "config.json", tmp_path / "config.json")
     with pytest.raises(ValueError, match=r"has no \*.safetensors"):

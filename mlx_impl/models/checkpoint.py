@@ -83,7 +83,12 @@ class Weights:
             raise ValueError(f"[models.load] the checkpoint lacks {key!r}.")
         self.used.add(key)
         a = self.arrays[key]
-        if self._casts(key, quantized) and a.dtype in _FLOATS and a.dtype != self.dtype:
+        if (
+            self.dtype is not None
+            and self._casts(key, quantized)
+            and a.dtype in _FLOATS
+            and a.dtype != self.dtype
+        ):
             a = a.astype(self.dtype)
         return a
 

@@ -32,7 +32,8 @@ class KVCache:
 
     def key_positions(self, length: int) -> torch.Tensor:
         """Absolute positions ``[length]`` of the ``length`` keys returned last."""
-        return torch.arange(self.offset - length, self.offset)
+        device = None if self.keys is None else self.keys.device
+        return torch.arange(self.offset - length, self.offset, device=device)
 
     def trim(self) -> None:
         """Nothing to drop: a full-attention layer keeps every key."""

@@ -27,6 +27,7 @@ class GemmaRMSNorm(torch.nn.Module):
 
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
         super().__init__()
+        self.weight: torch.Tensor
         self.register_buffer("weight", weight)
         self.eps = eps
 
@@ -51,7 +52,7 @@ def attention_mask(
     iff ``j <= i`` and, with a window W, ``j > i - W`` (queries ``q_start ..``)."""
     if window is None:
         return "causal" if length > 1 else None
-    q = torch.arange(q_start, q_start + length)[:, None]
+    q = torch.arange(q_start, q_start + length, device=key_positions.device)[:, None]
     k = key_positions[None, :]
     return (k <= q) & (k > q - window)
 
@@ -90,7 +91,7 @@ class Attention(torch.nn.Module):
             key_pos = cache.key_positions(k.shape[2])
             cache.trim()
         else:
-            key_pos = torch.arange(length)
+            key_pos = torch.arange(length, device=x.device)
         mask = attention_mask(offset, length, key_pos, self.window)
         out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
                                            precision=pr)
@@ -169,17 +170,23 @@ class Model(torch.nn.Module):
         self.model_type = args.model_type
         self.precision = precision
         self.embed_tokens = w.embedding("model.embed_tokens")
+        # The dtype the embedding rows have natively (Gemma rounds sqrt(hidden) to it).
+        embed = self.embed_tokens
+        self.embed_dtype: torch.dtype = (
+            embed.dtype if isinstance(embed, QuantizedEmbedding) else embed.weight.dtype  # type: ignore[assignment]
+        )
         self.layers = torch.nn.ModuleList(
             DecoderLayer(w, f"model.layers.{i}", args, t) for i, t in enumerate(args.layer_types)
         )
         self.norm = _norm(w, "model.norm", args)
+        self.lm_head: torch.nn.Module
         if w.has("lm_head.weight") or not args.tie_word_embeddings:
             # Untied: the head must be there (linear() names it when it is not).
             self.lm_head = w.linear("lm_head")
         elif isinstance(self.embed_tokens, QuantizedEmbedding):
             self.lm_head = self.embed_tokens.as_linear()
         else:
-            self.lm_head = nn.Linear(self.embed_tokens.weight.detach())
+            self.lm_head = nn.Linear(self.embed_tokens.weight.detach())  # type: ignore[operator]
         w.check_all_used()
 
     @torch.no_grad()
@@ -203,8 +210,10 @@ class Model(torch.nn.Module):
         h = self.embed_tokens(tokens, precision=pr)
         if self.args.is_gemma:
             # sqrt(hidden) rounded to the weights' dtype first, as transformers does.
-            stored = self.layers[0].input_layernorm.weight.dtype
-            h = h * torch.tensor(math.sqrt(self.args.hidden_size), dtype=stored).to(h.dtype)
+            normalizer = torch.tensor(
+                math.sqrt(self.args.hidden_size), dtype=self.embed_dtype, device=h.device
+            )
+            h = h * normalizer.to(h.dtype)
         if hidden_states is not None:
             hidden_states.append(h)
         for i, layer in enumerate(self.layers):

@@ -37,7 +37,8 @@ class LayerRoPE:
             inv = self._inv64
         else:
             inv = self._inv32
-        pos = torch.arange(offset, offset + x.shape[-2], dtype=inv.dtype)
+        inv = inv.to(x.device)
+        pos = torch.arange(offset, offset + x.shape[-2], dtype=inv.dtype, device=x.device)
         theta = pos[:, None] * inv[None, :]
         cos, sin = torch.cos(theta).to(x.dtype), torch.sin(theta).to(x.dtype)
         half = s.dims // 2
