@@ -1,6 +1,7 @@
-"""The Flux 2 double-stream DiT block (``mlx_impl.models.dit``) against its twin, the
-float64 oracle and diffusers' own ``Flux2TransformerBlock`` (float64 anchor), dense in
-every test dtype and quantized in every mode; planted bugs must be caught."""
+"""The Flux 2 DiT blocks (``mlx_impl.models.dit``: double-stream and single-stream)
+against their twins, the float64 oracle and diffusers' own ``Flux2TransformerBlock`` /
+``Flux2SingleTransformerBlock`` (float64 anchor), dense in every test dtype and quantized
+in every mode; planted bugs must be caught."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def _failures(result: dict) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.parametrize("block", ["double", "single"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_dense_block_conforms_and_matches_diffusers(dtype: str) -> None:
-    result = run_dit(CASE, dtype)
+def test_dense_block_conforms_and_matches_diffusers(dtype: str, block: str) -> None:
+    result = run_dit(DitCase(block=block), dtype)
     assert result["passed"], _failures(result)
     # The anchor really is diffusers' block: it agrees with the oracle far below the
     # float32 twin's own error (diffusers rounds only its RoPE rotation to float32).
@@ -36,8 +38,9 @@ def test_quantized_block_conforms(quant: str) -> None:
     assert result["passed"], _failures(result)
 
 
-def test_quantized_half_block_conforms() -> None:
-    result = run_dit(CASE, "bfloat16", "affine4")
+@pytest.mark.parametrize("block", ["double", "single"])
+def test_quantized_half_block_conforms(block: str) -> None:
+    result = run_dit(DitCase(block=block), "bfloat16", "affine4")
     assert result["passed"], _failures(result)
 
 
@@ -56,9 +59,10 @@ def test_rope_axes_swapped_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         return mx.concatenate([turned[:, :, :text_len], back], axis=2)
 
     monkeypatch.setattr(mlx_dit, "flux2_rope", swapped)
-    result = run_dit(CASE, "float32")
-    assert not result["passed"]
-    assert not result["outputs"]["image"]["passed"]
+    for block in ("double", "single"):
+        result = run_dit(DitCase(block=block), "float32")
+        assert not result["passed"], block
+        assert not result["outputs"]["image"]["passed"], block
 
 
 def test_modulation_without_one_plus_scale_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--quant-dtype", default="bfloat16", help="dtype of activations and scales for --quantize")
     p.add_argument("--out", default=None, help="report directory (default reports/models/<name>/)")
     p.add_argument("--no-anchors", action="store_true", help="skip transformers and mlx-lm")
-    p.add_argument("--dit", action="store_true", help="also run the Flux 2 DiT block against diffusers")
+    p.add_argument("--dit", action="store_true", help="also run the Flux 2 DiT blocks against diffusers")
     p.add_argument("--mutant", default=None, help="plant a bug in the MLX side (self-check); see mutants.py")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", default="steps", choices=("steps", "configs"),
@@ -145,10 +145,11 @@ def command_model(args: argparse.Namespace) -> int:
     if args.dit:
         from conformance.model.dit_check import DitCase, run_dit
 
-        for dt in dtypes:
-            report["dit"].append(run_dit(DitCase(), dt))
-        for q in quants:
-            report["dit"].append(run_dit(DitCase(), args.quant_dtype, q))
+        for block in ("double", "single"):
+            for dt in dtypes:
+                report["dit"].append(run_dit(DitCase(block=block), dt))
+            for q in quants:
+                report["dit"].append(run_dit(DitCase(block=block), args.quant_dtype, q))
     notes += _anchor_notes(results)
     out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)

@@ -1,4 +1,5 @@
-"""Conformance of the Flux 2 double-stream block against diffusers' own block.
+"""Conformance of the Flux 2 DiT blocks (double-stream and single-stream) against
+diffusers' own blocks.
 
 Random weights come from diffusers' ``Flux2TransformerBlock`` (its ``state_dict``, every
 1-D parameter perturbed so the q/k norms are not constant), rounded to the test dtype;
@@ -36,17 +37,24 @@ class DitCase:
     text_len: int = 5
     grid: tuple[int, int] = (3, 4)
     seed: int = 0
+    block: str = "double"
+    """``double`` (``Flux2TransformerBlock``) or ``single`` (``Flux2SingleTransformerBlock``)."""
 
 
 def _diffusers_block(case: DitCase) -> Any:
-    from diffusers.models.transformers.transformer_flux2 import Flux2TransformerBlock
+    from diffusers.models.transformers.transformer_flux2 import (
+        Flux2SingleTransformerBlock,
+        Flux2TransformerBlock,
+    )
 
-    return Flux2TransformerBlock(case.dim, case.heads, case.head_dim, mlp_ratio=3.0, eps=1e-6)
+    kind = Flux2TransformerBlock if case.block == "double" else Flux2SingleTransformerBlock
+    return kind(case.dim, case.heads, case.head_dim, mlp_ratio=3.0, eps=1e-6)
 
 
 def random_state(case: DitCase) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
     """diffusers' initial weights (1-D ones perturbed) and the block's inputs
-    ``[image [B, H*W, dim], text [B, Lt, dim], mod_image [B, 6 dim], mod_text [B, 6 dim]]``."""
+    ``[image [B, H*W, dim], text [B, Lt, dim], mod_image [B, 6 dim], mod_text [B, 6 dim]]``
+    (double) or ``[image, text, mod [B, 3 dim]]`` (single)."""
     import torch
 
     torch.manual_seed(case.seed)
@@ -57,9 +65,11 @@ def random_state(case: DitCase) -> tuple[dict[str, np.ndarray], list[np.ndarray]
             state[k] = (1 + 0.2 * rng.standard_normal(v.shape)).astype(np.float32)
     h, w = case.grid
     inputs = [rng.standard_normal((case.batch, h * w, case.dim)),
-              rng.standard_normal((case.batch, case.text_len, case.dim)),
-              0.5 * rng.standard_normal((case.batch, 6 * case.dim)),
-              0.5 * rng.standard_normal((case.batch, 6 * case.dim))]
+              rng.standard_normal((case.batch, case.text_len, case.dim))]
+    if case.block == "double":
+        inputs += [0.5 * rng.standard_normal((case.batch, 6 * case.dim)) for _ in range(2)]
+    else:
+        inputs.append(0.5 * rng.standard_normal((case.batch, 3 * case.dim)))
     return state, [a.astype(np.float32) for a in inputs]
 
 
@@ -75,8 +85,12 @@ def _diffusers_float64(case: DitCase, state: dict[str, np.ndarray], inputs: list
     ids = torch.cat([torch.cartesian_prod(one, one, one, torch.arange(case.text_len)),
                      torch.cartesian_prod(one, torch.arange(h), torch.arange(w), one)])
     rotary = Flux2PosEmbed(int(case.theta), list(case.axes_dim))(ids)
+    args = [torch.from_numpy(a).double() for a in inputs]
     with torch.no_grad():
-        text, image = block(*(torch.from_numpy(a).double() for a in inputs), image_rotary_emb=rotary)
+        if case.block == "double":
+            text, image = block(*args, image_rotary_emb=rotary)
+        else:
+            text, image = block(args[0], args[1], args[2], image_rotary_emb=rotary, split_hidden_states=True)
     return [text.numpy(), image.numpy()]
 
 
@@ -99,19 +113,21 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     rounded = {k: round_to(v, dtype) for k, v in state.items()}
     ins = [round_to(a, dtype) for a in inputs]
     shape = (case.dim, case.heads, case.head_dim, case.axes_dim, case.theta)
-    factory = mlx_block_factory or mlx_dit.Flux2DoubleBlock
-    m_block = factory({k: to_mlx(v, dtype) for k, v in rounded.items()}, mlx_dit.Flux2BlockConfig(*shape),
+    double = case.block == "double"
+    factory = mlx_block_factory or (mlx_dit.Flux2DoubleBlock if double else mlx_dit.Flux2SingleBlock)
+    twin_kind = twin_dit.Flux2DoubleBlock if double else twin_dit.Flux2SingleBlock
+    m_block: Any = factory({k: to_mlx(v, dtype) for k, v in rounded.items()}, mlx_dit.Flux2BlockConfig(*shape),
                       quantization)
-    t_block = twin_dit.Flux2DoubleBlock({k: to_torch(v, dtype) for k, v in rounded.items()},
-                                        twin_dit.Flux2BlockConfig(*shape), quantization)
-    m_img, m_txt, m_mod_img, m_mod_txt = (to_mlx(a, dtype) for a in ins)
-    m_out = m_block(m_img, m_txt, m_mod_img, m_mod_txt, grid=case.grid)
+    t_block: Any = twin_kind({k: to_torch(v, dtype) for k, v in rounded.items()},
+                        twin_dit.Flux2BlockConfig(*shape), quantization)
+    m_out = m_block(*[to_mlx(a, dtype) for a in ins], grid=case.grid)
     mx.eval(*m_out)
     t_ins = [to_torch(a, dtype) for a in ins]
     with torch.no_grad():
         peer = t_block(*t_ins, grid=case.grid)
         oracle = t_block(*t_ins, grid=case.grid, precision="float64")
-    result: dict[str, Any] = {"dtype": dtype, "quant": quant, "outputs": {}, "anchor": None}
+    result: dict[str, Any] = {"block": case.block, "dtype": dtype, "quant": quant, "outputs": {},
+                              "anchor": None}
     for name, m, p, o in zip(("text", "image"), m_out, peer, oracle, strict=True):
         check = check_point(mlx_to_numpy(m).astype(np.float64), p.float().numpy().astype(np.float64),
                             o.numpy(), dtype)
@@ -121,8 +137,8 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
         # diffusers cannot hold MLX-quantized weights; its dense float64 block on the same
         # rounded weights is the anchor, referenced to the twin in float32.
         f32_ins = [to_torch(a, "float32") for a in ins]
-        f32_block = twin_dit.Flux2DoubleBlock({k: to_torch(v, "float32") for k, v in rounded.items()},
-                                              twin_dit.Flux2BlockConfig(*shape))
+        f32_block = twin_kind({k: to_torch(v, "float32") for k, v in rounded.items()},
+                              twin_dit.Flux2BlockConfig(*shape))
         with torch.no_grad():
             peer32 = f32_block(*f32_ins, grid=case.grid)
         anchor = {}

@@ -160,7 +160,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
                      f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_anchors(r)} |")
     for d in report.get("dit", []):
-        lines.append(f"| Flux 2 DiT block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
+        lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
                      + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
                      + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " (text / image) | - | - | "
                      + ("diffusers-float64: " + " / ".join(f"{v['rel_err']:.2g}" for v in d["anchor"].values())

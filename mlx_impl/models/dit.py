@@ -207,3 +207,71 @@ class Flux2DoubleBlock(mlx.nn.Module):
             # diffusers clips the text stream to float16's finite range (its overflow guard).
             text = mx.clip(text, -65504, 65504)
         return text, image
+
+
+SINGLE_WEIGHTS = ("attn.to_qkv_mlp_proj", "attn.to_out", "attn.norm_q", "attn.norm_k")
+"""The single-stream block's weights, by their diffusers names."""
+
+
+class Flux2SingleBlock(mlx.nn.Module):
+    """Flux 2 single-stream ("parallel") block (diffusers ``Flux2SingleTransformerBlock``).
+
+    Text and image tokens in ONE stream: a modulated LayerNorm, then one fused projection
+    ``to_qkv_mlp_proj`` whose output splits into q, k, v (``3 * dim``) and the SwiGLU MLP's
+    input (``2 * mlp_hidden``); attention (per-head q/k RMSNorm, Flux 2 RoPE, no mask) and
+    the MLP run side by side and their outputs, concatenated, go through one fused
+    ``to_out``; a gated residual closes the block.
+
+    Args:
+        weights: diffusers' ``state_dict`` names (:data:`SINGLE_WEIGHTS` + ``.weight``).
+        config: :class:`Flux2BlockConfig`.
+        quantization: ``(group_size, bits, mode)`` for both projections, or None.
+
+    Shape:
+        ``image: [B, H * W, dim]``, ``text: [B, Lt, dim]``, ``mod: [B, 3 * dim]`` (shift,
+        scale, gate), ``grid = (H, W)`` -> ``(text_out [B, Lt, dim], image_out [B, H * W, dim])``
+        (diffusers' ``split_hidden_states=True``).
+    """
+
+    def __init__(self, weights: Mapping[str, mx.array], config: Flux2BlockConfig,
+                 quantization: tuple[int, int, str] | None = None) -> None:
+        super().__init__()
+        missing = [n for n in SINGLE_WEIGHTS if f"{n}.weight" not in weights]
+        if missing:
+            raise value_error("Flux2SingleBlock", f"missing weights {missing}.")
+        self.config = config
+        self.qkv_mlp = _projection(weights, "attn.to_qkv_mlp_proj", quantization)
+        self.out = _projection(weights, "attn.to_out", quantization)
+        self.norm_q = nn.RMSNorm(weights["attn.norm_q.weight"], eps=config.eps)
+        self.norm_k = nn.RMSNorm(weights["attn.norm_k.weight"], eps=config.eps)
+
+    def __call__(self, image: mx.array, text: mx.array, mod: mx.array,
+                 grid: tuple[int, int]) -> tuple[mx.array, mx.array]:
+        """Run the block; see the class docstring for shapes."""
+        cfg = self.config
+        if image.shape[1] != grid[0] * grid[1]:
+            raise value_error("Flux2SingleBlock", f"image must have H * W = {grid[0] * grid[1]} "
+                              f"tokens but got {image.shape[1]}.")
+        if mod.ndim != 2 or mod.shape[-1] != 3 * cfg.dim:
+            raise value_error("Flux2SingleBlock", f"mod must be [B, {3 * cfg.dim}] but got {mod.shape}.")
+        text_len = text.shape[1]
+        x = mx.concatenate([text, image], axis=1)
+        shift, scale, gate = mx.split(mod[:, None, :], 3, axis=-1)
+        fused = self.qkv_mlp(modulate(x, shift, scale, cfg.eps))
+        b, length, _ = x.shape
+
+        def heads(t: mx.array) -> mx.array:
+            return t.reshape(b, length, cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3)
+
+        q, k, v = (heads(fused[..., i * cfg.dim:(i + 1) * cfg.dim]) for i in range(3))
+        q = flux2_rope(self.norm_q(q), text_len, grid, cfg.axes_dim, cfg.theta)
+        k = flux2_rope(self.norm_k(k), text_len, grid, cfg.axes_dim, cfg.theta)
+        attn = fast.scaled_dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5)
+        attn = attn.transpose(0, 2, 1, 3).reshape(b, length, cfg.dim)
+        mlp_in = fused[..., 3 * cfg.dim:]
+        half = mlp_in.shape[-1] // 2
+        mlp = _silu(mlp_in[..., :half]) * mlp_in[..., half:]
+        x = x + gate * self.out(mx.concatenate([attn, mlp], axis=-1))
+        if x.dtype == mx.float16:
+            x = mx.clip(x, -65504, 65504)
+        return x[:, :text_len], x[:, text_len:]

@@ -209,3 +209,67 @@ class Flux2DoubleBlock(torch.nn.Module):
         if text.dtype == torch.float16:
             text = text.clip(-65504, 65504)
         return text, image
+
+
+SINGLE_WEIGHTS = ("attn.to_qkv_mlp_proj", "attn.to_out", "attn.norm_q", "attn.norm_k")
+"""The single-stream block's weights, by their diffusers names."""
+
+
+class Flux2SingleBlock(torch.nn.Module):
+    """Flux 2 single-stream block, the twin of ``mlx_impl.models.dit.Flux2SingleBlock``.
+
+    Shape:
+        ``image: [B, H * W, dim]``, ``text: [B, Lt, dim]``, ``mod: [B, 3 * dim]``,
+        ``grid = (H, W)`` -> ``(text_out, image_out)``.
+    """
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], config: Flux2BlockConfig,
+                 quantization: tuple[int, int, str] | None = None) -> None:
+        super().__init__()
+        missing = [n for n in SINGLE_WEIGHTS if f"{n}.weight" not in weights]
+        if missing:
+            raise value_error("Flux2SingleBlock", f"missing weights {missing}.")
+        self.config = config
+        self.qkv_mlp = _projection(weights, "attn.to_qkv_mlp_proj", quantization)
+        self.out = _projection(weights, "attn.to_out", quantization)
+        self.norm_q = nn.RMSNorm(weights["attn.norm_q.weight"], eps=config.eps)
+        self.norm_k = nn.RMSNorm(weights["attn.norm_k.weight"], eps=config.eps)
+
+    def _project(self, layer: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+        if precision == "float64" and isinstance(layer, nn.QuantizedLinear):
+            return _quantized_float64(layer, x)
+        return layer(x, precision=precision)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, mod: torch.Tensor, grid: tuple[int, int], *,
+                precision: str = "native") -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the block; see the class docstring for shapes."""
+        check_precision("Flux2SingleBlock", precision)
+        cfg = self.config
+        if image.shape[1] != grid[0] * grid[1]:
+            raise value_error("Flux2SingleBlock", f"image must have H * W = {grid[0] * grid[1]} "
+                              f"tokens but got {image.shape[1]}.")
+        if mod.ndim != 2 or mod.shape[-1] != 3 * cfg.dim:
+            raise value_error("Flux2SingleBlock", f"mod must be [B, {3 * cfg.dim}] but got {tuple(mod.shape)}.")
+        widened = [to_working(t, precision) for t in (image, text, mod)]
+        image, text, mod = (t for t in widened if t is not None)
+        text_len = text.shape[1]
+        x = torch.cat([text, image], dim=1)
+        shift, scale, gate = torch.chunk(mod[:, None, :], 3, dim=-1)
+        fused = self._project(self.qkv_mlp, modulate(x, shift, scale, cfg.eps, precision), precision)
+        b, length, _ = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, length, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+
+        q, k, v = (heads(fused[..., i * cfg.dim:(i + 1) * cfg.dim]) for i in range(3))
+        q = flux2_rope(self.norm_q(q, precision=precision), text_len, grid, cfg.axes_dim, cfg.theta, precision)
+        k = flux2_rope(self.norm_k(k, precision=precision), text_len, grid, cfg.axes_dim, cfg.theta, precision)
+        attn = fast.scaled_dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5, precision=precision)
+        attn = attn.transpose(1, 2).reshape(b, length, cfg.dim)
+        mlp_in = fused[..., 3 * cfg.dim:]
+        half = mlp_in.shape[-1] // 2
+        mlp = _silu(mlp_in[..., :half]) * mlp_in[..., half:]
+        x = x + gate * self._project(self.out, torch.cat([attn, mlp], dim=-1), precision)
+        if x.dtype == torch.float16:
+            x = x.clip(-65504, 65504)
+        return x[:, :text_len], x[:, text_len:]
