@@ -95,7 +95,7 @@ def test_derive_writes_mlx_quantized_layout(llama: tuple[Path, Path], tmp_path: 
 def test_command_writes_report_and_names_a_planted_bug(llama: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint, _ = llama
     common = ["model", str(checkpoint), "--dtype", "float32", "--steps", "2", "--prompt-len", "6",
-              "--no-anchors", "--progress", "configs"]
+              "--no-anchors", "--progress", "configs", "--no-tune"]
     assert main([*common, "--out", str(tmp_path / "ok")]) == 0
     html = (tmp_path / "ok" / "report.html").read_text()
     assert "<svg" in html and "relative error vs depth" in html

@@ -43,6 +43,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dit", action="store_true", help="also run the Flux 2 DiT blocks against diffusers")
     p.add_argument("--mutant", default=None, help="plant a bug in the MLX side (self-check); see mutants.py")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-tune", action="store_true",
+                   help="keep MLX's CPU back end as shipped (default: mlx_impl.cpu_backend.tune_cpu)")
     p.add_argument("--progress", default="steps", choices=("steps", "configs"),
                    help="print a line per side and step (default) or per configuration")
     p.set_defaults(func=command_model)
@@ -55,10 +57,11 @@ def run_header() -> dict[str, Any]:
     import transformers
 
     from conformance.execute import backend_name
+    from mlx_impl.cpu_backend import cpu_backend_info
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=False).stdout.strip() or "unknown"
-    return {"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
+    return {"cpu_backend": cpu_backend_info(),"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "backend": backend_name(), "device": str(mx.default_device()),
             "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -110,7 +113,8 @@ def command_model(args: argparse.Namespace) -> int:
     from conformance.model.report import SCHEMA, write_model_report
     from mlx_impl.cpu_backend import tune_cpu
 
-    tune_cpu()
+    if not args.no_tune:
+        tune_cpu()
     dtypes = _split(args.dtype, DTYPES, "dtype")
     quants = _split(args.quantize, tuple(QUANT_MODES), "quantized mode")
     if args.mutant:
