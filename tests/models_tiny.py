@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-ARCHITECTURES = ("llama", "qwen3", "gemma3_text", "glm4")
+ARCHITECTURES = ("llama", "qwen3", "gemma3_text", "glm4", "gpt_oss")
 WINDOW = 8  # Gemma 3's sliding window: a 12-token prompt and 32 decode steps cross it.
 
 _COMMON: dict[str, Any] = dict(
@@ -40,11 +40,14 @@ _COMMON: dict[str, Any] = dict(
 )
 
 
-def make_config(arch: str, *, tie: bool | None = None, softcap: bool = False) -> Any:
+def make_config(
+    arch: str, *, tie: bool | None = None, softcap: bool = False, linear_rope: bool = False
+) -> Any:
     """The transformers config of a tiny model of ``arch``; ``tie`` overrides the class
     default of ``tie_word_embeddings``; ``softcap`` (Gemma 3 only) sets attention-logit and
     final-logit softcapping, which real Gemma 3 checkpoints leave unset (and mlx-lm's
-    gemma3_text does not implement)."""
+    gemma3_text does not implement); ``linear_rope`` (Gemma 3 only) gives the global layers
+    linear RoPE scaling (factor 8), as Gemma 3 4B and larger have."""
     import transformers as tf
 
     kw = dict(_COMMON)
@@ -70,12 +73,23 @@ def make_config(arch: str, *, tie: bool | None = None, softcap: bool = False) ->
             rope_theta=100000.0,
             rope_local_base_freq=5000.0,
             final_logit_softcapping=8.0 if softcap else None,
+            rope_scaling={"rope_type": "linear", "factor": 8.0} if linear_rope else None,
             # transformers 5.24 stores attn_logit_softcapping but its Gemma3Attention never
             # applies it; the ports ignore it too (a test checks it changes nothing).
             attn_logit_softcapping=5.0 if softcap else None,
         )
     if arch == "glm4":
         return tf.Glm4Config(**kw, partial_rotary_factor=0.5, rope_theta=10000.0)
+    if arch == "gpt_oss":
+        # 4 experts, 2 per token; YaRN with a short original context so the ramp matters;
+        # sliding layers (window 8) alternating with full ones, as transformers defaults.
+        return tf.GptOssConfig(
+            **kw, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+            rope_parameters=dict(
+                rope_type="yarn", factor=4.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+                original_max_position_embeddings=64, rope_theta=150000.0,
+            ),
+        )
     raise ValueError(f"unknown architecture {arch!r}")
 
 
@@ -84,12 +98,13 @@ _MODEL_CLASSES = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "glm4": "Glm4ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
 
 
 def build_checkpoint(
     arch: str, directory: Path, *, tie: bool | None = None, seed: int = 0,
-    old_format: bool = False, softcap: bool = False,
+    old_format: bool = False, softcap: bool = False, linear_rope: bool = False,
 ) -> Path:
     """Write a tiny random ``arch`` checkpoint into ``directory`` and return it.
 
@@ -100,12 +115,12 @@ def build_checkpoint(
     import transformers as tf
 
     torch.manual_seed(seed)
-    config = make_config(arch, tie=tie, softcap=softcap)
+    config = make_config(arch, tie=tie, softcap=softcap, linear_rope=linear_rope)
     model = getattr(tf, _MODEL_CLASSES[arch])(config).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
+            if p.ndim == 1 or name.endswith("_bias"):  # GPT-OSS's expert biases are [E, *]
                 # Norm weights around 1 (Gemma's around 0: it multiplies by 1 + w) and
                 # biases, each one different, so a swapped or dropped vector shows.
                 centre = 0.0 if ("bias" in name or arch == "gemma3_text") else 1.0
@@ -132,6 +147,9 @@ def _to_old_config(path: Path, arch: str) -> None:
         cfg["rope_theta"] = full.pop("rope_theta")
         cfg["rope_local_base_freq"] = local["rope_theta"]
         cfg["rope_scaling"] = None if full.get("rope_type", "default") == "default" else full
+    elif arch == "gpt_oss":
+        cfg["rope_theta"] = params.pop("rope_theta")
+        cfg["rope_scaling"] = params
     else:
         cfg["rope_theta"] = params.pop("rope_theta")
         if "partial_rotary_factor" in params:
@@ -155,8 +173,11 @@ def transformers_logits(directory: Path, prompt: list[int], steps: list[int]) ->
     """
     import transformers as tf
 
-    # Eager attention: transformers' reference path (it applies attention softcapping).
-    model = tf.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager")
+    # Eager attention and experts: transformers' reference paths (the grouped-matmul
+    # experts kernel takes no float64).
+    model = tf.AutoModelForCausalLM.from_pretrained(
+        directory, attn_implementation="eager", experts_implementation="eager"
+    )
     model = model.to(torch.float64).eval()
     cache = tf.DynamicCache(config=model.config)
     out: list[torch.Tensor] = []

@@ -37,7 +37,7 @@ TOKENS = fixed_tokens(PROMPT_LEN + STEPS)
 PROMPT, DECODE = TOKENS[:PROMPT_LEN], TOKENS[PROMPT_LEN:]
 
 
-@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+@pytest.fixture(scope="module", params=["llama", "gemma3_text", "gpt_oss"])
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     d = build_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
     ref = [r.numpy() for r in transformers_logits(d, PROMPT, DECODE)]

@@ -70,6 +70,24 @@ def test_glm4_partial_rotary_frequencies_match_transformers() -> None:
         assert abs(o - r) <= 4 * EPS32 * abs(r), (o, r)
 
 
+def test_yarn_frequencies_and_attention_factor_match_transformers() -> None:
+    """GPT-OSS's YaRN: transformers computes the ramp and frequencies in float32."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tests.models_tiny import make_config
+
+    config = make_config("gpt_oss")
+    ref, factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    args = ModelArgs.from_config(config.to_dict())
+    spec = args.rope["full_attention"]
+    assert spec.rope_type == "yarn" and args.rope["sliding_attention"] == spec
+    assert abs(spec.attention_factor - factor) <= 1e-15 and factor > 1.1
+    for o, r in zip(spec.inv_freq(), ref.tolist(), strict=True):
+        assert abs(o - r) <= 8 * EPS32 * abs(r), (o, r)
+    assert args.layer_types == ("sliding_attention", "full_attention", "sliding_attention")
+    assert (args.num_local_experts, args.num_experts_per_tok) == (4, 2)
+
+
 def test_gemma3_layer_types_and_bases() -> None:
     from tests.models_tiny import WINDOW, make_config
 
@@ -114,8 +132,8 @@ def test_unsupported_model_type_is_refused(llama_dir: Path, load) -> None:
 
 @pytest.mark.parametrize("load", [mmodels.load, tmodels.load], ids=["mlx", "torch"])
 def test_unsupported_rope_type_is_refused(llama_dir: Path, load) -> None:
-    _edit_config(llama_dir, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0})
-    with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+    _edit_config(llama_dir, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4})
+    with pytest.raises(ValueError, match="rope_type 'longrope' is not supported"):
         load(llama_dir)
 
 

@@ -43,8 +43,9 @@ CASES = [
     ("llama", {"tie": True}),
     ("qwen3", {}),
     ("gemma3_text", {}),
-    ("gemma3_text", {"tie": False, "softcap": True}),
+    ("gemma3_text", {"tie": False, "softcap": True, "linear_rope": True}),
     ("glm4", {}),
+    ("gpt_oss", {}),
 ]
 assert {a for a, _ in CASES} == set(ARCHITECTURES)
 

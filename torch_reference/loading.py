@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from torch_reference._errors import value_error
 
@@ -59,6 +59,6 @@ def load_safetensors(paths: PathLike | Sequence[PathLike]) -> dict[str, torch.Te
                         t = t.view(torch.uint8)
                     out[key] = t
                     where[key] = name
-        except (OSError, RuntimeError) as exc:  # safetensors' SafetensorError is both
+        except (OSError, SafetensorError) as exc:
             raise value_error("load_safetensors", f"cannot read {name}: {exc}") from exc
     return out

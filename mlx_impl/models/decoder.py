@@ -13,6 +13,8 @@ checkpoint and ``config.json``):
   to the attention function; real Gemma 3 configs leave it unset).
 * ``glm4``: partial interleaved RoPE, fused ``gate_up_proj`` (gate first), q/k/v biases,
   sandwich norms ``post_self_attn_layernorm`` / ``post_mlp_layernorm``.
+* ``gpt_oss``: attention sinks, q/k/v/o biases, YaRN RoPE, alternating sliding and full
+  layers, a mixture of experts (:mod:`.moe`), norms weighting in float32.
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ from mlx_impl.fast import scaled_dot_product_attention
 from mlx_impl.models.cache import KVCache
 from mlx_impl.models.checkpoint import Weights
 from mlx_impl.models.config import SLIDING, ModelArgs
+from mlx_impl.models.moe import MixtureOfExperts
 from mlx_impl.models.rope import LayerRoPE
 
 
-class GemmaRMSNorm(mlx.nn.Module):
-    """Gemma's ``RMSNorm(x) * (1 + w)``: the normalisation and the ``(1 + w)`` multiply in
-    float32 (transformers' ``Gemma3RMSNorm``), one rounding to x's dtype at the end.
+class Float32RMSNorm(mlx.nn.Module):
+    """``RMSNorm(x) * (shift + w)`` with the normalisation and the weight multiply in
+    float32, one rounding to x's dtype at the end: Gemma's ``(1 + w)`` norm (``shift=1``,
+    transformers' ``Gemma3RMSNorm``) and GPT-OSS's (``shift=0``, ``GptOssRMSNorm``).
 
     Shape: ``x: [..., D] -> [..., D]``.
     """
 
-    def __init__(self, weight: mx.array, eps: float) -> None:
+    def __init__(self, weight: mx.array, eps: float, shift: float) -> None:
         super().__init__()
         # Float32 weight: mx.fast.rms_norm then promotes to float32 and rounds the
         # normalised value nowhere before the multiply.
-        self.norm = nn.RMSNorm(1.0 + weight.astype(mx.float32), eps=eps)
+        self.norm = nn.RMSNorm(shift + weight.astype(mx.float32), eps=eps)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.norm(x).astype(x.dtype)
@@ -50,7 +54,9 @@ class GemmaRMSNorm(mlx.nn.Module):
 def _norm(w: Weights, key: str, args: ModelArgs) -> mlx.nn.Module:
     weight = w.take(f"{key}.weight")
     if args.is_gemma:
-        return GemmaRMSNorm(weight, args.rms_norm_eps)
+        return Float32RMSNorm(weight, args.rms_norm_eps, 1.0)
+    if args.model_type == "gpt_oss":
+        return Float32RMSNorm(weight, args.rms_norm_eps, 0.0)
     return nn.RMSNorm(weight, eps=args.rms_norm_eps)
 
 
@@ -84,6 +90,8 @@ class Attention(mlx.nn.Module):
         self.k_norm = _norm(w, f"{p}.k_norm", args) if w.has(f"{p}.k_norm.weight") else None
         self.rope = LayerRoPE(args.rope[layer_type])
         self.window = args.sliding_window if layer_type == SLIDING else None
+        # GPT-OSS: a learned per-head logit joining each softmax row (attention sinks).
+        self.sinks = w.take(f"{p}.sinks") if w.has(f"{p}.sinks") else None
 
     def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
         a = self.args
@@ -106,7 +114,9 @@ class Attention(mlx.nn.Module):
         else:
             key_pos = mx.arange(length)
         mask = attention_mask(offset, length, key_pos, self.window)
-        out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask)
+        out = scaled_dot_product_attention(
+            q, k, v, scale=a.attention_scale, mask=mask, sinks=self.sinks
+        )
         out = out.transpose(0, 2, 1, 3).reshape(b, length, a.num_attention_heads * a.head_dim)
         return self.o_proj(out)
 
@@ -143,6 +153,7 @@ _NORMS = {
         "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
     ),
     "glm4": ("post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"),
+    "gpt_oss": (None, "post_attention_layernorm", None),
 }
 
 
@@ -153,7 +164,9 @@ class DecoderLayer(mlx.nn.Module):
         super().__init__()
         self.layer_type = layer_type
         self.self_attn = Attention(w, f"{p}.self_attn", args, layer_type)
-        self.mlp = MLP(w, f"{p}.mlp", args)
+        self.mlp = (
+            MixtureOfExperts(w, f"{p}.mlp", args) if args.num_local_experts else MLP(w, f"{p}.mlp", args)
+        )
         post_attn, pre_mlp, post_mlp = _NORMS[args.model_type]
         self.input_layernorm = _norm(w, f"{p}.input_layernorm", args)
         self.post_attn_norm = _norm(w, f"{p}.{post_attn}", args) if post_attn else None

@@ -101,9 +101,12 @@ class Weights:
         self.used: set[str] = set()
 
     def has(self, key: str) -> bool:
+        """Whether the checkpoint has ``key`` (used or not)."""
         return key in self.arrays
 
     def take(self, key: str, quantized: bool = False) -> torch.Tensor:
+        """The tensor ``key``, marked used and cast as :meth:`_casts` says; a missing key
+        raises ``ValueError`` naming it. ``quantized``: the bias of a quantized layer."""
         if key not in self.arrays:
             raise ValueError(f"[models.load] the checkpoint lacks {key!r}.")
         self.used.add(key)
@@ -151,6 +154,7 @@ class Weights:
         return nn.Linear(self.take(f"{prefix}.weight"), bias)
 
     def embedding(self, prefix: str) -> torch.nn.Module:
+        """``prefix.weight [V, D]`` as an Embedding, or a :class:`QuantizedEmbedding`."""
         if self.has(f"{prefix}.scales"):
             biases = self.take(f"{prefix}.biases") if self.has(f"{prefix}.biases") else None
             return QuantizedEmbedding(self.take(f"{prefix}.weight"),
@@ -159,6 +163,7 @@ class Weights:
         return nn.Embedding(self.take(f"{prefix}.weight"))
 
     def check_all_used(self) -> None:
+        """Raise ``ValueError`` listing the tensors no layer took (a misspelt or extra key)."""
         left = sorted(set(self.arrays) - self.used)
         if left:
             raise ValueError(

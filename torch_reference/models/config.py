@@ -15,14 +15,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "gemma3_text", "glm4")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen3", "gemma3_text", "glm4", "gpt_oss")
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 
 # Defaults of transformers 5's config classes for keys an old config may omit.
-_DEFAULT_THETA = {"llama": 10000.0, "qwen3": 10000.0, "glm4": 10000.0}
+_DEFAULT_THETA = {"llama": 10000.0, "qwen3": 10000.0, "glm4": 10000.0, "gpt_oss": 150000.0}
 _GEMMA3_THETA = {FULL: 1_000_000.0, SLIDING: 10_000.0}
-_DEFAULT_EPS = {"llama": 1e-6, "qwen3": 1e-6, "gemma3_text": 1e-6, "glm4": 1e-5}
+_DEFAULT_EPS = {"llama": 1e-6, "qwen3": 1e-6, "gemma3_text": 1e-6, "glm4": 1e-5, "gpt_oss": 1e-5}
 
 
 def _error(message: str) -> ValueError:
@@ -47,6 +47,51 @@ class RopeSpec:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    yarn_attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+
+    @property
+    def attention_factor(self) -> float:
+        """Multiplier of cos and sin (YaRN's ``attention_factor``; 1 for the others), as
+        transformers' ``_compute_yarn_parameters`` derives it."""
+        if self.rope_type != "yarn":
+            return 1.0
+        if self.yarn_attention_factor is not None:
+            return self.yarn_attention_factor
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if self.mscale and self.mscale_all_dim:
+            return get_mscale(self.factor, self.mscale) / get_mscale(self.factor, self.mscale_all_dim)
+        return get_mscale(self.factor)
+
+    def _yarn(self) -> list[float]:
+        """transformers' YaRN: per frequency a ramp between interpolation (``/ factor``)
+        and extrapolation over the correction range of ``beta_fast``/``beta_slow``."""
+        d, base, old = self.dims, self.theta, self.original_max_position_embeddings
+
+        def correction_dim(rotations: float) -> float:
+            return (d * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
+        if low == high:
+            high += 0.001  # transformers' guard against a zero-width ramp
+        out = []
+        for i in range(d // 2):
+            pos_freq = base ** (2 * i / d)
+            ramp = min(max((i - low) / (high - low), 0.0), 1.0)
+            extrapolation = 1.0 - ramp
+            out.append((1.0 / (self.factor * pos_freq)) * (1 - extrapolation)
+                       + (1.0 / pos_freq) * extrapolation)
+        return out
 
     def inv_freq(self) -> list[float]:
         """The ``dims / 2`` inverse frequencies (float64 Python floats), scaling applied.
@@ -57,6 +102,8 @@ class RopeSpec:
         ``original / low_freq_factor`` are divided by ``factor``, shorter than
         ``original / high_freq_factor`` kept, and the band between interpolated.
         """
+        if self.rope_type == "yarn":
+            return self._yarn()
         half = self.dims // 2
         base = [self.theta ** (-(2 * i) / self.dims) for i in range(half)]
         if self.rope_type != "llama3":
@@ -110,6 +157,11 @@ class ModelArgs:
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     quantization: tuple[int, int, str] | None = None
+    # GPT-OSS: mixture of experts and its clamped SwiGLU.
+    num_local_experts: int = 0
+    num_experts_per_tok: int = 0
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
 
     @property
     def is_gemma(self) -> bool:
@@ -167,6 +219,10 @@ class ModelArgs:
             attn_logit_softcapping=_opt_float(config.get("attn_logit_softcapping")),
             final_logit_softcapping=_opt_float(config.get("final_logit_softcapping")),
             quantization=_quantization(config),
+            num_local_experts=int(config.get("num_local_experts", 0)),
+            num_experts_per_tok=int(config.get("num_experts_per_tok", 0)),
+            swiglu_alpha=float(config.get("swiglu_alpha", 1.702)),
+            swiglu_limit=float(config.get("swiglu_limit", 7.0)),
         )
 
 
@@ -177,7 +233,10 @@ def _opt_float(value: object) -> float | None:
 def _layer_types(config: Mapping[str, Any], model_type: str, layers: int) -> list[str]:
     types = config.get("layer_types")
     if types is None:
-        if model_type == "gemma3_text":
+        if model_type == "gpt_oss":
+            # transformers' fallback: sliding and full layers alternate, sliding first.
+            types = [SLIDING if (i + 1) % 2 else FULL for i in range(layers)]
+        elif model_type == "gemma3_text":
             # transformers' fallback: every `sliding_window_pattern`-th layer is global.
             pattern = int(config.get("sliding_window_pattern", 6))
             types = [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
@@ -228,8 +287,10 @@ def _rope_specs(
             factor_p = 0.5 if model_type == "glm4" else 1.0
         dims = int(head_dim * float(factor_p))
         rope_type = p.get("rope_type", p.get("type", "default")) or "default"
-        if rope_type not in ("default", "linear", "llama3"):
-            raise _error(f"rope_type {rope_type!r} is not supported (default, linear, llama3).")
+        if rope_type not in ("default", "linear", "llama3", "yarn"):
+            raise _error(
+                f"rope_type {rope_type!r} is not supported (default, linear, llama3, yarn)."
+            )
         out[t] = RopeSpec(
             theta=float(theta),
             dims=dims,
@@ -239,6 +300,12 @@ def _rope_specs(
             low_freq_factor=float(p.get("low_freq_factor", 1.0)),
             high_freq_factor=float(p.get("high_freq_factor", 4.0)),
             original_max_position_embeddings=int(p.get("original_max_position_embeddings", 8192)),
+            beta_fast=float(p.get("beta_fast") or 32.0),
+            beta_slow=float(p.get("beta_slow") or 1.0),
+            truncate=bool(p.get("truncate", True)),
+            yarn_attention_factor=_opt_float(p.get("attention_factor")),
+            mscale=_opt_float(p.get("mscale")),
+            mscale_all_dim=_opt_float(p.get("mscale_all_dim")),
         )
     return out
 

@@ -18,30 +18,36 @@ from torch_reference.fast.norms import rms_norm
 from torch_reference.models.cache import KVCache
 from torch_reference.models.checkpoint import QuantizedEmbedding, Weights
 from torch_reference.models.config import SLIDING, ModelArgs
+from torch_reference.models.moe import MixtureOfExperts
 from torch_reference.models.rope import LayerRoPE
 
 
-class GemmaRMSNorm(torch.nn.Module):
-    """``RMSNorm(x) * (1 + w)`` with the ``(1 + w)`` multiply in float32 (float64 for the
-    oracle), rounded once to x's dtype. Shape: ``x: [..., D] -> [..., D]``."""
+class Float32RMSNorm(torch.nn.Module):
+    """``RMSNorm(x) * (shift + w)`` with the weight multiply in float32 (float64 for the
+    oracle), rounded once to x's dtype: Gemma's ``(1 + w)`` (``shift=1``) and GPT-OSS's
+    (``shift=0``) norms. Shape: ``x: [..., D] -> [..., D]``."""
 
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+    def __init__(self, weight: torch.Tensor, eps: float, shift: float) -> None:
         super().__init__()
         self.weight: torch.Tensor
         self.register_buffer("weight", weight)
         self.eps = eps
+        self.shift = shift
 
     def forward(self, x: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
         if precision == "float64":
-            return rms_norm(x, 1.0 + self.weight.to(torch.float64), self.eps, precision=precision)
-        w = 1.0 + self.weight.to(torch.float32)
+            w64 = self.shift + self.weight.to(torch.float64)
+            return rms_norm(x, w64, self.eps, precision=precision)
+        w = self.shift + self.weight.to(torch.float32)
         return rms_norm(x, w, self.eps, precision=precision).to(x.dtype)
 
 
 def _norm(w: Weights, key: str, args: ModelArgs) -> torch.nn.Module:
     weight = w.take(f"{key}.weight")
     if args.is_gemma:
-        return GemmaRMSNorm(weight, args.rms_norm_eps)
+        return Float32RMSNorm(weight, args.rms_norm_eps, 1.0)
+    if args.model_type == "gpt_oss":
+        return Float32RMSNorm(weight, args.rms_norm_eps, 0.0)
     return nn.RMSNorm(weight, eps=args.rms_norm_eps)
 
 
@@ -71,6 +77,8 @@ class Attention(torch.nn.Module):
         self.k_norm = _norm(w, f"{p}.k_norm", args) if w.has(f"{p}.k_norm.weight") else None
         self.rope = LayerRoPE(args.rope[layer_type])
         self.window = args.sliding_window if layer_type == SLIDING else None
+        # GPT-OSS: a learned per-head logit joining each softmax row (attention sinks).
+        self.sinks = w.take(f"{p}.sinks") if w.has(f"{p}.sinks") else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str) -> torch.Tensor:
         a, pr = self.args, precision
@@ -94,7 +102,7 @@ class Attention(torch.nn.Module):
             key_pos = torch.arange(length, device=x.device)
         mask = attention_mask(offset, length, key_pos, self.window)
         out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
-                                           precision=pr)
+                                           sinks=self.sinks, precision=pr)
         out = out.transpose(1, 2).reshape(b, length, a.num_attention_heads * a.head_dim)
         return self.o_proj(out, precision=pr)
 
@@ -130,6 +138,7 @@ _NORMS = {
         "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
     ),
     "glm4": ("post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"),
+    "gpt_oss": (None, "post_attention_layernorm", None),
 }
 
 
@@ -140,7 +149,9 @@ class DecoderLayer(torch.nn.Module):
         super().__init__()
         self.layer_type = layer_type
         self.self_attn = Attention(w, f"{p}.self_attn", args, layer_type)
-        self.mlp = MLP(w, f"{p}.mlp", args)
+        self.mlp: torch.nn.Module = (
+            MixtureOfExperts(w, f"{p}.mlp", args) if args.num_local_experts else MLP(w, f"{p}.mlp", args)
+        )
         post_attn, pre_mlp, post_mlp = _NORMS[args.model_type]
         self.input_layernorm = _norm(w, f"{p}.input_layernorm", args)
         self.post_attn_norm = _norm(w, f"{p}.{post_attn}", args) if post_attn else None

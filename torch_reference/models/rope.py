@@ -1,10 +1,11 @@
 """Rotary embedding of one layer type: the twin of ``mlx_impl.models.rope``.
 
-``default``/``linear`` RoPE call ``torch_reference.fast.rope``. Llama 3's scaled inverse
-frequencies are no ``base``, so that case rotates here with the same conventions: native
+``default``/``linear`` RoPE call ``torch_reference.fast.rope``. Llama 3's and YaRN's scaled
+inverse frequencies are no ``base``, so those rotate here with the same conventions: native
 precision takes MLX's route (float32 periods ``1 / inv_freq``, inverted in float32, angles
 in float32, cos/sin cast to x's dtype, the rotation rounded in x's dtype); ``float64``
-uses the exact inverse frequencies and float64 throughout.
+uses the exact inverse frequencies and float64 throughout. YaRN's attention factor scales
+the rotated features after the rotation (the rotation is linear).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class LayerRoPE:
 
     def __call__(self, x: torch.Tensor, offset: int, precision: str) -> torch.Tensor:
         s = self.spec
-        if s.rope_type != "llama3":
+        if s.rope_type not in ("llama3", "yarn"):
             return fast_rope(
                 x, s.dims, traditional=s.traditional, base=s.theta, scale=s.position_scale,
                 offset=offset, precision=precision,
@@ -53,4 +54,6 @@ class LayerRoPE:
             if s.traditional
             else torch.cat([y1, y2], dim=-1)
         )
+        if s.attention_factor != 1.0:
+            rotated = rotated * torch.tensor(s.attention_factor, dtype=rotated.dtype, device=x.device)
         return torch.cat([rotated, x[..., s.dims :]], dim=-1)

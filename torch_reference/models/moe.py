@@ -1,0 +1,56 @@
+"""GPT-OSS's mixture of experts: the twin of ``mlx_impl.models.moe`` (see there for the
+formula). Each token's chosen experts' matrices are gathered (``W[idx]``) and multiplied;
+half inputs accumulate in float32 as MLX's CPU matmuls do; ``precision="float64"``
+computes everything in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torch_reference.models.checkpoint import Weights
+from torch_reference.models.config import ModelArgs
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return (a.float() @ b.float()).to(a.dtype)
+    return a @ b
+
+
+class MixtureOfExperts(torch.nn.Module):
+    """``x: [B, L, H] -> [B, L, H]``: the weighted sum of the token's top-k experts."""
+
+    def __init__(self, w: Weights, p: str, args: ModelArgs) -> None:
+        super().__init__()
+        if w.has(f"{p}.experts.gate_up_proj.scales") or w.has(f"{p}.experts.gate_up_proj_blocks"):
+            raise ValueError(
+                f"[models.load] {p}.experts: quantized experts are not supported (dense only)."
+            )
+        self.router = w.linear(f"{p}.router")
+        self.gate_up_proj = w.take(f"{p}.experts.gate_up_proj")  # [E, H, 2I]
+        self.gate_up_proj_bias = w.take(f"{p}.experts.gate_up_proj_bias")  # [E, 2I]
+        self.down_proj = w.take(f"{p}.experts.down_proj")  # [E, I, H]
+        self.down_proj_bias = w.take(f"{p}.experts.down_proj_bias")  # [E, H]
+        self.top_k = args.num_experts_per_tok
+        self.alpha = args.swiglu_alpha
+        self.limit = args.swiglu_limit
+
+    def forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        shape = x.shape
+        logits = self.router(x.reshape(-1, shape[-1]), precision=precision)  # [N, E]
+        work = torch.float64 if precision == "float64" else logits.dtype
+        xf = x.reshape(-1, shape[-1]).to(work)
+        top, idx = torch.topk(logits, self.top_k, dim=-1)  # [N, k]
+        acc = torch.float64 if precision == "float64" else torch.float32
+        weights = torch.softmax(top.to(acc), dim=-1).to(work)
+        gate_up = _matmul(xf[:, None, None, :], self.gate_up_proj.to(work)[idx]).squeeze(2)
+        gate_up = gate_up + self.gate_up_proj_bias.to(work)[idx]
+        gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
+        gate = gate.clamp(max=self.limit)
+        up = up.clamp(-self.limit, self.limit)
+        h = (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
+        out = _matmul(h[:, :, None, :], self.down_proj.to(work)[idx]).squeeze(2)
+        out = out + self.down_proj_bias.to(work)[idx]
+        y = (out * weights[..., None]).sum(dim=1)
+        return y.reshape(*shape[:-1], y.shape[-1])
