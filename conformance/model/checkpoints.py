@@ -78,8 +78,20 @@ def _glm4() -> Any:
     return Glm4ForCausalLM(cfg)
 
 
+def _gpt_oss() -> Any:
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    # 4 experts, 2 per token; YaRN with a short original context so its ramp matters;
+    # sliding (window 4) and full layers alternating, as transformers defaults.
+    cfg = GptOssConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                       rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                        "beta_slow": 1.0, "truncate": False,
+                                        "original_max_position_embeddings": 64, "rope_theta": 150000.0})
+    return GptOssForCausalLM(cfg)
+
+
 BUILDERS: dict[str, Callable[[], Any]] = {
-    "llama": _llama, "qwen3": _qwen3, "gemma3_text": _gemma3, "glm4": _glm4,
+    "llama": _llama, "qwen3": _qwen3, "gemma3_text": _gemma3, "glm4": _glm4, "gpt_oss": _gpt_oss,
 }
 """Tiny random transformers models by ``model_type``."""
 

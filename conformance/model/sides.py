@@ -92,7 +92,10 @@ class TransformersSide:
 
         logging.disable_progress_bar()
         self.name = name
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64)
+        # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64,
+                                                          attn_implementation="eager",
+                                                          experts_implementation="eager")
         self.model.eval()
         self.cache = DynamicCache(config=self.model.config)
         self.seen = 0
