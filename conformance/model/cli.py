@@ -187,7 +187,7 @@ def _anchor_notes(results: list[dict[str, Any]]) -> list[str]:
                 continue
             what = a.get("error") or (f"differs from the oracle beyond the bound (worst relative error "
                                       f"{a['worst_rel_err']:.2g} vs the twin's {a['twin_rel_err']:.2g})")
-            seen.setdefault(f"{a['name']} on {r['model_type']}: {what}", "")
+            seen.setdefault(" ".join(f"{a['name']} on {r['model_type']}: {what}".split())[:400], "")
     return list(seen)
 
 

@@ -115,7 +115,7 @@ def _anchors(r: dict[str, Any]) -> str:
     parts = []
     for a in r["anchors"]:
         if "error" in a:
-            parts.append(f"{a['name']}: cannot run ({a['error'][:120]})")
+            parts.append(f"{a['name']}: cannot run ({' '.join(a['error'].split())[:120]})")
         else:
             parts.append(f"{a['name']}: {'ok' if a['passed'] else 'DIFFERS'} "
                          f"({a['worst_rel_err']:.2g} vs twin {a['twin_rel_err']:.2g})")
