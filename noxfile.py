@@ -28,10 +28,10 @@ modules named in ``CONFORMANCE_RECORDS`` reach the sessions as every variable do
 
 
 def install_project(session: nox.Session) -> None:
-    """torch first (pinned CPU build), then the project with its dev extras, then any
+    """torch first (pinned CPU build), then the project with its dev and models extras, then any
     records package named in ``CONFORMANCE_INSTALL``."""
     session.install(TORCH_SPEC)
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,models]")
     if RECORDS_INSTALL:
         session.install(*shlex.split(RECORDS_INSTALL))
 
@@ -49,7 +49,8 @@ def tests(session: nox.Session) -> None:
 def conformance(session: nox.Session) -> None:
     """The conformance matrix, error cases and mutation meta-tests; writes the report.
     Arguments after ``--`` go to ``python -m conformance run`` (``--junitxml PATH``,
-    ``--records MODULE``, ``--record NAME``)."""
+    ``--records MODULE``, ``--record NAME``). It also runs the tiny-model conformance
+    (the ``models`` extra: transformers, mlx-lm, diffusers)."""
     install_project(session)
     session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.bench import cli as bench_cli
+from conformance.model import cli as model_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,10 @@ def command_run(args: argparse.Namespace) -> int:
         for section in ("cells", "divergences", "mutants", "errors", "crashes"):
             report[section].extend(partial.get(section, []))
     fuzz_ok = _run_fuzz(args, env, out, report)
+    models_ok = True
+    if args.models if args.models is not None else not args.record:
+        # Whole tiny models of every architecture (conformance/model/cli.py: TINY_SUITE).
+        models_ok, report["models"] = model_cli.run_tiny_suite(out.parent / "models", env)
     write_report(report, out)
     if args.junitxml:
         from conformance.junit import write_junit
@@ -113,7 +118,8 @@ def command_run(args: argparse.Namespace) -> int:
           f"error cases {s['error_cases'] - s['error_cases_failed']}/{s['error_cases']}; "
           f"crashes {s['crashes']}. Report: {out / 'report.html'}")
     failed = (s["cells_failed"] or s["crashes"] or s["mutants_killed"] < s["mutants"]
-              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials) or not fuzz_ok)
+              or s["error_cases_failed"] or any(p["returncode"] != 0 for p in partials) or not fuzz_ok
+              or not models_ok)
     return 1 if failed else 0
 
 
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tf32", default="default", choices=("on", "off", "default"),
                      help="MLX's float32 matmul precision on CUDA/Metal: sets MLX_ENABLE_TF32=1/0 for the "
                           "per-record runs (default: leave the environment as it is; MLX's default is on)")
+    run.add_argument("--models", action=argparse.BooleanOptionalAction, default=None,
+                     help="also run the tiny-model conformance (default: unless --record)")
     run.set_defaults(func=command_run)
     from conformance.repro import add_parser as add_repro_parser
 
@@ -184,5 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     readme.add_argument("--report", default=str(ROOT / "reports" / "conformance" / "conformance.json"))
     readme.set_defaults(func=command_readme)
     bench_cli.add_parser(sub)
+    model_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -1,0 +1,135 @@
+"""Bounds for model-level conformance: one hidden state or logits row at one (step, layer).
+
+The ops' rule (``conformance/tolerance.py``: MLX within 2x the peer's error plus 2 ulp),
+applied per point in the 2-norm of each row (one token's hidden vector, or its logits):
+
+    ||h_mlx - h_oracle|| <= 2 ||h_twin - h_oracle|| + 2 ulp(max |h_oracle|) sqrt(D)
+
+where the twin is ``torch_reference`` in the test dtype (the same rounding points as
+MLX) and the oracle the twin in float64 from the same rounded weights and tokens
+(:func:`check_point` says why norms rather than the ops' elementwise maxima).
+
+How error grows with depth, and why the bound is relative to the twin at the same point.
+A decoder is a residual map ``h_{l+1} = h_l + f_l(h_l)``. A side that rounds makes a local
+error ``r_l`` (``|r_l| <= c_l u |h_l|``: c_l the ops' own constants, u the dtype's unit
+roundoff) and carries the earlier error through the layer's Jacobian:
+``e_{l+1} = (I + J_l) e_l + r_l``, so ``|e_L| <= sum_l prod_{k>l} ||I + J_k|| c_l u |h|``.
+With ``||I + J_k|| ~ 1`` (a well-conditioned residual stream) the error grows LINEARLY
+with depth; a layer that amplifies makes it grow geometrically from there on. The twin
+computes the same function with the same rounding points, so its error at layer l
+contains the same products of ``||I + J_k||``: measuring MLX against it at the same
+(step, layer) needs no model of the Jacobians, and a constant factor 2 (plus 2 ulp for a
+twin that happens to round exactly) holds at every depth. Decode steps grow the same way:
+the cache holds each side's own keys and values, so step s carries the prefix's error, in
+MLX and in the twin alike. The report shows both curves (relative error per layer, per
+step) and the linear reference ``(l + 1) * e_1``, so a geometric blow-up is visible.
+
+The external anchors (transformers float64, diffusers float64) are partly float32 inside
+(RMSNorm statistics, RoPE tables), so they answer to the oracle like a float32
+computation: ``||anchor - oracle|| <= 2 ||twin_float32 - oracle|| + 2 float32 ulp sqrt(D)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from conformance.dtypes import FORMATS
+from conformance.judge import Verdict, judge
+from conformance.tolerance import Tolerance
+
+MODEL_TOLERANCE = Tolerance(
+    reason=(
+        "Model point (one layer's hidden state or the logits at one decode step): MLX and "
+        "the twin round at the same points, so the twin's error at the same (step, layer) "
+        "already contains the depth and step growth; per row (2-norm), MLX may make 2x the twin's "
+        "error plus 2 ulp per element (conformance/model/bounds.py)."
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PointCheck:
+    """One side's comparison at one point against the oracle.
+
+    ``rel_err`` is ``max_row ||side - oracle|| / max_row ||oracle||`` (2-norms over each
+    row; the growth curves), ``peer_rel_err`` the twin's; ``ratio`` the worst row's
+    ``||side - oracle|| / bound``. ``bound_row`` ([rows]) bounds every element's error of
+    that row (a 2-norm bounds each component), for the tie rule of greedy tokens.
+    """
+
+    passed: bool
+    kind: str
+    message: str
+    rel_err: float
+    peer_rel_err: float
+    ratio: float
+    bound_row: np.ndarray
+
+
+def _row_norms(diff: np.ndarray) -> np.ndarray:
+    finite = np.where(np.isfinite(diff), diff, 0.0)
+    return np.sqrt((finite * finite).sum(axis=-1))
+
+
+def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: str) -> PointCheck:
+    """Judge ``side`` against ``oracle`` with the twin ``peer`` as the reference.
+
+    Per row (a token's hidden vector or logits, the last axis), in 2-norms:
+    ``||side - oracle|| <= 2 ||peer - oracle|| + 2 ulp(max |oracle_row|) sqrt(D)``.
+    Why norms and not the ops' elementwise maxima: inside a model each side's error at a
+    point is mostly error carried from earlier layers and steps, mixed by the layers'
+    Jacobians into a different direction in each library (their summation orders
+    differ), so which element of a row is worst is chance, while the row's norm is a
+    sum over D elements and concentrates: the elementwise rule would flag an honest port
+    by a coin toss, the normwise one does not, and a structural bug (a wrong rotation, a
+    cache appended twice) moves the norm by orders of magnitude. The floor is the ops'
+    2 ulp per element, summed in the 2-norm.
+
+    Non-finite values must appear where the twin's do (the ops' rule, admitting
+    order-dependent overflow where the oracle overflows).
+
+    Shape: all ``[..., D]``, float64 copies. ``dtype``: the test dtype whose ulp the floor
+    uses (``float32`` for the anchors).
+    """
+    verdict: Verdict = judge(side, peer, oracle, mlx_dtype=dtype, peer_dtype=dtype, tolerance=MODEL_TOLERANCE)
+    width = oracle.shape[-1] if oracle.ndim else 1
+    rows_o = oracle.reshape(-1, width)
+    with np.errstate(invalid="ignore"):
+        err_s = _row_norms((side - oracle).reshape(-1, width))
+        err_p = _row_norms((peer - oracle).reshape(-1, width))
+    scale_o = _row_norms(rows_o)
+    floor = 2.0 * FORMATS[dtype].ulp(np.abs(np.nan_to_num(rows_o, posinf=0.0, neginf=0.0)).max(axis=1))
+    bound_row = 2.0 * err_p + floor * np.sqrt(width)
+    top = max(float(scale_o.max()) if scale_o.size else 0.0, np.finfo(np.float64).tiny)
+    rel_s = float(err_s.max() / top) if err_s.size else 0.0
+    rel_p = float(err_p.max() / top) if err_p.size else 0.0
+    excess = err_s / np.maximum(bound_row, np.finfo(np.float64).tiny)
+    worst = int(np.argmax(excess)) if excess.size else 0
+    ratio = float(excess[worst]) if excess.size else 0.0
+    if verdict.kind in ("shape", "nonfinite"):
+        return PointCheck(False, verdict.kind, verdict.message, rel_s, rel_p, ratio, bound_row)
+    if ratio <= 1.0:
+        return PointCheck(True, "ok", "within bound", rel_s, rel_p, ratio, bound_row)
+    where = tuple(int(i) for i in np.unravel_index(worst, oracle.shape[:-1])) if oracle.ndim > 1 else ()
+    elem = int(np.argmax(np.abs(np.nan_to_num((side - oracle).reshape(-1, width)[worst]))))
+    message = (
+        f"Row {where}: ||MLX - oracle|| = {err_s[worst]:.6g} > bound {bound_row[worst]:.6g} "
+        f"(= 2 x ||twin - oracle|| {err_p[worst]:.6g} + 2 {dtype} ulp x sqrt({width})); "
+        f"{int((excess > 1).sum())} / {excess.size} rows over. Worst element [{elem}]: MLX "
+        f"{side.reshape(-1, width)[worst, elem]!r}, twin {peer.reshape(-1, width)[worst, elem]!r}, "
+        f"oracle {rows_o[worst, elem]!r}. Relative (2-norm) error: MLX {rel_s:.3g}, twin {rel_p:.3g}."
+    )
+    return PointCheck(False, "value", message, rel_s, rel_p, ratio, bound_row)
+
+
+def greedy_flip_is_tie(oracle_row: np.ndarray, side_choice: int, bound: float) -> bool:
+    """Whether the side's argmax ``side_choice`` differing from the oracle's is a tie.
+
+    Each logit of the side may be ``bound`` from the oracle's, so a flip is admissible
+    exactly when the oracle's margin between its own choice and the side's is at most
+    ``2 * bound`` (both logits moved toward each other). ``oracle_row: [vocab]``.
+    """
+    best = int(np.argmax(oracle_row))
+    return bool(oracle_row[best] - oracle_row[side_choice] <= 2.0 * bound)

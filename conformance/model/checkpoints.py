@@ -1,0 +1,200 @@
+"""Checkpoints for model conformance: tiny random models written by transformers itself,
+and the per-dtype / quantized variants of any checkpoint that the comparison loads.
+
+* :func:`build_tiny` writes a small random model of one architecture with transformers'
+  own class (``LlamaForCausalLM(config).save_pretrained(dir, safe_serialization=True)``),
+  after perturbing every 1-D parameter (a norm initialised to a constant hides a loader
+  that reads q_norm for k_norm, or drops a bias).
+* :func:`derive` writes the checkpoint the comparison runs: every floating weight rounded
+  to the test dtype and stored in it, or, for a quantized mode, every linear and embedding
+  weight whose input width is a multiple of the group size quantized with
+  ``mlx_impl.quantization.quantize`` and stored as MLX checkpoints ship them
+  (``.weight`` packed uint32, ``.scales``, ``.biases`` for affine, ``"quantization"`` in
+  ``config.json``), the rest kept in the base dtype. All three sides (MLX, the twin, the
+  float64 oracle) then load the very same file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+QUANT_MODES: dict[str, tuple[int, int, str]] = {
+    "affine4": (64, 4, "affine"),
+    "affine8": (64, 8, "affine"),
+    "mxfp4": (32, 4, "mxfp4"),
+    "nvfp4": (16, 4, "nvfp4"),
+    "mxfp8": (32, 8, "mxfp8"),
+}
+"""The quantized modes a checkpoint can carry: name -> (group_size, bits, mode), the
+group sizes mlx-lm uses by default for each mode."""
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The tiny configs: 4 layers (enough for the depth curves to show growth), GQA (4 query heads over 2 kv heads), small vocab. Each names
+# what its architecture must exercise (llama3 rope scaling, Gemma 3's sliding window that a
+# prompt longer than the window crosses, GLM-4's partial rotary and attention bias).
+_COMMON: dict[str, Any] = {
+    "vocab_size": 96, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+    "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+}
+
+
+def _llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**_COMMON, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    return LlamaForCausalLM(cfg)
+
+
+def _qwen3() -> Any:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(Qwen3Config(**{**_COMMON, "tie_word_embeddings": True}))
+
+
+def _gemma3() -> Any:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(**_COMMON, sliding_window=4, query_pre_attn_scalar=24,
+                           layer_types=["sliding_attention", "full_attention"] * 2)
+    return Gemma3ForCausalLM(cfg)
+
+
+def _glm4() -> Any:
+    from transformers import Glm4Config, Glm4ForCausalLM
+
+    cfg = Glm4Config(**{**_COMMON, "partial_rotary_factor": 0.5, "attention_bias": True, "pad_token_id": 0})
+    return Glm4ForCausalLM(cfg)
+
+
+def _gpt_oss() -> Any:
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    # 4 experts, 2 per token; YaRN with a short original context so its ramp matters;
+    # sliding (window 4) and full layers alternating, as transformers defaults.
+    cfg = GptOssConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                       rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                        "beta_slow": 1.0, "truncate": False,
+                                        "original_max_position_embeddings": 64, "rope_theta": 150000.0})
+    return GptOssForCausalLM(cfg)
+
+
+BUILDERS: dict[str, Callable[[], Any]] = {
+    "llama": _llama, "qwen3": _qwen3, "gemma3_text": _gemma3, "glm4": _glm4, "gpt_oss": _gpt_oss,
+}
+"""Tiny random transformers models by ``model_type``."""
+
+
+def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
+    """Write a tiny random ``model_type`` checkpoint (float32) with transformers into
+    ``directory`` and return it. Weights ~ N(0, 0.02) as transformers initialises them;
+    every 1-D parameter is then perturbed (``1 + 0.2 N(0, 1)`` scaled by its own mean
+    magnitude, plus a shift) so no norm or bias is a constant."""
+    if model_type not in BUILDERS:
+        raise ValueError(f"[build_tiny] unknown model_type {model_type!r}; known: {sorted(BUILDERS)}.")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = BUILDERS[model_type]().to(torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    if model_type == "gemma3_text":
+        # mlx-lm's Gemma 3 reads the older sliding_window_pattern, not layer_types; this
+        # one gives the same layers (every second one full), so mlx-lm can anchor it too.
+        cfg_path = directory / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["sliding_window_pattern"] = 2
+        cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return directory
+
+
+def _load_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def _quantizable(name: str, t: torch.Tensor, group_size: int) -> bool:
+    """mlx-lm's rule: linear and embedding weights whose last dim is a multiple of the group."""
+    return name.endswith(".weight") and t.ndim == 2 and t.shape[-1] % group_size == 0
+
+
+def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) -> Path:
+    """Write ``checkpoint`` rounded to ``dtype`` (and quantized as ``quant``) into ``out``.
+
+    Args:
+        checkpoint: a Hugging Face-layout directory (``config.json``, ``*.safetensors``).
+        out: directory to (re)create.
+        dtype: ``float32``, ``bfloat16`` or ``float16``: the stored dtype of every
+            floating tensor (and the affine scales and biases).
+        quant: a key of :data:`QUANT_MODES`, or None.
+
+    Returns: ``out``.
+    """
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"[derive] dtype must be one of {tuple(_TORCH_DTYPES)} but got {dtype!r}.")
+    if quant is not None and quant not in QUANT_MODES:
+        raise ValueError(f"[derive] quant must be one of {tuple(QUANT_MODES)} but got {quant!r}.")
+    import mlx.core as mx
+
+    from mlx_impl.quantization import quantize
+
+    tensors = _load_tensors(checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    target = _TORCH_DTYPES[dtype]
+    written: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            written[name] = t
+            continue
+        rounded = t.to(target)
+        if quant is not None and _quantizable(name, rounded, QUANT_MODES[quant][0]):
+            group_size, bits, mode = QUANT_MODES[quant]
+            w = mx.array(rounded.to(torch.float32).numpy()).astype(
+                {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[dtype])
+            wq, scales, biases = quantize(w, group_size, bits, mode)
+            stem = name.removesuffix(".weight")
+            written[f"{stem}.weight"] = torch.from_numpy(np.array(wq))
+            written[f"{stem}.scales"] = _mlx_to_torch(scales, target)
+            if biases is not None:
+                written[f"{stem}.biases"] = _mlx_to_torch(biases, target)
+        else:
+            written[name] = rounded.contiguous()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_file(written, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config["torch_dtype"] = dtype
+    config["dtype"] = dtype
+    if quant is not None:
+        group_size, bits, mode = QUANT_MODES[quant]
+        config["quantization"] = {"group_size": group_size, "bits": bits, "mode": mode}
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out
+
+
+def _mlx_to_torch(a: Any, float_dtype: torch.dtype) -> torch.Tensor:
+    """An MLX array as a torch tensor: uint8 codes kept, floats exact in ``float_dtype``."""
+    import mlx.core as mx
+
+    if a.dtype == mx.uint8:
+        return torch.from_numpy(np.array(a))
+    return torch.from_numpy(np.array(a.astype(mx.float32))).to(float_dtype)

@@ -1,0 +1,224 @@
+"""Model-level conformance of one checkpoint in one dtype (or quantized mode).
+
+Three answers from the same weights and tokens: MLX (``mlx_impl.models``) in the test
+dtype, the twin (``torch_reference.models``) in the test dtype, and the twin in float64
+(the oracle). The oracle decodes greedily: a prefill of ``prompt_len`` random tokens, then
+``steps`` cached single-token steps, each feeding the oracle's argmax. The other sides
+replay exactly those tokens through their own caches (teacher forcing), so every step is
+compared on the same input. At every (step, point), with points the embedding output,
+each decoder layer's output and the logits, MLX is judged against the oracle with the
+twin as reference (:mod:`conformance.model.bounds`); the first point that leaves the
+bound is the departure. Greedy agreement counts the steps whose MLX argmax equals the
+oracle's; a flip inside the oracle's top-2 margin (``<= 2 x`` the bound) is a tie, not a
+failure. In float32 without quantization, transformers' own float64 model is the external
+anchor (its logits at every step); mlx-lm, where it implements the architecture, is
+judged like MLX at every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.model.bounds import check_point, greedy_flip_is_tie
+from conformance.model.sides import (
+    MlxLmSide,
+    MlxSide,
+    Side,
+    TransformersSide,
+    TwinSide,
+    mlx_lm_supports,
+)
+
+Mutant = Callable[[], contextlib.AbstractContextManager[Any]]
+"""A context manager factory planting a bug in the MLX side while it runs (meta-tests)."""
+
+
+def point_name(index: int, n_hidden: int) -> str:
+    """Name of hidden-state ``index`` (``embed``, ``layer 0`` ...) or ``logits`` past the end."""
+    if index == 0:
+        return "embed"
+    if index >= n_hidden:
+        return "logits"
+    return f"layer {index - 1}"
+
+
+def _log(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _oracle_tokens(oracle: Side, prompt: np.ndarray, steps: int, progress: bool,
+                   label: str) -> tuple[list[np.ndarray], list[tuple[np.ndarray, list[np.ndarray]]]]:
+    """Greedy decode with the oracle; returns the per-step inputs and its outputs."""
+    inputs = [prompt]
+    outputs = []
+    for s in range(steps + 1):
+        out = oracle.step(inputs[s])
+        outputs.append(out)
+        if s < steps:
+            inputs.append(np.argmax(out[0][:, -1:, :], axis=-1).astype(np.int64))
+        _log(progress, f"  [{label}] oracle step {s}/{steps}")
+    return inputs, outputs
+
+
+def _replay(side: Side, inputs: list[np.ndarray], progress: bool,
+            label: str) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    outputs = []
+    for s, tokens in enumerate(inputs):
+        outputs.append(side.step(tokens))
+        _log(progress, f"  [{label}] {side.name} step {s}/{len(inputs) - 1}")
+    return outputs
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
+                 peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
+                 oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
+                 with_hidden: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every (step, point) judged; returns the points and the first departure."""
+    points: list[dict[str, Any]] = []
+    departure = None
+    for s, ((lg, hs), (plg, phs), (olg, ohs)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+        if with_hidden and len(hs) != len(ohs):
+            raise ValueError(f"[model conformance] step {s}: {len(hs)} hidden states but the oracle "
+                             f"gave {len(ohs)}.")
+        pairs = [*zip(hs, phs, ohs, strict=True)] if with_hidden else []
+        pairs.append((lg, plg, olg))
+        for i, (a, p, o) in enumerate(pairs):
+            index = i if with_hidden else len(ohs)
+            check = check_point(a, p, o, dtype)
+            # 4 significant digits: the report plots and compares these, and a long run
+            # on a deep model has (layers + 2) x (steps + 1) points per configuration.
+            entry = {"step": s, "point": point_name(index, len(ohs)), "index": index,
+                     "rel_err": _sig(check.rel_err), "peer_rel_err": _sig(check.peer_rel_err),
+                     "ratio": _sig(check.ratio), "passed": check.passed}
+            if not check.passed:
+                entry["message"] = check.message
+                if departure is None:
+                    departure = {"step": s, "point": entry["point"], "kind": check.kind,
+                                 "message": check.message}
+            points.append(entry)
+    return points, departure
+
+
+def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
+            peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
+            oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str) -> dict[str, Any]:
+    """Greedy agreement at the last position of every step (batch row 0)."""
+    oracle_ids, side_ids, agree, ties, flips = [], [], 0, 0, []
+    for s, ((lg, _), (plg, _), (olg, _)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+        o_row, m_row = olg[0, -1], lg[0, -1]
+        o_id, m_id = int(np.argmax(o_row)), int(np.argmax(m_row))
+        oracle_ids.append(o_id)
+        side_ids.append(m_id)
+        if o_id == m_id:
+            agree += 1
+            continue
+        bound = float(check_point(m_row[None], plg[0, -1][None], o_row[None], dtype).bound_row[0])
+        if greedy_flip_is_tie(o_row, m_id, bound):
+            ties += 1
+        else:
+            flips.append({"step": s, "oracle": o_id, "side": m_id,
+                          "margin": float(o_row[o_id] - o_row[m_id]), "bound": bound})
+    return {"oracle": oracle_ids, "side": side_ids, "agree": agree, "ties": ties, "flips": flips,
+            "steps": len(oracle_ids)}
+
+
+@contextlib.contextmanager
+def _maybe(mutant: Mutant | None) -> Iterator[None]:
+    if mutant is None:
+        yield
+    else:
+        with mutant():
+            yield
+
+
+def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, quant: str | None,
+               steps: int, prompt_len: int, seed: int = 0, mutant: Mutant | None = None,
+               anchors: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Compare MLX, the twin and the oracle on ``derived`` (``checkpoint`` in ``dtype``/``quant``).
+
+    Args:
+        checkpoint: the original checkpoint (transformers' anchor loads it in float64).
+        derived: the checkpoint written by :func:`conformance.model.checkpoints.derive`.
+        model_type: ``config.json``'s ``model_type``.
+        dtype, quant: the test dtype and quantized mode (None: dense).
+        steps: cached single-token decode steps after the prefill.
+        prompt_len: prefill length; the prompt is ``seed``-random token ids.
+        mutant: plants a bug in the MLX side (meta-tests).
+        anchors: also run transformers (float32 dense only) and mlx-lm.
+
+    Returns: a JSON-ready result (see :mod:`conformance.model.report`).
+    """
+    label = f"{derived.name}"
+    started = time.perf_counter()
+    import json
+
+    vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    oracle = TwinSide(derived, "float64", "twin-float64")
+    inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
+    peer_out = _replay(TwinSide(derived, "native", f"twin-{dtype}"), inputs, progress, label)
+    with _maybe(mutant):
+        mlx_out = _replay(MlxSide(derived), inputs, progress, label)
+    points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True)
+    tokens = _tokens(mlx_out, peer_out, oracle_out, dtype)
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
+        "steps": steps, "prompt_len": prompt_len, "seed": seed,
+        "layers": len(oracle_out[0][1]) - 1, "points": points, "departure": departure,
+        "tokens": tokens, "anchors": [],
+    }
+    if anchors:
+        result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs,
+                                         peer_out, oracle_out, progress, label)
+    result["passed"] = (departure is None and not tokens["flips"]
+                        and all(a["passed"] for a in result["anchors"] if a["required"]))
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
+         f"tokens {tokens['agree']}/{tokens['steps']} agree"
+         + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
+    return result
+
+
+def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, quant: str | None,
+                 inputs: list[np.ndarray], peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
+                 oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], progress: bool,
+                 label: str) -> list[dict[str, Any]]:
+    """transformers float64 (float32 dense: its weights are the checkpoint's own, and the
+    twin in float32 is the reference for a partly-float32 computation) and mlx-lm."""
+    found = []
+    if dtype == "float32" and quant is None:
+        out = _replay(TransformersSide(checkpoint), inputs, progress, label)
+        pts, dep = _judge_trace(out, peer_out, oracle_out, "float32", with_hidden=False)
+        found.append(_anchor_entry("transformers-float64", pts, dep, required=True,
+                                   rule="|transformers64 - oracle| <= 2 x twin-float32 error + 2 float32 ulp"))
+    if mlx_lm_supports(model_type):
+        try:
+            out = _replay(MlxLmSide(derived), inputs, progress, label)
+        except Exception as exc:  # an mlx-lm that cannot run this checkpoint is reported, not fatal
+            found.append({"name": "mlx-lm", "passed": False, "required": False,
+                          "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            pts, dep = _judge_trace(out, peer_out, oracle_out, dtype, with_hidden=False)
+            found.append(_anchor_entry("mlx-lm", pts, dep, required=False,
+                                       rule=f"|mlx-lm - oracle| <= 2 x twin-{dtype} error + 2 ulp"))
+    return found
+
+
+def _anchor_entry(name: str, points: list[dict[str, Any]], departure: dict[str, Any] | None, *,
+                  required: bool, rule: str) -> dict[str, Any]:
+    return {"name": name, "passed": departure is None, "required": required, "rule": rule,
+            "steps_checked": len(points), "worst_rel_err": max(p["rel_err"] for p in points),
+            "twin_rel_err": max(p["peer_rel_err"] for p in points),
+            "rel_err_by_step": [p["rel_err"] for p in points], "departure": departure}

@@ -1,0 +1,84 @@
+"""Planted bugs in the MLX model port, for the harness's meta-tests and the CLI's
+``--mutant`` self-check. Each is a context manager factory that patches a class of
+``mlx_impl.models`` while the MLX side is built and run (the twin and the oracle never
+import these classes), so the harness must name the (step, layer) where it bites:
+
+* ``rope_offset_off_by_one``: at decode (a single new token), RoPE rotates queries and
+  keys at position ``offset + 1`` instead of ``offset``;
+* ``cache_appended_twice``: at decode, the new token's key and value are appended to the
+  cache twice (the attention then weighs the new token twice, and every later position
+  is one further off).
+
+``layer`` restricts a bug to one decoder layer (instances are counted in creation order,
+which is layer order), so a test can prove the harness names the layer, not just the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from conformance.model.harness import Mutant
+
+
+@contextlib.contextmanager
+def _patched(cls: type, init_hook: bool, call_name: str,
+             make_call: Callable[[Callable[..., Any], Callable[[Any], bool]], Callable[..., Any]],
+             layer: int | None) -> Iterator[None]:
+    """Patch ``cls.call_name`` with ``make_call(original, targeted)``; ``targeted(self)``
+    says whether an instance is the chosen layer's (all when ``layer`` is None)."""
+    original_init = cls.__init__  # type: ignore[misc]
+    original_call = getattr(cls, call_name)
+    order: dict[int, int] = {}
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        order[id(self)] = len(order)
+
+    def targeted(self: Any) -> bool:
+        return layer is None or order.get(id(self)) == layer
+
+    if init_hook:
+        cls.__init__ = init  # type: ignore[misc]
+    setattr(cls, call_name, make_call(original_call, targeted))
+    try:
+        yield
+    finally:
+        cls.__init__ = original_init  # type: ignore[misc]
+        setattr(cls, call_name, original_call)
+
+
+def rope_offset_off_by_one(layer: int | None = None) -> Mutant:
+    """RoPE at ``offset + 1`` for single-token (decode) calls."""
+    from mlx_impl.models.rope import LayerRoPE
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def call(self: Any, x: Any, offset: int) -> Any:
+            if x.shape[2] == 1 and targeted(self):
+                offset = offset + 1
+            return original(self, x, offset)
+        return call
+
+    return lambda: _patched(LayerRoPE, True, "__call__", make, layer)
+
+
+def cache_appended_twice(layer: int | None = None) -> Mutant:
+    """Append a decode step's key and value twice."""
+    from mlx_impl.models.cache import KVCache
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def update(self: Any, keys: Any, values: Any) -> Any:
+            if keys.shape[2] == 1 and targeted(self):
+                original(self, keys, values)
+            return original(self, keys, values)
+        return update
+
+    return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+
+
+MUTANTS: dict[str, Callable[[int | None], Mutant]] = {
+    "rope_offset_off_by_one": rope_offset_off_by_one,
+    "cache_appended_twice": cache_appended_twice,
+}
+"""Planted bugs by name."""

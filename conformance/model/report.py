@@ -1,0 +1,201 @@
+"""The model conformance report: ``model.json`` (every point of every configuration),
+``report.md`` and ``report.html`` (one self-contained page; the growth curves are inline
+SVG, so no plotting dependency).
+
+Per configuration (checkpoint, dtype, quantized mode): status, the first point of
+departure, greedy-token agreement, the anchors, and two plots: relative error against
+depth (embedding, each layer, logits; at the prefill and at the last decode step, MLX and
+the twin, with the linear-growth reference ``(l + 1) e_1``) and against decode step (at
+the last layer and at the logits).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from conformance.results import write_json_atomic, write_text_atomic
+
+SCHEMA = "mlx-conformance-model-report/1"
+_COLORS = {"MLX": "#d62728", "twin": "#1f77b4", "linear": "#7f7f7f", "MLX logits": "#ff7f0e",
+           "twin logits": "#17becf"}
+
+
+def config_label(r: dict[str, Any]) -> str:
+    """``name dtype[+quant]`` of one result."""
+    return f"{r.get('name', Path(r['checkpoint']).name)} {r['dtype']}" + (f"+{r['quant']}" if r["quant"] else "")
+
+
+def _series_by_layer(r: dict[str, Any], step: int) -> tuple[list[float], list[float], list[str]]:
+    pts = sorted((p for p in r["points"] if p["step"] == step), key=lambda p: p["index"])
+    return [p["rel_err"] for p in pts], [p["peer_rel_err"] for p in pts], [p["point"] for p in pts]
+
+
+def _series_by_step(r: dict[str, Any], point: str) -> tuple[list[float], list[float]]:
+    pts = sorted((p for p in r["points"] if p["point"] == point), key=lambda p: p["step"])
+    return [p["rel_err"] for p in pts], [p["peer_rel_err"] for p in pts]
+
+
+def svg_plot(series: list[tuple[str, list[float], bool]], title: str, xlabel: str,
+             xticks: list[str] | None = None, width: int = 460, height: int = 240) -> str:
+    """A log-y line plot as inline SVG. ``series``: (label, ys, dashed); x is the index."""
+    left, right, top, bottom = 60, 130, 24, 36
+    ys = [y for _, vals, _ in series for y in vals if y > 0 and math.isfinite(y)]
+    if not ys:
+        return f"<p>{html.escape(title)}: all errors are zero.</p>"
+    lo, hi = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+    hi = max(hi, lo + 1)
+    n = max(len(vals) for _, vals, _ in series)
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(i: int) -> float:
+        return left + (pw * i / max(n - 1, 1))
+
+    def y(v: float) -> float:
+        v = max(v, 10.0 ** lo)
+        return top + ph * (1 - (math.log10(v) - lo) / (hi - lo))
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="10">',
+           f'<text x="{left}" y="14" font-size="12">{html.escape(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for e in range(lo, hi + 1):
+        yy = y(10.0 ** e)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 4}" y="{yy + 3:.1f}" text-anchor="end">1e{e}</text>')
+    step = max(1, n // 8)
+    for i in range(0, n, step):
+        label = xticks[i] if xticks and i < len(xticks) else str(i)
+        out.append(f'<text x="{x(i):.1f}" y="{top + ph + 12}" text-anchor="middle">{html.escape(label)}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>')
+    for k, (label, vals, dashed) in enumerate(series):
+        color = _COLORS.get(label.split(" @")[0], ["#2ca02c", "#9467bd", "#8c564b"][k % 3])
+        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vals) if math.isfinite(v))
+        dash = ' stroke-dasharray="4 3"' if dashed else ""
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>')
+        ly = top + 12 * k + 8
+        out.append(f'<line x1="{left + pw + 8}" x2="{left + pw + 24}" y1="{ly}" y2="{ly}" stroke="{color}"{dash}/>'
+                   f'<text x="{left + pw + 28}" y="{ly + 3}">{html.escape(label)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _plots(r: dict[str, Any]) -> str:
+    last = r["steps"]
+    m0, p0, names = _series_by_layer(r, 0)
+    ml, pl, _ = _series_by_layer(r, last)
+    linear = [p0[1] * (i) for i in range(len(p0))] if len(p0) > 1 else []
+    depth = svg_plot([("MLX @ prefill", m0, False), ("twin @ prefill", p0, False),
+                      (f"MLX @ step {last}", ml, True), (f"twin @ step {last}", pl, True),
+                      ("linear (l+1)e_1", linear, True)],
+                     "relative error vs depth", "point (embed, layers, logits)", names)
+    last_layer = f"layer {r['layers'] - 1}"
+    sm, sp = _series_by_step(r, last_layer)
+    lm, lp = _series_by_step(r, "logits")
+    steps = svg_plot([(f"MLX @ {last_layer}", sm, False), (f"twin @ {last_layer}", sp, False),
+                      ("MLX logits", lm, True), ("twin logits", lp, True)],
+                     "relative error vs decode step", "step (0 = prefill)")
+    return depth + steps
+
+
+def _departure(r: dict[str, Any]) -> str:
+    d = r["departure"]
+    return "none" if d is None else f"step {d['step']}, {d['point']}"
+
+
+def _tokens(r: dict[str, Any]) -> str:
+    t = r["tokens"]
+    return f"{t['agree']}/{t['steps']}" + (f" ({t['ties']} ties)" if t["ties"] else "") + (
+        f", {len(t['flips'])} FLIPS" if t["flips"] else "")
+
+
+def _anchors(r: dict[str, Any]) -> str:
+    parts = []
+    for a in r["anchors"]:
+        if "error" in a:
+            parts.append(f"{a['name']}: cannot run ({' '.join(a['error'].split())[:120]})")
+        else:
+            parts.append(f"{a['name']}: {'ok' if a['passed'] else 'DIFFERS'} "
+                         f"({a['worst_rel_err']:.2g} vs twin {a['twin_rel_err']:.2g})")
+    return "; ".join(parts) or "-"
+
+
+def _growth(r: dict[str, Any]) -> str:
+    """The twin's relative error at the last layer over the first, at the prefill."""
+    _, twin, _ = _series_by_layer(r, 0)
+    layers = twin[1:-1]
+    if len(layers) < 2 or layers[0] <= 0:
+        return "-"
+    return f"{layers[-1] / layers[0]:.2g}x over {len(layers)} layers"
+
+
+def _worst(r: dict[str, Any], key: str) -> float:
+    return max(p[key] for p in r["points"])
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: header, one row per configuration, departures in full."""
+    run = report["run"]
+    results = report["results"]
+    dit = report.get("dit", [])
+    passed = sum(r["passed"] for r in results) + sum(d["passed"] for d in dit)
+    lines = [f"# Model conformance: {passed} / {len(results) + len(dit)} configurations conform "
+             f"({len(results)} model, {len(dit)} DiT block)", "",
+             f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
+             f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
+             f"{run.get('date')}. Steps: prefill of {results[0]['prompt_len'] if results else '?'} tokens "
+             f"+ {results[0]['steps'] if results else '?'} cached decode steps.", "",
+             "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
+             "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "
+             "Errors are relative 2-norm errors against the float64 oracle.", "",
+             "Ratio: the worst row's ||MLX - oracle|| / bound over all points (1 = at the bound). "
+             "Depth growth: the twin's error at the last layer over its error at the first, at the prefill.", "",
+             "| configuration | status | first departure | greedy tokens agree | worst MLX / twin rel. error "
+             "| ratio | depth growth | anchors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {config_label(r)} | {'PASS' if r['passed'] else 'FAIL'} | {_departure(r)} | "
+                     f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
+                     f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_anchors(r)} |")
+    for d in report.get("dit", []):
+        lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
+                     + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
+                     + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " (text / image) | - | - | "
+                     + ("diffusers-float64: " + " / ".join(f"{v['rel_err']:.2g}" for v in d["anchor"].values())
+                        if d["anchor"] else "-") + " |")
+    failing = [r for r in results if not r["passed"]]
+    if failing:
+        lines += ["", "## Departures", ""]
+        for r in failing:
+            if r["departure"]:
+                lines += [f"### {config_label(r)}: step {r['departure']['step']}, {r['departure']['point']}",
+                          "", "```", r["departure"]["message"], "```", ""]
+            for f in r["tokens"]["flips"]:
+                lines.append(f"- {config_label(r)} step {f['step']}: greedy token {f['side']} vs oracle "
+                             f"{f['oracle']}, margin {f['margin']:.3g} > 2 x bound {f['bound']:.3g}")
+    notes = report.get("notes", [])
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(report: dict[str, Any]) -> str:
+    """One self-contained page: the Markdown table as HTML plus the plots per configuration."""
+    md = to_markdown(report)
+    body = [f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre>"]
+    for r in report["results"]:
+        body.append(f"<h3>{html.escape(config_label(r))}: {'PASS' if r['passed'] else 'FAIL'}; "
+                    f"departure {html.escape(_departure(r))}; tokens {html.escape(_tokens(r))}</h3>")
+        body.append(_plots(r))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Model conformance</title></head>"
+            "<body style='font-family:sans-serif'>" + "".join(body) + "</body></html>\n")
+
+
+def write_model_report(report: dict[str, Any], out: Path) -> None:
+    """Write ``model.json``, ``report.md`` and ``report.html`` into ``out`` (atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "model.json", report)
+    write_text_atomic(out / "report.md", to_markdown(report))
+    write_text_atomic(out / "report.html", to_html(report))

@@ -1,0 +1,141 @@
+"""The sides of a model comparison, each loading one checkpoint directory and answering
+``step(tokens [B, L]) -> (logits [B, L, vocab], hidden states)`` through its own cache:
+
+* ``MlxSide``: ``mlx_impl.models`` (the port under test);
+* ``TwinSide``: ``torch_reference.models`` in the test dtype (``native``, the peer) or in
+  float64 (the oracle);
+* ``TransformersSide``: transformers' own model in float64 (external anchor, logits only);
+* ``MlxLmSide``: mlx-lm's implementation (external anchor on the MLX side, logits only).
+
+Every array comes back as a float64 NumPy copy (half precision widened exactly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Side(Protocol):
+    """One implementation of the model, loaded and holding its own cache."""
+
+    name: str
+
+    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Feed ``tokens: [B, L]`` int; return logits ``[B, L, V]`` and the hidden states
+        ``[B, L, H]`` after the embedding and after each layer (empty for anchors)."""
+        ...
+
+
+class MlxSide:
+    """``mlx_impl.models.load(path)`` with ``make_cache``; hidden states captured."""
+
+    def __init__(self, path: Path, name: str = "mlx") -> None:
+        from mlx_impl import models
+
+        self.name = name
+        self.model = models.load(str(path))
+        self.cache = models.make_cache(self.model)
+
+    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        import mlx.core as mx
+
+        hidden: list[Any] = []
+        logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache, hidden_states=hidden)
+        mx.eval(logits, *hidden)
+        return _mx_np(logits), [_mx_np(h) for h in hidden]
+
+
+def _mx_np(a: Any) -> np.ndarray:
+    import mlx.core as mx
+
+    return np.array(a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a).astype(np.float64)
+
+
+def _torch_np(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.to(torch.float32)
+    return t.numpy().astype(np.float64)
+
+
+class TwinSide:
+    """``torch_reference.models.load(path, precision=...)``; hidden states captured."""
+
+    def __init__(self, path: Path, precision: str, name: str) -> None:
+        from torch_reference import models
+
+        self.name = name
+        self.model = models.load(str(path), precision=precision)
+        self.cache = models.make_cache(self.model)
+
+    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        import torch
+
+        hidden: list[Any] = []
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(tokens.astype(np.int64)), cache=self.cache, hidden_states=hidden)
+        return _torch_np(logits), [_torch_np(h) for h in hidden]
+
+
+class TransformersSide:
+    """transformers' ``AutoModelForCausalLM`` in float64 with its ``DynamicCache``."""
+
+    def __init__(self, path: Path, name: str = "transformers-float64") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, DynamicCache
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        self.name = name
+        # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64,
+                                                          attn_implementation="eager",
+                                                          experts_implementation="eager")
+        self.model.eval()
+        self.cache = DynamicCache(config=self.model.config)
+        self.seen = 0
+
+    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        import torch
+
+        ids = torch.from_numpy(tokens.astype(np.int64))
+        length = ids.shape[1]
+        positions = torch.arange(self.seen, self.seen + length)[None]
+        with torch.no_grad():
+            out = self.model(input_ids=ids, cache=self.cache, use_cache=True, position_ids=positions)
+        self.seen += length
+        return _torch_np(out.logits), []
+
+
+class MlxLmSide:
+    """mlx-lm's ``load`` and ``make_prompt_cache`` (its own port of the architecture)."""
+
+    def __init__(self, path: Path, name: str = "mlx-lm") -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.utils import load_model
+
+        self.name = name
+        self.model, _ = load_model(Path(path))
+        self.cache = make_prompt_cache(self.model)
+
+    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        import mlx.core as mx
+
+        logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache)
+        mx.eval(logits)
+        return _mx_np(logits), []
+
+
+def mlx_lm_supports(model_type: str) -> bool:
+    """Whether the installed mlx-lm has an implementation of ``model_type``."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(f"mlx_lm.models.{model_type}") is not None
+    except ModuleNotFoundError:
+        return False
