@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The committed H200 evidence, one stage per device call (each call may run 10 minutes).
+# After staging MLX CUDA (../shared/gpu/stage-mlx-cuda.sh; see README "Running on CUDA"),
+# with PYTHONPATH holding MLX CUDA and the project, from the project root:
+#   bash conformance/gpu/h200_run.sh conf on|off   # conformance run (+ fuzz + tiny models)
+#   bash conformance/gpu/h200_run.sh bench          # pytest-benchmark baseline, TF32 and float32 rows
+# Each stage writes under /tmp/h200/<stage> and packs it as $OUT/<stage>.tgz (the device
+# returns at most 8 files), so a stage that runs out of time still returns what it wrote.
+set -uo pipefail
+stage=${1:?stage}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+name=$stage${2:+-$2}
+work=/tmp/h200/$name
+mkdir -p "$work"
+pack() { tar -C /tmp/h200 -czf "${OUT:-/tmp}/$name.tgz" "$name"; }
+trap pack EXIT
+python -c 'import mlx.core as mx, torch; print("mlx", mx.__version__, mx.default_device(), "torch", torch.__version__, torch.cuda.get_device_name())'
+case $stage in
+  conf)
+    timeout 540 python -m conformance run --profile=ci --jobs 8 --tf32 "$2" \
+      --out "$work/conformance" --junitxml "$work/junit.xml" > "$work/run.log" 2>&1
+    echo "conformance tf32=$2 rc=$?"; grep -E "^\[conformance\]|^\[model" "$work/run.log" | tail -6
+    rm -rf "$work/conformance/_work/"*.json 2>/dev/null
+    ;;
+  bench)
+    timeout 560 python -m conformance bench record --out "$work/baseline" > "$work/bench.log" 2>&1
+    echo "bench rc=$?"; tail -5 "$work/bench.log"
+    ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
