@@ -112,8 +112,7 @@ def command_compare(args: argparse.Namespace) -> int:
             print(f"[bench] no {precision} baseline under {base_dir}; record one first: "
                   f"python -m conformance bench record --out {base_dir}", file=sys.stderr)
             return 2
-        cmd = pytest_command(args, f"--benchmark-storage=file://{base_dir.resolve()}",
-                             f"--benchmark-compare={baseline.resolve()}",
+        cmd = pytest_command(args, f"--benchmark-compare={baseline.resolve()}",
                              f"--benchmark-compare-fail=median:{args.threshold:g}%")
         print(f"[bench] {precision} against {baseline}: {' '.join(cmd)}", flush=True)
         status = max(status, subprocess.run(cmd, cwd=ROOT, env=_env(precision), check=False).returncode)

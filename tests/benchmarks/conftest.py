@@ -9,7 +9,9 @@ Options (besides pytest-benchmark's own ``--benchmark-*``):
 
 How one benchmark is timed (:func:`timed`): the callable runs once OUTSIDE the samples
 (compilation, first-use kernel builds, allocation), once more to size the run, then
-``benchmark.pedantic`` takes warm-up rounds and ``rounds`` timed rounds of one call each;
+``benchmark.pedantic`` takes warm-up rounds (50 ms worth, none for a call slower than
+that: the sizing call warmed it) and ``rounds`` timed rounds of one call each (at least 5;
+3 for the twin);
 pytest-benchmark computes and stores the statistics. Every callable ends with ``mx.eval``
 (MLX) or a device synchronization (PyTorch on CUDA/MPS).
 
@@ -68,16 +70,17 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["conformance"] = {**info, "shapes": setup["shapes"]}
 
 
-def timed(benchmark: Any, fn: Callable[[], None], target_s: float) -> None:
+def timed(benchmark: Any, fn: Callable[[], None], target_s: float, min_rounds: int = 5) -> None:
     """Time ``fn`` with pytest-benchmark, first-use costs kept out of the samples (see the
-    module docstring); with ``--benchmark-disable`` it runs ``fn`` once."""
+    module docstring); with ``--benchmark-disable`` it runs ``fn`` once. ``min_rounds`` is 3
+    for the twin (context only: its slow cells would dominate the run)."""
     if benchmark.disabled:
         benchmark(fn)
         return
     fn()  # first call: compilation, kernel builds, allocation; never sampled
     t0 = time.perf_counter()
-    fn()
+    fn()  # second call: sizes the run, and is the warm-up of a slow call
     per_call = max(time.perf_counter() - t0, 1e-7)
-    rounds = int(min(1000, max(5, target_s / per_call)))
-    warmup = int(min(20, max(1, 0.05 / per_call)))
+    rounds = int(min(1000, max(min_rounds, target_s / per_call)))
+    warmup = int(min(20, 0.05 / per_call))
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)

@@ -69,7 +69,7 @@ def test_op(benchmark: Any, setup: dict[str, Any], cell: cells.Cell, side: str) 
         backend=setup["backend"], precision=setup["precision"], reasons=prepared.reasons,
         paired_with=prepared.sides["torch"][0] if "torch" in prepared.sides else None,
     )
-    timed(benchmark, fn, setup["target_s"])
+    timed(benchmark, fn, setup["target_s"], min_rounds=3 if side == "twin" else 5)
 
 
 ALL_PEAKS = list(dict.fromkeys(machine.peak_cases("cpu") + machine.peak_cases("gpu") + machine.peak_cases("tiny")))
