@@ -177,9 +177,9 @@ def test_cost_models():
     ("mxfp4", "float32", "F.linear on the dequantized weight"),
 ])
 def test_quantized_pairing_uses_pytorchs_int4_kernel_on_the_same_codes(mode, dtype, expected):
+    from conformance.record import Case
     from conformance.registry import REGISTRY
     from conformance.strategies import fill
-    from conformance.record import Case
 
     record = REGISTRY["nn.quantized_linear"]
     group, bits = (64, 4) if mode == "affine" else (32, 4)

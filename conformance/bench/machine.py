@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 BANDWIDTH_ELEMENTS = 64 * 1024 * 1024
 TINY_BANDWIDTH_ELEMENTS = 256 * 1024
 
@@ -219,7 +218,7 @@ class PeakCase:
 
 _WIDTH = {"float32": 4, "bfloat16": 2, "float16": 2}
 
-PEAK_SIZES = {
+PEAK_SIZES: dict[str, dict[str, Any]] = {
     # MLX's CPU back end has no bfloat16 BLAS: a 1024^3 bfloat16 GEMM takes seconds there.
     "cpu": {"gemm": {"float32": (256, 512, 1024), "bfloat16": (128, 256, 512)},
             "bandwidth": (1 << 18, 1 << 21, 1 << 24)},
