@@ -5,21 +5,23 @@ These tests are not benchmarks; they run in every pass (smoke included)."""
 
 from __future__ import annotations
 
+import zlib
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlx_impl
 
-INDEX_DTYPES = (mx.int32, mx.int64, mx.uint32, mx.int16, mx.uint8)
+INDEX_DTYPES = (mx.int32, mx.int64, mx.uint8)
 TABLE_DTYPES = (mx.float32, mx.bfloat16, mx.float16)
 
 
 @pytest.mark.parametrize("table_dtype", TABLE_DTYPES, ids=str)
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(), (1,), (1, 1), (3, 7), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("shape", [(), (1, 1), (2, 3, 4)], ids=str)
 def test_checked_embedding_is_bit_identical_to_mx_take(table_dtype, index_dtype, shape):
-    rng = np.random.default_rng(hash((str(table_dtype), str(index_dtype), shape)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{table_dtype}{index_dtype}{shape}".encode()))
     n = 200
     table = mx.array(rng.standard_normal((n, 12)).astype(np.float32)).astype(table_dtype)
     values = rng.integers(0, n, size=shape)
