@@ -31,8 +31,24 @@ import mlx.nn
 from mlx_impl._errors import type_error, value_error
 
 
+def module_array(module: mlx.nn.Module, name: str) -> mx.array | None:
+    """``getattr(module, name)`` for a layer's weight/bias, without ``mlx.nn.Module.__getattr__``.
+
+    An ``mx.array`` attribute lives in the module's dict, so plain attribute lookup misses
+    and falls back to ``Module.__getattr__`` (about 0.5 us, several times per call: 5-10 %
+    of a decode-size norm on the CPU). This resolves it in the same order as Python's
+    lookup: the instance ``__dict__`` first (a ``None`` bias is stored there), then the
+    module's items."""
+    own = vars(module)
+    if name in own:
+        return own[name]
+    return module[name] if name in module else getattr(module, name)
+
+
 def check_eps(where: str, eps: object) -> float:
     """Return ``eps`` as a float if it is a finite real ``>= 0``; raise otherwise."""
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps  # the common case, without the numbers.Real ABC check (NaN fails 0 <= eps)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise type_error(where, f"eps must be a real number but got {type(eps).__name__}.")
     value = float(eps)
@@ -167,8 +183,9 @@ class RMSNorm(mlx.nn.Module):
     def __call__(self, x: mx.array, eps: float) -> mx.array:
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("RMSNorm", eps)
-        x = check_x("RMSNorm", x, ("weight", self.weight))
-        return mx.fast.rms_norm(x, self.weight, eps_value)
+        w = module_array(self, "weight")
+        x = check_x("RMSNorm", x, ("weight", w))
+        return mx.fast.rms_norm(x, w, eps_value)
 
 
 class LayerNorm(mlx.nn.Module):
@@ -204,5 +221,6 @@ class LayerNorm(mlx.nn.Module):
     def __call__(self, x: mx.array, eps: float) -> mx.array:
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
         eps_value = check_eps("LayerNorm", eps)
-        x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
-        return mx.fast.layer_norm(x, self.weight, self.bias, eps_value)
+        w, b = module_array(self, "weight"), module_array(self, "bias")
+        x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
+        return mx.fast.layer_norm(x, w, b, eps_value)

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import value_error
-from mlx_impl.fast.norms import check_eps, check_vector, check_x
+from mlx_impl.fast.norms import check_eps, check_vector, check_x, module_array
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
@@ -69,8 +69,9 @@ class RMSNorm(mlx.nn.Module):
     def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
         given = check_eps("RMSNorm", eps)
-        x = check_x("RMSNorm", x, ("weight", self.weight))
-        return mx.fast.rms_norm(x, self.weight, given if given != 0.0 else self.eps)
+        w = module_array(self, "weight")
+        x = check_x("RMSNorm", x, ("weight", w))
+        return mx.fast.rms_norm(x, w, given if given != 0.0 else self.eps)
 
 
 class LayerNorm(mlx.nn.Module):
@@ -123,7 +124,8 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
-        x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
+        w, b = module_array(self, "weight"), module_array(self, "bias")
+        x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
         eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
         mean = mx.mean(x, axis=-1, keepdims=True)
         centered = x - mean
@@ -131,7 +133,7 @@ class LayerNorm(mlx.nn.Module):
         # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
         eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
         normalized = centered * mx.rsqrt(variance + eps_arr)
-        out = normalized * self.weight
-        if self.bias is not None:
-            out = out + self.bias
+        out = normalized * w
+        if b is not None:
+            out = out + b
         return out
