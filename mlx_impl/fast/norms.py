@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn
@@ -31,14 +32,14 @@ import mlx.nn
 from mlx_impl._errors import type_error, value_error
 
 
-def module_array(module: mlx.nn.Module, name: str) -> mx.array | None:
+def module_array(module: mlx.nn.Module, name: str) -> Any:
     """``getattr(module, name)`` for a layer's weight/bias, without ``mlx.nn.Module.__getattr__``.
 
     An ``mx.array`` attribute lives in the module's dict, so plain attribute lookup misses
     and falls back to ``Module.__getattr__`` (about 0.5 us, several times per call: 5-10 %
     of a decode-size norm on the CPU). This resolves it in the same order as Python's
     lookup: the instance ``__dict__`` first (a ``None`` bias is stored there), then the
-    module's items."""
+    module's items. Typed ``Any`` as ``getattr`` is: the caller knows what it stored."""
     own = vars(module)
     if name in own:
         return own[name]

@@ -17,6 +17,7 @@ import mlx.nn
 import numpy as np
 
 from mlx_impl._errors import index_error, type_error, value_error
+from mlx_impl.fast.norms import module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
 INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
@@ -116,65 +117,72 @@ class Embedding(mlx.nn.Module):
             raise type_error(
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
-        n = self.num_embeddings
+        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
+        weight = module_array(self, "weight")
+        n = int(weight.shape[0])
         if n == 0 and indices.size > 0:
             # Shapes only, so free under every policy: no row exists to check, clip or trust.
             raise index_error(
                 "Embedding",
                 f"cannot look up {indices.size} indices (shape {tuple(indices.shape)}) in an "
-                f"empty table (num_embeddings=0, weight shape {tuple(self.weight.shape)}); "
+                f"empty table (num_embeddings=0, weight shape {tuple(weight.shape)}); "
                 "only an empty indices array is allowed.",
             )
-        if self.index_policy == "check" and indices.size > 0:
-            return self._checked_take(indices, n)
-        if self.index_policy == "clip" and n > 0:
+        policy = self.index_policy
+        if policy == "check" and indices.size > 0:
+            return _checked_take(weight, indices, n)
+        if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
             indices = mx.clip(indices, 0, _high(indices, n))
-        return mx.take(self.weight, indices, axis=0)
+        return mx.take(weight, indices, axis=0)
 
-    def _checked_take(self, indices: mx.array, n: int) -> mx.array:
-        """``weight[indices]`` evaluated, or ``IndexError`` if an index is outside ``[0, n)``.
 
-        One evaluation does both: the gather reads CLAMPED indices (so a bad index never
-        reaches the gather) and the out-of-range flag (an index the clamp changed) is
-        computed in the same graph; ``mx.eval(out, bad)`` runs them together, and only then
-        does the host look at the flag. Checking first and gathering after cost a second
-        evaluation: 1.9x ``mx.take`` at decode on the CPU. The graph is ``mx.compile``d
-        (shapeless: one trace per index dtype and rank), which fuses the clamp and the
-        compare; the gather copies rows, so the result is bit-identical to ``mx.take``
-        (tests/benchmarks/test_layers_at_best.py checks it). The returned array is
-        already evaluated."""
-        out, bad = _clamped_gather(self.weight, indices, _bound(_high(indices, n), indices.dtype))
-        mx.eval(out, bad)
-        if not bad.item():
-            return out
-        # Failure path only: locate the first offending index in row-major order on the host.
-        values = np.array(indices)
-        wrong = (values < 0) | (values >= n)
-        flat = int(np.argmax(wrong.reshape(-1)))
-        position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
-        value = int(values.reshape(-1)[flat])
-        raise index_error(
-            "Embedding",
-            f"index {value} at position {position} is out of range [0, {n}) "
-            f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
-        )
+def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d]``, ``indices: [...]`` -> ``[..., d]``),
+    or ``IndexError`` if an index is outside ``[0, n)``.
+
+    One evaluation does both: the gather reads CLAMPED indices (so a bad index never
+    reaches the gather) and the out-of-range flag (an index the clamp changed) is
+    computed in the same graph; ``mx.eval(out, bad)`` runs them together, and only then
+    does the host look at the flag. Checking first and gathering after cost a second
+    evaluation: 1.9x ``mx.take`` at decode on the CPU. The clamp and the flag are
+    ``mx.compile``d (fused); the gather copies rows, so the result is bit-identical to
+    ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks it, across table
+    widths). The returned array is already evaluated."""
+    safe, bad = _clamp_and_flag(indices, _bound(n, indices.dtype))
+    out = weight[safe]  # indexing, not mx.take: the same gather, and only clamped indices reach it
+    mx.eval(out, bad)
+    if not bad.item():
+        return out
+    # Failure path only: locate the first offending index in row-major order on the host.
+    values = np.array(indices)
+    wrong = (values < 0) | (values >= n)
+    flat = int(np.argmax(wrong.reshape(-1)))
+    position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
+    value = int(values.reshape(-1)[flat])
+    raise index_error(
+        "Embedding",
+        f"index {value} at position {position} is out of range [0, {n}) "
+        f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
+    )
 
 
 @functools.partial(mx.compile, shapeless=True)
-def _clamped_gather(weight: mx.array, indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
-    """``(weight[clip(indices, 0, high)], any index outside [0, high])``: ``weight: [n, d]``,
-    ``indices: [...]`` -> ``([..., d], scalar bool)``. Indexing, not ``mx.take``: the same
-    gather, and no unchecked index can reach it."""
+def _clamp_and_flag(indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
+    """``(clip(indices, 0, high), any index outside [0, high])``: ``indices: [...]`` ->
+    ``([...], scalar bool)``. Only shape-independent element-wise ops and a full reduction
+    are compiled shapeless (one trace per index dtype and rank); the gather stays outside,
+    because a shapeless trace would bake in the table's row width."""
     safe = mx.clip(indices, 0, high)
-    return weight[safe], mx.any(safe != indices)
+    return safe, mx.any(safe != indices)
 
 
 @functools.lru_cache(maxsize=64)
-def _bound(value: int, dtype: mx.Dtype) -> mx.array:
-    """``value`` as a scalar of the index dtype, built once per (bound, dtype), not per call."""
-    return mx.array(value, dtype=dtype)
+def _bound(n: int, dtype: mx.Dtype) -> mx.array:
+    """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
+    built once per (n, dtype), not per call."""
+    return mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
 
 
 def _high(indices: mx.array, n: int) -> int:

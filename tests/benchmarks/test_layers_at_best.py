@@ -43,3 +43,13 @@ def test_checked_embedding_flags_after_a_valid_call_of_the_same_shape():
         layer(mx.array([[0, 5]]))
     with pytest.raises(IndexError, match=r"^\[Embedding\] index -1 at position \(0, 0\) "):
         layer(mx.array([[-1, 5]]))
+
+
+def test_checked_embedding_follows_the_table_width_across_calls():
+    # A shapeless mx.compile of the gather once baked the first table's row width into
+    # later calls (a [5, 4] table answered with 12 columns): widths must follow the table.
+    for width in (12, 4, 7):
+        table = mx.arange(9 * width, dtype=mx.float32).reshape(9, width)
+        for indices in (mx.array(3), mx.array([[1, 8]]), mx.array([0, 2, 4], dtype=mx.uint8)):
+            got = mlx_impl.nn.Embedding(table)(indices)
+            assert np.array_equal(np.array(got), np.array(mx.take(table, indices, axis=0)))
