@@ -135,7 +135,21 @@ def test_roofline_share_uses_the_peak_of_the_ops_own_dtype():
     memory = _side(2e-3, dtype="float32", flops=0, bytes=1e7)
     assert report.share(row, memory) == pytest.approx(0.5)
     faster_than_peak = _side(0.5e-3, dtype="float32", flops=1e8, bytes=0)
-    assert report.share(row, faster_than_peak) == pytest.approx(2.0)  # printed, never clipped
+    assert report.share(row, faster_than_peak) == pytest.approx(2.0)  # share() itself never clips
+
+
+def test_an_op_that_beats_the_roofline_benchmark_raises_the_peak():
+    row = report.Row("f", {}, "float32", peaks={("gemm", "bfloat16"): 1e10, ("bandwidth", "bfloat16"): 1e9,
+                                                ("bandwidth", "float32"): 5e9})
+    fast = _side(1e-3, dtype="bfloat16", flops=1e8, bytes=1e3, cell="nn.linear/x/bfloat16", side="torch")
+    slow = _side(4e-3, dtype="bfloat16", flops=1e8, bytes=1e3, cell="nn.linear/x/bfloat16", side="mlx")
+    row.cells["nn.linear/x/bfloat16"] = {"torch": fast, "mlx": slow}
+    report._raise_peaks_to_achieved(row)
+    # 1e8 FLOPs in the fastest round 0.9 ms: the machine did 1.11e11 FLOP/s in bfloat16.
+    assert row.peaks[("gemm", "bfloat16")] == pytest.approx(1e8 / 0.9e-3)
+    assert row.peak_sources[("gemm", "bfloat16")] == "nn.linear/x/bfloat16 torch"
+    assert row.peaks[("bandwidth", "bfloat16")] == 5e9  # memory is memory: the best over dtypes
+    assert report.share(row, fast) == pytest.approx(0.9) and report.share(row, slow) == pytest.approx(0.225)
 
 
 def test_headline_ratio_and_summary():
