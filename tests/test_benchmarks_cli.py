@@ -231,3 +231,29 @@ def test_compare_without_a_baseline_says_what_to_do(tmp_path, capsys):
 def test_noise_is_relative_iqr():
     side = _side(2.0)
     assert side.noise == pytest.approx(0.1) and not math.isnan(side.noise)
+
+
+@pytest.mark.parametrize(("op", "dtype", "shape"), [
+    ("nn.linear", "float32", "x[2, 8], weight[4, 8], bias[4]"),
+    ("nn.multi_linear", "bfloat16", "x[1, 2, 1, 8], weight[2, 4, 8]"),
+    ("nn.rms_norm", "float32", "x[1, 1, 8], weight[8]; eps=1e-05, form='layer', stored_eps=1e-05"),
+    ("nn.layer_norm", "bfloat16", "x[1, 2, 8], weight[8], bias[8]; eps=1e-05"),
+    ("nn.embedding", "float32", "weight[10, 4], indices[1, 3]"),
+    ("fast.scaled_dot_product_attention", "float32",
+     "q[1, 4, 3, 8], k[1, 2, 3, 8], v[1, 2, 3, 8]; scale=0.35, mask='causal'"),
+    ("nn.quantized_linear", "float32",
+     "x[2, 64], weight[8, 64], wq[8, 8], scales[8, 1], qbiases[8, 1]; group_size=64, bits=4, mode='affine'"),
+    ("quantization.quantized_matmul", "bfloat16",
+     "x[1, 64], weight[8, 64], wq[8, 8], scales[8, 2]; group_size=32, bits=4, mode='mxfp4'"),
+])
+def test_standalone_reproducers_run_without_the_project(op, dtype, shape, tmp_path):
+    from conformance.bench.repro import reproducer
+
+    script = reproducer(op, dtype, shape)
+    assert script is not None and "conformance" not in script and "mlx_impl" not in script
+    path = tmp_path / "repro.py"
+    path.write_text(script)
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True,
+                          check=False, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{op} {dtype}: MLX ")

@@ -215,6 +215,25 @@ def _overhead_rows(row: Row) -> list[list[str]]:
     return out
 
 
+def _repro_scripts(row: Row) -> list[tuple[str, str]]:
+    """One standalone reproducer per op (its worst raw-MLX/PyTorch cell beyond the limit)."""
+    from conformance.bench.repro import reproducer
+
+    worst: dict[str, tuple[float, str, Side]] = {}
+    for key, sides in row.cells.items():
+        r = ratio(sides, "mlx_raw", "torch")
+        if r is not None and r >= UPSTREAM_RATIO:
+            op = sides["mlx_raw"].info.get("op", "")
+            if op not in worst or r > worst[op][0]:
+                worst[op] = (r, key, sides["mlx_raw"])
+    out = []
+    for op, (_, key, side) in worst.items():
+        script = reproducer(op, side.info.get("dtype", "float32"), side.info.get("shape", ""))
+        if script:
+            out.append((key, script))
+    return out
+
+
 def _upstream(row: Row) -> list[str]:
     lines = []
     for key, sides in row.cells.items():
@@ -270,6 +289,9 @@ def render_md(rows: list[Row]) -> str:
         if upstream:
             out += [f"### MLX itself far from PyTorch (raw MLX >= {UPSTREAM_RATIO}x the PyTorch op)", ""]
             out += [f"- {line}" for line in upstream] + [""]
+            for key, script in _repro_scripts(row):
+                out += [f"Standalone reproducer ({key}; needs only mlx, torch, numpy):", "", "```python", script,
+                        "```", ""]
         reasons = sorted({f"{k}: {side}: {why}" for k, sides in row.cells.items() for s in sides.values()
                           for side, why in (s.info.get("reasons") or {}).items()})
         if reasons:
@@ -353,6 +375,8 @@ def render_html(rows: list[Row]) -> str:
         if upstream:
             body += ["<h3>MLX itself far from PyTorch</h3><ul>"] + [f"<li>{html.escape(u)}</li>" for u in upstream]
             body.append("</ul>")
+            for key, script in _repro_scripts(row):
+                body.append(f"<p>Standalone reproducer ({html.escape(key)}):</p><pre>{html.escape(script)}</pre>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmarks</title><style>{_CSS}</style>"
             f"</head><body>{''.join(body)}</body></html>")
 
