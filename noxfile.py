@@ -81,20 +81,24 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Record a benchmark baseline for this machine's back end."""
+    """Record this machine's pytest-benchmark baseline (reports/baselines/<backend>-<machine>/)
+    and its report; on CUDA both float32 precision rows (TF32 and full float32)."""
     install_project(session)
     session.run("python", "-m", "conformance", "bench", "record", *session.posargs)
 
 
 @nox.session
 def bench_compare(session: nox.Session) -> None:
-    """Compare a fresh benchmark run with the stored baseline; fails past the threshold."""
+    """Run again and compare with the stored baseline through pytest-benchmark
+    (--benchmark-compare-fail=median:30% by default; --threshold N to change)."""
     install_project(session)
     session.run("python", "-m", "conformance", "bench", "compare", *session.posargs)
 
 
 @nox.session
 def bench_smoke(session: nox.Session) -> None:
-    """Prove every benchmark executes, at tiny shapes, without timing assertions."""
+    """Prove every benchmark executes, at tiny shapes, run once, without timing (seconds).
+    The tooling's own tests (planted slowdown, compare, report) are in tests/test_benchmarks_cli.py,
+    run by the tests session."""
     install_project(session)
     session.run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-disable", *session.posargs)

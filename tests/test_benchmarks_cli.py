@@ -1,12 +1,14 @@
-"""``python -m conformance bench``: baseline loading and its error messages, the
-regression rule on synthetic runs, atomic writes, the timing and cost helpers, and one
-tiny end-to-end record + compare."""
+"""The benchmark tooling around pytest-benchmark: the files it writes are pytest-benchmark's
+own (``pytest-benchmark compare`` reads them, the committed baseline included), a planted
+slowdown in a stored baseline fails ``--benchmark-compare-fail``, the report is rendered
+from those files, the cost models, and the pairings. No assertion here depends on how
+fast anything ran: the planted slowdown is a factor of 1000 in the stored medians."""
 
 from __future__ import annotations
 
-import copy
 import json
-import os
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,237 +17,157 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conformance.bench import cli as bench_cli
-from conformance.bench.baseline import (
-    SCHEMA,
-    BaselineError,
-    compare,
-    judge_side,
-    keep_faster,
-    load_baseline,
-)
+from conformance.bench import cells, report
+from conformance.bench.cli import BASELINES, BENCH_TESTS
 from conformance.bench.costs import cost_of
-from conformance.bench.render import (
-    ratio_svg,
-    render_comparison_html,
-    render_comparison_md,
-    render_report_md,
-)
-from conformance.bench.timing import Budget, Timing, measure
 from conformance.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+# One op cell, its overhead pair and the tiny roofline points: enough for every file kind.
+SUBSET = "nn.linear/decode/float32 or (overhead and nn.Linear and float32) or (peak and 32) or (peak and 1024)"
+PLANT = 1000.0
 
 
-def _timing(median: float, iqr: float = 0.0, n: int = 9) -> dict[str, Any]:
-    return Timing(median, median - iqr / 2, median + iqr / 2, median - iqr, n).as_dict()
+def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pytest", BENCH_TESTS, "-q", "-p", "no:cacheprovider", "--benchmark-only",
+           "--bench-shapes=tiny", "--bench-target-s=0.002", "-k", SUBSET, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
 
 
-def _run(cells: dict[str, tuple[float, float, float, float]]) -> dict[str, Any]:
-    """A synthetic run: key -> (mlx median, mlx IQR, torch median, torch IQR)."""
-    machine = {"backend": "cpu", "cpu_model": "Test CPU", "cpu_cores": 2, "gpu": "", "mlx": "0.32.4",
-               "torch": "2.13.0", "mlx_device": "Device(cpu, 0)", "torch_device": "cpu", "memory_bytes": 2**34,
-               "numpy": "2", "python": "3.11", "platform": "Linux", "commit": "abc", "date": "today",
-               "torch_threads": 2, "torch_blas": "mkl",
-               "mlx_cpu_backend": {"cache_limit": 2**30, "blas": {"provider": "test", "active": True, "reason": ""}}}
-    results = []
-    for key, (m, mi, t, ti) in cells.items():
-        op, case, dtype = key.split("/")
-        results.append({"key": key, "op": op, "case": case, "dtype": dtype, "mode": "default", "note": "",
-                        "shape": "x[1, 8]", "errors": {}, "cost": {"flops": 1e6, "bytes": 1e6, "model": "test"},
-                        "mlx": _timing(m, mi), "torch": _timing(t, ti)})
-    return {"schema": SCHEMA, "machine": machine,
-            "settings": {"shapes": "cpu", "budget": Budget().as_dict(), "seconds": 1.0},
-            "roofline": {"mlx": {"bandwidth_Bps": 1e10, "gemm_flops": 1e11, "gemm_n": 1024},
-                         "torch": {"bandwidth_Bps": 2e10, "gemm_flops": 2e11, "gemm_n": 1024},
-                         "peak": {"bandwidth_Bps": 2e10, "gemm_flops": 2e11}},
-            "results": results, "overhead": []}
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real pytest-benchmark run of the subset, saved as ``float32`` in a storage folder."""
+    storage = tmp_path_factory.mktemp("storage")
+    proc = _pytest(f"--benchmark-storage=file://{storage}", "--benchmark-save=float32")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = report.latest_files(storage)
+    assert [f.name for f in files] == ["0001_float32.json"]
+    return files[0]
 
 
-def _write(path: Path, payload: Any) -> Path:
-    path.write_text(payload if isinstance(payload, str) else json.dumps(payload), encoding="utf-8")
-    return path
+def _scaled(source: Path, target: Path, factor: float) -> Path:
+    data = json.loads(source.read_text())
+    for bench in data["benchmarks"]:
+        for stat in ("min", "max", "mean", "median", "q1", "q3", "iqr", "stddev", "ld15iqr", "hd15iqr", "total"):
+            if isinstance(bench["stats"].get(stat), (int, float)):
+                bench["stats"][stat] *= factor
+    target.write_text(json.dumps(data))
+    return target
 
 
-# ---- baseline files that cannot be used: exit 2 with a one-line reason ---------------
-
-def test_missing_baseline_is_a_clear_message(tmp_path, capsys):
-    assert main(["bench", "compare", "--baseline", str(tmp_path / "nowhere")]) == 2
-    err = capsys.readouterr().err
-    assert "no baseline at" in err and "bench record" in err
-
-
-def test_missing_baseline_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "conformance", "bench", "compare", "--baseline",
-                           str(tmp_path / "baseline.json")], cwd=ROOT, capture_output=True, text=True,
-                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("[bench] no baseline at")
+def test_saved_run_is_pytest_benchmark_json_with_the_project_extra_info(saved):
+    data = json.loads(saved.read_text())
+    assert data["machine_info"]["conformance"]["float32_precision"] == "float32"
+    kinds = {b["extra_info"]["kind"] for b in data["benchmarks"]}
+    assert kinds == {"op", "peak", "overhead"}
+    ops = {b["extra_info"]["side"]: b for b in data["benchmarks"] if b["extra_info"]["kind"] == "op"}
+    assert set(ops) == {"mlx", "mlx_raw", "torch", "twin"}
+    assert {b["group"] for b in ops.values()} == {"nn.linear/decode/float32"}
+    assert ops["mlx"]["extra_info"]["paired_with"] == "F.linear"
+    assert ops["mlx"]["extra_info"]["flops"] > 0 and ops["mlx"]["stats"]["rounds"] >= 5
 
 
-@pytest.mark.parametrize(("payload", "expected"), [
-    ("{not json", "not valid JSON"),
-    ("", "not valid JSON"),
-    ({"schema": "mlx-conformance-report/1", "runs": []}, "schema 'mlx-conformance-report/1'"),
-    ([1, 2, 3], "schema 'list'"),
-    ({"schema": SCHEMA, "machine": {}, "settings": {}, "roofline": {}}, "missing section 'results'"),
-    ({"schema": SCHEMA, "machine": {}, "settings": {}, "roofline": {}, "results": [{"key": "a/b/c", "mlx": {}}]},
-     "lacks median_s"),
-])
-def test_unusable_baseline_is_a_clear_message(tmp_path, capsys, payload, expected):
-    path = _write(tmp_path / "baseline.json", payload)
-    with pytest.raises(BaselineError, match=r"(?i)record a new baseline"):
-        load_baseline(path)
-    assert main(["bench", "compare", "--baseline", str(path), "--current", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and str(path) in err
+def test_a_planted_slowdown_fails_the_comparison(saved, tmp_path):
+    # The stored medians shrunk 1000x: today's run looks 1000x slower than the baseline.
+    planted = _scaled(saved, tmp_path / "planted.json", 1 / PLANT)
+    proc = _pytest(f"--benchmark-compare={planted}", "--benchmark-compare-fail=median:30%")
+    assert proc.returncode != 0
+    assert "Performance has regressed" in proc.stdout + proc.stderr
 
 
-def test_corrupt_current_run_is_refused_too(tmp_path, capsys):
-    base = _write(tmp_path / "baseline.json", _run({"nn.linear/decode/float32": (1.0, 0.01, 1.0, 0.01)}))
-    current = _write(tmp_path / "current.json", "{")
-    assert main(["bench", "compare", "--baseline", str(base), "--current", str(current)]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+def test_the_same_comparison_passes_without_the_plant(saved, tmp_path):
+    # Control: the baseline made 1000x SLOWER, so the failure above is the plant's doing.
+    generous = _scaled(saved, tmp_path / "generous.json", PLANT)
+    proc = _pytest(f"--benchmark-compare={generous}", "--benchmark-compare-fail=median:30%")
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-# ---- the regression rule ---------------------------------------------------------------
-
-def test_a_clear_slowdown_is_a_regression():
-    base = _run({"nn.linear/decode/float32": (1.0e-3, 1e-5, 1.0e-3, 1e-5)})
-    new = _run({"nn.linear/decode/float32": (2.0e-3, 1e-5, 1.0e-3, 1e-5)})
-    cmp = compare(base, new)
-    assert [(k, c.side, c.verdict) for k, c in cmp.regressions] == [("nn.linear/decode/float32", "mlx", "regressed")]
-    assert cmp.regressions[0][1].change == pytest.approx(1.0)
+def _pytest_benchmark_compare(*files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", "--group-by=group",
+                           *map(str, files)], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
 
 
-def test_torch_reference_is_judged_as_well():
-    base = _run({"a/b/float32": (1.0, 0.01, 1.0, 0.01)})
-    new = _run({"a/b/float32": (1.0, 0.01, 1.5, 0.01)})
-    assert [c.side for _, c in compare(base, new).regressions] == ["torch"]
+def test_pytest_benchmark_compare_reads_a_saved_run(saved):
+    proc = _pytest_benchmark_compare(saved)
+    assert proc.returncode == 0, proc.stderr
+    assert "nn.linear/decode/float32" in proc.stdout
 
 
-def test_noise_is_tolerated():
-    # 40 % slower, but the samples spread over more than the slowdown: not a regression.
-    base = _run({"a/b/float32": (1.0, 0.3, 1.0, 0.0)})
-    new = _run({"a/b/float32": (1.4, 0.2, 1.0, 0.0)})
-    change = compare(base, new).rows[0][2][0]
-    assert change.verdict == "ok" and change.noise_s == pytest.approx(0.5)
+COMMITTED = sorted(BASELINES.glob("*/*/[0-9][0-9][0-9][0-9]_*.json"))
 
 
-def test_small_change_is_tolerated_even_when_precise():
-    base = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    new = _run({"a/b/float32": (1.2, 0.0, 1.0, 0.0)})
-    assert compare(base, new).regressions == []
+def test_committed_baselines_exist_and_pytest_benchmark_compare_reads_them():
+    assert COMMITTED, f"no pytest-benchmark baseline under {BASELINES}"
+    proc = _pytest_benchmark_compare(*COMMITTED)
+    assert proc.returncode == 0, proc.stderr
+    for path in COMMITTED:
+        row = report.load_row(path)
+        assert row.cells and row.peaks, path
+        assert {"mlx", "twin"} <= {s for sides in row.cells.values() for s in sides}
 
 
-@pytest.mark.parametrize(("base", "new", "threshold", "verdict"), [
-    ((1.0, 0.0), (1.26, 0.0), 0.25, "regressed"),
-    ((1.0, 0.0), (1.24, 0.0), 0.25, "ok"),
-    ((1.0, 0.1), (1.3, 0.19), 0.25, "regressed"),   # 0.3 > 0.29 of noise
-    ((1.0, 0.1), (1.3, 0.21), 0.25, "ok"),          # 0.3 < 0.31 of noise
-    ((1.0, 0.0), (1.4, 0.0), 0.5, "ok"),
-    ((2.0, 0.0), (1.0, 0.0), 0.25, "improved"),
-])
-def test_rule_boundaries(base, new, threshold, verdict):
-    b, n = _timing(base[0], base[1]), _timing(new[0], new[1])
-    assert judge_side("mlx", b, n, threshold).verdict == verdict
+def test_report_renders_from_the_files(saved, tmp_path):
+    assert main(["bench", "report", str(saved), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "nn.linear/decode/float32" in md and "F.linear" in md and "Precision row: float32" in md
+    assert page.count("<svg") == 2  # the ratio chart and the roofline chart
 
 
-def test_a_cell_that_now_raises_fails_and_missing_cells_are_listed():
-    base = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0), "gone/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    new = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0), "new/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    new["results"][0]["mlx"] = None
-    new["results"][0]["errors"] = {"mlx": "ValueError: boom"}
-    cmp = compare(base, new)
-    assert [(k, c.verdict) for k, c in cmp.regressions] == [("a/b/float32", "error")]
-    assert cmp.only_base == ["gone/b/float32"] and cmp.only_new == ["new/b/float32"]
+def test_report_refuses_a_foreign_file(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"schema": "something else"}))
+    assert main(["bench", "report", str(bad), "--out", str(tmp_path)]) == 2
+    assert "is not a pytest-benchmark JSON file" in capsys.readouterr().err
 
 
-def test_machine_differences_are_warned_about():
-    base = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    new = copy.deepcopy(base)
-    new["machine"]["cpu_model"] = "Other CPU"
-    assert any("cpu_model differs" in w for w in compare(base, new).warnings)
+def _side(median: float, **info: Any) -> report.Side:
+    return report.Side(median, 0.1 * median, 0.05 * median, median, 0.9 * median, 9, info)
 
 
-def test_compare_cli_exit_codes_and_files(tmp_path, capsys):
-    base = _write(tmp_path / "baseline.json", _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)}))
-    slow = _write(tmp_path / "slow.json", _run({"a/b/float32": (2.0, 0.0, 1.0, 0.0)}))
-    same = _write(tmp_path / "same.json", _run({"a/b/float32": (1.1, 0.0, 1.0, 0.0)}))
-    out = tmp_path / "cmp"
-    assert main(["bench", "compare", "--baseline", str(base), "--current", str(slow), "--out", str(out)]) == 1
-    assert "REGRESSED a/b/float32 mlx" in capsys.readouterr().out
-    md = (out / "comparison.md").read_text(encoding="utf-8")
-    assert "**FAIL**: 1 regression(s)" in md and "+100.0%" in md
-    assert "<svg" in (out / "comparison.html").read_text(encoding="utf-8")
-    assert main(["bench", "compare", "--baseline", str(base), "--current", str(same), "--out", str(out)]) == 0
-    assert "**PASS**" in (out / "comparison.md").read_text(encoding="utf-8")
-    # A threshold of 150 % tolerates the 2x slowdown.
-    assert main(["bench", "compare", "--baseline", str(tmp_path), "--current", str(slow), "--out", str(out),
-                 "--threshold", "1.5"]) == 0
+def test_roofline_share_uses_the_peak_of_the_ops_own_dtype():
+    row = report.Row("f", {}, "float32", peaks={("gemm", "float32"): 1e11, ("gemm", "bfloat16"): 4e11,
+                                                ("bandwidth", "float32"): 1e10, ("bandwidth", "bfloat16"): 1e10})
+    f32 = _side(1e-3, dtype="float32", flops=1e8, bytes=1e3)
+    bf16 = _side(1e-3, dtype="bfloat16", flops=1e8, bytes=1e3)
+    assert report.share(row, f32) == pytest.approx(1.0)   # 1e8 / 1e11 = 1 ms: at the roofline
+    assert report.share(row, bf16) == pytest.approx(0.25)  # same work, 4x the bfloat16 peak
+    memory = _side(2e-3, dtype="float32", flops=0, bytes=1e7)
+    assert report.share(row, memory) == pytest.approx(0.5)
+    faster_than_peak = _side(0.5e-3, dtype="float32", flops=1e8, bytes=0)
+    assert report.share(row, faster_than_peak) == pytest.approx(2.0)  # share() itself never clips
 
 
-# ---- atomic writes ---------------------------------------------------------------------
-
-def test_a_failed_write_leaves_the_old_baseline_intact(tmp_path):
-    old = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    bench_cli.write_run(old, tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(before) == {"baseline.json", "report.md", "report.html"}
-    broken = _run({"a/b/float32": (2.0, 0.0, 1.0, 0.0)})
-    broken["settings"]["unserialisable"] = object()  # json.dumps fails part-way through
-    with pytest.raises(TypeError):
-        bench_cli.write_run(broken, tmp_path)
-    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert after == before  # same files (no temporary left behind), same bytes
-    assert load_baseline(tmp_path)["results"][0]["mlx"]["median_s"] == 1.0
+def test_an_op_that_beats_the_roofline_benchmark_raises_the_peak():
+    row = report.Row("f", {}, "float32", peaks={("gemm", "bfloat16"): 1e10, ("bandwidth", "bfloat16"): 1e9,
+                                                ("bandwidth", "float32"): 5e9})
+    fast = _side(1e-3, dtype="bfloat16", flops=1e8, bytes=1e3, cell="nn.linear/x/bfloat16", side="torch")
+    slow = _side(4e-3, dtype="bfloat16", flops=1e8, bytes=1e3, cell="nn.linear/x/bfloat16", side="mlx")
+    row.cells["nn.linear/x/bfloat16"] = {"torch": fast, "mlx": slow}
+    report._raise_peaks_to_achieved(row)
+    # 1e8 FLOPs in the fastest round 0.9 ms: the machine did 1.11e11 FLOP/s in bfloat16.
+    assert row.peaks[("gemm", "bfloat16")] == pytest.approx(1e8 / 0.9e-3)
+    assert row.peak_sources[("gemm", "bfloat16")] == "nn.linear/x/bfloat16 torch"
+    assert row.peaks[("bandwidth", "bfloat16")] == 5e9  # memory is memory: the best over dtypes
+    assert report.share(row, fast) == pytest.approx(0.9) and report.share(row, slow) == pytest.approx(0.225)
 
 
-def test_an_interrupted_replace_leaves_no_partial_file(tmp_path, monkeypatch):
-    bench_cli.write_run(_run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)}), tmp_path)
-    original = (tmp_path / "baseline.json").read_bytes()
-
-    def fail(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        bench_cli.write_run(_run({"a/b/float32": (3.0, 0.0, 1.0, 0.0)}), tmp_path)
-    assert (tmp_path / "baseline.json").read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.json", "report.html", "report.md"]
+def test_headline_ratio_and_summary():
+    row = report.Row("f", {}, "float32")
+    row.cells["a/decode/float32"] = {"mlx": _side(2.0), "torch": _side(1.0), "twin": _side(100.0)}
+    row.cells["b/decode/float32"] = {"mlx": _side(1.1), "torch": _side(1.0)}
+    row.cells["c/decode/float32"] = {"mlx": _side(1.0)}  # no PyTorch op: not counted
+    assert report.ratio(row.cells["a/decode/float32"], "mlx", "torch") == 2.0
+    ok, total, beyond = report._summary(row)
+    assert (ok, total) == (1, 2) and beyond == ["a/decode/float32 (2.00x)"]
+    md = report.render_md([row])
+    assert "**1 of 2**" in md and "0.02x" in md  # MLX/twin shown as context
 
 
-# ---- timing, costs, rendering ----------------------------------------------------------
-
-def test_timing_quartiles():
-    t = Timing.from_samples([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert (t.median_s, t.q1_s, t.q3_s, t.iqr_s, t.min_s, t.n) == (3.0, 2.0, 4.0, 2.0, 1.0, 5)
-    assert Timing.from_dict(t.as_dict()) == t
-    with pytest.raises(ValueError):
-        Timing.from_samples([])
-
-
-def test_measure_takes_the_minimum_samples_and_stops_slow_calls_early():
-    calls = []
-    # Warm-up: calls until warmup_s has passed or max_warmup_calls were made.
-    fast = measure(lambda: calls.append(1), Budget(target_s=0.0, min_samples=7, warmup_s=60.0, max_warmup_calls=2))
-    assert fast.n == 7 and len(calls) == 7 + 2
-    import time
-
-    def nap() -> None:
-        calls.append(1)
-        time.sleep(0.02)
-
-    calls.clear()
-    slow = measure(nap, Budget(target_s=10.0, min_samples=50, cap_s=0.05, floor_samples=3, warmup_s=1.0,
-                               max_warmup_calls=2))
-    assert slow.n == 3 and slow.median_s >= 0.02 and len(calls) == 3 + 2
-    # A call longer than cap_s is its own warm-up: its first call is the first sample.
-    calls.clear()
-    slower = measure(nap, Budget(target_s=10.0, min_samples=50, cap_s=0.01, floor_samples=3, warmup_s=1.0,
-                                 max_warmup_calls=5))
-    assert slower.n == 3 and len(calls) == 3
+def test_ratio_chart_is_log_scaled():
+    svg = report.ratio_chart([("fast", 0.5), ("slow", 4.0), ("none", None)])
+    widths = [float(w) for w in __import__("re").findall(r'<rect x="[\d.]+" y="\d+" width="([\d.]+)"', svg)]
+    assert len(widths) == 2 and widths[1] == pytest.approx(2 * widths[0])  # log2(4) = 2 log2(2)
 
 
 def test_cost_models():
@@ -263,100 +185,75 @@ def test_cost_models():
     assert emb.bytes == idx.nbytes + 2 * 3 * 16 * 4  # the picked rows, not the table
 
 
-def test_ratio_bars_are_log_scaled_and_clipped():
-    assert 'class="good"' in ratio_svg(0.5) and 'class="warn"' in ratio_svg(1.2)
-    assert 'class="bad"' in ratio_svg(100.0) and 'width="120.0"' in ratio_svg(100.0)
-    assert "no ratio" in ratio_svg(None)
+@pytest.mark.parametrize(("mode", "dtype", "expected"), [
+    ("affine", "float32", "torch.ops.aten._weight_int4pack_mm_for_cpu"),
+    ("affine", "bfloat16", "torch.ops.aten._weight_int4pack_mm_for_cpu"),
+    ("mxfp4", "float32", "F.linear on the dequantized weight"),
+])
+def test_quantized_pairing_uses_pytorchs_int4_kernel_on_the_same_codes(mode, dtype, expected):
+    from conformance.record import Case
+    from conformance.registry import REGISTRY
+    from conformance.strategies import fill
+
+    record = REGISTRY["nn.quantized_linear"]
+    group, bits = (64, 4) if mode == "affine" else (32, 4)
+    case = Case({"x": fill((3, 256), "normal", "float32", 0), "weight": fill((64, 256), "normal", "float32", 1)},
+                {"group_size": group, "bits": bits, "mode": mode})
+    prepared = cells.prepare(record, case, dtype)
+    # quantized_pairing checks the kernel's product against the dense one and falls back
+    # (with the reason) when they disagree: the int4 name proves MLX's codes were repacked right.
+    assert prepared.sides["torch"][0] == expected, prepared.reasons
+    for _, fn in prepared.sides.values():
+        fn()
 
 
-def test_report_states_goal_and_errors():
-    run = _run({"a/b/float32": (3.0, 0.0, 1.0, 0.0), "c/d/float32": (1.0, 0.0, 1.0, 0.0)})
-    run["results"][1]["errors"] = {"torch": "RuntimeError: x"}
-    md = render_report_md(run)
-    assert "1 of 2 cells are; beyond it: a/b/float32" in md
-    assert "`c/d/float32`: torch: RuntimeError: x" in md
-    html = render_comparison_html(compare(run, run), run, run)
-    assert html.startswith("<!doctype html>") and "<script" not in html
+def test_record_and_compare_commands_drive_pytest_benchmark(tmp_path):
+    out = tmp_path / "base"
+    cmd = [sys.executable, "-m", "conformance", "bench", "record", "--shapes", "tiny", "--target-s", "0.002",
+           "--out", str(out), "--", "-k", SUBSET]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (saved,) = report.latest_files(out)
+    assert saved.name == "0001_float32.json" and (out / "report.html").is_file()
+    shutil.copy(saved, tmp_path / "keep.json")
+    _scaled(tmp_path / "keep.json", saved, 1 / PLANT)
+    cmd = [sys.executable, "-m", "conformance", "bench", "compare", "--shapes", "tiny", "--target-s", "0.002",
+           "--baseline", str(out), "--", "-k", SUBSET]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode != 0 and "Performance has regressed" in proc.stdout + proc.stderr
 
 
-# ---- end to end, at tiny shapes --------------------------------------------------------
-
-def test_record_then_compare_end_to_end(tmp_path, capsys):
-    out = tmp_path / "cpu-test"
-    args = ["--record", "nn.rms_norm", "--record", "nn.linear", "--out", str(out)]
-    assert main(["bench", "record", "--shapes", "tiny", "--device", "cpu", *args]) == 0
-    run = load_baseline(out)
-    assert run["settings"]["shapes"] == "tiny"
-    assert {e["key"] for e in run["results"]} == {f"{op}/{case}/{d}" for op in ("nn.rms_norm", "nn.linear")
-                                                  for case in ("decode", "prefill", "dit")
-                                                  for d in ("float32", "bfloat16")}
-    assert all(e["mlx"] and e["torch"] and not e["errors"] for e in run["results"])
-    assert run["machine"]["mlx_cpu_backend"]["cache_limit"] > 0
-    report = (out / "report.md").read_text(encoding="utf-8")
-    assert "tiny" in report and "MLX/PyTorch" in report
-    # Compared with itself: nothing changed. Run again (tiny timings are single samples,
-    # so a huge threshold keeps this about the plumbing, not the noise).
-    assert main(["bench", "compare", "--baseline", str(out), "--current", str(out / "baseline.json")]) == 0
-    assert main(["bench", "compare", "--device", "cpu", "--baseline", str(out), "--threshold", "1000",
-                 "--record", "nn.rms_norm"]) == 0
-    current = load_baseline(out / "current.json")
-    assert current["settings"]["shapes"] == "tiny"
-    assert "Only in the baseline (not run now): nn.linear" in (out / "comparison.md").read_text(encoding="utf-8")
-    # A baseline a million times faster: the cell regresses, is measured again, and still fails.
-    fast = load_baseline(out)
-    for entry in fast["results"]:
-        if entry["key"] == "nn.rms_norm/decode/float32":
-            entry["mlx"] = {**entry["mlx"], "median_s": entry["mlx"]["median_s"] * 1e-6, "q1_s": 0.0, "q3_s": 0.0}
-    _write(out / "fast.json", fast)
-    assert main(["bench", "compare", "--device", "cpu", "--baseline", str(out / "fast.json"), "--out", str(out),
-                 "--record", "nn.rms_norm"]) == 1
-    # (Other tiny cells may be retried too: their single samples have no IQR to absorb noise.)
-    assert "nn.rms_norm/decode/float32" in load_baseline(out / "current.json")["retried"]
-    text = (out / "comparison.md").read_text(encoding="utf-8")
-    assert "Measured twice" in text and "nn.rms_norm/decode/float32" in text
+def test_compare_without_a_baseline_says_what_to_do(tmp_path, capsys):
+    assert main(["bench", "compare", "--baseline", str(tmp_path / "nowhere")]) == 2
+    assert "record one first" in capsys.readouterr().err
 
 
-def test_overhead_pairs_at_tiny_sizes_are_reported():
-    from conformance.bench.overhead import PAIRS
-    from conformance.bench.runner import run_overhead
-    from conformance.bench.timing import TINY_BUDGET
-
-    rows = run_overhead("float32", tiny=True, budget=TINY_BUDGET)
-    assert [r["layer"] for r in rows] == [p.name for p in PAIRS]
-    assert all("error" not in r for r in rows), [r.get("error") for r in rows]
-    embedding = rows[-1]
-    assert set(embedding["variants"]) == {"check", "trusted"} and "prefill: 4 tokens" in embedding["shape"]
-    for row in rows:
-        for v in row["variants"].values():
-            assert v["ratio"] == pytest.approx(v["timing"]["median_s"] / row["raw_timing"]["median_s"])
-            assert isinstance(v["host_extra_s"], float)
-    run = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0)})
-    run["overhead"] = rows
-    md = render_report_md(run)
-    assert "| nn.Embedding (check) | mx.take | decode: 1 token, table [50, 64] | float32 |" in md
+def test_noise_is_relative_iqr():
+    side = _side(2.0)
+    assert side.noise == pytest.approx(0.1) and not math.isnan(side.noise)
 
 
-def test_a_retry_keeps_the_faster_median_per_side():
-    base = _run({"a/b/float32": (1.0, 0.0, 1.0, 0.0), "c/d/float32": (1.0, 0.0, 1.0, 0.0)})
-    first = _run({"a/b/float32": (2.0, 0.0, 1.0, 0.0), "c/d/float32": (2.0, 0.0, 1.0, 0.0)})
-    assert len(compare(base, first).regressions) == 2
-    # The retry: a/b was a burst of load (fast again), c/d is really slower; torch got slower
-    # in the retry and keeps its first, faster median.
-    retry = _run({"a/b/float32": (1.05, 0.0, 3.0, 0.0), "c/d/float32": (2.1, 0.0, 1.0, 0.0)})
-    assert keep_faster(first, retry) == ["a/b/float32", "c/d/float32"]
-    after = compare(base, first)
-    assert [(k, c.side) for k, c in after.regressions] == [("c/d/float32", "mlx")]
-    assert first["results"][0]["torch"]["median_s"] == 1.0 and first["retried"] == ["a/b/float32", "c/d/float32"]
-    md = render_comparison_md(after, base, first)
-    assert "Measured twice" in md and "**FAIL**: 1 regression(s)" in md
+@pytest.mark.parametrize(("op", "dtype", "shape"), [
+    ("nn.linear", "float32", "x[2, 8], weight[4, 8], bias[4]"),
+    ("nn.multi_linear", "bfloat16", "x[1, 2, 1, 8], weight[2, 4, 8]"),
+    ("nn.rms_norm", "float32", "x[1, 1, 8], weight[8]; eps=1e-05, form='layer', stored_eps=1e-05"),
+    ("nn.layer_norm", "bfloat16", "x[1, 2, 8], weight[8], bias[8]; eps=1e-05"),
+    ("nn.embedding", "float32", "weight[10, 4], indices[1, 3]"),
+    ("fast.scaled_dot_product_attention", "float32",
+     "q[1, 4, 3, 8], k[1, 2, 3, 8], v[1, 2, 3, 8]; scale=0.35, mask='causal'"),
+    ("nn.quantized_linear", "float32",
+     "x[2, 64], weight[8, 64], wq[8, 8], scales[8, 1], qbiases[8, 1]; group_size=64, bits=4, mode='affine'"),
+    ("quantization.quantized_matmul", "bfloat16",
+     "x[1, 64], weight[8, 64], wq[8, 8], scales[8, 2]; group_size=32, bits=4, mode='mxfp4'"),
+])
+def test_standalone_reproducers_run_without_the_project(op, dtype, shape, tmp_path):
+    from conformance.bench.repro import reproducer
 
-
-def test_min_delta_ignores_small_absolute_slowdowns():
-    b, n = _timing(50e-6), _timing(180e-6)
-    assert judge_side("mlx", b, n, 0.25).verdict == "regressed"
-    assert judge_side("mlx", b, n, 0.25, min_delta_s=200e-6).verdict == "ok"
-    assert judge_side("mlx", _timing(1e-3), _timing(2e-3), 0.25, min_delta_s=200e-6).verdict == "regressed"
-    base = _run({"a/b/float32": (50e-6, 0.0, 1.0, 0.0)})
-    new = _run({"a/b/float32": (180e-6, 0.0, 1.0, 0.0)})
-    cmp = compare(base, new, min_delta_s=200e-6)
-    assert cmp.regressions == [] and "and 200 µs" in render_comparison_md(cmp, base, new)
+    script = reproducer(op, dtype, shape)
+    assert script is not None and "conformance" not in script and "mlx_impl" not in script
+    path = tmp_path / "repro.py"
+    path.write_text(script)
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True,
+                          check=False, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{op} {dtype}: MLX ")

@@ -1,143 +1,168 @@
-"""``python -m conformance bench record|compare``.
+"""``python -m conformance bench record|compare|report``: thin drivers of pytest-benchmark.
 
-``record`` times every registry benchmark cell on MLX's back end (Metal on Apple silicon,
-CUDA where ``mlx[cuda13]`` is installed, the CPU otherwise; ``--device cpu`` forces the
-CPU) and writes ``baseline.json``, ``report.md`` and ``report.html`` (atomically) to
-``reports/baselines/<backend>-<machine>/``. It exits 1 when a cell could not be timed
-(the baseline is still written, with the error in it).
+``record`` runs ``tests/benchmarks/test_bench.py`` under pytest-benchmark and saves its
+own JSON with ``--benchmark-storage=file://<out> --benchmark-save=<precision>``, i.e.
+``<out>/<machine id>/NNNN_<precision>.json`` (default ``<out>``:
+``reports/baselines/<backend>-<machine>/``), then renders ``report.md`` and
+``report.html`` there. On CUDA it records both precision rows, each in its own process
+(MLX reads ``MLX_ENABLE_TF32`` once at start-up): ``tf32`` (``MLX_ENABLE_TF32=1``, PyTorch
+``allow_tf32=True``) and ``float32`` (``MLX_ENABLE_TF32=0``, ``allow_tf32=False``).
 
-``compare`` reads that baseline first (missing, corrupt or foreign: a one-line message
-and exit 2), runs the same cells again at the baseline's shapes (or reads ``--current``),
-measures any cell that regressed once more (each side keeps its faster median), writes
-``current.json``, ``comparison.md`` and ``comparison.html`` next to the baseline (or to
-``--out``) and exits 1 when a cell still regressed under the rule of
-:mod:`conformance.bench.baseline` (25 % and beyond the noise, by default).
+``compare`` runs the same benchmarks again with ``--benchmark-compare=<newest baseline of
+that precision> --benchmark-compare-fail=median:<threshold>%``: pytest-benchmark prints the
+comparison and fails the run when a benchmark's median got slower by more than the
+threshold (default 30 %: on a shared 2-core machine the decode cells' IQR reaches 10-20 %;
+choose lower on a quiet machine). Exit status: pytest's (0 fine, 1 regression or error).
+
+``report`` renders Markdown and HTML from JSON files (or a baseline folder).
+
+Extra arguments after ``--`` go to pytest (``-k``, ``--benchmark-*``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from conformance.bench.baseline import (
-    DEFAULT_THRESHOLD,
-    BaselineError,
-    compare,
-    keep_faster,
-    load_baseline,
-)
-from conformance.results import write_json_atomic, write_text_atomic
+from conformance.results import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BASELINES = ROOT / "reports" / "baselines"
+BENCH_TESTS = "tests/benchmarks/test_bench.py"
+DEFAULT_THRESHOLD = 30.0
+
+
+def _backend(device: str) -> str:
+    from conformance.bench import machine
+
+    return machine.select_device(device)
 
 
 def default_dir(device: str) -> Path:
     """``reports/baselines/<backend>-<machine>`` for the back end ``device`` selects."""
     from conformance.bench import machine
 
-    return BASELINES / machine.machine_slug(machine.select_device(device))
+    return BASELINES / machine.machine_slug(_backend(device))
 
 
-def write_run(run: dict[str, Any], out: Path) -> None:
-    """``baseline.json``, ``report.md`` and ``report.html``, each written atomically."""
-    from conformance.bench.render import render_report_html, render_report_md
-
-    write_json_atomic(out / "baseline.json", run)
-    write_text_atomic(out / "report.md", render_report_md(run))
-    write_text_atomic(out / "report.html", render_report_html(run))
+def precisions(backend: str, wanted: str) -> list[str]:
+    """The precision rows to run: both on CUDA (unless one is asked for), float32 elsewhere."""
+    if backend != "cuda":
+        return ["float32"]
+    return ["tf32", "float32"] if wanted == "both" else [wanted]
 
 
-def _options(args: argparse.Namespace, shapes: str):
-    from conformance.bench.runner import Budget, Options
-
-    budget = Budget(target_s=args.target_s, cap_s=max(2.0, 4 * args.target_s))
-    return Options(device=args.device, shapes=shapes, records=args.record, budget=budget,
-                   raw_torch=not args.no_raw_torch, overhead=not args.no_overhead)
+def _env(precision: str) -> dict[str, str]:
+    return {**os.environ, "MLX_ENABLE_TF32": "1" if precision == "tf32" else "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def _errors(run: dict[str, Any]) -> list[str]:
-    return [f"{e['key']}: {e['errors']}" for e in run["results"] if e.get("errors")]
+def pytest_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    """The pytest invocation shared by record and compare."""
+    return [sys.executable, "-m", "pytest", BENCH_TESTS, "-q", "-p", "no:cacheprovider", "--benchmark-only",
+            "--benchmark-sort=name", "--benchmark-columns=median,iqr,stddev,rounds",
+            f"--bench-device={args.device}", f"--bench-shapes={args.shapes}", f"--bench-target-s={args.target_s}",
+            *extra, *args.pytest_args]
+
+
+def write_report(files: list[Path], out: Path) -> None:
+    """``report.md`` and ``report.html`` in ``out`` from pytest-benchmark JSON ``files``."""
+    from conformance.bench.report import load_row, render_html, render_md
+
+    rows = [load_row(f) for f in files]
+    write_text_atomic(out / "report.md", render_md(rows))
+    write_text_atomic(out / "report.html", render_html(rows))
 
 
 def command_record(args: argparse.Namespace) -> int:
-    """Run every benchmark cell and write the baseline and its report."""
-    from conformance.bench.render import GOAL_RATIO, goal_summary
-    from conformance.bench.runner import run
+    """Run the benchmarks once per precision row; save pytest-benchmark JSON and the report."""
+    from conformance.bench.report import latest_files
 
+    backend = _backend(args.device)
     out = Path(args.out) if args.out else default_dir(args.device)
-    result = run(_options(args, args.shapes))
-    write_run(result, out)
-    within, total, beyond = goal_summary(result)
-    print(f"[bench] {within}/{total} cells within {GOAL_RATIO}x of PyTorch; beyond: {', '.join(beyond) or 'none'}")
-    print(f"[bench] baseline: {out / 'baseline.json'}; report: {out / 'report.html'}")
-    errors = _errors(result)
-    for line in errors:
-        print(f"[bench] ERROR {line}", file=sys.stderr)
-    return 1 if errors else 0
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for precision in precisions(backend, args.precision):
+        cmd = pytest_command(args, f"--benchmark-storage=file://{out.resolve()}", f"--benchmark-save={precision}")
+        print(f"[bench] {precision}: {' '.join(cmd)}", flush=True)
+        status = max(status, subprocess.run(cmd, cwd=ROOT, env=_env(precision), check=False).returncode)
+    files = latest_files(out)
+    if files:
+        write_report(files, out)
+        print(f"[bench] saved {', '.join(str(f) for f in files)}; report {out / 'report.html'}")
+    return status
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    """Compare a fresh run (or ``--current``) with the stored baseline."""
-    from conformance.bench.render import fmt_time, render_comparison_html, render_comparison_md
-    from conformance.bench.runner import run
+    """Run again and let pytest-benchmark compare with the newest stored baseline."""
+    from conformance.bench.report import latest_files
 
+    backend = _backend(args.device)
+    base_dir = Path(args.baseline) if args.baseline else default_dir(args.device)
+    stored = {f.name.split("_", 1)[1].removesuffix(".json"): f for f in latest_files(base_dir)} \
+        if base_dir.is_dir() else {}
+    status = 0
+    for precision in precisions(backend, args.precision):
+        baseline = stored.get(precision)
+        if baseline is None:
+            print(f"[bench] no {precision} baseline under {base_dir}; record one first: "
+                  f"python -m conformance bench record --out {base_dir}", file=sys.stderr)
+            return 2
+        cmd = pytest_command(args, f"--benchmark-compare={baseline.resolve()}",
+                             f"--benchmark-compare-fail=median:{args.threshold:g}%")
+        print(f"[bench] {precision} against {baseline}: {' '.join(cmd)}", flush=True)
+        status = max(status, subprocess.run(cmd, cwd=ROOT, env=_env(precision), check=False).returncode)
+    return status
+
+
+def command_report(args: argparse.Namespace) -> int:
+    """Render the report from JSON files or a baseline folder."""
+    from conformance.bench.report import ReportError, latest_files
+
+    files: list[Path] = []
+    for given in args.files or [str(default_dir("auto"))]:
+        path = Path(given)
+        files += latest_files(path) if path.is_dir() else [path]
+    if not files:
+        print("[bench] no pytest-benchmark JSON files given or found.", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else files[0].parent.parent
     try:
-        base_path = Path(args.baseline) if args.baseline else default_dir(args.device) / "baseline.json"
-        base = load_baseline(base_path)
-        options = _options(args, base["settings"]["shapes"])
-        current = load_baseline(Path(args.current)) if args.current else run(options)
-    except BaselineError as exc:
+        write_report(files, out)
+    except ReportError as exc:
         print(exc, file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else (base_path if base_path.is_dir() else base_path.parent)
-    cmp = compare(base, current, args.threshold, args.min_delta_us * 1e-6)
-    if cmp.regressions and not args.current:
-        # Measure the regressed cells once more; each side keeps its faster median.
-        keys = {key for key, _ in cmp.regressions}
-        print(f"[bench] {len(keys)} cell(s) regressed; measuring them again: {', '.join(sorted(keys))}")
-        options.keys, options.roofline = keys, current["roofline"]
-        keep_faster(current, run(options))
-        cmp = compare(base, current, args.threshold, args.min_delta_us * 1e-6)
-    if not args.current:
-        write_json_atomic(out / "current.json", current)
-    write_text_atomic(out / "comparison.md", render_comparison_md(cmp, base, current))
-    write_text_atomic(out / "comparison.html", render_comparison_html(cmp, base, current))
-    for warning in cmp.warnings:
-        print(f"[bench] warning: {warning}")
-    for key, change in cmp.regressions:
-        print(f"[bench] REGRESSED {key} {change.side}: {fmt_time(change.base_s)} -> {fmt_time(change.new_s)} "
-              f"({change.verdict}; noise {fmt_time(change.noise_s)})")
-    print(f"[bench] {len(cmp.regressions)} regression(s) in {len(cmp.rows)} cells compared "
-          f"(threshold {args.threshold:.0%} and beyond the IQR noise); {out / 'comparison.html'}")
-    return 1 if cmp.regressions else 0
+    print(f"[bench] {out / 'report.md'}, {out / 'report.html'}")
+    return 0
 
 
 def add_parser(sub: Any) -> None:
-    """Register ``bench record`` and ``bench compare`` on the main CLI's subparsers."""
-    bench = sub.add_parser("bench", help="record or compare performance baselines (MLX vs PyTorch)")
+    """Register ``bench record|compare|report`` on the main CLI's subparsers."""
+    bench = sub.add_parser("bench", help="pytest-benchmark baselines: MLX against the idiomatic PyTorch op")
     actions = bench.add_subparsers(dest="action", required=True)
-    for name, func, text in (("record", command_record, "time every registry benchmark and write a baseline"),
-                             ("compare", command_compare, "run again and compare with the stored baseline")):
+    for name, func, text in (("record", command_record, "run the benchmarks and save a pytest-benchmark baseline"),
+                             ("compare", command_compare, "run again; fail past the median threshold")):
         p = actions.add_parser(name, help=text)
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                        help="MLX device: auto = Metal/CUDA when MLX has it, else the CPU")
-        p.add_argument("--record", action="append", help="only this registry record (repeatable)")
-        p.add_argument("--target-s", type=float, default=0.5,
-                       help="seconds of samples per timed call (at least 5 samples; 3 for slow calls)")
-        p.add_argument("--no-raw-torch", action="store_true", help="skip the idiomatic PyTorch op column")
-        p.add_argument("--no-overhead", action="store_true", help="skip the layer-overhead pairs")
-        p.add_argument("--out", default=None, help="output directory (default reports/baselines/<backend>-<machine>)")
-        p.set_defaults(func=func)
+        p.add_argument("--shapes", default="auto", choices=("auto", "full", "cpu", "tiny"),
+                       help="auto: the CPU shapes on MLX's CPU back end, the full ones on a GPU")
+        p.add_argument("--precision", default="both", choices=("both", "tf32", "float32"),
+                       help="CUDA only: which float32 precision rows (both by default)")
+        p.add_argument("--target-s", type=float, default=0.4, help="seconds of timed rounds per benchmark")
+        p.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments (-k EXPR, ...)")
         if name == "record":
-            p.add_argument("--shapes", default="auto", choices=("auto", "full", "cpu", "tiny"),
-                           help="auto: the CPU shapes on the CPU back end, the full ones on a GPU")
+            p.add_argument("--out", default=None, help="baseline folder (default reports/baselines/<backend>-<machine>)")
         else:
-            p.add_argument("--baseline", default=None, help="baseline.json or its directory")
-            p.add_argument("--current", default=None, help="compare this run JSON instead of running now")
+            p.add_argument("--baseline", default=None, help="baseline folder (default reports/baselines/<backend>-<machine>)")
             p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                           help="relative slowdown that fails when also beyond the noise (default 0.25)")
-            p.add_argument("--min-delta-us", type=float, default=0.0,
-                           help="also ignore slowdowns below this many microseconds (shared machines)")
+                           help="fail when a median is this many percent slower (default 30)")
+        p.set_defaults(func=func)
+    p = actions.add_parser("report", help="render report.md/report.html from pytest-benchmark JSON files")
+    p.add_argument("files", nargs="*", help="JSON files or baseline folders (default this machine's)")
+    p.add_argument("--out", default=None, help="output folder (default: the baseline folder)")
+    p.set_defaults(func=command_report)

@@ -1,22 +1,22 @@
-"""The machine a benchmark ran on: back end, devices, versions, BLAS, threads, and its
-measured roofline (memory bandwidth and float32 GEMM throughput, per library).
+"""The machine a benchmark ran on (back end, devices, versions, BLAS, threads, the float32
+matmul precision) and the roofline peak benchmarks.
 
-Roofline measurements (:func:`measure_roofline`):
+Roofline peaks (:func:`peak_cases`, timed by pytest-benchmark beside the ops, group
+``roofline/<resource>/<dtype>``) are measured PER DTYPE AND PRECISION, in the same process
+and precision setting as the ops they bound:
 
-* **bandwidth**: ``y = x + 1`` over a float32 vector far larger than any cache
-  (256 MiB; the smoke run uses 1 MiB): it reads and writes every element once, so
-  bytes = 2 x size. MLX evaluates it with ``mx.eval``; PyTorch writes into a preallocated
-  output (``torch.add(x, 1, out=y)``) so that neither library pays fresh page faults
-  (MLX's buffer cache reuses its output buffer the same way).
-* **GEMM**: a square float32 ``a @ b`` (2N^3 FLOPs), N doubling from 256 while one call
-  takes under 0.1 s (up to 8192); the best throughput over the sizes tried counts.
+* **bandwidth**: ``y = x + 1`` over a vector of the dtype at several sizes (the largest far
+  beyond any cache); bytes = 2 x size. MLX evaluates it; PyTorch writes into a
+  preallocated output so neither pays fresh page faults.
+* **GEMM**: a square ``a @ b`` in the dtype (2N^3 FLOPs) at several N. On CUDA the float32
+  GEMM runs in the process's precision: TF32 when ``MLX_ENABLE_TF32`` is unset or 1 (MLX's
+  default; PyTorch's ``allow_tf32`` is set to match), full float32 when it is 0.
 
-Peaks use each measurement's FASTEST sample, not its median: a peak is what the machine
-can do, and another process stealing a core only ever slows a sample down. The
-machine's peak is the better of the two libraries for each resource: an op's
-roofline share (:mod:`conformance.bench.costs`) is measured against what THIS machine
-demonstrably reaches, whichever library reached it. bfloat16 ops are compared with the
-float32 GEMM peak too (a CPU without bfloat16 matrix units has no faster one).
+The report's peak for a resource and dtype is the best of every size and both libraries,
+from each benchmark's FASTEST round (a peak is what the machine can do). An op's roofline
+share is ``max(flops / peak_flops, bytes / peak_bandwidth) / median``; with the peak taken
+in the op's own dtype and precision and over cache-sized inputs too, a share above 100 %
+means the cost model or the peak is wrong, and the report prints it unclipped.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-from conformance.bench.timing import Budget, measure
 
 BANDWIDTH_ELEMENTS = 64 * 1024 * 1024
 TINY_BANDWIDTH_ELEMENTS = 256 * 1024
@@ -169,102 +169,113 @@ def machine_info(backend: str, torch_device: str, mlx_tuning: dict[str, Any]) ->
         "torch_threads": torch.get_num_threads(),
         "torch_blas": torch_blas(),
         "mlx_cpu_backend": mlx_tuning,
+        "float32_precision": float32_precision(backend),
     }
     if torch_device == "cuda":
         info["torch_gpu"] = torch.cuda.get_device_name()
     return info
 
 
-def _sync_for(torch_device: str):
+def float32_precision(backend: str) -> str:
+    """``"tf32"`` when MLX's CUDA back end runs float32 matmuls in TF32 (``MLX_ENABLE_TF32``
+    unset or not 0: MLX reads it once at start-up), else ``"float32"``."""
+    if backend == "cuda" and os.environ.get("MLX_ENABLE_TF32", "1") != "0":
+        return "tf32"
+    return "float32"
+
+
+def match_torch_precision(precision: str) -> None:
+    """Make PyTorch's CUDA float32 matmuls (and cuDNN's) run in ``precision``."""
     import torch
 
-    if torch_device == "cuda":
-        return torch.cuda.synchronize
-    if torch_device == "mps":
-        return torch.mps.synchronize
-    return lambda: None
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
-def _mlx_add_one(n: int, budget: Budget) -> float:
-    """Fastest seconds of ``mx.eval(x + 1)`` over ``n`` float32 elements."""
+@dataclass(frozen=True)
+class PeakCase:
+    """One roofline measurement: ``resource`` (``gemm`` or ``bandwidth``) in ``dtype`` on
+    ``lib`` (``mlx`` or ``torch``) at ``size`` (GEMM N, or vector elements)."""
+
+    resource: str
+    dtype: str
+    lib: str
+    size: int
+
+    @property
+    def work(self) -> float:
+        """FLOPs (GEMM) or bytes moved (bandwidth) by one call."""
+        if self.resource == "gemm":
+            return 2.0 * self.size**3
+        return 2.0 * _WIDTH[self.dtype] * self.size
+
+    @property
+    def id(self) -> str:
+        """Test id: ``gemm-float32-mlx-512``."""
+        return f"{self.resource}-{self.dtype}-{self.lib}-{self.size}"
+
+
+_WIDTH = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+PEAK_SIZES: dict[str, dict[str, Any]] = {
+    # MLX's CPU back end has no bfloat16 BLAS: a 1024^3 bfloat16 GEMM takes seconds there.
+    "cpu": {"gemm": {"float32": (256, 512, 1024), "bfloat16": (128, 256, 512)},
+            "bandwidth": (1 << 18, 1 << 21, 1 << 24)},
+    "gpu": {"gemm": {"float32": (1024, 4096, 8192), "bfloat16": (1024, 4096, 8192)},
+            "bandwidth": (1 << 22, 1 << 26, 1 << 28)},
+    "tiny": {"gemm": {"float32": (32,), "bfloat16": (32,)}, "bandwidth": (1 << 10,)},
+}
+
+
+def peak_cases(kind: str, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[PeakCase]:
+    """Every roofline measurement for ``kind`` (``cpu``, ``gpu`` or ``tiny``)."""
+    sizes = PEAK_SIZES[kind]
+    cases = []
+    for dtype in dtypes:
+        for lib in ("mlx", "torch"):
+            cases += [PeakCase("gemm", dtype, lib, n) for n in sizes["gemm"][dtype]]
+            cases += [PeakCase("bandwidth", dtype, lib, n) for n in sizes["bandwidth"]]
+    return cases
+
+
+def build_peak(case: PeakCase, torch_device: str) -> Callable[[], None]:
+    """A callable doing one ``case`` measurement's work and waiting for it."""
     import mlx.core as mx
-
-    x = mx.zeros((n,), dtype=mx.float32)
-    mx.eval(x)
-    return measure(lambda: mx.eval(x + 1.0), budget).min_s
-
-
-def _torch_add_one(n: int, torch_device: str, budget: Budget) -> float:
-    """Fastest seconds of ``torch.add(x, 1, out=y)`` over ``n`` float32 elements."""
     import torch
 
-    sync = _sync_for(torch_device)
-    x = torch.zeros(n, dtype=torch.float32, device=torch_device)
-    y = torch.empty_like(x)
+    from conformance.bench.cells import torch_sync
+    from conformance.dtypes import FORMATS
 
-    def run() -> None:
-        torch.add(x, 1.0, out=y)
-        sync()
+    n = case.size
+    if case.lib == "mlx":
+        dt = FORMATS[case.dtype].mx_dtype
+        if case.resource == "gemm":
+            a = mx.random.normal((n, n), key=mx.random.key(0)).astype(dt)
+            b = mx.random.normal((n, n), key=mx.random.key(1)).astype(dt)
+            mx.eval(a, b)
+            return lambda: mx.eval(a @ b)
+        x = mx.zeros((n,), dtype=dt)
+        mx.eval(x)
+        return lambda: mx.eval(x + 1)
+    tdt = FORMATS[case.dtype].torch_dtype
+    sync = torch_sync(torch_device)
+    gen = torch.Generator().manual_seed(0)
+    if case.resource == "gemm":
+        ta = torch.randn(n, n, generator=gen).to(device=torch_device, dtype=tdt)
+        tb = torch.randn(n, n, generator=gen).to(device=torch_device, dtype=tdt)
+        out = torch.empty(n, n, device=torch_device, dtype=tdt)
 
-    return measure(run, budget).min_s
-
-
-def measure_roofline(torch_device: str, *, tiny: bool = False, budget: Budget | None = None) -> dict[str, Any]:
-    """Bandwidth (bytes/s) and float32 GEMM throughput (FLOP/s) of MLX and of PyTorch on
-    the benchmarked devices, and the machine's peak (the better library); see the module
-    docstring."""
-    import mlx.core as mx
-    import torch
-
-    budget = budget or Budget(target_s=0.3, min_samples=5, cap_s=1.0)
-    sync = _sync_for(torch_device)
-    n = TINY_BANDWIDTH_ELEMENTS if tiny else BANDWIDTH_ELEMENTS
-    result: dict[str, Any] = {"bandwidth_elements": n}
-
-    mlx_bw = 2 * 4 * n / _mlx_add_one(n, budget)
-    torch_bw = 2 * 4 * n / _torch_add_one(n, torch_device, budget)
-
-    def gemm_peak(run_for_size) -> tuple[float, int]:
-        best, best_n, size = 0.0, 0, 128 if tiny else 256
-        while True:
-            timing = measure(run_for_size(size), budget)
-            rate = 2.0 * size**3 / timing.min_s
-            if rate > best:
-                best, best_n = rate, size
-            if tiny or timing.median_s >= 0.1 or size >= 8192:
-                return best, best_n
-            size *= 2
-
-    def mlx_gemm(size):
-        a = mx.random.normal((size, size), key=mx.random.key(0))
-        b = mx.random.normal((size, size), key=mx.random.key(1))
-        mx.eval(a, b)
-        return lambda: mx.eval(a @ b)
-
-    def torch_gemm(size):
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(size, size, generator=gen).to(torch_device)
-        b = torch.randn(size, size, generator=gen).to(torch_device)
-        out = torch.empty(size, size, device=torch_device)
-
-        def run() -> None:
-            torch.matmul(a, b, out=out)
+        def gemm() -> None:
+            with torch.inference_mode():
+                torch.matmul(ta, tb, out=out)
             sync()
-        return run
+        return gemm
+    tx = torch.zeros(n, dtype=tdt, device=torch_device)
+    ty = torch.empty_like(tx)
 
-    with torch.inference_mode():
-        mlx_flops, mlx_n = gemm_peak(mlx_gemm)
-        torch_flops, torch_n = gemm_peak(torch_gemm)
-    result["mlx"] = {"bandwidth_Bps": mlx_bw, "gemm_flops": mlx_flops, "gemm_n": mlx_n}
-    result["torch"] = {"bandwidth_Bps": torch_bw, "gemm_flops": torch_flops, "gemm_n": torch_n}
-    result["peak"] = {"bandwidth_Bps": max(mlx_bw, torch_bw), "gemm_flops": max(mlx_flops, torch_flops)}
-    return result
-
-
-def roofline_share(flops: float, nbytes: float, seconds: float, peak: dict[str, float]) -> float | None:
-    """Lower-bound time from the peaks over the measured time (1.0 = at the roofline)."""
-    if seconds <= 0:
-        return None
-    bound = max(flops / peak["gemm_flops"] if peak.get("gemm_flops") else 0.0,
-                nbytes / peak["bandwidth_Bps"] if peak.get("bandwidth_Bps") else 0.0)
-    return bound / seconds if bound > 0 else None
+    def add() -> None:
+        with torch.inference_mode():
+            torch.add(tx, 1, out=ty)
+        sync()
+    return add

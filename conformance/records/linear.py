@@ -158,9 +158,9 @@ LINEAR = OpRecord(
     bench=(
         BenchCase("decode", lambda: _bench_linear(1, 4096, 4096), note="LLM decode, M = 1"),
         BenchCase("prefill", lambda: _bench_linear(2048, 4096, 4096), note="LLM prefill, hidden 4096",
-                  cpu_make=lambda: _bench_linear(128, 4096, 4096), cpu_note="M = 128 on CPU"),
+                  cpu_make=lambda: _bench_linear(32, 4096, 4096), cpu_note="M = 32 on CPU"),
         BenchCase("dit", lambda: _bench_linear(4096, 3072, 3072), note="diffusion block, 4096 tokens x 3072",
-                  cpu_make=lambda: _bench_linear(128, 3072, 3072), cpu_note="M = 128 on CPU"),
+                  cpu_make=lambda: _bench_linear(32, 3072, 3072), cpu_note="M = 32 on CPU"),
     ),
 )
 

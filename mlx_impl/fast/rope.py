@@ -96,6 +96,8 @@ def _check_offset(where: str, offset: object, batch: int) -> int | mx.array:
 
     Array VALUES are not checked (that would force an evaluation): negative or wrapped
     values compute whatever MLX computes, identically in the reference."""
+    if type(offset) is int and 0 <= offset <= _INT32_MAX:
+        return offset  # the decode hot path, without the numbers.Integral ABC check
     if isinstance(offset, bool):
         raise type_error(where, "offset must be an int or an integer mx.array but got bool.")
     if isinstance(offset, numbers.Integral):

@@ -9,13 +9,15 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+import functools
+from typing import Literal
 
 import mlx.core as mx
 import mlx.nn
 import numpy as np
 
 from mlx_impl._errors import index_error, type_error, value_error
+from mlx_impl.fast.norms import module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
 INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
@@ -31,12 +33,12 @@ class Embedding(mlx.nn.Module):
         weight: ``[n, d]`` floating table.
         index_policy: what to do about indices outside ``[0, n)``:
 
-            - ``"check"`` (default): before the lookup, reduce the indices to their min and
-              max and bring those two numbers to the host; any index outside ``[0, n)``
-              raises ``IndexError`` naming the first offending value (row-major order), its
-              position and ``n``. This FORCES EVALUATION of the indices (one device sync per
-              call), which is the price of memory safety; use ``"clip"`` or ``"trusted"`` on a
-              hot path where that matters.
+            - ``"check"`` (default): the lookup reads clamped indices and an out-of-range
+              flag is computed in the same graph; both are evaluated together (ONE device
+              sync per call: the returned array is already evaluated, which is the price of
+              memory safety), and if the flag is set ``IndexError`` names the first
+              offending value (row-major order), its position and ``n``. Use ``"clip"`` or
+              ``"trusted"`` to keep the lookup lazy.
             - ``"clip"``: clamp every index into ``[0, n - 1]`` on the device, without a
               sync (an out-of-range token silently becomes the first or last row).
             - ``"trusted"``: no check and no clamp; the caller GUARANTEES that every index is
@@ -115,43 +117,76 @@ class Embedding(mlx.nn.Module):
             raise type_error(
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
-        n = self.num_embeddings
+        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
+        weight = module_array(self, "weight")
+        n = int(weight.shape[0])
         if n == 0 and indices.size > 0:
             # Shapes only, so free under every policy: no row exists to check, clip or trust.
             raise index_error(
                 "Embedding",
                 f"cannot look up {indices.size} indices (shape {tuple(indices.shape)}) in an "
-                f"empty table (num_embeddings=0, weight shape {tuple(self.weight.shape)}); "
+                f"empty table (num_embeddings=0, weight shape {tuple(weight.shape)}); "
                 "only an empty indices array is allowed.",
             )
-        if self.index_policy == "check":
-            self._check_in_range(indices, n)
-        elif self.index_policy == "clip" and n > 0:
+        policy = self.index_policy
+        if policy == "check" and indices.size > 0:
+            return _checked_take(weight, indices, n)
+        if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
-            # Clamping with a bound the index dtype cannot hold raises in MLX (int8 vs 31999);
-            # such a bound is never reached anyway, so cap it at the dtype's max.
-            high = min(n - 1, int(mx.iinfo(indices.dtype).max))
-            indices = mx.clip(indices, 0, high)
-        return mx.take(self.weight, indices, axis=0)
+            indices = mx.clip(indices, 0, _high(indices, n))
+        return mx.take(weight, indices, axis=0)
 
-    @staticmethod
-    def _check_in_range(indices: mx.array, n: int) -> None:
-        """Raise ``IndexError`` unless every index is in ``[0, n)``; syncs once with the host."""
-        if indices.size == 0:
-            return  # nothing to look up; mx.min of an empty array raises
-        low, high = mx.min(indices), mx.max(indices)
-        mx.eval(low, high)  # one sync for both reductions
-        if cast(int, low.item()) >= 0 and cast(int, high.item()) < n:
-            return
-        # Failure path only: locate the first offending index in row-major order on the host.
-        values = np.array(indices)
-        bad = (values < 0) | (values >= n)
-        flat = int(np.argmax(bad.reshape(-1)))
-        position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
-        value = int(values.reshape(-1)[flat])
-        raise index_error(
-            "Embedding",
-            f"index {value} at position {position} is out of range [0, {n}) "
-            f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
-        )
+
+def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d]``, ``indices: [...]`` -> ``[..., d]``),
+    or ``IndexError`` if an index is outside ``[0, n)``.
+
+    One evaluation does both: the gather reads CLAMPED indices (so a bad index never
+    reaches the gather) and the out-of-range flag (an index the clamp changed) is
+    computed in the same graph; ``mx.eval(out, bad)`` runs them together, and only then
+    does the host look at the flag. Checking first and gathering after cost a second
+    evaluation: 1.9x ``mx.take`` at decode on the CPU. The clamp and the flag are
+    ``mx.compile``d (fused); the gather copies rows, so the result is bit-identical to
+    ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks it, across table
+    widths). The returned array is already evaluated."""
+    safe, bad = _clamp_and_flag(indices, _bound(n, indices.dtype))
+    out = weight[safe]  # indexing, not mx.take: the same gather, and only clamped indices reach it
+    mx.eval(out, bad)
+    if not bad.item():
+        return out
+    # Failure path only: locate the first offending index in row-major order on the host.
+    values = np.array(indices)
+    wrong = (values < 0) | (values >= n)
+    flat = int(np.argmax(wrong.reshape(-1)))
+    position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
+    value = int(values.reshape(-1)[flat])
+    raise index_error(
+        "Embedding",
+        f"index {value} at position {position} is out of range [0, {n}) "
+        f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
+    )
+
+
+@functools.partial(mx.compile, shapeless=True)
+def _clamp_and_flag(indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
+    """``(clip(indices, 0, high), any index outside [0, high])``: ``indices: [...]`` ->
+    ``([...], scalar bool)``. Only shape-independent element-wise ops and a full reduction
+    are compiled shapeless (one trace per index dtype and rank); the gather stays outside,
+    because a shapeless trace would bake in the table's row width."""
+    safe = mx.clip(indices, 0, high)
+    return safe, mx.any(safe != indices)
+
+
+@functools.lru_cache(maxsize=64)
+def _bound(n: int, dtype: mx.Dtype) -> mx.array:
+    """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
+    built once per (n, dtype), not per call."""
+    return mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+
+
+def _high(indices: mx.array, n: int) -> int:
+    """The largest valid index ``n - 1``, capped at the index dtype's max: clamping or
+    comparing with a bound the dtype cannot hold raises in MLX (int8 vs 31999), and such a
+    bound is never reached anyway."""
+    return min(n - 1, int(mx.iinfo(indices.dtype).max))

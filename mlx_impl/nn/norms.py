@@ -24,7 +24,7 @@ import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import value_error
-from mlx_impl.fast.norms import check_eps, check_vector, check_x, empty_norm_result
+from mlx_impl.fast.norms import check_eps, check_vector, check_x, empty_norm_result, module_array
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
@@ -82,10 +82,11 @@ class RMSNorm(mlx.nn.Module):
     def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
         given = check_eps("RMSNorm", eps)
-        x = check_x("RMSNorm", x, ("weight", self.weight))
+        w = module_array(self, "weight")
+        x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang
-            return empty_norm_result(x, self.weight)
-        return mx.fast.rms_norm(x, self.weight, given if given != 0.0 else self.eps)
+            return empty_norm_result(x, w)
+        return mx.fast.rms_norm(x, w, given if given != 0.0 else self.eps)
 
 
 class LayerNorm(mlx.nn.Module):
@@ -138,17 +139,18 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
-        x = check_x("LayerNorm", x, ("weight", self.weight), ("bias", self.bias))
+        w, b = module_array(self, "weight"), module_array(self, "bias")
+        x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
         eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
         if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
-            return empty_norm_result(x, self.weight, self.bias)
+            return empty_norm_result(x, w, b)
         mean = _mean_last(x)
         centered = x - mean
         variance = _mean_last(centered * centered)
         # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
         eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
         normalized = centered * mx.rsqrt(variance + eps_arr)
-        out = normalized * self.weight
-        if self.bias is not None:
-            out = out + self.bias
+        out = normalized * w
+        if b is not None:
+            out = out + b
         return out

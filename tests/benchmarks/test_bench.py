@@ -1,20 +1,20 @@
-"""pytest-benchmark view of the registry's benchmark cells and the layer-overhead pairs.
+"""The registry's benchmarks under pytest-benchmark (the engine and the file format).
 
-Every registry ``BenchCase`` at every dtype it lists is two benchmarks, ``mlx`` (mlx_impl,
-ending in ``mx.eval``) and ``torch`` (torch_reference in native precision), in one group
-named ``op/case/dtype`` so ``pytest-benchmark compare`` lines them up; the overhead pairs
-are grouped ``overhead/<layer>/<shape>/<dtype>`` (each layer variant and the raw mx call).
+Three groups of benchmarks, each with the project's data in ``benchmark.extra_info``:
 
-Shapes: with benchmarks enabled, the shapes ``python -m conformance bench record`` uses
-(``cpu_make`` on MLX's CPU back end, ``make`` on a GPU). With ``--benchmark-disable`` (the
-CI smoke pass, ``nox -s bench_smoke``) each benchmark runs ONCE at a tiny shape: the
-simplest example of the record's own Hypothesis strategy that MLX runs
-(:func:`conformance.bench.runner.tiny_case`), and the overhead pairs at ``overhead.TINY``
-sizes. That proves every benchmark builds its inputs and runs on both libraries; it never
-asserts a time.
+* ``test_op``: every registry ``BenchCase`` at every dtype it lists, four sides in one
+  group ``op/case/dtype`` (:mod:`conformance.bench.cells`): ``mlx`` (the mlx_impl layer),
+  ``mlx_raw`` (the raw MLX op), ``torch`` (the idiomatic PyTorch op: the headline pairing)
+  and ``twin`` (torch_reference, context). extra_info: ``kind="op"``, the cell, the side,
+  what it runs, the shape, the cost model (FLOPs, bytes), the back end and the float32
+  precision, and why a side is missing or paired as it is.
+* ``test_peak``: the roofline peaks per dtype and precision (:func:`conformance.bench.machine.peak_cases`).
+* ``test_overhead``: each layer built once against its raw ``mx`` call at decode
+  (:mod:`conformance.bench.overhead`), for the "within 5 %" claim.
 
-    pytest tests/benchmarks -q --benchmark-disable            # smoke
-    pytest tests/benchmarks --benchmark-autosave               # measure; then pytest-benchmark compare
+    pytest tests/benchmarks -q --benchmark-disable      # smoke (nox -s bench_smoke): tiny shapes, run once
+    python -m conformance bench record                  # nox -s bench: writes reports/baselines/<backend>-<machine>/
+    python -m conformance bench compare                 # nox -s bench_compare: --benchmark-compare-fail
 """
 
 from __future__ import annotations
@@ -23,64 +23,84 @@ from typing import Any
 
 import mlx.core as mx
 import pytest
-import torch
 
-from conformance.bench import runner
+from conformance.bench import cells, machine
 from conformance.bench.overhead import FULL, PAIRS, TINY
 from conformance.dtypes import FORMATS
+from tests.benchmarks.conftest import bench_setup, timed
 
-CELLS = runner.bench_cells()
+CELLS = cells.bench_cells()
 OVERHEAD = [(pair, dtype, variant) for pair in PAIRS for dtype in ("float32", "bfloat16")
             for variant in (*pair.variants, "raw")]
 
 
 @pytest.fixture(scope="session")
-def bench_setup() -> tuple[str, str]:
-    """(back end, PyTorch device) with MLX's CPU back end tuned as ``bench record`` tunes it."""
-    backend, torch_device, _ = runner.setup("auto")
-    return backend, torch_device
+def setup(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Back end, PyTorch device, precision, shapes (see conftest)."""
+    return bench_setup(request.config)
 
 
-def _tiny(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("benchmark_disable"))
+_LAST: dict[tuple[str, str], tuple[cells.Prepared, str]] = {}
 
 
-_LAST: dict[tuple[str, bool], runner.Prepared] = {}
-
-
-def _prepared(cell: runner.Cell, tiny: bool, backend: str, torch_device: str) -> runner.Prepared:
-    # The mlx and torch benchmarks of one cell run next to each other: keep one cell's
-    # inputs alive (at full size an embedding table is 512 MiB), not every cell's.
-    key = (cell.key, tiny)
+def _prepared(cell: cells.Cell, setup: dict[str, Any]) -> tuple[cells.Prepared, str]:
+    # The four sides of a cell run next to each other: keep one cell's inputs alive (a
+    # full-size embedding table is 512 MiB), not every cell's.
+    key = (cell.key, setup["shapes"])
     if key not in _LAST:
         _LAST.clear()
-        case, _ = runner.build_case(cell, "tiny" if tiny else runner.resolve_shapes("auto", backend))
-        _LAST[key] = runner.prepare(cell.record, case, cell.dtype, torch_device)
+        case, note = cells.build_case(cell, setup["shapes"])
+        _LAST[key] = (cells.prepare(cell.record, case, cell.dtype, setup["torch_device"]), note)
     return _LAST[key]
 
 
-@pytest.mark.parametrize("side", ("mlx", "torch"))
+@pytest.mark.parametrize("side", cells.SIDES)
 @pytest.mark.parametrize("cell", CELLS, ids=[c.key for c in CELLS])
-def test_op(benchmark: Any, request: pytest.FixtureRequest, bench_setup: tuple[str, str],
-            cell: runner.Cell, side: str) -> None:
-    backend, torch_device = bench_setup
-    prepared = _prepared(cell, _tiny(request), backend, torch_device)
+def test_op(benchmark: Any, setup: dict[str, Any], cell: cells.Cell, side: str) -> None:
+    prepared, note = _prepared(cell, setup)
+    if side not in prepared.sides:
+        pytest.skip(f"{cell.key}: no {side} side: {prepared.reasons.get(side, '')}")
+    runs, fn = prepared.sides[side]
     benchmark.group = cell.key
-    benchmark.extra_info.update(side=side, backend=backend, shape=prepared.shape)
-    if side == "mlx":
-        benchmark(prepared.mlx)
-        benchmark.extra_info.update(prepared.cost().as_dict())
-    else:
-        with torch.inference_mode():
-            benchmark(prepared.torch)
+    benchmark.extra_info.update(
+        kind="op", cell=cell.key, op=cell.record.name, case=cell.bench.name, dtype=cell.dtype,
+        mode=cell.bench.mode, side=side, runs=runs, shape=prepared.shape, note=note,
+        flops=prepared.cost.flops, bytes=prepared.cost.bytes, cost_model=prepared.cost.model,
+        backend=setup["backend"], precision=setup["precision"], reasons=prepared.reasons,
+        paired_with=prepared.sides["torch"][0] if "torch" in prepared.sides else None,
+    )
+    timed(benchmark, fn, setup["target_s"], min_rounds=3 if side == "twin" else 5)
+
+
+ALL_PEAKS = list(dict.fromkeys(machine.peak_cases("cpu") + machine.peak_cases("gpu") + machine.peak_cases("tiny")))
+
+
+def _peak_kind(setup: dict[str, Any]) -> str:
+    if setup["shapes"] == "tiny":
+        return "tiny"
+    return "cpu" if setup["backend"] == "cpu" else "gpu"
+
+
+@pytest.mark.parametrize("case", ALL_PEAKS, ids=[c.id for c in ALL_PEAKS])
+def test_peak(benchmark: Any, setup: dict[str, Any], case: machine.PeakCase) -> None:
+    kind = _peak_kind(setup)
+    if case not in machine.peak_cases(kind):
+        pytest.skip(f"roofline point of the {'CPU' if kind == 'tiny' else 'other'} sizes, not measured for {kind}")
+    benchmark.group = f"roofline/{case.resource}/{case.dtype}"
+    benchmark.extra_info.update(kind="peak", resource=case.resource, dtype=case.dtype, lib=case.lib,
+                                size=case.size, work=case.work, backend=setup["backend"],
+                                precision=setup["precision"])
+    timed(benchmark, machine.build_peak(case, setup["torch_device"]), setup["target_s"])
 
 
 @pytest.mark.parametrize(("pair", "dtype", "variant"), OVERHEAD,
                          ids=[f"{p.name}-{p.shape.split(':')[0]}-{d}-{v}" for p, d, v in OVERHEAD])
-def test_overhead(benchmark: Any, request: pytest.FixtureRequest, bench_setup: tuple[str, str],
-                  pair: Any, dtype: str, variant: str) -> None:
-    sizes = TINY if _tiny(request) else FULL
+def test_overhead(benchmark: Any, setup: dict[str, Any], pair: Any, dtype: str, variant: str) -> None:
+    sizes = TINY if setup["shapes"] == "tiny" else FULL
     thunk = pair.build(sizes, FORMATS[dtype].mx_dtype)[variant]
     benchmark.group = f"overhead/{pair.name}/{pair.describe(sizes)}/{dtype}"
-    benchmark.extra_info.update(raw=pair.raw_name, variant=variant)
-    benchmark(lambda: mx.eval(thunk()))
+    benchmark.extra_info.update(kind="overhead", layer=pair.name, shape=pair.describe(sizes), dtype=dtype,
+                                variant=variant, raw=pair.raw_name, against=pair.against.get(variant, "raw"),
+                                backend=setup["backend"], precision=setup["precision"])
+    # Twice the rounds: these ratios are the "within 5 %" evidence, at microseconds per call.
+    timed(benchmark, lambda: mx.eval(thunk()), 2 * setup["target_s"])

@@ -1,0 +1,55 @@
+"""Where a layer's fast path is written differently from the plain MLX call (Embedding's
+checked lookup: a compiled clamp + flag + gather evaluated once), its result must be
+BIT-IDENTICAL to the plain call's: ``mx.take`` copies rows, so any difference is a bug.
+These tests are not benchmarks; they run in every pass (smoke included)."""
+
+from __future__ import annotations
+
+import zlib
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_impl
+
+INDEX_DTYPES = (mx.int32, mx.int64, mx.uint8)
+TABLE_DTYPES = (mx.float32, mx.bfloat16, mx.float16)
+
+
+@pytest.mark.parametrize("table_dtype", TABLE_DTYPES, ids=str)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(), (1, 1), (2, 3, 4)], ids=str)
+def test_checked_embedding_is_bit_identical_to_mx_take(table_dtype, index_dtype, shape):
+    rng = np.random.default_rng(zlib.crc32(f"{table_dtype}{index_dtype}{shape}".encode()))
+    n = 200
+    table = mx.array(rng.standard_normal((n, 12)).astype(np.float32)).astype(table_dtype)
+    values = rng.integers(0, n, size=shape)
+    values.reshape(-1)[:1] = n - 1  # the last row: the clamp bound itself must pass unchanged
+    indices = mx.array(values).astype(index_dtype)
+    got = mlx_impl.nn.Embedding(table)(indices)
+    want = mx.take(table, indices, axis=0)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(np.array(got.view(mx.uint16 if table_dtype != mx.float32 else mx.uint32)),
+                          np.array(want.view(mx.uint16 if table_dtype != mx.float32 else mx.uint32)))
+
+
+def test_checked_embedding_flags_after_a_valid_call_of_the_same_shape():
+    # The compiled graph is traced once per dtype and rank: a later bad input of the same
+    # signature must still raise (the flag is data, not a traced constant).
+    layer = mlx_impl.nn.Embedding(mx.ones((5, 2)))
+    layer(mx.array([[1, 2]]))
+    with pytest.raises(IndexError, match=r"^\[Embedding\] index 5 at position \(0, 1\) "):
+        layer(mx.array([[0, 5]]))
+    with pytest.raises(IndexError, match=r"^\[Embedding\] index -1 at position \(0, 0\) "):
+        layer(mx.array([[-1, 5]]))
+
+
+def test_checked_embedding_follows_the_table_width_across_calls():
+    # A shapeless mx.compile of the gather once baked the first table's row width into
+    # later calls (a [5, 4] table answered with 12 columns): widths must follow the table.
+    for width in (12, 4, 7):
+        table = mx.arange(9 * width, dtype=mx.float32).reshape(9, width)
+        for indices in (mx.array(3), mx.array([[1, 8]]), mx.array([0, 2, 4], dtype=mx.uint8)):
+            got = mlx_impl.nn.Embedding(table)(indices)
+            assert np.array_equal(np.array(got), np.array(mx.take(table, indices, axis=0)))
