@@ -58,7 +58,7 @@ def reproducers() -> None:
 
 
 if __name__ == "__main__":
-    print("mlx", mx.__version__, mx.default_device())
+    print("mlx", getattr(mx, "__version__", "unknown"), mx.default_device())
     for step in (half_accumulation, crashes, reproducers):
         try:
             step()
