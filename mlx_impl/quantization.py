@@ -567,6 +567,10 @@ def dequantize(
         raise type_error(
             where, f"dtype must be float32, float16, bfloat16 or None but got {dtype!r}."
         )
+    if global_scale is not None:
+        # The CPU back end returns float32 whatever ``dtype`` says; CUDA honours ``dtype``
+        # (bfloat16 by default). One contract on every back end: float32, as documented.
+        dtype = mx.float32
     return mx.dequantize(
         wq, scales, biases, group_size, bits, mode, global_scale=global_scale, dtype=dtype
     )
@@ -649,7 +653,12 @@ def _quantized_matmul(
     the (float32) sum, so a single product above 65504 turns a finite result into inf or
     NaN (measured on an H200 in nvfp4 and mxfp4: NaN where the float64 result is -47613.66;
     notes/cuda-triage.md). The float32 path is not TF32 and its rounding is one rounding of
-    a float32 sum, at least as accurate as MLX's float16 path."""
+    a float32 sum, at least as accurate as MLX's float16 path.
+
+    A 1-D ``x`` goes in as one row: MLX 0.32.4's CUDA kernel raises "SmallVector out of
+    range" on it (nvfp4, bfloat16; found by the fuzz on an H200). The product is the same."""
+    if x.ndim == 1:
+        return _quantized_matmul(x[None], wq, scales, biases, transpose, group_size, bits, mode)[0]
     if x.dtype == mx.float16 and _on_cuda():
         # Affine scales/biases widen exactly to float32; fp scale codes (uint8) stay as they are.
         wide_scales = scales if scales.dtype == mx.uint8 else scales.astype(mx.float32)

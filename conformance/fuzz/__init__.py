@@ -55,6 +55,7 @@ from conformance.fuzz.supervisor import (
     MAX_CRASHES_PER_ENTRY,
     SCHEMA,
     SELFTEST_ENV,
+    default_hang_seconds,
     run_fuzz,
     summary_line,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "MAX_CRASHES_PER_ENTRY",
     "SCHEMA",
     "SELFTEST_ENV",
+    "default_hang_seconds",
     "entry_points",
     "run_fuzz",
     "summary_line",

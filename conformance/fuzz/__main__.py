@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from conformance.fuzz.supervisor import FUZZ_EXAMPLES, HANG_SECONDS, run_fuzz, summary_line
+from conformance.fuzz.supervisor import FUZZ_EXAMPLES, run_fuzz, summary_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", action="append", choices=("mlx", "torch"), help="default: both")
     parser.add_argument("--entry-seconds", type=float, default=None,
                         help="stop drawing for an entry point after this many seconds (supervised default: by profile)")
-    parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS,
-                        help="with --supervise: one call running this long is a hang")
+    parser.add_argument("--hang-seconds", type=float, default=None,
+                        help="with --supervise: one call running this long is a hang "
+                             "(default: 20 s on the CPU, 120 s on a GPU back end)")
     parser.add_argument("--supervise", action="store_true",
                         help="run as the parent: crash and hang recovery, merged JSON")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ in a subprocess, watches it, and survives what it dies or hangs of.
   oddly. The input in flight is read from the ``current`` file the child rewrites before
   every library call; it is recorded under ``crashes`` and skipped in the next child.
 - **Hang**: the ``current`` file is also the child's heartbeat. When one library call has
-  been in flight for ``hang_s`` seconds (default :data:`HANG_SECONDS`), the child is killed
+  been in flight for ``hang_s`` seconds (default :func:`default_hang_seconds`), the child is killed
   and that exact input is recorded under ``hangs`` (distinct from crashes), then skipped
   in the next child. A child stuck between calls (input generation) for
   ``IDLE_FACTOR * hang_s`` is a hang too, named as such; so is a child that never starts
@@ -44,11 +44,27 @@ the ~21 entry points at a minute, so its fuzz ends within about half an hour."""
 MAX_CRASHES_PER_ENTRY = 3
 SELFTEST_ENV = "CONFORMANCE_FUZZ_SELFTEST"
 """Set to 1 to add the contract-breaking self-test entry points (:mod:`conformance.fuzz.selftest`)."""
-HANG_SECONDS = float(os.environ.get("CONFORMANCE_FUZZ_HANG_SECONDS", "20"))
-"""One library call running this long is a hang (``$CONFORMANCE_FUZZ_HANG_SECONDS``, default
-20). The fuzz's inputs are small (at most tens of thousands of elements): a healthy call
-takes milliseconds, even on a loaded 2-core CPU; a GPU's first-use kernel compilation
-takes seconds, not tens of them."""
+HANG_SECONDS = 20.0
+"""One library call running this long is a hang on MLX's CPU back end. The fuzz's inputs are
+small (at most tens of thousands of elements): a healthy call takes milliseconds, even on a
+loaded 2-core CPU."""
+GPU_HANG_SECONDS = 120.0
+"""The same on a GPU back end (CUDA, Metal), where a call's first use of a kernel compiles it
+at run time: on an H200 one quantized-matmul call of the fuzz took past 20 s in its first
+use (MLX 0.32.4 CUDA, 2026-11-30), and a call may compile several kernels."""
+
+
+def default_hang_seconds() -> float:
+    """``$CONFORMANCE_FUZZ_HANG_SECONDS`` if set, else :data:`HANG_SECONDS` on the CPU and
+    :data:`GPU_HANG_SECONDS` on a GPU back end."""
+    given = os.environ.get("CONFORMANCE_FUZZ_HANG_SECONDS")
+    if given:
+        return float(given)
+    from conformance.fuzz.library import mlx_backend
+
+    return HANG_SECONDS if mlx_backend() == "cpu" else GPU_HANG_SECONDS
+
+
 IDLE_FACTOR = 5.0
 STARTUP_SECONDS = 300.0
 """Importing MLX, PyTorch and the registry on a loaded machine; past this the child hung."""
@@ -127,7 +143,7 @@ def run_fuzz(
     env: Mapping[str, str] | None = None,
     libraries: Sequence[str] = ("mlx", "torch"),
     max_crashes_per_entry: int = MAX_CRASHES_PER_ENTRY,
-    hang_s: float = HANG_SECONDS,
+    hang_s: float | None = None,
     entry_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run the fuzz child, restarting it after a crash or a hang with that input skipped.
@@ -145,6 +161,8 @@ def run_fuzz(
         entry_seconds = FUZZ_SECONDS_PER_ENTRY.get(profile)
     if timeout_s is None:
         timeout_s = default_timeout(profile, len(pending))
+    if hang_s is None:
+        hang_s = default_hang_seconds()
     merged: dict[str, Any] = {
         "schema": SCHEMA,
         "profile": profile,

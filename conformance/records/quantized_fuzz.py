@@ -158,6 +158,9 @@ DEQUANTIZE_FUZZ = FuzzEntry(
     pinned=(  # nvfp4 with 16 elements (MLX's CPU path wants multiples of 32)
         {"wq": _zeros((1, 2), "uint32"), "scales": _zeros((1, 1), "uint8"), "qbiases": None, "group_size": 16,
          "bits": 4, "mode": "nvfp4", "dtype": None, "global_scale": None},
+        # a global scale without a dtype: float32 on MLX's CPU, bfloat16 on its CUDA back end
+        {"wq": _zeros((2, 2), "uint32"), "scales": _zeros((2, 1), "uint8"), "qbiases": None, "group_size": 16,
+         "bits": 4, "mode": "nvfp4", "dtype": None, "global_scale": _zeros((1,), "float32")},
     ),
 )
 
@@ -249,6 +252,9 @@ QUANTIZED_LINEAR_FUZZ = FuzzEntry(
     pinned=(
         {"x": _zeros((0, 32), "float32"), "wq": _zeros((2, 4), "uint32"), "scales": _zeros((2, 1), "uint8"),
          "qbiases": None, "bias": None, "group_size": 32, "bits": 4, "mode": "mxfp4"},
+        # a 1-D x: MLX's CUDA kernel raised "SmallVector out of range" (nvfp4, bfloat16)
+        {"x": _zeros((32,), "bfloat16"), "wq": _zeros((4, 4), "uint32"), "scales": _zeros((4, 2), "uint8"),
+         "qbiases": None, "bias": None, "group_size": 16, "bits": 4, "mode": "nvfp4"},
     ),
 )
 
