@@ -665,5 +665,8 @@ def _quantized_matmul(
         wide_biases = None if biases is None else biases.astype(mx.float32)
         y = mx.quantized_matmul(x.astype(mx.float32), wq, wide_scales, wide_biases, transpose,
                                 group_size, bits, mode)
-        return y.astype(mx.float16)
+        # MLX's result dtype: x's for fp modes, the promotion of x and the scales for affine
+        # (float32 beside bfloat16 scales; the fuzz found float16 here on an H200).
+        fp_mode = scales.dtype == mx.uint8
+        return y.astype(mx.float16 if fp_mode else mx.promote_types(mx.float16, scales.dtype))
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
