@@ -31,7 +31,7 @@ already-rounded inputs, never against the PyTorch peer alone:
   ``((1 + u_in)^2 (1 + gamma_K) - 1) * (|x| @ |w|.T)`` — derived from the format, not fitted.
   Measured on an H200 (mlx 0.32.4): max |MLX - exact| / (|x| @ |w|.T) = 6.0e-5 against this
   bound's 9.8e-4, and MLX equals a round-to-nearest TF32 emulation to 5.7e-8 (truncation
-  would be 1.6e-4 off), so the inputs are rounded to nearest (notes/cuda-triage.md).
+  would be 1.6e-4 off), so the inputs are rounded to nearest (reports/conformance/cuda-h200-triage/TRIAGE.md).
 
 No number here is tuned: the defaults come from the argument above, and an op that
 needs more states its reason next to its record.

@@ -514,7 +514,7 @@ def quantize(
     # quantize differs from its CPU one in representation (-0 codes, an all-zero group's
     # scale byte 0 instead of 127, nonzero codes in all-zero nvfp4 rows) and in affine
     # tie-breaking (half away from zero instead of half to even), values otherwise equal
-    # (notes/cuda-triage.md); quantizing is offline, so running it on the CPU costs little.
+    # (reports/conformance/cuda-h200-triage/TRIAGE.md); quantizing is offline, so running it on the CPU costs little.
     out = mx.quantize(w, group_size, bits, mode, global_scale=global_scale, stream=mx.cpu)
     if mode == "affine":
         return out[0], out[1], out[2]
@@ -652,7 +652,7 @@ def _quantized_matmul(
     rounded once: MLX 0.32.4's CUDA kernels round each float16 product to float16 before
     the (float32) sum, so a single product above 65504 turns a finite result into inf or
     NaN (measured on an H200 in nvfp4 and mxfp4: NaN where the float64 result is -47613.66;
-    notes/cuda-triage.md). The float32 path is not TF32 and its rounding is one rounding of
+    reports/conformance/cuda-h200-triage/TRIAGE.md). The float32 path is not TF32 and its rounding is one rounding of
     a float32 sum, at least as accurate as MLX's float16 path.
 
     A 1-D ``x`` goes in as one row: MLX 0.32.4's CUDA kernel raises "SmallVector out of
@@ -667,6 +667,7 @@ def _quantized_matmul(
                                 group_size, bits, mode)
         # MLX's result dtype: x's for fp modes, the promotion of x and the scales for affine
         # (float32 beside bfloat16 scales; the fuzz found float16 here on an H200).
-        fp_mode = scales.dtype == mx.uint8
-        return y.astype(mx.float16 if fp_mode else mx.promote_types(mx.float16, scales.dtype))
+        # float16 promotes with float16 scales to float16, with bfloat16/float32 to float32.
+        keeps_half = scales.dtype in (mx.uint8, mx.float16)
+        return y.astype(mx.float16 if keeps_half else mx.float32)
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

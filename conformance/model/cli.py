@@ -57,14 +57,14 @@ def run_header() -> dict[str, Any]:
     import transformers
 
     from conformance.execute import backend_name
+    from conformance.runinfo import matmul_precision, project_commit
     from mlx_impl.cpu_backend import cpu_backend_info
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
-    return {"cpu_backend": cpu_backend_info(),"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
+    backend = backend_name()
+    return {"matmul_precision": matmul_precision(backend), "cpu_backend": cpu_backend_info(),"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "backend": backend_name(), "device": str(mx.default_device()),
-            "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "platform": platform.platform(), "backend": backend, "device": str(mx.default_device()),
+            "commit": project_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:

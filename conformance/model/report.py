@@ -145,7 +145,8 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"({len(results)} model, {len(dit)} DiT block)", "",
              f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
              f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
-             f"{run.get('date')}. Steps: prefill of {results[0]['prompt_len'] if results else '?'} tokens "
+             f"{run.get('date')}; MLX float32 matmuls: "
+             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: prefill of {results[0]['prompt_len'] if results else '?'} tokens "
              f"+ {results[0]['steps'] if results else '?'} cached decode steps.", "",
              "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
              "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "

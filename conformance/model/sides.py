@@ -64,21 +64,31 @@ def _torch_np(t: Any) -> np.ndarray:
 
 
 class TwinSide:
-    """``torch_reference.models.load(path, precision=...)``; hidden states captured."""
+    """``torch_reference.models.load(path, precision=...)``; hidden states captured.
+
+    The peer (``native``) computes where the op-level peer does (:func:`conformance.execute.
+    peer_device`: CUDA tensors in a CUDA run) with its float32 matmuls at MLX's precision
+    (TF32 where ``MLX_ENABLE_TF32`` is on), so that the judge's 2x-the-peer rule compares
+    like with like; the float64 oracle always computes on the CPU."""
 
     def __init__(self, path: Path, precision: str, name: str) -> None:
+        from conformance.execute import backend_name, configure_peer_precision, peer_device
         from torch_reference import models
 
         self.name = name
-        self.model = models.load(str(path), precision=precision)
+        backend = backend_name()
+        self.device = peer_device(backend) if precision == "native" else "cpu"
+        configure_peer_precision(backend)
+        self.model = models.load(str(path), precision=precision, device=self.device)
         self.cache = models.make_cache(self.model)
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         import torch
 
         hidden: list[Any] = []
+        ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
         with torch.no_grad():
-            logits = self.model(torch.from_numpy(tokens.astype(np.int64)), cache=self.cache, hidden_states=hidden)
+            logits = self.model(ids, cache=self.cache, hidden_states=hidden)
         return _torch_np(logits), [_torch_np(h) for h in hidden]
 
 

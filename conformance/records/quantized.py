@@ -413,7 +413,7 @@ CUDA_HALF_PRODUCT_OVERFLOW = ExpectedDivergence(
     reason="MLX's CUDA quantized matmul rounds each float16 product x*w to float16 before its float32 "
            "sum: one product above 65504 makes the result inf or NaN although it is finite "
            "(measured in nvfp4 and mxfp4). mlx_impl computes float16 in float32 on CUDA.",
-    reference="notes/cuda-triage.md (H200, mlx 0.32.4); `python -m conformance repro "
+    reference="reports/conformance/cuda-h200-triage/TRIAGE.md (H200, mlx 0.32.4); `python -m conformance repro "
               "cuda_half_product_overflow`",
     reproducer=_CUDA_NVFP4_CASE,
     dtype="float16",

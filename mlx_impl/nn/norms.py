@@ -36,7 +36,7 @@ def _mean_last(x: mx.array) -> mx.array:
     x's dtype. Written out because MLX 0.32.4's CUDA sum of float16 accumulates in float16
     and overflows to inf / NaN where the float32 sum (and the float64 oracle) is finite
     (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
-    the oracle is finite; notes/cuda-triage.md). Same bits as ``mx.mean`` on the CPU."""
+    the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits as ``mx.mean`` on the CPU."""
     total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
     return total * mx.array(1.0 / x.shape[-1], dtype=mx.float32).astype(x.dtype)
 
