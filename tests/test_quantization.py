@@ -874,3 +874,15 @@ def test_scalar_parameters_have_python_types(kwargs, pattern):
         for lib, to in ((mq, t2m), (tq, lambda t: t)):
             with pytest.raises(TypeError, match=rf"^\[{where}\] {pattern}"):
                 call(lib, to)
+
+
+def test_dequantize_refuses_an_array_as_dtype() -> None:
+    """An array passed as ``dtype`` is a TypeError in MLX's style in both libraries (the
+    thorough fuzz found torch_reference raising an unbracketed "truth value" ValueError)."""
+    w = np.linspace(-1, 1, 128, dtype=np.float32).reshape(4, 32)
+    wq, scales = mq.quantize(mx.array(w), group_size=32, bits=8, mode="mxfp8")[:2]
+    with pytest.raises(TypeError, match=r"^\[dequantize\] dtype must be"):
+        mq.dequantize(wq, scales, None, 32, 8, "mxfp8", dtype=mx.zeros((6, 5)))
+    twq, tscales = (torch.from_numpy(np.array(a)) for a in (wq, scales))
+    with pytest.raises(TypeError, match=r"^\[dequantize\] dtype must be"):
+        tq.dequantize(twq, tscales, None, 32, 8, "mxfp8", dtype=np.zeros((6, 5), np.float32))

@@ -765,7 +765,8 @@ def dequantize(
     k = check_quantized(where, wq, scales, biases, group_size, bits, mode)
     _check_nvfp4_dequantizable(where, mode, wq)
     _check_global_scale(where, mode, global_scale)
-    if dtype is not None and dtype not in _QUANTIZABLE_DTYPES:
+    # isinstance first: ``in`` on an array-like dtype would compare elementwise and raise.
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype in _QUANTIZABLE_DTYPES):
         raise type_error(
             where, f"dtype must be float32, float16, bfloat16 or None but got {dtype!r}."
         )
