@@ -217,6 +217,11 @@ QUANTIZED_MATMUL_FUZZ = FuzzEntry(
         {"x": _zeros((2, 32), "float32"), **_affine_packed(0, 32), "transpose": True, **_AFFINE_4},
         {"x": _zeros((2, 0), "float32"), "wq": _zeros((3, 0), "uint32"), "scales": _zeros((3, 0), "uint8"),
          "qbiases": None, "transpose": True, "group_size": 32, "bits": 8, "mode": "mxfp8"},
+        # float16 x beside bfloat16 affine scales is float32 (the promotion); mlx_impl's
+        # float16-through-float32 CUDA path once returned float16 (H200, 2026-11-30).
+        {"x": _zeros((64,), "float16", 1.0), "wq": _zeros((1, 8), "uint32"),
+         "scales": _zeros((1, 2), "bfloat16", 1.0), "qbiases": _zeros((1, 2), "bfloat16"),
+         "transpose": True, **_AFFINE_4},
     ),
 )
 
