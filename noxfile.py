@@ -60,8 +60,7 @@ def thorough(session: nox.Session) -> None:
     """Nightly: the whole registry under the ``thorough`` profile (250 examples a cell),
     error cases, mutants, and the fuzz at 1000 inputs per entry point, each entry point
     capped at a minute and each call at 20 s (120 s on a GPU back end; a hang is killed and
-    reported), so the fuzz
-    ends within about half an hour. Writes the report like ``conformance``."""
+    reported), so the fuzz ends within about half an hour. Writes the report like ``conformance``."""
     install_project(session)
     session.run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
 
