@@ -106,7 +106,7 @@ def command_run(args: argparse.Namespace) -> int:
     models_ok = True
     if args.models if args.models is not None else not args.record:
         # Whole tiny models of every architecture (conformance/model/cli.py: TINY_SUITE).
-        models_ok, report["models"] = model_cli.run_tiny_suite(out.parent / "models", env)
+        models_ok, report["models"] = model_cli.run_tiny_suite(out.parent / "models", env, args.jobs)
     write_report(report, out)
     if args.junitxml:
         from conformance.junit import write_junit

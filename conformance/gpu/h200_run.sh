@@ -24,10 +24,11 @@ case $stage in
     rm -rf "$work/conformance/_work/"*.json 2>/dev/null
     ;;
   models)
-    # The whole tiny suite compiles kernels for every dtype and mode at first use (over 7
-    # minutes on an H200): pass --tiny/--dtype/--quantize to choose what fits the call.
+    # Each configuration in its own process, 8 at a time: a first-use kernel compile that
+    # hangs, or a kernel that crashes, loses only its configuration (named in the report).
     [ "$2" = on ] && export MLX_ENABLE_TF32=1 || export MLX_ENABLE_TF32=0
     timeout "${STAGE_TIMEOUT:-540}" python -m conformance model --progress configs --out "$work/models" \
+      --jobs "${MODEL_JOBS:-8}" --config-timeout "${CONFIG_TIMEOUT:-420}" \
       "${@:3}" > "$work/model.log" 2>&1
     echo "models tf32=$2 rc=$?"; tail -8 "$work/model.log"
     ;;

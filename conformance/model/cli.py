@@ -24,6 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from conformance.model.isolated import Task, run_isolated
+from conformance.results import write_json_atomic
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -47,6 +50,13 @@ def add_parser(sub: Any) -> None:
                    help="keep MLX's CPU back end as shipped (default: mlx_impl.cpu_backend.tune_cpu)")
     p.add_argument("--progress", default="steps", choices=("steps", "configs"),
                    help="print a line per side and step (default) or per configuration")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="above 1: each configuration in its own process, this many at a time, so a "
+                        "crash or hang loses only that configuration (conformance/model/isolated.py)")
+    p.add_argument("--config-timeout", type=float, default=900.0,
+                   help="with --jobs above 1: seconds before a configuration counts as a hang")
+    p.add_argument("--task", help=argparse.SUPPRESS)
+    p.add_argument("--task-out", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
 
 
@@ -89,95 +99,123 @@ TINY_EXCLUDED: dict[tuple[str, str], str] = {
 """(model_type, quantized mode) left out of ``--tiny`` runs, with the reason the report prints."""
 
 
-def run_checkpoint(checkpoint: Path, *, name: str, dtypes: list[str], quants: list[str], quant_dtype: str,
-                   steps: int, prompt_len: int, anchors: bool, mutant: str | None, seed: int,
-                   work: Path, progress: bool = True,
-                   excluded: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every configuration of one checkpoint (but the quantized modes in ``excluded``);
-    returns their results."""
+def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[str]) -> tuple[list[Task], list[str]]:
+    """Every configuration the arguments ask for, in report order, and the notes on those
+    left out. ``--tiny`` checkpoints are written into ``work`` here (once each)."""
+    from conformance.model.checkpoints import BUILDERS, build_tiny
+
+    tasks: list[Task] = []
+    notes: list[str] = []
+    if args.tiny is not None:
+        for arch in _split(args.tiny, tuple(BUILDERS), "architecture"):
+            ck = build_tiny(arch, work / f"tiny-{arch}", seed=args.seed)
+            excluded = {q: why for (a, q), why in TINY_EXCLUDED.items() if a == arch and q in quants}
+            notes += [f"excluded: tiny-{arch} {args.quant_dtype}+{q}: {why}" for q, why in excluded.items()]
+            tasks += _model_tasks(ck, f"tiny-{arch}", dtypes, [q for q in quants if q not in excluded],
+                                  args.quant_dtype)
+    else:
+        ck = Path(args.checkpoint).resolve()
+        config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
+        if ("quantization" in config or "quantization_config" in config) and quants:
+            raise SystemExit(f"[conformance model] {ck} is already quantized; --quantize does not apply.")
+        tasks += _model_tasks(ck, ck.name, dtypes, quants, args.quant_dtype)
+    if args.dit:
+        for block in ("double", "single"):
+            tasks += [Task("dit", f"dit-{block}", dt, None, block=block) for dt in dtypes]
+            tasks += [Task("dit", f"dit-{block}", args.quant_dtype, q, block=block) for q in quants]
+    return tasks, notes
+
+
+def _model_tasks(checkpoint: Path, name: str, dtypes: list[str], quants: list[str],
+                 quant_dtype: str) -> list[Task]:
+    return ([Task("model", name, dt, None, checkpoint=str(checkpoint)) for dt in dtypes]
+            + [Task("model", name, quant_dtype, q, checkpoint=str(checkpoint)) for q in quants])
+
+
+def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Run one configuration in this process; its JSON-ready result."""
+    if task.kind == "dit":
+        from conformance.model.dit_check import DitCase, run_dit
+
+        return run_dit(DitCase(block=task.block or "double"), task.dtype, task.quant)
     from conformance.model.checkpoints import derive
     from conformance.model.harness import run_config
-    from conformance.model.mutants import MUTANTS
+    from conformance.model.mutants import ALL_MUTANTS
 
+    checkpoint = Path(task.checkpoint or "")
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    model_type = config.get("model_type", "?")
     prequantized = "quantization" in config or "quantization_config" in config
-    if prequantized and quants:
-        raise SystemExit(f"[conformance model] {checkpoint} is already quantized; --quantize does not apply.")
-    planted = MUTANTS[mutant](None) if mutant else None
-    configs = [(dt, None) for dt in dtypes] + [(quant_dtype, q) for q in quants if q not in (excluded or {})]
-    results = []
-    for dt, q in configs:
-        print(f"[conformance model] {name} {dt}{'+' + q if q else ''}: prefill {prompt_len} + {steps} steps",
-              file=sys.stderr, flush=True)
-        derived = derive(checkpoint, work / f"{name}-{dt}-{q or 'dense'}", dt, q)
-        r = run_config(checkpoint, derived, model_type=model_type, dtype=dt, quant=q, steps=steps,
-                       prompt_len=prompt_len, seed=seed, mutant=planted,
-                       anchors=anchors and not prequantized, progress=progress)
-        r["name"] = name
-        r["checkpoint"] = str(checkpoint)
-        results.append(r)
-    return results
+    print(f"[conformance model] {task.label}: prefill {args.prompt_len} + {args.steps} steps",
+          file=sys.stderr, flush=True)
+    derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{task.quant or 'dense'}", task.dtype, task.quant)
+    r = run_config(checkpoint, derived, model_type=config.get("model_type", "?"), dtype=task.dtype,
+                   quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
+                   mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
+                   anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps")
+    r["name"] = task.name
+    r["checkpoint"] = str(checkpoint)
+    return r
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The options a ``--task`` child needs to run its configuration as the parent would."""
+    out = ["--steps", str(args.steps), "--prompt-len", str(args.prompt_len), "--seed", str(args.seed),
+           "--progress", args.progress]
+    out += ["--no-anchors"] if args.no_anchors else []
+    out += ["--no-tune"] if args.no_tune else []
+    out += ["--mutant", args.mutant] if args.mutant else []
+    return out
+
+
+def _run_task_file(args: argparse.Namespace) -> int:
+    """``--task FILE --task-out FILE``: one configuration, as a child of a ``--jobs`` run."""
+    task = Task(**json.loads(Path(args.task).read_text(encoding="utf-8")))
+    with tempfile.TemporaryDirectory(prefix="model-task-") as tmp:
+        result = execute(task, args, Path(tmp))
+    write_json_atomic(Path(args.task_out), result)
+    return 0
 
 
 def command_model(args: argparse.Namespace) -> int:
     """Entry of ``python -m conformance model``."""
     from conformance.execute import backend_name
-    from conformance.model.checkpoints import BUILDERS, QUANT_MODES, build_tiny
+    from conformance.model.checkpoints import QUANT_MODES
     from conformance.model.report import SCHEMA, write_model_report
     from mlx_impl.cpu_backend import tune_cpu
 
     if not args.no_tune:
         tune_cpu()
+    if args.mutant:
+        from conformance.model.mutants import ALL_MUTANTS
+
+        _split(args.mutant, tuple(ALL_MUTANTS), "mutant")
+    if args.task:
+        return _run_task_file(args)
     dtypes = _split(args.dtype, DTYPES, "dtype")
     quants = _split(args.quantize, tuple(QUANT_MODES), "quantized mode")
-    if args.mutant:
-        from conformance.model.mutants import MUTANTS
-
-        _split(args.mutant, tuple(MUTANTS), "mutant")
     if (args.checkpoint is None) == (args.tiny is None):
         raise SystemExit("[conformance model] give a CHECKPOINT_DIR or --tiny, not both or neither.")
-    results: list[dict[str, Any]] = []
-    notes: list[str] = []
+    if args.jobs < 1 or args.config_timeout <= 0:
+        raise SystemExit("[conformance model] --jobs must be at least 1 and --config-timeout positive.")
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
-        if args.tiny is not None:
-            archs = _split(args.tiny, tuple(BUILDERS), "architecture")
-            name = f"tiny-{backend_name()}"
-            for arch in archs:
-                ck = build_tiny(arch, work / f"tiny-{arch}", seed=args.seed)
-                excluded = {q: why for (a, q), why in TINY_EXCLUDED.items() if a == arch and q in quants}
-                notes += [f"excluded: tiny-{arch} {args.quant_dtype}+{q}: {why}" for q, why in excluded.items()]
-                results += run_checkpoint(ck, name=f"tiny-{arch}", dtypes=dtypes, quants=quants,
-                                          quant_dtype=args.quant_dtype, steps=args.steps,
-                                          prompt_len=args.prompt_len, anchors=not args.no_anchors,
-                                          mutant=args.mutant, seed=args.seed, work=work,
-                                          progress=args.progress == "steps", excluded=excluded)
+        tasks, notes = plan(args, work, dtypes, quants)
+        if args.jobs > 1:
+            results = run_isolated(tasks, jobs=args.jobs, timeout=args.config_timeout, work=work / "tasks",
+                                   child_args=_child_args(args))
         else:
-            ck = Path(args.checkpoint).resolve()
-            name = ck.name
-            results = run_checkpoint(ck, name=name, dtypes=dtypes, quants=quants, quant_dtype=args.quant_dtype,
-                                     steps=args.steps, prompt_len=args.prompt_len, anchors=not args.no_anchors,
-                                     mutant=args.mutant, seed=args.seed, work=work,
-                                     progress=args.progress == "steps")
-    report: dict[str, Any] = {"schema": SCHEMA, "run": run_header(), "results": results, "dit": [],
-                              "notes": notes, "mutant": args.mutant}
-    if args.dit:
-        from conformance.model.dit_check import DitCase, run_dit
-
-        for block in ("double", "single"):
-            for dt in dtypes:
-                report["dit"].append(run_dit(DitCase(block=block), dt))
-            for q in quants:
-                report["dit"].append(run_dit(DitCase(block=block), args.quant_dtype, q))
-    notes += _anchor_notes(results)
+            results = [execute(t, args, work) for t in tasks]
+    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
+    report: dict[str, Any] = {"schema": SCHEMA, "run": run_header(), "notes": notes, "mutant": args.mutant,
+                              "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
+                              "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
+    notes += _anchor_notes(report["results"])
     out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)
-    passed = sum(r["passed"] for r in results) + sum(d["passed"] for d in report["dit"])
-    total = len(results) + len(report["dit"])
-    print(f"[conformance model] {passed}/{total} configurations conform. Report: {out / 'report.html'}",
+    passed = sum(r["passed"] for r in results)
+    print(f"[conformance model] {passed}/{len(results)} configurations conform. Report: {out / 'report.html'}",
           flush=True)
-    return 0 if passed == total else 1
+    return 0 if passed == len(results) else 1
 
 
 def _anchor_notes(results: list[dict[str, Any]]) -> list[str]:
@@ -201,14 +239,19 @@ checkpoints ship), a prefill of 8 tokens (longer than Gemma 3's window of 4) and
 cached steps, plus the DiT block."""
 
 
-def run_tiny_suite(models_root: Path, env: dict[str, str]) -> tuple[bool, dict[str, Any]]:
+def run_tiny_suite(models_root: Path, env: dict[str, str], jobs: int = 1) -> tuple[bool, dict[str, Any]]:
     """Run :data:`TINY_SUITE` in a subprocess (a crash loses only this part) writing the
     model report to ``models_root/tiny-<backend>``; returns (ok, summary for the
-    conformance report)."""
+    conformance report). On a GPU back end each configuration runs in its own process,
+    ``jobs`` at a time (a kernel that crashes or a first-use compile that hangs loses only
+    its configuration); on the CPU one process runs them all, since a process per
+    configuration would add its imports (about 3 s) 55 times to CI's time."""
     from conformance.execute import backend_name
 
-    out = models_root / f"tiny-{backend_name()}"
-    cmd = [sys.executable, "-m", "conformance", "model", *TINY_SUITE, "--out", str(out)]
+    backend = backend_name()
+    out = models_root / f"tiny-{backend}"
+    isolate = ["--jobs", str(max(2, jobs))] if backend != "cpu" else []
+    cmd = [sys.executable, "-m", "conformance", "model", *TINY_SUITE, *isolate, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     for line in proc.stdout.splitlines():

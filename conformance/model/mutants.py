@@ -9,6 +9,12 @@ import these classes), so the harness must name the (step, layer) where it bites
   cache twice (the attention then weighs the new token twice, and every later position
   is one further off).
 
+Two more stand in for a back end that fails outright, so the ``--jobs`` isolation
+(:mod:`conformance.model.isolated`) can prove it names the configuration that was lost:
+
+* ``crash_at_decode``: the process aborts (SIGABRT) at the first decode step's cache update;
+* ``hang_at_decode``: the first decode step's cache update never returns.
+
 ``layer`` restricts a bug to one decoder layer (instances are counted in creation order,
 which is layer order), so a test can prove the harness names the layer, not just the step.
 """
@@ -77,8 +83,50 @@ def cache_appended_twice(layer: int | None = None) -> Mutant:
     return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
 
 
+def crash_at_decode(layer: int | None = None) -> Mutant:
+    """Abort the process (as a crashing kernel would) at a decode step's cache update."""
+    import os
+
+    from mlx_impl.models.cache import KVCache
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def update(self: Any, keys: Any, values: Any) -> Any:
+            if keys.shape[2] == 1 and targeted(self):
+                os.abort()
+            return original(self, keys, values)
+        return update
+
+    return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+
+
+def hang_at_decode(layer: int | None = None) -> Mutant:
+    """Never return (as a stuck kernel or compile would) from a decode step's cache update."""
+    import threading
+
+    from mlx_impl.models.cache import KVCache
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def update(self: Any, keys: Any, values: Any) -> Any:
+            if keys.shape[2] == 1 and targeted(self):
+                threading.Event().wait()
+            return original(self, keys, values)
+        return update
+
+    return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+
+
 MUTANTS: dict[str, Callable[[int | None], Mutant]] = {
     "rope_offset_off_by_one": rope_offset_off_by_one,
     "cache_appended_twice": cache_appended_twice,
 }
-"""Planted bugs by name."""
+"""Planted numerical bugs by name: the harness must name their (step, layer)."""
+
+PROCESS_FAULTS: dict[str, Callable[[int | None], Mutant]] = {
+    "crash_at_decode": crash_at_decode,
+    "hang_at_decode": hang_at_decode,
+}
+"""Planted process failures by name: only a ``--jobs`` run survives them (it names the
+configuration lost); a serial run dies or waits with them."""
+
+ALL_MUTANTS = {**MUTANTS, **PROCESS_FAULTS}
+"""What ``--mutant`` accepts."""

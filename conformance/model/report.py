@@ -140,14 +140,15 @@ def to_markdown(report: dict[str, Any]) -> str:
     run = report["run"]
     results = report["results"]
     dit = report.get("dit", [])
+    ran = [r for r in results if "error" not in r]
     passed = sum(r["passed"] for r in results) + sum(d["passed"] for d in dit)
     lines = [f"# Model conformance: {passed} / {len(results) + len(dit)} configurations conform "
              f"({len(results)} model, {len(dit)} DiT block)", "",
              f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
              f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
              f"{run.get('date')}; MLX float32 matmuls: "
-             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: prefill of {results[0]['prompt_len'] if results else '?'} tokens "
-             f"+ {results[0]['steps'] if results else '?'} cached decode steps.", "",
+             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: prefill of {ran[0]['prompt_len'] if ran else '?'} tokens "
+             f"+ {ran[0]['steps'] if ran else '?'} cached decode steps.", "",
              "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
              "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "
              "Errors are relative 2-norm errors against the float64 oracle.", "",
@@ -157,10 +158,17 @@ def to_markdown(report: dict[str, Any]) -> str:
              "| ratio | depth growth | anchors |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        if "error" in r:
+            lines.append(f"| {config_label(r)} | {r['error']['status']} | - | - | - | - | - | - |")
+            continue
         lines.append(f"| {config_label(r)} | {'PASS' if r['passed'] else 'FAIL'} | {_departure(r)} | "
                      f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
                      f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_anchors(r)} |")
     for d in report.get("dit", []):
+        if "error" in d:
+            lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}"
+                         + (f"+{d['quant']}" if d["quant"] else "") + f" | {d['error']['status']} | - | - | - | - | - | - |")
+            continue
         lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
                      + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
                      + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " (text / image) | - | - | "
@@ -170,12 +178,21 @@ def to_markdown(report: dict[str, Any]) -> str:
     if failing:
         lines += ["", "## Departures", ""]
         for r in failing:
+            if "error" in r:
+                lines += [f"### {config_label(r)}: {r['error']['status']}", "", "```",
+                          r["error"]["detail"], "```", ""]
+                continue
             if r["departure"]:
                 lines += [f"### {config_label(r)}: step {r['departure']['step']}, {r['departure']['point']}",
                           "", "```", r["departure"]["message"], "```", ""]
             for f in r["tokens"]["flips"]:
                 lines.append(f"- {config_label(r)} step {f['step']}: greedy token {f['side']} vs oracle "
                              f"{f['oracle']}, margin {f['margin']:.3g} > 2 x bound {f['bound']:.3g}")
+    for d in dit:
+        if "error" in d:
+            lines += ["", f"### Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}"
+                      + (f"+{d['quant']}" if d["quant"] else "") + f": {d['error']['status']}", "", "```",
+                      d["error"]["detail"], "```"]
     notes = report.get("notes", [])
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
@@ -187,6 +204,8 @@ def to_html(report: dict[str, Any]) -> str:
     md = to_markdown(report)
     body = [f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre>"]
     for r in report["results"]:
+        if "error" in r:
+            continue
         body.append(f"<h3>{html.escape(config_label(r))}: {'PASS' if r['passed'] else 'FAIL'}; "
                     f"departure {html.escape(_departure(r))}; tokens {html.escape(_tokens(r))}</h3>")
         body.append(_plots(r))
