@@ -14,6 +14,7 @@ float32 as reference.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,7 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     import torch
 
     from conformance.dtypes import mlx_to_numpy, round_to, to_mlx, to_torch
+    from conformance.execute import backend_name, configure_peer_precision, peer_device
     from mlx_impl.models import dit as mlx_dit
     from torch_reference.models import dit as twin_dit
 
@@ -118,13 +120,20 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     twin_kind = twin_dit.Flux2DoubleBlock if double else twin_dit.Flux2SingleBlock
     m_block: Any = factory({k: to_mlx(v, dtype) for k, v in rounded.items()}, mlx_dit.Flux2BlockConfig(*shape),
                       quantization)
+    # The peer computes where the op-level one does (CUDA tensors in a CUDA run, float32
+    # matmuls at MLX's precision: TF32 where MLX_ENABLE_TF32 is on); the oracle on the CPU.
+    backend = backend_name()
+    device = peer_device(backend)
+    configure_peer_precision(backend)
     t_block: Any = twin_kind({k: to_torch(v, dtype) for k, v in rounded.items()},
-                        twin_dit.Flux2BlockConfig(*shape), quantization)
+                             twin_dit.Flux2BlockConfig(*shape), quantization)
+    # Quantized on the CPU once, then moved: the peer and the oracle hold the same codes.
+    p_block: Any = copy.deepcopy(t_block).to(device)
     m_out = m_block(*[to_mlx(a, dtype) for a in ins], grid=case.grid)
     mx.eval(*m_out)
     t_ins = [to_torch(a, dtype) for a in ins]
     with torch.no_grad():
-        peer = t_block(*t_ins, grid=case.grid)
+        peer = [t.cpu() for t in p_block(*[t.to(device) for t in t_ins], grid=case.grid)]
         oracle = t_block(*t_ins, grid=case.grid, precision="float64")
     result: dict[str, Any] = {"block": case.block, "dtype": dtype, "quant": quant, "outputs": {},
                               "anchor": None}

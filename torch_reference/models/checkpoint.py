@@ -80,7 +80,10 @@ class QuantizedEmbedding(torch.nn.Module):
 
     def forward(self, indices: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
         biases = None if self.biases is None else self.biases[indices]
-        return dequantize(self.weight[indices], self.scales[indices], biases, self.group_size,
+        # PyTorch's CUDA indexing has no uint32 kernel ("index_cuda" not implemented for
+        # 'UInt32'): take the packed rows as int32 words, the same bits.
+        rows = self.weight.view(torch.int32)[indices].view(torch.uint32)
+        return dequantize(rows, self.scales[indices], biases, self.group_size,
                           self.bits, self.mode, self.dtype, precision=precision)
 
     def as_linear(self) -> QuantizedProjection:
