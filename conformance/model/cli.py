@@ -1,7 +1,7 @@
 """``python -m conformance model``: run a checkpoint (or the tiny built ones) through the
 model conformance and write the report.
 
-    python -m conformance model CHECKPOINT_DIR [--dtype float32,bfloat16,float16]
+    python -m conformance model CHECKPOINT_DIR [--dtype float32,float64,bfloat16,float16]
         [--steps 32] [--prompt-len 16] [--quantize affine4,mxfp4,...|all]
         [--quant-dtype float32] [--out DIR] [--no-anchors] [--mutant NAME]
     python -m conformance model --tiny [llama,qwen3,...|all] [--dit] ...
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+NO_FLOAT64 = "float64 not run: MLX's {backend} back end has no float64 (MLX computes float64 on its CPU back end only)"
 
 
 def add_parser(sub: Any) -> None:
@@ -139,6 +140,9 @@ def command_model(args: argparse.Namespace) -> int:
         raise SystemExit("[conformance model] give a CHECKPOINT_DIR or --tiny, not both or neither.")
     results: list[dict[str, Any]] = []
     notes: list[str] = []
+    if "float64" in dtypes and backend_name() != "cpu":
+        dtypes = [d for d in dtypes if d != "float64"]
+        notes.append(NO_FLOAT64.format(backend=backend_name()))
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
         if args.tiny is not None:

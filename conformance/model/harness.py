@@ -10,9 +10,11 @@ each decoder layer's output and the logits, MLX is judged against the oracle wit
 twin as reference (:mod:`conformance.model.bounds`); the first point that leaves the
 bound is the departure. Greedy agreement counts the steps whose MLX argmax equals the
 oracle's; a flip inside the oracle's top-2 margin (``<= 2 x`` the bound) is a tie, not a
-failure. In float32 without quantization, transformers' own float64 model is the external
-anchor (its logits at every step); mlx-lm, where it implements the architecture, is
-judged like MLX at every step.
+failure. In float32 and float64 without quantization, transformers' own float64 model is
+the external anchor (its logits at every step); mlx-lm, where it implements the
+architecture, is judged like MLX at every step. A float64 configuration (CPU back end)
+also replays the twin in float32 on the same weights, the precision probe of
+:mod:`conformance.model.bounds`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from conformance.model.bounds import check_point, greedy_flip_is_tie
+from conformance.model.checkpoints import derive
 from conformance.model.sides import (
     MlxLmSide,
     MlxSide,
@@ -84,19 +87,26 @@ def _sig(value: float) -> float:
 def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
-                 with_hidden: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every (step, point) judged; returns the points and the first departure."""
+                 with_hidden: bool, probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None,
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every (step, point) judged; returns the points and the first departure.
+    ``probe_out``: the twin in float32 (float64 configurations; see bounds.py)."""
     points: list[dict[str, Any]] = []
     departure = None
-    for s, ((lg, hs), (plg, phs), (olg, ohs)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    for s, ((lg, hs), (plg, phs), (olg, ohs), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
+                                                                     strict=True)):
         if with_hidden and len(hs) != len(ohs):
             raise ValueError(f"[model conformance] step {s}: {len(hs)} hidden states but the oracle "
                              f"gave {len(ohs)}.")
         pairs = [*zip(hs, phs, ohs, strict=True)] if with_hidden else []
         pairs.append((lg, plg, olg))
-        for i, (a, p, o) in enumerate(pairs):
+        probe_pts: list[np.ndarray | None] = [None] * len(pairs)
+        if pr is not None:
+            probe_pts = [*pr[1], pr[0]] if with_hidden else [pr[0]]
+        for i, ((a, p, o), q) in enumerate(zip(pairs, probe_pts, strict=True)):
             index = i if with_hidden else len(ohs)
-            check = check_point(a, p, o, dtype)
+            check = check_point(a, p, o, dtype, q)
             # 4 significant digits: the report plots and compares these, and a long run
             # on a deep model has (layers + 2) x (steps + 1) points per configuration.
             entry = {"step": s, "point": point_name(index, len(ohs)), "index": index,
@@ -113,10 +123,13 @@ def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
 
 def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
             peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
-            oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str) -> dict[str, Any]:
+            oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
+            probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None) -> dict[str, Any]:
     """Greedy agreement at the last position of every step (batch row 0)."""
     oracle_ids, side_ids, agree, ties, flips = [], [], 0, 0, []
-    for s, ((lg, _), (plg, _), (olg, _)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    for s, ((lg, _), (plg, _), (olg, _), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
+                                                               strict=True)):
         o_row, m_row = olg[0, -1], lg[0, -1]
         o_id, m_id = int(np.argmax(o_row)), int(np.argmax(m_row))
         oracle_ids.append(o_id)
@@ -124,7 +137,8 @@ def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
         if o_id == m_id:
             agree += 1
             continue
-        bound = float(check_point(m_row[None], plg[0, -1][None], o_row[None], dtype).bound_row[0])
+        q_row = None if pr is None else pr[0][0, -1][None]
+        bound = float(check_point(m_row[None], plg[0, -1][None], o_row[None], dtype, q_row).bound_row[0])
         if greedy_flip_is_tie(o_row, m_id, bound):
             ties += 1
         else:
@@ -169,10 +183,18 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     oracle = TwinSide(derived, "float64", "twin-float64")
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     peer_out = _replay(TwinSide(derived, "native", f"twin-{dtype}"), inputs, progress, label)
+    probe_out = None
+    if dtype == "float64":
+        # The precision probe (bounds.py): the twin in float32 on the same weights (a
+        # float32 or narrower checkpoint rounds to float32 exactly, as to float64).
+        if quant is not None:
+            raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
+        probe = derive(checkpoint, derived.parent / f"{derived.name}-probe-float32", "float32")
+        probe_out = _replay(TwinSide(probe, "native", "twin-float32"), inputs, progress, label)
     with _maybe(mutant):
         mlx_out = _replay(MlxSide(derived), inputs, progress, label)
-    points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True)
-    tokens = _tokens(mlx_out, peer_out, oracle_out, dtype)
+    points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True, probe_out=probe_out)
+    tokens = _tokens(mlx_out, peer_out, oracle_out, dtype, probe_out)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
@@ -181,7 +203,7 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     }
     if anchors:
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs,
-                                         peer_out, oracle_out, progress, label)
+                                         peer_out, oracle_out, progress, label, probe_out)
     result["passed"] = (departure is None and not tokens["flips"]
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -194,13 +216,20 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
 def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, quant: str | None,
                  inputs: list[np.ndarray], peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], progress: bool,
-                 label: str) -> list[dict[str, Any]]:
-    """transformers float64 (float32 dense: its weights are the checkpoint's own, and the
-    twin in float32 is the reference for a partly-float32 computation) and mlx-lm."""
+                 label: str, probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """transformers float64 (float32 and float64 dense: its weights are the checkpoint's
+    own, and the twin in float32 is the reference for a partly-float32 computation, in a
+    float64 configuration too: transformers' float64 model keeps its RMSNorm statistics
+    and RoPE tables in float32, ~1e-7 relative, so it answers like float32, not float64)
+    and mlx-lm (judged like MLX, with the probe in float64)."""
     found = []
-    if dtype == "float32" and quant is None:
+    if dtype in ("float32", "float64") and quant is None:
+        twin32 = peer_out if dtype == "float32" else probe_out
+        if twin32 is None:
+            raise ValueError("[model conformance] a float64 configuration needs the float32 probe.")
         out = _replay(TransformersSide(checkpoint), inputs, progress, label)
-        pts, dep = _judge_trace(out, peer_out, oracle_out, "float32", with_hidden=False)
+        pts, dep = _judge_trace(out, twin32, oracle_out, "float32", with_hidden=False)
         found.append(_anchor_entry("transformers-float64", pts, dep, required=True,
                                    rule="|transformers64 - oracle| <= 2 x twin-float32 error + 2 float32 ulp"))
     if mlx_lm_supports(model_type):
@@ -210,9 +239,10 @@ def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, q
             found.append({"name": "mlx-lm", "passed": False, "required": False,
                           "error": f"{type(exc).__name__}: {exc}"})
         else:
-            pts, dep = _judge_trace(out, peer_out, oracle_out, dtype, with_hidden=False)
+            pts, dep = _judge_trace(out, peer_out, oracle_out, dtype, with_hidden=False, probe_out=probe_out)
             found.append(_anchor_entry("mlx-lm", pts, dep, required=False,
-                                       rule=f"|mlx-lm - oracle| <= 2 x twin-{dtype} error + 2 ulp"))
+                                       rule=f"|mlx-lm - oracle| <= 2 x twin-{'float32' if probe_out else dtype} error"
+                                       + " + 2 ulp"))
     return found
 
 
