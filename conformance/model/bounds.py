@@ -188,3 +188,45 @@ def greedy_flip_is_tie(oracle_row: np.ndarray, side_choice: int, bound: float) -
     """
     best = int(np.argmax(oracle_row))
     return bool(oracle_row[best] - oracle_row[side_choice] <= 2.0 * bound)
+
+
+def routing_flip_is_tie(oracle_logits: np.ndarray, oracle_experts: np.ndarray, side_experts: np.ndarray,
+                        router: tuple[np.ndarray, np.ndarray], side_input: np.ndarray, oracle_input: np.ndarray,
+                        peer_logits: np.ndarray, peer_input: np.ndarray, dtype: str) -> bool:
+    """Whether a side's top-k experts ``side_experts`` differing from the oracle's
+    ``oracle_experts`` is a routing tie that a conforming side can make.
+
+    The router is one linear op ``L = W x + c`` (``router``: ``(W [E, H], c [E])``, the
+    exact float64 router the oracle applies). The side's logits are
+    ``L_side[e] = w_e . x_side + c_e + rho_e``: its router-input error, carried through
+    ``W``, plus the router's own rounding ``rho_e``, which the ops' rule admits up to
+    ``2 x`` the twin's own rounding at its own input, ``|L_twin[e] - (w_e . x_twin + c_e)|``,
+    plus 2 ulp of the logit (``conformance/tolerance.py``; elementwise: one op). For the
+    side to prefer an expert ``b`` it has over an expert ``a`` only the oracle has,
+    ``L_side[b] >= L_side[a]``; with the oracle's ``L_o[e] = w_e . x_oracle + c_e`` and
+    Cauchy-Schwarz, the admissible oracle margin is
+
+        L_o[a] - L_o[b] <= ||w_a - w_b|| ||x_side - x_oracle|| + rho_a + rho_b.
+
+    ``x_side - x_oracle`` is the side's router-input error, judged by the harness as a
+    point of its own (2x the twin's), so a tie is admitted only as far as errors that
+    conform can move the choice. Every pair (a only the oracle picked, b only the side
+    picked) must satisfy it. A wrong choice (a router picking the wrong end, a shifted
+    index, a wrong bias) fails unless the oracle's margin is that small.
+
+    ``*_logits: [E]``, ``*_experts: [k]``, ``*_input: [H]``.
+    """
+    only_oracle = sorted(set(oracle_experts.tolist()) - set(side_experts.tolist()))
+    only_side = sorted(set(side_experts.tolist()) - set(oracle_experts.tolist()))
+    if not only_oracle:
+        return True
+    weight, bias = router
+    twin_rounding = np.abs(peer_logits - (weight @ peer_input + bias))
+    rho = 2.0 * twin_rounding + 2.0 * model_format(dtype).ulp(np.abs(oracle_logits))
+    dx = float(np.linalg.norm(side_input - oracle_input))
+    for a in only_oracle:
+        for b in only_side:
+            allowed = float(np.linalg.norm(weight[a] - weight[b])) * dx + rho[a] + rho[b]
+            if oracle_logits[a] - oracle_logits[b] > allowed:
+                return False
+    return True

@@ -132,9 +132,8 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     from mlx_impl.models import dit as mlx_dit
     from torch_reference.models import dit as twin_dit
 
-    if dtype == "float64":
-        if quant is not None:
-            raise ValueError("[run_dit] quantized layers take no float64.")
+    if dtype == "float64" and quant is not None:
+        raise ValueError("[run_dit] quantized layers take no float64.")
     # conformance.dtypes' casts, with float64 added (the ops' formats have none).
     round_to, to_mlx, to_torch = _f64_round, _f64_mlx, _f64_torch
     state, inputs = random_state(case)

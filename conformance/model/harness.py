@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.model.bounds import check_point, greedy_flip_is_tie
+from conformance.model.bounds import check_point, greedy_flip_is_tie, routing_flip_is_tie
 from conformance.model.checkpoints import derive
 from conformance.model.sides import (
     MlxLmSide,
@@ -148,6 +148,69 @@ def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
             "steps": len(oracle_ids)}
 
 
+Routing = list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+"""One side's routers: per step, per MoE layer, (router input [N, H], router logits
+[N, E], own top-k [N, k])."""
+
+
+def router_weights(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each MoE layer's router ``(W [E, H], c [E])`` as the float64 oracle applies it (the
+    exact value of a quantized router's codes): ``router(I) - router(0)`` and ``router(0)``
+    in float64, exact (one nonzero term per dot product)."""
+    import torch
+
+    found = []
+    for layer in model.layers:
+        if not hasattr(layer.mlp, "routing"):
+            continue
+        h = model.args.hidden_size
+        with torch.no_grad():
+            zero = layer.mlp.router(torch.zeros(1, h, dtype=torch.float64), precision="float64")
+            eye = layer.mlp.router(torch.eye(h, dtype=torch.float64), precision="float64")
+        found.append(((eye - zero).T.numpy().copy(), zero[0].numpy().copy()))
+    return found
+
+
+def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[np.ndarray, np.ndarray]],
+             dtype: str, probe: Routing | None = None) -> dict[str, Any] | None:
+    """The routers of a mixture-of-experts model judged at every (step, MoE layer, token).
+
+    The router input (the normalised residual stream, ``[N, H]``) is a point like any
+    other (MLX against the oracle, the twin as reference, :func:`check_point`). A token
+    whose top-k experts differ from the oracle's must be a tie
+    (:func:`conformance.model.bounds.routing_flip_is_tie`, with the margin MLX's own input
+    error allows: Cauchy-Schwarz on the router's rows, see there); anything else is a
+    flip and fails. The sides continued with the oracle's experts at such rows
+    (:class:`conformance.model.sides.RouterLog`), so the hidden states stay comparable
+    and are judged as usual. None for a model without routers."""
+    if not oracle or not any(oracle):
+        return None
+    ties, twin_ties, rows, worst, flips = 0, 0, 0, 0.0, []
+    departure = None
+    probes = probe if probe is not None else [None] * len(oracle)
+    for s, (ms, ps, os_, qs) in enumerate(zip(side, peer, oracle, probes, strict=True)):
+        for layer, ((mx_, ml, me), (px, pl, pe), (ox, ol, oe), router) in enumerate(
+                zip(ms, ps, os_, weights, strict=True)):
+            check = check_point(mx_, px, ox, dtype, None if qs is None else qs[layer][0])
+            worst = max(worst, check.ratio)
+            if not check.passed and departure is None:
+                departure = {"step": s, "point": f"router input {layer}", "kind": check.kind,
+                             "message": check.message}
+            for r in range(ol.shape[0]):
+                rows += 1
+                twin_ties += int(not np.array_equal(pe[r], oe[r]))
+                if np.array_equal(me[r], oe[r]):
+                    continue
+                if routing_flip_is_tie(ol[r], oe[r], me[r], router, mx_[r], ox[r], pl[r], px[r], dtype):
+                    ties += 1
+                else:
+                    flips.append({"step": s, "layer": layer, "row": r, "oracle": oe[r].tolist(),
+                                  "side": me[r].tolist(), "oracle_logits": [_sig(v) for v in ol[r]],
+                                  "side_logits": [_sig(v) for v in ml[r]]})
+    return {"rows": rows, "ties": ties, "twin_ties": twin_ties, "flips": flips, "worst_input_ratio": _sig(worst),
+            "departure": departure, "passed": departure is None and not flips}
+
+
 @contextlib.contextmanager
 def _maybe(mutant: Mutant | None) -> Iterator[None]:
     if mutant is None:
@@ -182,29 +245,39 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
     oracle = TwinSide(derived, "float64", "twin-float64")
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
-    peer_out = _replay(TwinSide(derived, "native", f"twin-{dtype}"), inputs, progress, label)
+    # Mixture-of-experts: the other sides continue with the oracle's experts where theirs
+    # differ (judged as ties or flips by _routing).
+    force = [[e for _, _, e in layers] for layers in oracle.routing.steps]
+    peer = TwinSide(derived, "native", f"twin-{dtype}", force=force)
+    peer_out = _replay(peer, inputs, progress, label)
     probe_out = None
+    prober = peer
     if dtype == "float64":
         # The precision probe (bounds.py): the twin in float32 on the same weights (a
         # float32 or narrower checkpoint rounds to float32 exactly, as to float64).
         if quant is not None:
             raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
         probe = derive(checkpoint, derived.parent / f"{derived.name}-probe-float32", "float32")
-        probe_out = _replay(TwinSide(probe, "native", "twin-float32"), inputs, progress, label)
+        prober = TwinSide(probe, "native", "twin-float32", force=force)
+        probe_out = _replay(prober, inputs, progress, label)
     with _maybe(mutant):
-        mlx_out = _replay(MlxSide(derived), inputs, progress, label)
+        mlx = MlxSide(derived, force=force)
+        mlx_out = _replay(mlx, inputs, progress, label)
+    routing = _routing(mlx.routing.steps, peer.routing.steps, oracle.routing.steps,
+                       router_weights(oracle.model), dtype,
+                       prober.routing.steps if probe_out is not None else None)
     points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True, probe_out=probe_out)
     tokens = _tokens(mlx_out, peer_out, oracle_out, dtype, probe_out)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
         "layers": len(oracle_out[0][1]) - 1, "points": points, "departure": departure,
-        "tokens": tokens, "anchors": [],
+        "tokens": tokens, "anchors": [], "routing": routing,
     }
     if anchors:
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs,
                                          peer_out, oracle_out, progress, label, probe_out)
-    result["passed"] = (departure is None and not tokens["flips"]
+    result["passed"] = (departure is None and not tokens["flips"] and (routing is None or routing["passed"])
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
     _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
