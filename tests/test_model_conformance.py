@@ -196,3 +196,18 @@ def test_routing_flip_is_a_tie_only_inside_the_margin_the_input_error_allows() -
                                    *peer, "float32")
     assert routing_flip_is_tie(logits, np.array([0, 1]), np.array([1, 0]), (weight, bias), tiny, x_oracle,
                                *peer, "float32")
+
+
+def test_float64_is_not_run_on_a_gpu_back_end_and_the_report_says_why(
+        llama: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conformance.execute
+
+    # Only the back end's name is faked (no GPU is touched: nothing runs but the report).
+    monkeypatch.setattr(conformance.execute, "backend_name", lambda: "cuda")
+    checkpoint, _ = llama
+    assert main(["model", str(checkpoint), "--dtype", "float64", "--steps", "1", "--prompt-len", "4",
+                 "--no-anchors", "--progress", "configs", "--no-tune", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "model.json").read_text())
+    assert report["results"] == []
+    assert any("float64 not run" in n and "cuda" in n for n in report["notes"]), report["notes"]
+    assert "float64 not run" in (tmp_path / "report.md").read_text()
