@@ -14,7 +14,9 @@ failure. In float32 and float64 without quantization, transformers' own float64 
 the external anchor (its logits at every step); mlx-lm, where it implements the
 architecture, is judged like MLX at every step. A float64 configuration (CPU back end)
 also replays the twin in float32 on the same weights, the precision probe of
-:mod:`conformance.model.bounds`.
+:mod:`conformance.model.bounds`. A mixture-of-experts model's routing is judged per
+(step, MoE layer, token) (:func:`_routing`): a different choice of experts must be a tie,
+and the sides continue with the oracle's experts there so the trace stays comparable.
 """
 
 from __future__ import annotations
