@@ -9,7 +9,9 @@ the twin as reference (:func:`conformance.model.bounds.check_point`). diffusers'
 in float64 on the same rounded weights with RoPE tables from its own ``Flux2PosEmbed``,
 is the external anchor: it computes the RoPE rotation in float32 (``apply_rotary_emb``
 casts to float), so it answers like a float32 computation, judged with the twin in
-float32 as reference.
+float32 as reference. In float64 (CPU back end) MLX is judged the same way, against the
+twin in float32 as the precision probe (:mod:`conformance.model.bounds`: MLX's float64
+fast norms and RoPE round to float32 inside).
 """
 
 from __future__ import annotations
