@@ -1,6 +1,7 @@
 """The Flux 2 DiT blocks (``mlx_impl.models.dit``: double-stream and single-stream)
 against their twins, the float64 oracle and diffusers' own ``Flux2TransformerBlock`` /
-``Flux2SingleTransformerBlock`` (float64 anchor), dense in every test dtype and quantized
+``Flux2SingleTransformerBlock`` (float64 anchor), dense in every test dtype (float64
+included, CPU) and quantized
 in every mode; planted bugs must be caught."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _failures(result: dict) -> str:
 
 
 @pytest.mark.parametrize("block", ["double", "single"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
 def test_dense_block_conforms_and_matches_diffusers(dtype: str, block: str) -> None:
     result = run_dit(DitCase(block=block), dtype)
     assert result["passed"], _failures(result)
@@ -60,9 +61,10 @@ def test_rope_axes_swapped_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(mlx_dit, "flux2_rope", swapped)
     for block in ("double", "single"):
-        result = run_dit(DitCase(block=block), "float32")
-        assert not result["passed"], block
-        assert not result["outputs"]["image"]["passed"], block
+        for dtype in ("float32", "float64"):  # float64: judged against the float32 probe
+            result = run_dit(DitCase(block=block), dtype)
+            assert not result["passed"], (block, dtype)
+            assert not result["outputs"]["image"]["passed"], (block, dtype)
 
 
 def test_modulation_without_one_plus_scale_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

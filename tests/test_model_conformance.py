@@ -42,7 +42,7 @@ def test_float32_port_conforms_with_transformers_anchor(model_type: str, tmp_pat
 
 
 @pytest.mark.parametrize("layer", [None, 1])
-@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+@pytest.mark.parametrize("mutant", ["cache_appended_twice", "rope_offset_off_by_one"])
 def test_planted_bug_is_named_by_step_and_layer(llama: tuple[Path, Path], mutant: str, layer: int | None) -> None:
     checkpoint, derived = llama
     r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=3,
@@ -102,3 +102,112 @@ def test_command_writes_report_and_names_a_planted_bug(llama: tuple[Path, Path],
     assert json.loads((tmp_path / "ok" / "model.json").read_text())["results"][0]["passed"]
     assert main([*common, "--mutant", "rope_offset_off_by_one", "--out", str(tmp_path / "bad")]) == 1
     assert "FAIL | step 1, layer 0" in (tmp_path / "bad" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("model_type", sorted(BUILDERS))
+def test_float64_port_conforms_with_transformers_anchor(model_type: str, tmp_path: Path) -> None:
+    checkpoint = build_tiny(model_type, tmp_path / "ckpt")
+    derived = derive(checkpoint, tmp_path / "float64", "float64")
+    r = run_config(checkpoint, derived, model_type=model_type, dtype="float64", quant=None, steps=32,
+                   prompt_len=8, progress=False)
+    assert r["departure"] is None, r["departure"]
+    assert r["tokens"]["agree"] == 33 and not r["tokens"]["flips"]
+    anchor = next(a for a in r["anchors"] if a["name"] == "transformers-float64")
+    assert anchor["required"] and anchor["passed"] and anchor["steps_checked"] == 33, anchor
+    assert r["passed"]
+    # MLX really computed in float64 at float32-sized error (its fast norms and RoPE round
+    # to float32 inside), not at bfloat16's or worse: well inside the bound.
+    assert max(p["ratio"] for p in r["points"]) < 1.0
+    assert max(p["rel_err"] for p in r["points"]) < 1e-5
+
+
+@pytest.mark.parametrize("mutant", ["cache_appended_twice", "rope_offset_off_by_one"])
+def test_planted_bug_is_caught_in_float64(llama: tuple[Path, Path], mutant: str, tmp_path: Path) -> None:
+    checkpoint, _ = llama
+    derived = derive(checkpoint, tmp_path / "float64", "float64")
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float64", quant=None, steps=3,
+                   prompt_len=8, mutant=MUTANTS[mutant](1), anchors=False, progress=False)
+    assert not r["passed"]
+    assert r["departure"]["step"] == 1 and r["departure"]["point"] == "layer 1", r["departure"]
+    assert "twin32" in r["departure"]["message"]
+    worst = max(p["ratio"] for p in r["points"])
+    assert worst > 100, worst  # an O(1) bug against a float32-sized bound
+
+
+def test_check_point_float64_is_judged_against_the_float32_probe() -> None:
+    rng = np.random.default_rng(0)
+    oracle = rng.standard_normal((1, 4, 64))
+    probe = oracle + 1e-5 * rng.standard_normal(oracle.shape)  # well above the float32 floor
+    # The twin in float64 equal to the oracle does not collapse the bound...
+    honest = oracle + 1e-6 * rng.standard_normal(oracle.shape)
+    assert check_point(honest, oracle, oracle, "float64", probe).passed
+    assert not check_point(honest, oracle, oracle, "float64").passed
+    # ...and 3x the float32 probe's error fails.
+    check = check_point(oracle + 3 * (probe - oracle), oracle, oracle, "float64", probe)
+    assert not check.passed and "twin32" in check.message
+
+
+@pytest.fixture(scope="module")
+def gpt_oss_mxfp4(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("gpt_oss")
+    checkpoint = build_tiny("gpt_oss", root / "ckpt")
+    return checkpoint, derive(checkpoint, root / "bfloat16-mxfp4", "bfloat16", "mxfp4")
+
+
+def test_gpt_oss_routing_ties_are_admitted(gpt_oss_mxfp4: tuple[Path, Path]) -> None:
+    # The configuration once excluded: MLX's bfloat16 router ranks near-equal experts the
+    # other way at some tokens; each is a tie its own (conforming) router-input error and
+    # router rounding explain, and the trace continues with the oracle's experts there.
+    checkpoint, derived = gpt_oss_mxfp4
+    r = run_config(checkpoint, derived, model_type="gpt_oss", dtype="bfloat16", quant="mxfp4", steps=32,
+                   prompt_len=8, anchors=False, progress=False)
+    routing = r["routing"]
+    assert routing["ties"] > 0 and not routing["flips"] and routing["departure"] is None, routing
+    assert r["departure"] is None and r["passed"], r["departure"]
+
+
+def test_wrong_expert_choice_with_a_margin_fails(gpt_oss_mxfp4: tuple[Path, Path]) -> None:
+    checkpoint, derived = gpt_oss_mxfp4
+    r = run_config(checkpoint, derived, model_type="gpt_oss", dtype="bfloat16", quant="mxfp4", steps=3,
+                   prompt_len=8, mutant=MUTANTS["router_picks_last"](None), anchors=False, progress=False)
+    assert not r["passed"]
+    flips = r["routing"]["flips"]
+    assert flips and flips[0]["step"] == 0, flips[:1]
+    # The router input itself conforms: the failure is the choice, named by step, layer, token.
+    assert r["routing"]["departure"] is None
+
+
+def test_routing_flip_is_a_tie_only_inside_the_margin_the_input_error_allows() -> None:
+    from conformance.model.bounds import routing_flip_is_tie
+
+    weight = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    bias = np.zeros(3)
+    x_oracle = np.array([1.0, 0.99])  # logits 1.0, 0.99, 0: experts 0 and 1 nearly tie
+    logits = weight @ x_oracle + bias
+    peer = (logits, x_oracle)  # a twin that rounds exactly
+    near = x_oracle + np.array([-0.006, 0.006])  # ||dx|| ~ 0.0085, ||w0 - w1|| dx ~ 0.012 > 0.01
+    assert routing_flip_is_tie(logits, np.array([0]), np.array([1]), (weight, bias), near, x_oracle,
+                               *peer, "float32")
+    tiny = x_oracle + np.array([-0.001, 0.001])  # too small an input error to swap them
+    assert not routing_flip_is_tie(logits, np.array([0]), np.array([1]), (weight, bias), tiny, x_oracle,
+                                   *peer, "float32")
+    # Expert 2 (margin 1.0) is never a tie at that input error.
+    assert not routing_flip_is_tie(logits, np.array([0]), np.array([2]), (weight, bias), near, x_oracle,
+                                   *peer, "float32")
+    assert routing_flip_is_tie(logits, np.array([0, 1]), np.array([1, 0]), (weight, bias), tiny, x_oracle,
+                               *peer, "float32")
+
+
+def test_float64_is_not_run_on_a_gpu_back_end_and_the_report_says_why(
+        llama: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conformance.execute
+
+    # Only the back end's name is faked (no GPU is touched: nothing runs but the report).
+    monkeypatch.setattr(conformance.execute, "backend_name", lambda: "cuda")
+    checkpoint, _ = llama
+    assert main(["model", str(checkpoint), "--dtype", "float64", "--steps", "1", "--prompt-len", "4",
+                 "--no-anchors", "--progress", "configs", "--no-tune", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "model.json").read_text())
+    assert report["results"] == []
+    assert any("float64 not run" in n and "cuda" in n for n in report["notes"]), report["notes"]
+    assert "float64 not run" in (tmp_path / "report.md").read_text()

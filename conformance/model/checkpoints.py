@@ -36,7 +36,8 @@ QUANT_MODES: dict[str, tuple[int, int, str]] = {
 """The quantized modes a checkpoint can carry: name -> (group_size, bits, mode), the
 group sizes mlx-lm uses by default for each mode."""
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}
 
 # The tiny configs: 4 layers (enough for the depth curves to show growth), GQA (4 query heads over 2 kv heads), small vocab. Each names
 # what its architecture must exercise (llama3 rope scaling, Gemma 3's sliding window that a
@@ -143,8 +144,8 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
     Args:
         checkpoint: a Hugging Face-layout directory (``config.json``, ``*.safetensors``).
         out: directory to (re)create.
-        dtype: ``float32``, ``bfloat16`` or ``float16``: the stored dtype of every
-            floating tensor (and the affine scales and biases).
+        dtype: ``float32``, ``float64`` (dense only), ``bfloat16`` or ``float16``: the
+            stored dtype of every floating tensor (and the affine scales and biases).
         quant: a key of :data:`QUANT_MODES`, or None.
 
     Returns: ``out``.
@@ -153,6 +154,9 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
         raise ValueError(f"[derive] dtype must be one of {tuple(_TORCH_DTYPES)} but got {dtype!r}.")
     if quant is not None and quant not in QUANT_MODES:
         raise ValueError(f"[derive] quant must be one of {tuple(QUANT_MODES)} but got {quant!r}.")
+    if quant is not None and dtype == "float64":
+        raise ValueError("[derive] quantized layers take no float64 (MLX's quantized matmuls do not); "
+                         "quantize with a float32 or half dtype.")
     import mlx.core as mx
 
     from mlx_impl.quantization import quantize

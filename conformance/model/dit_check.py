@@ -9,7 +9,9 @@ the twin as reference (:func:`conformance.model.bounds.check_point`). diffusers'
 in float64 on the same rounded weights with RoPE tables from its own ``Flux2PosEmbed``,
 is the external anchor: it computes the RoPE rotation in float32 (``apply_rotary_emb``
 casts to float), so it answers like a float32 computation, judged with the twin in
-float32 as reference.
+float32 as reference. In float64 (CPU back end) MLX is judged the same way, against the
+twin in float32 as the precision probe (:mod:`conformance.model.bounds`: MLX's float64
+fast norms and RoPE round to float32 inside).
 """
 
 from __future__ import annotations
@@ -95,6 +97,30 @@ def _diffusers_float64(case: DitCase, state: dict[str, np.ndarray], inputs: list
     return [text.numpy(), image.numpy()]
 
 
+def _f64_round(v: np.ndarray, dtype: str) -> np.ndarray:
+    """Float64 "rounding": the float32 weights and inputs are exact in float64; other
+    dtypes (the float32 probe) as :func:`conformance.dtypes.round_to`."""
+    from conformance.dtypes import round_to
+
+    return v.astype(np.float64) if dtype == "float64" else round_to(v, dtype)
+
+
+def _f64_mlx(v: np.ndarray, dtype: str | None) -> Any:
+    import mlx.core as mx
+
+    from conformance.dtypes import to_mlx
+
+    return mx.array(v.astype(np.float64), dtype=mx.float64) if dtype == "float64" else to_mlx(v, dtype)
+
+
+def _f64_torch(v: np.ndarray, dtype: str | None) -> Any:
+    import torch
+
+    from conformance.dtypes import to_torch
+
+    return torch.from_numpy(np.array(v, dtype=np.float64, order="C")) if dtype == "float64" else to_torch(v, dtype)
+
+
 def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
             mlx_block_factory: Any = None) -> dict[str, Any]:
     """Run the block on all sides in ``dtype`` (projections quantized as ``quant``).
@@ -105,11 +131,15 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     import mlx.core as mx
     import torch
 
-    from conformance.dtypes import mlx_to_numpy, round_to, to_mlx, to_torch
+    from conformance.dtypes import mlx_to_numpy
     from conformance.execute import backend_name, configure_peer_precision, peer_device
     from mlx_impl.models import dit as mlx_dit
     from torch_reference.models import dit as twin_dit
 
+    if dtype == "float64" and quant is not None:
+        raise ValueError("[run_dit] quantized layers take no float64.")
+    # conformance.dtypes' casts, with float64 added (the ops' formats have none).
+    round_to, to_mlx, to_torch = _f64_round, _f64_mlx, _f64_torch
     state, inputs = random_state(case)
     quantization = QUANT_MODES[quant] if quant else None
     rounded = {k: round_to(v, dtype) for k, v in state.items()}
@@ -137,23 +167,30 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
         oracle = t_block(*t_ins, grid=case.grid, precision="float64")
     result: dict[str, Any] = {"block": case.block, "dtype": dtype, "quant": quant, "outputs": {},
                               "anchor": None}
-    for name, m, p, o in zip(("text", "image"), m_out, peer, oracle, strict=True):
-        check = check_point(mlx_to_numpy(m).astype(np.float64), p.float().numpy().astype(np.float64),
-                            o.numpy(), dtype)
-        result["outputs"][name] = {"passed": check.passed, "rel_err": check.rel_err,
-                                   "twin_rel_err": check.peer_rel_err, "message": check.message}
+    peer32 = None
     if quant is None:
-        # diffusers cannot hold MLX-quantized weights; its dense float64 block on the same
-        # rounded weights is the anchor, referenced to the twin in float32.
-        f32_ins = [to_torch(a, "float32") for a in ins]
+        # The twin in float32: the anchor's reference, and in float64 the precision probe
+        # (conformance/model/bounds.py: MLX's float64 rounds to float32 inside its fast
+        # norms and RoPE, so it answers like a partly-float32 computation).
         f32_block = twin_kind({k: to_torch(v, "float32") for k, v in rounded.items()},
                               twin_dit.Flux2BlockConfig(*shape))
         with torch.no_grad():
-            peer32 = f32_block(*f32_ins, grid=case.grid)
+            peer32 = [t.numpy().astype(np.float64) for t in
+                      f32_block(*[to_torch(a, "float32") for a in ins], grid=case.grid)]
+    for i, (name, m, p, o) in enumerate(zip(("text", "image"), m_out, peer, oracle, strict=True)):
+        m_np = np.array(m) if m.dtype == mx.float64 else mlx_to_numpy(m).astype(np.float64)
+        probe = peer32[i] if dtype == "float64" and peer32 is not None else None
+        check = check_point(m_np, p.double().numpy() if p.dtype == torch.float64 else p.float().numpy().astype(np.float64),
+                            o.numpy(), dtype, probe)
+        result["outputs"][name] = {"passed": check.passed, "rel_err": check.rel_err,
+                                   "twin_rel_err": check.peer_rel_err, "message": check.message}
+    if peer32 is not None:
+        # diffusers cannot hold MLX-quantized weights; its dense float64 block on the same
+        # rounded weights is the anchor, referenced to the twin in float32.
         anchor = {}
         for name, d, p32, o in zip(("text", "image"), _diffusers_float64(case, rounded, ins), peer32, oracle,
                                    strict=True):
-            check = check_point(d, p32.numpy().astype(np.float64), o.numpy(), "float32")
+            check = check_point(d, p32, o.numpy(), "float32")
             anchor[name] = {"passed": check.passed, "rel_err": check.rel_err,
                             "twin32_rel_err": check.peer_rel_err, "message": check.message}
         result["anchor"] = anchor

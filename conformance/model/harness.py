@@ -10,9 +10,13 @@ each decoder layer's output and the logits, MLX is judged against the oracle wit
 twin as reference (:mod:`conformance.model.bounds`); the first point that leaves the
 bound is the departure. Greedy agreement counts the steps whose MLX argmax equals the
 oracle's; a flip inside the oracle's top-2 margin (``<= 2 x`` the bound) is a tie, not a
-failure. In float32 without quantization, transformers' own float64 model is the external
-anchor (its logits at every step); mlx-lm, where it implements the architecture, is
-judged like MLX at every step.
+failure. In float32 and float64 without quantization, transformers' own float64 model is
+the external anchor (its logits at every step); mlx-lm, where it implements the
+architecture, is judged like MLX at every step. A float64 configuration (CPU back end)
+also replays the twin in float32 on the same weights, the precision probe of
+:mod:`conformance.model.bounds`. A mixture-of-experts model's routing is judged per
+(step, MoE layer, token) (:func:`_routing`): a different choice of experts must be a tie,
+and the sides continue with the oracle's experts there so the trace stays comparable.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from conformance.model.bounds import check_point, greedy_flip_is_tie
+from conformance.model.bounds import check_point, greedy_flip_is_tie, routing_flip_is_tie
+from conformance.model.checkpoints import derive
 from conformance.model.sides import (
     MlxLmSide,
     MlxSide,
@@ -84,19 +89,26 @@ def _sig(value: float) -> float:
 def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
-                 with_hidden: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every (step, point) judged; returns the points and the first departure."""
+                 with_hidden: bool, probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None,
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every (step, point) judged; returns the points and the first departure.
+    ``probe_out``: the twin in float32 (float64 configurations; see bounds.py)."""
     points: list[dict[str, Any]] = []
     departure = None
-    for s, ((lg, hs), (plg, phs), (olg, ohs)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    for s, ((lg, hs), (plg, phs), (olg, ohs), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
+                                                                     strict=True)):
         if with_hidden and len(hs) != len(ohs):
             raise ValueError(f"[model conformance] step {s}: {len(hs)} hidden states but the oracle "
                              f"gave {len(ohs)}.")
         pairs = [*zip(hs, phs, ohs, strict=True)] if with_hidden else []
         pairs.append((lg, plg, olg))
-        for i, (a, p, o) in enumerate(pairs):
+        probe_pts: list[np.ndarray | None] = [None] * len(pairs)
+        if pr is not None:
+            probe_pts = [*pr[1], pr[0]] if with_hidden else [pr[0]]
+        for i, ((a, p, o), q) in enumerate(zip(pairs, probe_pts, strict=True)):
             index = i if with_hidden else len(ohs)
-            check = check_point(a, p, o, dtype)
+            check = check_point(a, p, o, dtype, q)
             # 4 significant digits: the report plots and compares these, and a long run
             # on a deep model has (layers + 2) x (steps + 1) points per configuration.
             entry = {"step": s, "point": point_name(index, len(ohs)), "index": index,
@@ -113,10 +125,13 @@ def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
 
 def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
             peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
-            oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str) -> dict[str, Any]:
+            oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], dtype: str,
+            probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None) -> dict[str, Any]:
     """Greedy agreement at the last position of every step (batch row 0)."""
     oracle_ids, side_ids, agree, ties, flips = [], [], 0, 0, []
-    for s, ((lg, _), (plg, _), (olg, _)) in enumerate(zip(side_out, peer_out, oracle_out, strict=True)):
+    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    for s, ((lg, _), (plg, _), (olg, _), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
+                                                               strict=True)):
         o_row, m_row = olg[0, -1], lg[0, -1]
         o_id, m_id = int(np.argmax(o_row)), int(np.argmax(m_row))
         oracle_ids.append(o_id)
@@ -124,7 +139,8 @@ def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
         if o_id == m_id:
             agree += 1
             continue
-        bound = float(check_point(m_row[None], plg[0, -1][None], o_row[None], dtype).bound_row[0])
+        q_row = None if pr is None else pr[0][0, -1][None]
+        bound = float(check_point(m_row[None], plg[0, -1][None], o_row[None], dtype, q_row).bound_row[0])
         if greedy_flip_is_tie(o_row, m_id, bound):
             ties += 1
         else:
@@ -132,6 +148,69 @@ def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
                           "margin": float(o_row[o_id] - o_row[m_id]), "bound": bound})
     return {"oracle": oracle_ids, "side": side_ids, "agree": agree, "ties": ties, "flips": flips,
             "steps": len(oracle_ids)}
+
+
+Routing = list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+"""One side's routers: per step, per MoE layer, (router input [N, H], router logits
+[N, E], own top-k [N, k])."""
+
+
+def router_weights(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each MoE layer's router ``(W [E, H], c [E])`` as the float64 oracle applies it (the
+    exact value of a quantized router's codes): ``router(I) - router(0)`` and ``router(0)``
+    in float64, exact (one nonzero term per dot product)."""
+    import torch
+
+    found = []
+    for layer in model.layers:
+        if not hasattr(layer.mlp, "routing"):
+            continue
+        h = model.args.hidden_size
+        with torch.no_grad():
+            zero = layer.mlp.router(torch.zeros(1, h, dtype=torch.float64), precision="float64")
+            eye = layer.mlp.router(torch.eye(h, dtype=torch.float64), precision="float64")
+        found.append(((eye - zero).T.numpy().copy(), zero[0].numpy().copy()))
+    return found
+
+
+def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[np.ndarray, np.ndarray]],
+             dtype: str, probe: Routing | None = None) -> dict[str, Any] | None:
+    """The routers of a mixture-of-experts model judged at every (step, MoE layer, token).
+
+    The router input (the normalised residual stream, ``[N, H]``) is a point like any
+    other (MLX against the oracle, the twin as reference, :func:`check_point`). A token
+    whose top-k experts differ from the oracle's must be a tie
+    (:func:`conformance.model.bounds.routing_flip_is_tie`, with the margin MLX's own input
+    error allows: Cauchy-Schwarz on the router's rows, see there); anything else is a
+    flip and fails. The sides continued with the oracle's experts at such rows
+    (:class:`conformance.model.sides.RouterLog`), so the hidden states stay comparable
+    and are judged as usual. None for a model without routers."""
+    if not oracle or not any(oracle):
+        return None
+    ties, twin_ties, rows, worst, flips = 0, 0, 0, 0.0, []
+    departure = None
+    probes = probe if probe is not None else [None] * len(oracle)
+    for s, (ms, ps, os_, qs) in enumerate(zip(side, peer, oracle, probes, strict=True)):
+        for layer, ((mx_, ml, me), (px, pl, pe), (ox, ol, oe), router) in enumerate(
+                zip(ms, ps, os_, weights, strict=True)):
+            check = check_point(mx_, px, ox, dtype, None if qs is None else qs[layer][0])
+            worst = max(worst, check.ratio)
+            if not check.passed and departure is None:
+                departure = {"step": s, "point": f"router input {layer}", "kind": check.kind,
+                             "message": check.message}
+            for r in range(ol.shape[0]):
+                rows += 1
+                twin_ties += int(not np.array_equal(pe[r], oe[r]))
+                if np.array_equal(me[r], oe[r]):
+                    continue
+                if routing_flip_is_tie(ol[r], oe[r], me[r], router, mx_[r], ox[r], pl[r], px[r], dtype):
+                    ties += 1
+                else:
+                    flips.append({"step": s, "layer": layer, "row": r, "oracle": oe[r].tolist(),
+                                  "side": me[r].tolist(), "oracle_logits": [_sig(v) for v in ol[r]],
+                                  "side_logits": [_sig(v) for v in ml[r]]})
+    return {"rows": rows, "ties": ties, "twin_ties": twin_ties, "flips": flips, "worst_input_ratio": _sig(worst),
+            "departure": departure, "passed": departure is None and not flips}
 
 
 @contextlib.contextmanager
@@ -168,21 +247,39 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
     oracle = TwinSide(derived, "float64", "twin-float64")
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
-    peer_out = _replay(TwinSide(derived, "native", f"twin-{dtype}"), inputs, progress, label)
+    # Mixture-of-experts: the other sides continue with the oracle's experts where theirs
+    # differ (judged as ties or flips by _routing).
+    force = [[e for _, _, e in layers] for layers in oracle.routing.steps]
+    peer = TwinSide(derived, "native", f"twin-{dtype}", force=force)
+    peer_out = _replay(peer, inputs, progress, label)
+    probe_out = None
+    prober = peer
+    if dtype == "float64":
+        # The precision probe (bounds.py): the twin in float32 on the same weights (a
+        # float32 or narrower checkpoint rounds to float32 exactly, as to float64).
+        if quant is not None:
+            raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
+        probe = derive(checkpoint, derived.parent / f"{derived.name}-probe-float32", "float32")
+        prober = TwinSide(probe, "native", "twin-float32", force=force)
+        probe_out = _replay(prober, inputs, progress, label)
     with _maybe(mutant):
-        mlx_out = _replay(MlxSide(derived), inputs, progress, label)
-    points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True)
-    tokens = _tokens(mlx_out, peer_out, oracle_out, dtype)
+        mlx = MlxSide(derived, force=force)
+        mlx_out = _replay(mlx, inputs, progress, label)
+    routing = _routing(mlx.routing.steps, peer.routing.steps, oracle.routing.steps,
+                       router_weights(oracle.model), dtype,
+                       prober.routing.steps if probe_out is not None else None)
+    points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True, probe_out=probe_out)
+    tokens = _tokens(mlx_out, peer_out, oracle_out, dtype, probe_out)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
         "layers": len(oracle_out[0][1]) - 1, "points": points, "departure": departure,
-        "tokens": tokens, "anchors": [],
+        "tokens": tokens, "anchors": [], "routing": routing,
     }
     if anchors:
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs,
-                                         peer_out, oracle_out, progress, label)
-    result["passed"] = (departure is None and not tokens["flips"]
+                                         peer_out, oracle_out, progress, label, probe_out)
+    result["passed"] = (departure is None and not tokens["flips"] and (routing is None or routing["passed"])
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
     _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
@@ -194,13 +291,20 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
 def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, quant: str | None,
                  inputs: list[np.ndarray], peer_out: list[tuple[np.ndarray, list[np.ndarray]]],
                  oracle_out: list[tuple[np.ndarray, list[np.ndarray]]], progress: bool,
-                 label: str) -> list[dict[str, Any]]:
-    """transformers float64 (float32 dense: its weights are the checkpoint's own, and the
-    twin in float32 is the reference for a partly-float32 computation) and mlx-lm."""
+                 label: str, probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """transformers float64 (float32 and float64 dense: its weights are the checkpoint's
+    own, and the twin in float32 is the reference for a partly-float32 computation, in a
+    float64 configuration too: transformers' float64 model keeps its RMSNorm statistics
+    and RoPE tables in float32, ~1e-7 relative, so it answers like float32, not float64)
+    and mlx-lm (judged like MLX, with the probe in float64)."""
     found = []
-    if dtype == "float32" and quant is None:
+    if dtype in ("float32", "float64") and quant is None:
+        twin32 = peer_out if dtype == "float32" else probe_out
+        if twin32 is None:
+            raise ValueError("[model conformance] a float64 configuration needs the float32 probe.")
         out = _replay(TransformersSide(checkpoint), inputs, progress, label)
-        pts, dep = _judge_trace(out, peer_out, oracle_out, "float32", with_hidden=False)
+        pts, dep = _judge_trace(out, twin32, oracle_out, "float32", with_hidden=False)
         found.append(_anchor_entry("transformers-float64", pts, dep, required=True,
                                    rule="|transformers64 - oracle| <= 2 x twin-float32 error + 2 float32 ulp"))
     if mlx_lm_supports(model_type):
@@ -210,9 +314,10 @@ def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, q
             found.append({"name": "mlx-lm", "passed": False, "required": False,
                           "error": f"{type(exc).__name__}: {exc}"})
         else:
-            pts, dep = _judge_trace(out, peer_out, oracle_out, dtype, with_hidden=False)
+            pts, dep = _judge_trace(out, peer_out, oracle_out, dtype, with_hidden=False, probe_out=probe_out)
             found.append(_anchor_entry("mlx-lm", pts, dep, required=False,
-                                       rule=f"|mlx-lm - oracle| <= 2 x twin-{dtype} error + 2 ulp"))
+                                       rule=f"|mlx-lm - oracle| <= 2 x twin-{'float32' if probe_out else dtype} error"
+                                       + " + 2 ulp"))
     return found
 
 

@@ -7,7 +7,11 @@ import these classes), so the harness must name the (step, layer) where it bites
   keys at position ``offset + 1`` instead of ``offset``;
 * ``cache_appended_twice``: at decode, the new token's key and value are appended to the
   cache twice (the attention then weighs the new token twice, and every later position
-  is one further off).
+  is one further off);
+* ``router_picks_last``: GPT-OSS's router picks the top-k experts of the NEGATED logits
+  (the lowest k), a wrong expert choice with the margin of the whole logit range; the
+  harness continues with the oracle's experts at rows that differ, so this bug shows
+  as routing flips (:func:`conformance.model.bounds.routing_flip_is_tie`), not ties.
 
 Two more stand in for a back end that fails outright, so the ``--jobs`` isolation
 (:mod:`conformance.model.isolated`) can prove it names the configuration that was lost:
@@ -115,9 +119,27 @@ def hang_at_decode(layer: int | None = None) -> Mutant:
     return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
 
 
+def router_picks_last(layer: int | None = None) -> Mutant:
+    """The mixture of experts selects the k LOWEST router logits."""
+    import mlx.core as mx
+
+    from mlx_impl.models.moe import MixtureOfExperts
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def select(self: Any, logits: Any) -> Any:
+            if not targeted(self):
+                return original(self, logits)
+            k = self.top_k
+            return mx.argpartition(logits, kth=k - 1, axis=-1)[:, :k]
+        return select
+
+    return lambda: _patched(MixtureOfExperts, True, "select", make, layer)
+
+
 MUTANTS: dict[str, Callable[[int | None], Mutant]] = {
     "rope_offset_off_by_one": rope_offset_off_by_one,
     "cache_appended_twice": cache_appended_twice,
+    "router_picks_last": router_picks_last,
 }
 """Planted numerical bugs by name: the harness must name their (step, layer)."""
 

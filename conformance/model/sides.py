@@ -18,6 +18,43 @@ from typing import Any, Protocol
 import numpy as np
 
 
+class RouterLog:
+    """The routing observer set on every mixture-of-experts layer of one side.
+
+    Records, per step (``begin_step``) and per MoE layer in call order, the router input
+    ``[N, H]``, the router logits ``[N, E]`` (float64 copies) and the side's own top-k
+    choice ``[N, k]`` (sorted). With
+    ``force`` (the oracle's choices, ``force[step][layer]: [N, k]``), a row whose own set
+    of experts differs from the oracle's continues with the oracle's: the harness judges
+    the choice itself (:func:`conformance.model.bounds.routing_flip_is_tie`) and keeps the
+    rest of the trace comparable, as teacher forcing keeps tokens comparable. Rows whose
+    set agrees keep the side's own indices (order and all): forcing is then a no-op."""
+
+    def __init__(self, to_np: Any, from_np: Any, force: list[list[np.ndarray]] | None = None) -> None:
+        self.to_np, self.from_np, self.force = to_np, from_np, force
+        self.steps: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+
+    def begin_step(self) -> None:
+        self.steps.append([])
+
+    def route(self, x: Any, logits: Any, experts: Any) -> Any:
+        step, layer = len(self.steps) - 1, len(self.steps[-1])
+        own = np.sort(self.to_np(experts).astype(np.int64), axis=-1)
+        self.steps[-1].append((self.to_np(x).astype(np.float64), self.to_np(logits).astype(np.float64), own))
+        if self.force is None:
+            return experts
+        oracle = np.sort(self.force[step][layer], axis=-1)
+        differs = np.any(own != oracle, axis=-1)
+        if not differs.any():
+            return experts
+        chosen = np.where(differs[:, None], oracle, self.to_np(experts).astype(np.int64))
+        return self.from_np(chosen, experts)
+
+
+def _moe_layers(model: Any) -> list[Any]:
+    return [layer.mlp for layer in model.layers if hasattr(layer.mlp, "routing")]
+
+
 class Side(Protocol):
     """One implementation of the model, loaded and holding its own cache."""
 
@@ -32,16 +69,23 @@ class Side(Protocol):
 class MlxSide:
     """``mlx_impl.models.load(path)`` with ``make_cache``; hidden states captured."""
 
-    def __init__(self, path: Path, name: str = "mlx") -> None:
+    def __init__(self, path: Path, name: str = "mlx", force: list[list[np.ndarray]] | None = None) -> None:
+        import mlx.core as mx
+
         from mlx_impl import models
 
         self.name = name
         self.model = models.load(str(path))
         self.cache = models.make_cache(self.model)
+        self.routing = RouterLog(lambda a: np.array(a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a),
+                                 lambda c, like: mx.array(c).astype(like.dtype), force)
+        for moe in _moe_layers(self.model):
+            moe.routing = self.routing
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         import mlx.core as mx
 
+        self.routing.begin_step()
         hidden: list[Any] = []
         logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache, hidden_states=hidden)
         mx.eval(logits, *hidden)
@@ -71,7 +115,9 @@ class TwinSide:
     (TF32 where ``MLX_ENABLE_TF32`` is on), so that the judge's 2x-the-peer rule compares
     like with like; the float64 oracle always computes on the CPU."""
 
-    def __init__(self, path: Path, precision: str, name: str) -> None:
+    def __init__(self, path: Path, precision: str, name: str, force: list[list[np.ndarray]] | None = None) -> None:
+        import torch
+
         from conformance.execute import backend_name, configure_peer_precision, peer_device
         from torch_reference import models
 
@@ -81,10 +127,14 @@ class TwinSide:
         configure_peer_precision(backend)
         self.model = models.load(str(path), precision=precision, device=self.device)
         self.cache = models.make_cache(self.model)
+        self.routing = RouterLog(_torch_np, lambda c, like: torch.from_numpy(c).to(like.device, like.dtype), force)
+        for moe in _moe_layers(self.model):
+            moe.routing = self.routing
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         import torch
 
+        self.routing.begin_step()
         hidden: list[Any] = []
         ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
         with torch.no_grad():

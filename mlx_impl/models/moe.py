@@ -10,15 +10,31 @@ token with ``mx.gather_mm`` (the seeds' ``MultiLinear`` applies every head to ev
 ``mx.gather_mm`` on MLX 0.32.4's CPU takes float32 only ("[GatherMM::eval] Currently only
 supports float32"): half inputs are widened exactly, multiplied with float32 accumulation
 (what MLX's half matmuls do on the CPU) and rounded once to their dtype.
+
+``routing``: an optional observer (None in use) that a conformance harness sets on the
+module; each call hands it the router input ``[N, H]``, its logits ``[N, E]`` and the
+chosen experts ``[N, k]``
+and uses the experts it returns (the harness records both sides' routers and, where a
+side picks other experts than the float64 oracle at a near-tie, continues with the
+oracle's, as it teacher-forces tokens).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import mlx.core as mx
 import mlx.nn
 
 from mlx_impl.models.checkpoint import Weights
 from mlx_impl.models.config import ModelArgs
+
+
+class RoutingObserver(Protocol):
+    """``route(x [N, H], logits [N, E], experts [N, k]) -> experts [N, k]`` (same dtype):
+    the router input, its logits, the chosen experts."""
+
+    def route(self, x: mx.array, logits: mx.array, experts: mx.array) -> mx.array: ...
 
 
 def _gather_mm(a: mx.array, b: mx.array, idx: mx.array) -> mx.array:
@@ -47,13 +63,20 @@ class MixtureOfExperts(mlx.nn.Module):
         self.top_k = args.num_experts_per_tok
         self.alpha = args.swiglu_alpha
         self.limit = args.swiglu_limit
+        self.routing: RoutingObserver | None = None
+
+    def select(self, logits: mx.array) -> mx.array:
+        """The top-k experts of each row of ``logits: [N, E]`` -> ``[N, k]`` (any order)."""
+        k = self.top_k
+        return mx.argpartition(-logits, kth=k - 1, axis=-1)[:, :k]
 
     def __call__(self, x: mx.array) -> mx.array:
         shape = x.shape
         xf = x.reshape(-1, shape[-1])
         logits = self.router(xf)  # [N, E]
-        k = self.top_k
-        idx = mx.argpartition(-logits, kth=k - 1, axis=-1)[:, :k]  # [N, k], any order
+        idx = self.select(logits)  # [N, k], any order
+        if self.routing is not None:
+            idx = self.routing.route(xf, logits, idx)
         weights = mx.softmax(mx.take_along_axis(logits, idx, axis=-1), axis=-1, precise=True)
         # [N, 1, 1, H] @ gate_up_proj[idx] -> [N, k, 1, 2I]
         gate_up = _gather_mm(xf[:, None, None, :], self.gate_up_proj, idx)

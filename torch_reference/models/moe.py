@@ -1,15 +1,24 @@
 """GPT-OSS's mixture of experts: the twin of ``mlx_impl.models.moe`` (see there for the
 formula). Each token's chosen experts' matrices are gathered (``W[idx]``) and multiplied;
 half inputs accumulate in float32 as MLX's CPU matmuls do; ``precision="float64"``
-computes everything in float64.
+computes everything in float64. ``routing``: the observer hook of the MLX twin (router
+logits and chosen experts to a conformance harness, which may replace the choice).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
 from torch_reference.models.checkpoint import Weights
 from torch_reference.models.config import ModelArgs
+
+
+class RoutingObserver(Protocol):
+    """``route(x [N, H], logits [N, E], experts [N, k]) -> experts [N, k]``."""
+
+    def route(self, x: torch.Tensor, logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor: ...
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -35,6 +44,7 @@ class MixtureOfExperts(torch.nn.Module):
         self.top_k = args.num_experts_per_tok
         self.alpha = args.swiglu_alpha
         self.limit = args.swiglu_limit
+        self.routing: RoutingObserver | None = None
 
     def forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         shape = x.shape
@@ -42,6 +52,9 @@ class MixtureOfExperts(torch.nn.Module):
         work = torch.float64 if precision == "float64" else logits.dtype
         xf = x.reshape(-1, shape[-1]).to(work)
         top, idx = torch.topk(logits, self.top_k, dim=-1)  # [N, k]
+        if self.routing is not None:
+            idx = self.routing.route(xf, logits, idx)
+            top = torch.gather(logits, -1, idx)
         acc = torch.float64 if precision == "float64" else torch.float32
         weights = torch.softmax(top.to(acc), dim=-1).to(work)
         gate_up = _matmul(xf[:, None, None, :], self.gate_up_proj.to(work)[idx]).squeeze(2)
