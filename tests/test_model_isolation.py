@@ -39,6 +39,8 @@ def test_a_crash_is_named_and_the_other_configurations_still_report(tmp_path: Pa
     assert len(report["dit"]) == 2 and all(d["passed"] for d in report["dit"])
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| tiny-llama float32 | CRASH |" in md and "killed by SIGABRT" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len({line.count(" | ") for line in table}) == 1, "a lost configuration's row must keep the columns"
 
 
 def test_a_hang_is_cut_off_with_the_stack_where_it_waits(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {config_label(r)} | {r['error']['status']} | - | - | - | - | - | - |")
+            lines.append(f"| {config_label(r)} | {r['error']['status']} | - | - | - | - | - | - | - |")
             continue
         lines.append(f"| {config_label(r)} | {'PASS' if r['passed'] else 'FAIL'} | {_departure(r)} | "
                      f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
@@ -181,7 +181,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for d in report.get("dit", []):
         if "error" in d:
             lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}"
-                         + (f"+{d['quant']}" if d["quant"] else "") + f" | {d['error']['status']} | - | - | - | - | - | - |")
+                         + (f"+{d['quant']}" if d["quant"] else "") + f" | {d['error']['status']} | - | - | - | - | - | - | - |")
             continue
         lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
                      + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
