@@ -86,6 +86,25 @@ print("MLX dequantize, CPU:           ", np.array(mx.dequantize(wq, scales, bias
 print("float64:                       ", exact[:, :4])
 """,
     ),
+    "cuda_affine_single_group_qmm": (
+        "On CUDA (Hopper: H100/H200), mx.quantized_matmul of an affine 4- or 8-bit weight with one "
+        "group per row (K = group size, a multiple of 64) and more than one row of x returns wrong "
+        "products (relative error ~1 against float64); one row, or K above the group size, is right. "
+        "mlx_impl appends an all-zero group, which leaves the product unchanged.",
+        """\
+w = mx.random.normal((192, 64), key=mx.random.key(1)).astype(mx.bfloat16)
+wq, s, b = mx.quantize(w, group_size=64, bits=4, stream=mx.cpu)
+deq = np.array(mx.dequantize(wq, s, b, group_size=64, bits=4, dtype=mx.float32, stream=mx.cpu), np.float64)
+for rows in (1, 12):
+    x = mx.random.normal((rows, 64), key=mx.random.key(2)).astype(mx.bfloat16)
+    exact = np.array(x.astype(mx.float32), np.float64) @ deq.T
+    for where in ("default device", "CPU"):
+        stream = mx.cpu if where == "CPU" else mx.default_stream(mx.default_device())
+        y = np.array(mx.quantized_matmul(x, wq, s, b, group_size=64, bits=4, stream=stream).astype(mx.float32))
+        rel = np.linalg.norm(y - exact) / np.linalg.norm(exact)
+        print(f"x [{rows}, 64], {where}: relative error {rel:.2e} (the CPU: about 1e-2, bfloat16 rounding)")
+""",
+    ),
 }
 """name -> (why, MLX-and-NumPy code) of MLX bugs that mlx_impl guards against."""
 

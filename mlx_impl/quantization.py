@@ -663,11 +663,41 @@ def _quantized_matmul(
         # Affine scales/biases widen exactly to float32; fp scale codes (uint8) stay as they are.
         wide_scales = scales if scales.dtype == mx.uint8 else scales.astype(mx.float32)
         wide_biases = None if biases is None else biases.astype(mx.float32)
-        y = mx.quantized_matmul(x.astype(mx.float32), wq, wide_scales, wide_biases, transpose,
-                                group_size, bits, mode)
+        y = _mlx_quantized_matmul(x.astype(mx.float32), wq, wide_scales, wide_biases, transpose,
+                                  group_size, bits, mode)
         # MLX's result dtype: x's for fp modes, the promotion of x and the scales for affine
         # (float32 beside bfloat16 scales; the fuzz found float16 here on an H200).
         # float16 promotes with float16 scales to float16, with bfloat16/float32 to float32.
         keeps_half = scales.dtype in (mx.uint8, mx.float16)
         return y.astype(mx.float16 if keeps_half else mx.float32)
+    return _mlx_quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
+
+
+def _mlx_quantized_matmul(
+    x: mx.array, wq: mx.array, scales: mx.array, biases: mx.array | None, transpose: bool,
+    group_size: int, bits: int, mode: str,
+) -> mx.array:
+    """``mx.quantized_matmul``, except affine products with one group per row and more than
+    one row on CUDA, which get a second, all-zero group.
+
+    MLX 0.32.4's CUDA back end sends exactly those (4- or 8-bit, ``transpose=True``, ``K``
+    a multiple of 64 and at most the group size, several rows) to its Hopper kernel
+    (``qmm_sm90``), which returns wrong products: relative error 1.0 against the float64
+    product on an H200, for bfloat16 ``x [12, 64]``, ``W [192, 64]``, group 64, where one row
+    (the ``qmv`` kernel) or ``K = 192`` (another kernel) are right
+    (``python -m conformance repro cuda_affine_single_group_qmm``). Found by the model-level
+    run: every tiny model and DiT block with 64-wide affine projections left the bound at
+    the prefill's first layer. The extra group (codes, scale and bias 0, ``x`` padded with
+    0) adds exact zeros, so the product is unchanged, and ``K`` past the group size takes
+    MLX's other kernels."""
+    k = x.shape[-1]
+    rows = x.size // k if k else 0
+    if (mode == "affine" and transpose and bits in (4, 8) and k <= group_size and rows > 1
+            and _on_cuda()):
+        words = group_size * bits // 32
+        x = mx.concatenate([x, mx.zeros((*x.shape[:-1], group_size), x.dtype)], axis=-1)
+        wq = mx.concatenate([wq, mx.zeros((*wq.shape[:-1], words), wq.dtype)], axis=-1)
+        scales = mx.concatenate([scales, mx.zeros((*scales.shape[:-1], 1), scales.dtype)], axis=-1)
+        if biases is not None:
+            biases = mx.concatenate([biases, mx.zeros((*biases.shape[:-1], 1), biases.dtype)], axis=-1)
     return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)

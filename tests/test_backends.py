@@ -147,6 +147,47 @@ def test_one_bit_affine_is_refused_on_cuda_only() -> None:
         assert quantization.quantize(mx.ones((2, 64)), 64, 1)[0].shape == (2, 2)
 
 
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16])
+@pytest.mark.parametrize(("bits", "group"), [(4, 64), (8, 64), (4, 128)])
+def test_single_group_affine_guard_adds_exact_zeros(monkeypatch: pytest.MonkeyPatch, dtype: mx.Dtype, bits: int,
+                                                    group: int) -> None:
+    # The CUDA guard (one group per row, several rows: a zero group appended) must not change
+    # a bit of the product: forced on here, it must equal MLX's own unpadded product.
+    from mlx_impl import quantization
+
+    w = mx.random.normal((192, group), key=mx.random.key(1)).astype(dtype)
+    x = mx.random.normal((2, 12, group), key=mx.random.key(2)).astype(dtype)
+    wq, s, b = quantization.quantize(w, group, bits, "affine")
+    want = quantization.quantized_matmul(x, wq, s, b, True, group, bits, "affine")
+    with mx.stream(mx.cpu):
+        monkeypatch.setattr(quantization, "_on_cuda", lambda: True)
+        got = quantization.quantized_matmul(x, wq, s, b, True, group, bits, "affine")
+    if dtype != mx.float16:  # float16 takes the (also guarded) float32 route when forced
+        assert got.dtype == want.dtype and mx.array_equal(got, want).item()
+    assert got.shape == (2, 12, 192)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="pins an MLX CUDA (Hopper) bug that mlx_impl guards; this run is on "
+                    f"{backend_name()}")
+def test_mlx_cuda_single_group_affine_qmm_is_wrong_and_mlx_impl_is_not() -> None:
+    from mlx_impl import quantization
+
+    w = mx.random.normal((192, 64), key=mx.random.key(1)).astype(mx.bfloat16)
+    x = mx.random.normal((12, 64), key=mx.random.key(2)).astype(mx.bfloat16)
+    wq, s, b = mx.quantize(w, group_size=64, bits=4, stream=mx.cpu)
+    exact = np.array(x.astype(mx.float32), np.float64) @ np.array(
+        mx.dequantize(wq, s, b, group_size=64, bits=4, dtype=mx.float32, stream=mx.cpu), np.float64).T
+
+    def rel(y: mx.array) -> float:
+        return float(np.linalg.norm(np.array(y.astype(mx.float32), np.float64) - exact) / np.linalg.norm(exact))
+
+    ours = rel(quantization.quantized_matmul(x, wq, s, b, True, 64, 4, "affine"))
+    assert ours < 2e-2, ours  # bfloat16 output rounding and the dequantized weight's
+    if mx.cuda.is_available() and mx.device_info().get("compute_capability_major") == 9:
+        # Still wrong in MLX itself: when this fails, MLX has fixed it and the guard can go.
+        assert rel(mx.quantized_matmul(x, wq, s, b, group_size=64, bits=4)) > 0.5
+
+
 @pytest.mark.skipif(not ON_CUDA, reason="pins MLX's CUDA back end's conventions; this run is on "
                     f"{backend_name()}")
 def test_cuda_conventions_measured_on_h200() -> None:
