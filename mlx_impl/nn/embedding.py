@@ -10,12 +10,14 @@ explicitly says the indices are trusted.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import mlx.core as mx
 import mlx.nn
 import numpy as np
 
+from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
 from mlx_impl.fast.norms import module_array
 
@@ -108,6 +110,25 @@ class Embedding(mlx.nn.Module):
 
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
+        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode
+        # (dict.get finds an array item; layer_array explains why that is the same lookup).
+        weight = self.get("weight")
+        if weight is None:
+            weight = module_array(self, "weight")
+        # The cheap happy path first (a ~10 us decode lookup leaves ~0.5 us of budget):
+        # ``dtype in INTEGER_DTYPES`` is ``mx.issubdtype(dtype, mx.integer)`` (not bool).
+        if isinstance(indices, mx.array) and indices.dtype in INTEGER_DTYPES:
+            policy = self.index_policy
+            if policy == "check":
+                n, d = weight.shape
+                if n != 0 and indices.size != 0:
+                    return _checked_take(weight, indices, n, d)
+            elif policy == "trusted" and weight.size != 0:  # an empty table: see below
+                return mx.take(weight, indices, axis=0)
+        return self._checked_call(weight, indices)
+
+    def _checked_call(self, weight: mx.array, indices: object) -> mx.array:
+        """Every policy with every check written out (the first ones raise the errors)."""
         if not isinstance(indices, mx.array):
             raise type_error(
                 "Embedding", f"indices must be an mx.array but got {type(indices).__name__}."
@@ -117,8 +138,6 @@ class Embedding(mlx.nn.Module):
             raise type_error(
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
-        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
-        weight = module_array(self, "weight")
         n = int(weight.shape[0])
         if n == 0 and indices.size > 0:
             # Shapes only, so free under every policy: no row exists to check, clip or trust.
@@ -130,7 +149,7 @@ class Embedding(mlx.nn.Module):
             )
         policy = self.index_policy
         if policy == "check" and indices.size > 0:
-            return _checked_take(weight, indices, n)
+            return _checked_take(weight, indices, n, int(weight.shape[1]))
         if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
@@ -138,20 +157,27 @@ class Embedding(mlx.nn.Module):
         return mx.take(weight, indices, axis=0)
 
 
-def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
-    """``weight[indices]`` evaluated (``weight: [n, d]``, ``indices: [...]`` -> ``[..., d]``),
-    or ``IndexError`` if an index is outside ``[0, n)``.
+def _checked_take(weight: mx.array, indices: mx.array, n: int, d: int) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d]`` with ``n > 0``, ``indices: [...]``
+    non-empty -> ``[..., d]``), or ``IndexError`` if an index is outside ``[0, n)``.
 
-    One evaluation does both: the gather reads CLAMPED indices (so a bad index never
-    reaches the gather) and the out-of-range flag (an index the clamp changed) is
-    computed in the same graph; ``mx.eval(out, bad)`` runs them together, and only then
-    does the host look at the flag. Checking first and gathering after cost a second
-    evaluation: 1.9x ``mx.take`` at decode on the CPU. The clamp and the flag are
-    ``mx.compile``d (fused); the gather copies rows, so the result is bit-identical to
-    ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks it, across table
-    widths). The returned array is already evaluated."""
-    safe, bad = _clamp_and_flag(indices, _bound(n, indices.dtype))
-    out = weight[safe]  # indexing, not mx.take: the same gather, and only clamped indices reach it
+    One evaluation of ONE compiled graph does it all: the gather reads CLAMPED indices (so
+    a bad index never reaches the gather) and the out-of-range flag (an index the clamp
+    changed) is computed beside it; ``mx.eval(out, bad)`` runs them together, and only
+    then does the host look at the flag. Checking first and gathering after cost a second
+    evaluation (1.9x ``mx.take`` at decode on the CPU); a compiled clamp + flag with the
+    gather outside the compiled graph cost ~1 us more than the graph with the gather in it
+    (``checked_raw`` in ``conformance/bench/overhead.py``). The gather copies rows, so the
+    result is bit-identical to ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks
+    it, across table widths, heights, index dtypes and ranks). The returned array is
+    already evaluated."""
+    gather = _GATHERS.get(d)
+    if gather is None:
+        gather = _checked_gather(d)
+    bound = _BOUNDS.get((n, indices.dtype))
+    if bound is None:
+        bound = _bound(n, indices.dtype)
+    out, bad = gather(weight, indices, bound)
     mx.eval(out, bad)
     if not bad.item():
         return out
@@ -168,21 +194,47 @@ def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
     )
 
 
-@functools.partial(mx.compile, shapeless=True)
-def _clamp_and_flag(indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
-    """``(clip(indices, 0, high), any index outside [0, high])``: ``indices: [...]`` ->
-    ``([...], scalar bool)``. Only shape-independent element-wise ops and a full reduction
-    are compiled shapeless (one trace per index dtype and rank); the gather stays outside,
-    because a shapeless trace would bake in the table's row width."""
-    safe = mx.clip(indices, 0, high)
-    return safe, mx.any(safe != indices)
+_CACHE_LIMIT = 64
+"""Entries kept in :data:`_GATHERS` and :data:`_BOUNDS` (a model has a handful of tables)."""
+
+_GATHERS: dict[int, Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]] = {}
+"""Row width ``d`` -> the compiled checked gather for tables ``[*, d]`` (:func:`_checked_gather`)."""
+
+_BOUNDS: dict[tuple[int, mx.Dtype], mx.array] = {}
+"""``(n, index dtype)`` -> the clamp bound (:func:`_bound`)."""
 
 
-@functools.lru_cache(maxsize=64)
+def _checked_gather(d: int) -> Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]:
+    """The compiled ``(weight [n, d], indices [...], high) -> (weight[clip(indices, 0, high)]
+    [..., d], any index outside [0, high])`` for tables of row width ``d``, made once per
+    ``d`` and kept in :data:`_GATHERS`.
+
+    Compiled shapeless (one trace per index dtype and rank, whatever the number of tokens or
+    the table's height: a prefill of any length reuses it), ONE function per row width: a
+    shapeless trace keeps the gather's slice size ``(1, d)`` of its first call, so one
+    function shared across widths answered a ``[5, 4]`` table with 12 columns. The height
+    ``n`` and the bound are inputs, not baked in."""
+
+    @functools.partial(mx.compile, shapeless=True)
+    def gather(weight: mx.array, indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
+        safe = mx.clip(indices, 0, high)
+        # Indexing, not mx.take: the same gather, and only clamped indices reach it (the
+        # tests forbid mx.take on the checked path).
+        return weight[safe], mx.any(safe != indices)
+
+    if len(_GATHERS) >= _CACHE_LIMIT:
+        _GATHERS.clear()
+    _GATHERS[d] = gather
+    return gather
+
+
 def _bound(n: int, dtype: mx.Dtype) -> mx.array:
     """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
-    built once per (n, dtype), not per call."""
-    return mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+    built once per (n, dtype) and kept in :data:`_BOUNDS`, not per call."""
+    if len(_BOUNDS) >= _CACHE_LIMIT:
+        _BOUNDS.clear()
+    bound = _BOUNDS[(n, dtype)] = mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+    return bound
 
 
 def _high(indices: mx.array, n: int) -> int:
