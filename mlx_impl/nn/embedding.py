@@ -110,21 +110,30 @@ class Embedding(mlx.nn.Module):
 
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
-        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode
-        # (dict.get finds an array item; layer_array explains why that is the same lookup).
-        weight = self.get("weight")
-        if weight is None:
+        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
+        # The table is an array, so it is one of the module's items (Module.__setattr__);
+        # only a table deleted from the module misses, and module_array then raises as
+        # attribute lookup did.
+        try:
+            weight = self["weight"]
+        except KeyError:
             weight = module_array(self, "weight")
-        # The cheap happy path first (a ~10 us decode lookup leaves ~0.5 us of budget):
-        # ``dtype in INTEGER_DTYPES`` is ``mx.issubdtype(dtype, mx.integer)`` (not bool).
-        if isinstance(indices, mx.array) and indices.dtype in INTEGER_DTYPES:
+        # The happy paths first: a decode lookup is ~10 us on the CPU, so the layer has
+        # ~0.5 us of Python to spend. Anything they do not take goes to _checked_call,
+        # which checks everything in the original order and raises the original errors.
+        if isinstance(indices, mx.array):
             policy = self.index_policy
             if policy == "check":
-                n, d = weight.shape
-                if n != 0 and indices.size != 0:
-                    return _checked_take(weight, indices, n, d)
-            elif policy == "trusted" and weight.size != 0:  # an empty table: see below
-                return mx.take(weight, indices, axis=0)
+                # ``in INTEGER_DTYPES`` is ``mx.issubdtype(dtype, mx.integer)`` (not bool).
+                if indices.dtype in INTEGER_DTYPES and indices.size != 0:
+                    shape = weight.shape
+                    if shape[0] != 0:
+                        return _checked_take(weight, indices, shape)
+            elif policy == "trusted" and weight.size != 0:  # an empty table: see _checked_call
+                try:
+                    return mx.take(weight, indices, axis=0)
+                except ValueError:
+                    pass  # MLX refuses a non-integer index dtype: _checked_call says so
         return self._checked_call(weight, indices)
 
     def _checked_call(self, weight: mx.array, indices: object) -> mx.array:
@@ -149,7 +158,7 @@ class Embedding(mlx.nn.Module):
             )
         policy = self.index_policy
         if policy == "check" and indices.size > 0:
-            return _checked_take(weight, indices, n, int(weight.shape[1]))
+            return _checked_take(weight, indices, weight.shape)
         if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
@@ -157,9 +166,9 @@ class Embedding(mlx.nn.Module):
         return mx.take(weight, indices, axis=0)
 
 
-def _checked_take(weight: mx.array, indices: mx.array, n: int, d: int) -> mx.array:
-    """``weight[indices]`` evaluated (``weight: [n, d]`` with ``n > 0``, ``indices: [...]``
-    non-empty -> ``[..., d]``), or ``IndexError`` if an index is outside ``[0, n)``.
+def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d] = shape`` with ``n > 0``, ``indices:
+    [...]`` non-empty -> ``[..., d]``), or ``IndexError`` if an index is outside ``[0, n)``.
 
     One evaluation of ONE compiled graph does it all: the gather reads CLAMPED indices (so
     a bad index never reaches the gather) and the out-of-range flag (an index the clamp
@@ -171,17 +180,15 @@ def _checked_take(weight: mx.array, indices: mx.array, n: int, d: int) -> mx.arr
     result is bit-identical to ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks
     it, across table widths, heights, index dtypes and ranks). The returned array is
     already evaluated."""
-    gather = _GATHERS.get(d)
+    gather = _GATHERS.get(shape)
     if gather is None:
-        gather = _checked_gather(d)
-    bound = _BOUNDS.get((n, indices.dtype))
-    if bound is None:
-        bound = _bound(n, indices.dtype)
-    out, bad = gather(weight, indices, bound)
+        gather = _checked_gather(shape)
+    out, bad = gather(weight, indices)
     mx.eval(out, bad)
     if not bad.item():
         return out
     # Failure path only: locate the first offending index in row-major order on the host.
+    n = shape[0]
     values = np.array(indices)
     wrong = (values < 0) | (values >= n)
     flat = int(np.argmax(wrong.reshape(-1)))
@@ -194,47 +201,37 @@ def _checked_take(weight: mx.array, indices: mx.array, n: int, d: int) -> mx.arr
     )
 
 
-_CACHE_LIMIT = 64
-"""Entries kept in :data:`_GATHERS` and :data:`_BOUNDS` (a model has a handful of tables)."""
+_GATHERS_LIMIT = 64
+"""Compiled gathers kept in :data:`_GATHERS` (a model has a handful of tables)."""
 
-_GATHERS: dict[int, Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]] = {}
-"""Row width ``d`` -> the compiled checked gather for tables ``[*, d]`` (:func:`_checked_gather`)."""
-
-_BOUNDS: dict[tuple[int, mx.Dtype], mx.array] = {}
-"""``(n, index dtype)`` -> the clamp bound (:func:`_bound`)."""
+_GATHERS: dict[tuple[int, ...], Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]] = {}
+"""Table shape ``(n, d)`` -> its compiled checked gather (:func:`_checked_gather`)."""
 
 
-def _checked_gather(d: int) -> Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]:
-    """The compiled ``(weight [n, d], indices [...], high) -> (weight[clip(indices, 0, high)]
-    [..., d], any index outside [0, high])`` for tables of row width ``d``, made once per
-    ``d`` and kept in :data:`_GATHERS`.
+def _checked_gather(shape: tuple[int, ...]) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
+    """The compiled ``(weight [n, d], indices [...]) -> (weight[clip(indices, 0, high)]
+    [..., d], any index outside [0, high])`` for tables of ``shape = (n, d)``, made once per
+    shape and kept in :data:`_GATHERS`; ``high`` is :func:`_high`.
 
-    Compiled shapeless (one trace per index dtype and rank, whatever the number of tokens or
-    the table's height: a prefill of any length reuses it), ONE function per row width: a
-    shapeless trace keeps the gather's slice size ``(1, d)`` of its first call, so one
-    function shared across widths answered a ``[5, 4]`` table with 12 columns. The height
-    ``n`` and the bound are inputs, not baked in."""
+    Compiled shapeless: one trace per index dtype and rank, whatever the number of tokens
+    (a prefill of any length reuses it). ONE function per table shape, because a shapeless
+    trace keeps what it saw at its first call: the gather's slice size ``(1, d)`` (one
+    function shared across widths answered a ``[5, 4]`` table with 12 columns) and the
+    bound, a constant of the graph (so no bound array is looked up per call)."""
+    n = shape[0]
 
     @functools.partial(mx.compile, shapeless=True)
-    def gather(weight: mx.array, indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
-        safe = mx.clip(indices, 0, high)
+    def gather(weight: mx.array, indices: mx.array) -> tuple[mx.array, mx.array]:
+        # Traced once per index dtype, so the dtype-capped bound is a constant of its trace.
+        safe = mx.clip(indices, 0, _high(indices, n))
         # Indexing, not mx.take: the same gather, and only clamped indices reach it (the
         # tests forbid mx.take on the checked path).
         return weight[safe], mx.any(safe != indices)
 
-    if len(_GATHERS) >= _CACHE_LIMIT:
+    if len(_GATHERS) >= _GATHERS_LIMIT:
         _GATHERS.clear()
-    _GATHERS[d] = gather
+    _GATHERS[shape] = gather
     return gather
-
-
-def _bound(n: int, dtype: mx.Dtype) -> mx.array:
-    """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
-    built once per (n, dtype) and kept in :data:`_BOUNDS`, not per call."""
-    if len(_BOUNDS) >= _CACHE_LIMIT:
-        _BOUNDS.clear()
-    bound = _BOUNDS[(n, dtype)] = mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
-    return bound
 
 
 def _high(indices: mx.array, n: int) -> int:

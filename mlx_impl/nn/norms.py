@@ -50,8 +50,30 @@ def _mean_last(x: mx.array) -> mx.array:
     and overflows to inf / NaN where the float32 sum (and the float64 oracle) is finite
     (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
     the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits as ``mx.mean`` on the CPU."""
-    total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
-    return total * mx.array(1.0 / x.shape[-1], dtype=mx.float32).astype(x.dtype)
+    return _sum_last(x) * _constant(1.0 / x.shape[-1], x.dtype)
+
+
+def _sum_last(x: mx.array) -> mx.array:
+    """``x: [..., D] -> [..., 1]``: the float32 sum of the last axis, rounded to x's dtype."""
+    return mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
+
+
+_CONSTANTS: dict[tuple[float, mx.Dtype], mx.array] = {}
+"""``(value, dtype)`` -> the evaluated scalar (:func:`_constant`)."""
+
+
+def _constant(value: float, dtype: mx.Dtype) -> mx.array:
+    """``mx.array(value, dtype=mx.float32).astype(dtype)``, evaluated once per (value, dtype)
+    and reused: LayerNorm's ``1/D`` and eps. Building them per call cost ~3 us at decode
+    (two array creations and two casts in every graph), more than the layer's budget."""
+    key = (value, dtype)
+    c = _CONSTANTS.get(key)
+    if c is None:
+        if len(_CONSTANTS) >= 256:  # a model has a handful of (D, dtype, eps)
+            _CONSTANTS.clear()
+        c = _CONSTANTS[key] = mx.array(value, dtype=mx.float32).astype(dtype)
+        mx.eval(c)
+    return c
 
 
 class RMSNorm(mlx.nn.Module):
@@ -169,12 +191,14 @@ class LayerNorm(mlx.nn.Module):
             if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
                 return empty_norm_result(x, w, b)
         eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
-        mean = _mean_last(x)
+        dtype = x.dtype
+        inv_d = _constant(1.0 / w.shape[0], dtype)  # _mean_last, with x's D read once
+        mean = _sum_last(x) * inv_d
         centered = x - mean
-        variance = _mean_last(centered * centered)
-        # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
-        eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
-        normalized = centered * mx.rsqrt(variance + eps_arr)
+        variance = _sum_last(centered * centered) * inv_d
+        # Go's AddScalar: a float32 scalar cast to the operand's dtype (variance's: x's),
+        # then added.
+        normalized = centered * mx.rsqrt(variance + _constant(eps, dtype))
         out = normalized * w
         if b is not None:
             out = out + b
