@@ -75,10 +75,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["conformance"] = {**info, "shapes": setup["shapes"]}
 
 
-def timed(benchmark: Any, fn: Callable[[], None], target_s: float, min_rounds: int = 5) -> None:
+def timed(benchmark: Any, fn: Callable[[], None], target_s: float, min_rounds: int = 5,
+          max_rounds: int = 1000) -> None:
     """Time ``fn`` with pytest-benchmark, first-use costs kept out of the samples (see the
     module docstring); with ``--benchmark-disable`` it runs ``fn`` once. ``min_rounds`` is 3
-    for the twin (context only: its slow cells would dominate the run)."""
+    for the twin (context only: its slow cells would dominate the run). ``max_rounds`` caps
+    the rounds of a fast call (the overhead pairs raise it: see test_bench.test_overhead)."""
     if benchmark.disabled:
         benchmark(fn)
         return
@@ -86,6 +88,6 @@ def timed(benchmark: Any, fn: Callable[[], None], target_s: float, min_rounds: i
     t0 = time.perf_counter()
     fn()  # second call: sizes the run, and is the warm-up of a slow call
     per_call = max(time.perf_counter() - t0, 1e-7)
-    rounds = int(min(1000, max(min_rounds, target_s / per_call)))
+    rounds = int(min(max_rounds, max(min_rounds, target_s / per_call)))
     warmup = int(min(20, 0.05 / per_call))
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
