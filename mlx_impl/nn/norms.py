@@ -50,12 +50,25 @@ def _mean_last(x: mx.array) -> mx.array:
     and overflows to inf / NaN where the float32 sum (and the float64 oracle) is finite
     (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
     the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits as ``mx.mean`` on the CPU."""
-    return _sum_last(x) * _constant(1.0 / x.shape[-1], x.dtype)
+    total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
+    return total * _constant(1.0 / x.shape[-1], x.dtype)
 
 
-def _sum_last(x: mx.array) -> mx.array:
-    """``x: [..., D] -> [..., 1]``: the float32 sum of the last axis, rounded to x's dtype."""
-    return mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
+_LAYER_NORM_CONSTANTS: dict[tuple[int, float, mx.Dtype], tuple[mx.array, mx.array]] = {}
+"""``(D, stored eps, dtype)`` -> LayerNorm's ``(1/D, eps)`` in that dtype (:func:`_layer_norm_constants`)."""
+
+
+def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, mx.array]:
+    """``(1/D, eps)`` for ``key = (D, stored eps, dtype)``, each a float32 scalar cast to
+    ``dtype`` (eps ``0`` meaning :data:`DEFAULT_LAYER_NORM_EPS`), evaluated once and kept:
+    built per call they cost ~3 us at decode (two array creations and two casts in every
+    graph), more than the layer's 5 % budget."""
+    d, eps, dtype = key
+    if len(_LAYER_NORM_CONSTANTS) >= 256:  # a model has a handful of (D, eps, dtype)
+        _LAYER_NORM_CONSTANTS.clear()
+    constants = (_constant(1.0 / d, dtype), _constant(eps if eps != 0.0 else DEFAULT_LAYER_NORM_EPS, dtype))
+    _LAYER_NORM_CONSTANTS[key] = constants
+    return constants
 
 
 _CONSTANTS: dict[tuple[float, mx.Dtype], mx.array] = {}
@@ -190,15 +203,21 @@ class LayerNorm(mlx.nn.Module):
             x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
             if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
                 return empty_norm_result(x, w, b)
-        eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
         dtype = x.dtype
-        inv_d = _constant(1.0 / w.shape[0], dtype)  # _mean_last, with x's D read once
-        mean = _sum_last(x) * inv_d
+        # _mean_last's 1/D and Go's AddScalar eps (a float32 scalar cast to the operand's
+        # dtype, variance's: x's), both built once per (D, eps, dtype).
+        key = (w.shape[0], self.eps, dtype)
+        constants = _LAYER_NORM_CONSTANTS.get(key)
+        if constants is None:
+            constants = _layer_norm_constants(key)
+        inv_d, eps = constants
+        # _mean_last, inlined (with the 1/D above): float32 sums rounded to x's dtype.
+        f32 = mx.float32
+        mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
         centered = x - mean
-        variance = _sum_last(centered * centered) * inv_d
-        # Go's AddScalar: a float32 scalar cast to the operand's dtype (variance's: x's),
-        # then added.
-        normalized = centered * mx.rsqrt(variance + _constant(eps, dtype))
+        squares = centered * centered
+        variance = mx.sum(squares.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
+        normalized = centered * mx.rsqrt(variance + eps)
         out = normalized * w
         if b is not None:
             out = out + b
