@@ -17,7 +17,9 @@ rounds) and ``extra_info`` (written by ``tests/benchmarks/test_bench.py``). Deri
   machine another process only ever adds time to a round, so the fastest rounds are the
   least disturbed estimate of the same fixed work; the medians' IQR is shown beside). The
   fastest rounds are those of the two sides alternating in one window where the file has
-  them (``paired_fastest_s``), else the two benchmarks' own.
+  them (``paired_fastest_s``), else the two benchmarks' own. A variant that is raw MLX
+  itself (extra_info ``context``: Embedding's ``checked_raw``) is shown, marked "context",
+  and not judged: it is no layer.
 
 The HTML is self-contained, with inline SVG charts (no dependency): the MLX/PyTorch ratio
 per cell on a log scale, and the roofline share of MLX and PyTorch per cell.
@@ -218,7 +220,7 @@ def _overhead_rows(row: Row) -> list[list[str]]:
             out.append([group, name, against, f"{fmt_time(side.median)} ±{_pct(side.noise)}",
                         f"{fmt_time(base.median)} ±{_pct(base.noise)}", _x(side.median / base.median),
                         f"{fmt_time(fast)} / {fmt_time(fast_base)}{how}", _x(by_min),
-                        "yes" if by_min <= OVERHEAD_GOAL else "NO"])
+                        "context" if side.info.get("context") else "yes" if by_min <= OVERHEAD_GOAL else "NO"])
     return out
 
 

@@ -102,6 +102,7 @@ def test_overhead(benchmark: Any, setup: dict[str, Any], pair: Any, dtype: str, 
     benchmark.group = f"overhead/{pair.name}/{pair.describe(sizes)}/{dtype}"
     benchmark.extra_info.update(kind="overhead", layer=pair.name, shape=pair.describe(sizes), dtype=dtype,
                                 variant=variant, raw=pair.raw_name, against=against,
+                                context=variant in pair.context,
                                 backend=setup["backend"], precision=setup["precision"])
     # Twice the time: these ratios are the "within 5 %" evidence, at microseconds per call.
     # Up to 50000 rounds: the verdict is on the FASTEST round, and 1000 rounds of a ~20 us
