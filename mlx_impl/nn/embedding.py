@@ -9,7 +9,6 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -175,14 +174,26 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     changed) is computed beside it; ``mx.eval(out, bad)`` runs them together, and only
     then does the host look at the flag. Checking first and gathering after cost a second
     evaluation (1.9x ``mx.take`` at decode on the CPU); a compiled clamp + flag with the
-    gather outside the compiled graph cost ~1 us more than the graph with the gather in it
-    (``checked_raw`` in ``conformance/bench/overhead.py``). The gather copies rows, so the
-    result is bit-identical to ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks
-    it, across table widths, heights, index dtypes and ranks). The returned array is
-    already evaluated."""
-    gather = _GATHERS.get(shape)
-    if gather is None:
-        gather = _checked_gather(shape)
+    gather outside the compiled graph cost ~1 us more than the graph with the gather in
+    it, and a shapeless trace ~1 us more than one traced for the indices' shape (both
+    measured at decode against ``checked_raw`` in ``conformance/bench/overhead.py``), so
+    the first :data:`_SHAPED_LIMIT` index shapes of a table get a trace of their own (decode
+    is one shape) and later ones share a shapeless trace (prefill lengths are unbounded).
+    The gather copies rows, so the result is bit-identical to ``mx.take`` either way
+    (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
+    dtypes and ranks). The returned array is already evaluated."""
+    gathers = _GATHERS.get(shape)
+    if gathers is None:
+        gathers = _checked_gathers(shape)
+    shaped, shapeless, seen = gathers
+    index_shape = indices.shape
+    if index_shape in seen:
+        gather = shaped
+    elif len(seen) < _SHAPED_LIMIT:
+        seen.add(index_shape)
+        gather = shaped
+    else:
+        gather = shapeless
     out, bad = gather(weight, indices)
     mx.eval(out, bad)
     if not bad.item():
@@ -201,28 +212,34 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     )
 
 
+_Gather = Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]
+
 _GATHERS_LIMIT = 64
-"""Compiled gathers kept in :data:`_GATHERS` (a model has a handful of tables)."""
+"""Table shapes kept in :data:`_GATHERS` (a model has a handful of tables)."""
 
-_GATHERS: dict[tuple[int, ...], Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]] = {}
-"""Table shape ``(n, d)`` -> its compiled checked gather (:func:`_checked_gather`)."""
+_SHAPED_LIMIT = 32
+"""Index shapes per table traced for their own shape; later shapes use the shapeless trace."""
+
+_GATHERS: dict[tuple[int, ...], tuple[_Gather, _Gather, set[tuple[int, ...]]]] = {}
+"""Table shape ``(n, d)`` -> its compiled checked gathers, shaped and shapeless, and the
+index shapes given to the shaped one (:func:`_checked_gathers`)."""
 
 
-def _checked_gather(shape: tuple[int, ...]) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
+def _checked_gathers(shape: tuple[int, ...]) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
     """The compiled ``(weight [n, d], indices [...]) -> (weight[clip(indices, 0, high)]
-    [..., d], any index outside [0, high])`` for tables of ``shape = (n, d)``, made once per
-    shape and kept in :data:`_GATHERS`; ``high`` is :func:`_high`.
+    [..., d], any index outside [0, high])`` for tables of ``shape = (n, d)``, traced per
+    index shape and shapeless, made once per table shape and kept in :data:`_GATHERS`;
+    ``high`` is :func:`_high`.
 
-    Compiled shapeless: one trace per index dtype and rank, whatever the number of tokens
-    (a prefill of any length reuses it). ONE function per table shape, because a shapeless
-    trace keeps what it saw at its first call: the gather's slice size ``(1, d)`` (one
-    function shared across widths answered a ``[5, 4]`` table with 12 columns) and the
-    bound, a constant of the graph (so no bound array is looked up per call)."""
+    ONE pair of functions per table shape, because a trace keeps what it saw at its first
+    call: the gather's slice size ``(1, d)`` (one shapeless function shared across widths
+    answered a ``[5, 4]`` table with 12 columns) and the bound, a constant of the graph (so
+    no bound array is looked up per call). Each function is traced once per index dtype
+    (and rank, or shape)."""
     n = shape[0]
 
-    @functools.partial(mx.compile, shapeless=True)
     def gather(weight: mx.array, indices: mx.array) -> tuple[mx.array, mx.array]:
-        # Traced once per index dtype, so the dtype-capped bound is a constant of its trace.
+        # Traced per index dtype, so the dtype-capped bound is a constant of its trace.
         safe = mx.clip(indices, 0, _high(indices, n))
         # Indexing, not mx.take: the same gather, and only clamped indices reach it (the
         # tests forbid mx.take on the checked path).
@@ -230,8 +247,8 @@ def _checked_gather(shape: tuple[int, ...]) -> Callable[[mx.array, mx.array], tu
 
     if len(_GATHERS) >= _GATHERS_LIMIT:
         _GATHERS.clear()
-    _GATHERS[shape] = gather
-    return gather
+    gathers = _GATHERS[shape] = (mx.compile(gather), mx.compile(gather, shapeless=True), set())
+    return gathers
 
 
 def _high(indices: mx.array, n: int) -> int:

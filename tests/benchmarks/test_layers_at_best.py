@@ -86,3 +86,20 @@ def test_every_public_layer_has_an_overhead_pair():
                 and issubclass(getattr(mod, name), mlx.nn.Module)}
     measured = {p.name for p in PAIRS} | {v for p in PAIRS for v in p.variants}
     assert exported <= measured, sorted(exported - measured)
+
+
+@pytest.mark.parametrize("shaped_limit", [0, 1], ids=["shapeless", "shaped-then-shapeless"])
+def test_checked_embedding_past_the_shaped_traces(monkeypatch, shaped_limit):
+    # Past _SHAPED_LIMIT index shapes a table's lookups share a shapeless trace: the same
+    # rows, and the same IndexError, as the shaped trace and mx.take.
+    from mlx_impl.nn import embedding
+
+    monkeypatch.setattr(embedding, "_SHAPED_LIMIT", shaped_limit)
+    monkeypatch.setattr(embedding, "_GATHERS", {})
+    table = mx.arange(11 * 3, dtype=mx.float32).reshape(11, 3)
+    layer = mlx_impl.nn.Embedding(table)
+    for indices in (mx.array([[1, 10]]), mx.array(4), mx.array([0, 2, 9, 10], dtype=mx.uint8),
+                    mx.array([[[3]], [[7]]], dtype=mx.int64)):
+        assert np.array_equal(np.array(layer(indices)), np.array(mx.take(table, indices, axis=0)))
+    with pytest.raises(IndexError, match=r"^\[Embedding\] index 11 at position \(1,\) "):
+        layer(mx.array([0, 11]))
