@@ -177,15 +177,21 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     gather outside the compiled graph cost ~1 us more than the graph with the gather in
     it, and a shapeless trace ~1 us more than one traced for the indices' shape (both
     measured at decode against ``checked_raw`` in ``conformance/bench/overhead.py``), so
-    the first :data:`_SHAPED_LIMIT` index shapes of a table get a trace of their own (decode
-    is one shape) and later ones share a shapeless trace (prefill lengths are unbounded).
+    the first :data:`_SHAPED_LIMIT` index shapes of a row width get a trace of their own
+    (decode is one shape) and later ones share a shapeless trace (prefill lengths are
+    unbounded).
     The gather copies rows, so the result is bit-identical to ``mx.take`` either way
     (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
     dtypes and ranks). The returned array is already evaluated."""
-    gathers = _GATHERS.get(shape)
+    n, d = shape
+    gathers = _GATHERS.get(d)
     if gathers is None:
-        gathers = _checked_gathers(shape)
+        gathers = _checked_gathers(d)
     shaped, shapeless, seen = gathers
+    dtype = indices.dtype
+    bound = _BOUNDS.get((n, dtype))
+    if bound is None:
+        bound = _bound(n, dtype)
     index_shape = indices.shape
     if index_shape in seen:
         gather = shaped
@@ -194,12 +200,11 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
         gather = shaped
     else:
         gather = shapeless
-    out, bad = gather(weight, indices)
+    out, bad = gather(weight, indices, bound)
     mx.eval(out, bad)
     if not bad.item():
         return out
     # Failure path only: locate the first offending index in row-major order on the host.
-    n = shape[0]
     values = np.array(indices)
     wrong = (values < 0) | (values >= n)
     flat = int(np.argmax(wrong.reshape(-1)))
@@ -212,43 +217,52 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     )
 
 
-_Gather = Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]
+_Gather = Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]
 
-_GATHERS_LIMIT = 64
-"""Table shapes kept in :data:`_GATHERS` (a model has a handful of tables)."""
+_CACHE_LIMIT = 64
+"""Entries kept in :data:`_GATHERS` and :data:`_BOUNDS` (a model has a handful of tables)."""
 
 _SHAPED_LIMIT = 32
-"""Index shapes per table traced for their own shape; later shapes use the shapeless trace."""
+"""Index shapes per row width traced for their own shape; later shapes use the shapeless trace."""
 
-_GATHERS: dict[tuple[int, ...], tuple[_Gather, _Gather, set[tuple[int, ...]]]] = {}
-"""Table shape ``(n, d)`` -> its compiled checked gathers, shaped and shapeless, and the
-index shapes given to the shaped one (:func:`_checked_gathers`)."""
+_GATHERS: dict[int, tuple[_Gather, _Gather, set[tuple[int, ...]]]] = {}
+"""Row width ``d`` -> its compiled checked gathers, shaped and shapeless, and the index
+shapes given to the shaped one (:func:`_checked_gathers`)."""
+
+_BOUNDS: dict[tuple[int, mx.Dtype], mx.array] = {}
+"""``(n, index dtype)`` -> the clamp bound (:func:`_bound`)."""
 
 
-def _checked_gathers(shape: tuple[int, ...]) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
-    """The compiled ``(weight [n, d], indices [...]) -> (weight[clip(indices, 0, high)]
-    [..., d], any index outside [0, high])`` for tables of ``shape = (n, d)``, traced per
-    index shape and shapeless, made once per table shape and kept in :data:`_GATHERS`;
-    ``high`` is :func:`_high`.
+def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
+    """The compiled ``(weight [n, d], indices [...], high) -> (weight[clip(indices, 0,
+    high)] [..., d], any index outside [0, high])`` for tables of row width ``d``, traced
+    per index shape and shapeless, made once per ``d`` and kept in :data:`_GATHERS`.
 
-    ONE pair of functions per table shape, because a trace keeps what it saw at its first
-    call: the gather's slice size ``(1, d)`` (one shapeless function shared across widths
-    answered a ``[5, 4]`` table with 12 columns) and the bound, a constant of the graph (so
-    no bound array is looked up per call). Each function is traced once per index dtype
-    (and rank, or shape)."""
-    n = shape[0]
+    ONE pair of functions per row width, because a shapeless trace keeps the gather's slice
+    size ``(1, d)`` of its first call (one function shared across widths answered a
+    ``[5, 4]`` table with 12 columns). The bound ``high`` is an INPUT, not a constant of the
+    graph: a constant is compiled into the fused clamp kernel, and MLX's CPU back end
+    JIT-compiles a new kernel for each one (~0.5 s per table height, measured)."""
 
-    def gather(weight: mx.array, indices: mx.array) -> tuple[mx.array, mx.array]:
-        # Traced per index dtype, so the dtype-capped bound is a constant of its trace.
-        safe = mx.clip(indices, 0, _high(indices, n))
+    def gather(weight: mx.array, indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
+        safe = mx.clip(indices, 0, high)
         # Indexing, not mx.take: the same gather, and only clamped indices reach it (the
         # tests forbid mx.take on the checked path).
         return weight[safe], mx.any(safe != indices)
 
-    if len(_GATHERS) >= _GATHERS_LIMIT:
+    if len(_GATHERS) >= _CACHE_LIMIT:
         _GATHERS.clear()
-    gathers = _GATHERS[shape] = (mx.compile(gather), mx.compile(gather, shapeless=True), set())
+    gathers = _GATHERS[d] = (mx.compile(gather), mx.compile(gather, shapeless=True), set())
     return gathers
+
+
+def _bound(n: int, dtype: mx.Dtype) -> mx.array:
+    """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
+    built once per (n, dtype) and kept in :data:`_BOUNDS`, not per call."""
+    if len(_BOUNDS) >= _CACHE_LIMIT:
+        _BOUNDS.clear()
+    bound = _BOUNDS[(n, dtype)] = mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+    return bound
 
 
 def _high(indices: mx.array, n: int) -> int:
