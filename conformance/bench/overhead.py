@@ -3,8 +3,11 @@
 The claim to check: the layers add at most 5 % over the raw call at LLM decode shapes
 (the smallest calls, where Python-side validation weighs most). Each pair builds its
 layer ONCE (as a model does); pytest-benchmark times ``mx.eval(layer(x))`` and
-``mx.eval(raw(x))`` one after the other in the same run; the report shows the ratio of
-medians with both runs' noise, never asserted.
+``mx.eval(raw(x))`` one after the other in the same run, and each layer's benchmark then
+times the two ALTERNATING in one window (``paired_fastest_s``); the report shows the ratio
+of medians with both runs' noise and judges the ratio of the paired fastest rounds, never
+asserted. Every public layer of ``mlx_impl.nn`` and ``mlx_impl.fast`` has a pair, and both
+sides of every pair compute the same bits (tests/benchmarks/test_layers_at_best.py).
 
 ``Embedding`` is reported four ways, at decode (one token) and prefill (2048 tokens): the
 default ``index_policy="check"`` (a clamped gather and an out-of-range flag evaluated
