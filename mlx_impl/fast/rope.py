@@ -31,6 +31,7 @@ import struct
 import mlx.core as mx
 import mlx.nn
 
+from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
 
 _INT32_MAX = 2**31 - 1
@@ -221,6 +222,17 @@ class RoPE(mlx.nn.Module):
 
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         """Rotate ``x: [B, *, T, D]`` with positions starting at ``offset``."""
+        # Fast path (decode): an int offset in range and a non-empty floating x go straight
+        # to MLX, whose graph construction checks the rank and dims <= D itself (mlx 0.32.4)
+        # and raises ValueError; that, and every other input, takes the checked path
+        # below, which raises in this layer's words. See mlx_impl.fast.norms.fast_path_x.
+        if (type(offset) is int and 0 <= offset <= _INT32_MAX and isinstance(x, mx.array)
+                and x.dtype in FLOATING_DTYPES and x.size != 0):
+            try:
+                return mx.fast.rope(x, self.dims, traditional=self.traditional, base=self.base,
+                                    scale=self.scale, offset=offset)
+            except ValueError:
+                pass
         x = _check_input("RoPE", x, self.dims)
         checked = _check_offset("RoPE", offset, x.shape[0])
         if x.size == 0:  # mx.fast.rope on CUDA: "cudaGraphAddKernelNode ... invalid argument"

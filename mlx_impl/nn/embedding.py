@@ -9,13 +9,14 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Literal
 
 import mlx.core as mx
 import mlx.nn
 import numpy as np
 
+from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
 from mlx_impl.fast.norms import module_array
 
@@ -108,6 +109,34 @@ class Embedding(mlx.nn.Module):
 
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
+        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
+        # The table is an array, so it is one of the module's items (Module.__setattr__);
+        # only a table deleted from the module misses, and module_array then raises as
+        # attribute lookup did.
+        try:
+            weight = self["weight"]
+        except KeyError:
+            weight = module_array(self, "weight")
+        # The happy paths first: a decode lookup is ~10 us on the CPU, so the layer has
+        # ~0.5 us of Python to spend. Anything they do not take goes to _checked_call,
+        # which checks everything in the original order and raises the original errors.
+        if isinstance(indices, mx.array):
+            policy = self.index_policy
+            if policy == "check":
+                # ``in INTEGER_DTYPES`` is ``mx.issubdtype(dtype, mx.integer)`` (not bool).
+                if indices.dtype in INTEGER_DTYPES and indices.size != 0:
+                    shape = weight.shape
+                    if shape[0] != 0:
+                        return _checked_take(weight, indices, shape)
+            elif policy == "trusted" and weight.size != 0:  # an empty table: see _checked_call
+                try:
+                    return mx.take(weight, indices, axis=0)
+                except ValueError:
+                    pass  # MLX refuses a non-integer index dtype: _checked_call says so
+        return self._checked_call(weight, indices)
+
+    def _checked_call(self, weight: mx.array, indices: object) -> mx.array:
+        """Every policy with every check written out (the first ones raise the errors)."""
         if not isinstance(indices, mx.array):
             raise type_error(
                 "Embedding", f"indices must be an mx.array but got {type(indices).__name__}."
@@ -117,8 +146,6 @@ class Embedding(mlx.nn.Module):
             raise type_error(
                 "Embedding", f"indices must have an integer dtype but got {indices.dtype}."
             )
-        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
-        weight = module_array(self, "weight")
         n = int(weight.shape[0])
         if n == 0 and indices.size > 0:
             # Shapes only, so free under every policy: no row exists to check, clip or trust.
@@ -130,7 +157,7 @@ class Embedding(mlx.nn.Module):
             )
         policy = self.index_policy
         if policy == "check" and indices.size > 0:
-            return _checked_take(weight, indices, n)
+            return _checked_take(weight, indices, weight.shape)
         if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
@@ -138,20 +165,42 @@ class Embedding(mlx.nn.Module):
         return mx.take(weight, indices, axis=0)
 
 
-def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
-    """``weight[indices]`` evaluated (``weight: [n, d]``, ``indices: [...]`` -> ``[..., d]``),
-    or ``IndexError`` if an index is outside ``[0, n)``.
+def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d] = shape`` with ``n > 0``, ``indices:
+    [...]`` non-empty -> ``[..., d]``), or ``IndexError`` if an index is outside ``[0, n)``.
 
-    One evaluation does both: the gather reads CLAMPED indices (so a bad index never
-    reaches the gather) and the out-of-range flag (an index the clamp changed) is
-    computed in the same graph; ``mx.eval(out, bad)`` runs them together, and only then
-    does the host look at the flag. Checking first and gathering after cost a second
-    evaluation: 1.9x ``mx.take`` at decode on the CPU. The clamp and the flag are
-    ``mx.compile``d (fused); the gather copies rows, so the result is bit-identical to
-    ``mx.take`` (tests/benchmarks/test_layers_at_best.py checks it, across table
-    widths). The returned array is already evaluated."""
-    safe, bad = _clamp_and_flag(indices, _bound(n, indices.dtype))
-    out = weight[safe]  # indexing, not mx.take: the same gather, and only clamped indices reach it
+    One evaluation of ONE compiled graph does it all: the gather reads CLAMPED indices (so
+    a bad index never reaches the gather) and the out-of-range flag (an index the clamp
+    changed) is computed beside it; ``mx.eval(out, bad)`` runs them together, and only
+    then does the host look at the flag. Checking first and gathering after cost a second
+    evaluation (1.9x ``mx.take`` at decode on the CPU); a compiled clamp + flag with the
+    gather outside the compiled graph cost ~1 us more than the graph with the gather in
+    it, and a shapeless trace ~1 us more than one traced for the indices' shape (both
+    measured at decode against ``checked_raw`` in ``conformance/bench/overhead.py``), so
+    the first :data:`_SHAPED_LIMIT` index shapes of a row width get a trace of their own
+    (decode is one shape) and later ones share a shapeless trace (prefill lengths are
+    unbounded).
+    The gather copies rows, so the result is bit-identical to ``mx.take`` either way
+    (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
+    dtypes and ranks). The returned array is already evaluated."""
+    n, d = shape
+    gathers = _GATHERS.get(d)
+    if gathers is None:
+        gathers = _checked_gathers(d)
+    shaped, shapeless, seen = gathers
+    dtype = indices.dtype
+    bound = _BOUNDS.get((n, dtype))
+    if bound is None:
+        bound = _bound(n, dtype)
+    index_shape = indices.shape
+    if index_shape in seen:
+        gather = shaped
+    elif len(seen) < _SHAPED_LIMIT:
+        seen.add(index_shape)
+        gather = shaped
+    else:
+        gather = shapeless
+    out, bad = gather(weight, indices, bound)
     mx.eval(out, bad)
     if not bad.item():
         return out
@@ -168,21 +217,52 @@ def _checked_take(weight: mx.array, indices: mx.array, n: int) -> mx.array:
     )
 
 
-@functools.partial(mx.compile, shapeless=True)
-def _clamp_and_flag(indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
-    """``(clip(indices, 0, high), any index outside [0, high])``: ``indices: [...]`` ->
-    ``([...], scalar bool)``. Only shape-independent element-wise ops and a full reduction
-    are compiled shapeless (one trace per index dtype and rank); the gather stays outside,
-    because a shapeless trace would bake in the table's row width."""
-    safe = mx.clip(indices, 0, high)
-    return safe, mx.any(safe != indices)
+_Gather = Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]
+
+_CACHE_LIMIT = 64
+"""Entries kept in :data:`_GATHERS` and :data:`_BOUNDS` (a model has a handful of tables)."""
+
+_SHAPED_LIMIT = 32
+"""Index shapes per row width traced for their own shape; later shapes use the shapeless trace."""
+
+_GATHERS: dict[int, tuple[_Gather, _Gather, set[tuple[int, ...]]]] = {}
+"""Row width ``d`` -> its compiled checked gathers, shaped and shapeless, and the index
+shapes given to the shaped one (:func:`_checked_gathers`)."""
+
+_BOUNDS: dict[tuple[int, mx.Dtype], mx.array] = {}
+"""``(n, index dtype)`` -> the clamp bound (:func:`_bound`)."""
 
 
-@functools.lru_cache(maxsize=64)
+def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
+    """The compiled ``(weight [n, d], indices [...], high) -> (weight[clip(indices, 0,
+    high)] [..., d], any index outside [0, high])`` for tables of row width ``d``, traced
+    per index shape and shapeless, made once per ``d`` and kept in :data:`_GATHERS`.
+
+    ONE pair of functions per row width, because a shapeless trace keeps the gather's slice
+    size ``(1, d)`` of its first call (one function shared across widths answered a
+    ``[5, 4]`` table with 12 columns). The bound ``high`` is an INPUT, not a constant of the
+    graph: a constant is compiled into the fused clamp kernel, and MLX's CPU back end
+    JIT-compiles a new kernel for each one (~0.5 s per table height, measured)."""
+
+    def gather(weight: mx.array, indices: mx.array, high: mx.array) -> tuple[mx.array, mx.array]:
+        safe = mx.clip(indices, 0, high)
+        # Indexing, not mx.take: the same gather, and only clamped indices reach it (the
+        # tests forbid mx.take on the checked path).
+        return weight[safe], mx.any(safe != indices)
+
+    if len(_GATHERS) >= _CACHE_LIMIT:
+        _GATHERS.clear()
+    gathers = _GATHERS[d] = (mx.compile(gather), mx.compile(gather, shapeless=True), set())
+    return gathers
+
+
 def _bound(n: int, dtype: mx.Dtype) -> mx.array:
     """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
-    built once per (n, dtype), not per call."""
-    return mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+    built once per (n, dtype) and kept in :data:`_BOUNDS`, not per call."""
+    if len(_BOUNDS) >= _CACHE_LIMIT:
+        _BOUNDS.clear()
+    bound = _BOUNDS[(n, dtype)] = mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
+    return bound
 
 
 def _high(indices: mx.array, n: int) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn
 
+from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
 
 if TYPE_CHECKING:
@@ -219,6 +220,18 @@ class MultiLinear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``x @ weight.transpose(0, 2, 1)``; see the class docstring."""
+        # The table is an array, so one of the module's items (Module.__setattr__): read it
+        # once, not through the properties (Module.__getattr__ is ~0.5 us a time).
+        try:
+            weight = self["weight"]
+        except KeyError:
+            weight = self.weight  # deleted: raises as attribute lookup did
+        # Fast path: a 4-D floating x whose heads and last dim match. matmul would broadcast
+        # a single head silently, so the shapes are compared here, read once (~80 ns each).
+        if isinstance(x, mx.array) and x.dtype in FLOATING_DTYPES:
+            shape, w_shape = x.shape, weight.shape
+            if len(shape) == 4 and shape[1] == w_shape[0] and shape[3] == w_shape[2]:
+                return x @ weight.transpose(0, 2, 1)
         x = _require_array("MultiLinear", "x", x)
         _require_floating("MultiLinear", "x", x)
         if x.ndim != 4:

@@ -20,11 +20,24 @@ PyTorch's own float32 sums.
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import mlx.nn
 
+from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import value_error
-from mlx_impl.fast.norms import check_eps, check_vector, check_x, empty_norm_result, module_array
+from mlx_impl.fast.norms import (
+    check_eps,
+    check_vector,
+    check_x,
+    empty_norm_result,
+    fits_last_dim,
+    layer_array,
+    module_array,
+)
+
+_INF = math.inf
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
@@ -38,7 +51,42 @@ def _mean_last(x: mx.array) -> mx.array:
     (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
     the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits as ``mx.mean`` on the CPU."""
     total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
-    return total * mx.array(1.0 / x.shape[-1], dtype=mx.float32).astype(x.dtype)
+    return total * _constant(1.0 / x.shape[-1], x.dtype)
+
+
+_LAYER_NORM_CONSTANTS: dict[tuple[int, float, mx.Dtype], tuple[mx.array, mx.array]] = {}
+"""``(D, stored eps, dtype)`` -> LayerNorm's ``(1/D, eps)`` in that dtype (:func:`_layer_norm_constants`)."""
+
+
+def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, mx.array]:
+    """``(1/D, eps)`` for ``key = (D, stored eps, dtype)``, each a float32 scalar cast to
+    ``dtype`` (eps ``0`` meaning :data:`DEFAULT_LAYER_NORM_EPS`), evaluated once and kept:
+    built per call they cost ~3 us at decode (two array creations and two casts in every
+    graph), more than the layer's 5 % budget."""
+    d, eps, dtype = key
+    if len(_LAYER_NORM_CONSTANTS) >= 256:  # a model has a handful of (D, eps, dtype)
+        _LAYER_NORM_CONSTANTS.clear()
+    constants = (_constant(1.0 / d, dtype), _constant(eps if eps != 0.0 else DEFAULT_LAYER_NORM_EPS, dtype))
+    _LAYER_NORM_CONSTANTS[key] = constants
+    return constants
+
+
+_CONSTANTS: dict[tuple[float, mx.Dtype], mx.array] = {}
+"""``(value, dtype)`` -> the evaluated scalar (:func:`_constant`)."""
+
+
+def _constant(value: float, dtype: mx.Dtype) -> mx.array:
+    """``mx.array(value, dtype=mx.float32).astype(dtype)``, evaluated once per (value, dtype)
+    and reused: LayerNorm's ``1/D`` and eps. Building them per call cost ~3 us at decode
+    (two array creations and two casts in every graph), more than the layer's budget."""
+    key = (value, dtype)
+    c = _CONSTANTS.get(key)
+    if c is None:
+        if len(_CONSTANTS) >= 256:  # a model has a handful of (D, dtype, eps)
+            _CONSTANTS.clear()
+        c = _CONSTANTS[key] = mx.array(value, dtype=mx.float32).astype(dtype)
+        mx.eval(c)
+    return c
 
 
 class RMSNorm(mlx.nn.Module):
@@ -81,8 +129,19 @@ class RMSNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
+        w = self.get("weight")  # see layer_array (inlined: ~50 ns a call)
+        if w is None:
+            w = module_array(self, "weight")
+        # The fast path of fast.RMSNorm.__call__ (see fast_path_x, inlined): ~0.5 us of
+        # Python over the raw call at decode; MLX's own shape checks send anything else to
+        # the checked path below, which raises in this layer's words.
+        if (type(eps) is float and 0.0 <= eps < _INF and isinstance(x, mx.array)
+                and x.dtype in FLOATING_DTYPES and x.size != 0):
+            try:
+                return mx.fast.rms_norm(x, w, eps if eps != 0.0 else self.eps)
+            except ValueError:
+                pass  # MLX refused x's rank or last dim: check_x below says so in our words
         given = check_eps("RMSNorm", eps)
-        w = module_array(self, "weight")
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang
             return empty_norm_result(x, w)
@@ -139,17 +198,26 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
-        w, b = module_array(self, "weight"), module_array(self, "bias")
-        x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
-        eps = self.eps if self.eps != 0.0 else DEFAULT_LAYER_NORM_EPS
-        if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
-            return empty_norm_result(x, w, b)
-        mean = _mean_last(x)
+        w, b = layer_array(self, "weight"), layer_array(self, "bias")
+        if not fits_last_dim(x, w, b):  # the cheap test first; check_x says what is wrong
+            x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
+            if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
+                return empty_norm_result(x, w, b)
+        dtype = x.dtype
+        # _mean_last's 1/D and Go's AddScalar eps (a float32 scalar cast to the operand's
+        # dtype, variance's: x's), both built once per (D, eps, dtype).
+        key = (w.shape[0], self.eps, dtype)
+        constants = _LAYER_NORM_CONSTANTS.get(key)
+        if constants is None:
+            constants = _layer_norm_constants(key)
+        inv_d, eps = constants
+        # _mean_last, inlined (with the 1/D above): float32 sums rounded to x's dtype.
+        f32 = mx.float32
+        mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
         centered = x - mean
-        variance = _mean_last(centered * centered)
-        # Go's AddScalar: a float32 scalar cast to the operand's dtype, then added.
-        eps_arr = mx.array(eps, dtype=mx.float32).astype(variance.dtype)
-        normalized = centered * mx.rsqrt(variance + eps_arr)
+        squares = centered * centered
+        variance = mx.sum(squares.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
+        normalized = centered * mx.rsqrt(variance + eps)
         out = normalized * w
         if b is not None:
             out = out + b

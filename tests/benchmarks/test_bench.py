@@ -27,7 +27,7 @@ import pytest
 from conformance.bench import cells, machine
 from conformance.bench.overhead import FULL, PAIRS, TINY
 from conformance.dtypes import FORMATS
-from tests.benchmarks.conftest import bench_setup, timed
+from tests.benchmarks.conftest import bench_setup, interleaved_fastest, timed
 
 CELLS = cells.bench_cells()
 OVERHEAD = [(pair, dtype, variant) for pair in PAIRS for dtype in ("float32", "bfloat16")
@@ -97,10 +97,21 @@ def test_peak(benchmark: Any, setup: dict[str, Any], case: machine.PeakCase) -> 
                          ids=[f"{p.name}-{p.shape.split(':')[0]}-{d}-{v}" for p, d, v in OVERHEAD])
 def test_overhead(benchmark: Any, setup: dict[str, Any], pair: Any, dtype: str, variant: str) -> None:
     sizes = TINY if setup["shapes"] == "tiny" else FULL
-    thunk = pair.build(sizes, FORMATS[dtype].mx_dtype)[variant]
+    thunks = pair.build(sizes, FORMATS[dtype].mx_dtype)
+    thunk, against = thunks[variant], pair.against.get(variant, "raw")
     benchmark.group = f"overhead/{pair.name}/{pair.describe(sizes)}/{dtype}"
     benchmark.extra_info.update(kind="overhead", layer=pair.name, shape=pair.describe(sizes), dtype=dtype,
-                                variant=variant, raw=pair.raw_name, against=pair.against.get(variant, "raw"),
+                                variant=variant, raw=pair.raw_name, against=against,
+                                context=variant in pair.context,
                                 backend=setup["backend"], precision=setup["precision"])
-    # Twice the rounds: these ratios are the "within 5 %" evidence, at microseconds per call.
-    timed(benchmark, lambda: mx.eval(thunk()), 2 * setup["target_s"])
+    # Twice the time: these ratios are the "within 5 %" evidence, at microseconds per call.
+    # Up to 50000 rounds: the verdict is on the FASTEST round, and 1000 rounds of a ~20 us
+    # call are a 20 ms window that a noisy neighbour on a shared 2-core machine can cover
+    # whole (measured: the same pair then swings from 0.8x to 1.3x between runs).
+    timed(benchmark, lambda: mx.eval(thunk()), 2 * setup["target_s"], max_rounds=50_000)
+    if variant != "raw" and not benchmark.disabled:
+        # The verdict's evidence: this side and the one it is judged against, alternating in
+        # ONE window (report.py prefers it to the two benchmarks' own fastest rounds).
+        other = thunks[against]
+        benchmark.extra_info["paired_fastest_s"] = interleaved_fastest(
+            lambda: mx.eval(thunk()), lambda: mx.eval(other()), 2 * setup["target_s"])

@@ -1,17 +1,21 @@
 """Where a layer's fast path is written differently from the plain MLX call (Embedding's
 checked lookup: a compiled clamp + flag + gather evaluated once), its result must be
 BIT-IDENTICAL to the plain call's: ``mx.take`` copies rows, so any difference is a bug.
-These tests are not benchmarks; they run in every pass (smoke included)."""
+Every overhead pair (``conformance/bench/overhead.py``) computes the same bits on both
+sides, and every public layer has one. These tests are not benchmarks; they run in every
+pass (smoke included)."""
 
 from __future__ import annotations
 
 import zlib
 
 import mlx.core as mx
+import mlx.nn
 import numpy as np
 import pytest
 
 import mlx_impl
+from conformance.bench.overhead import PAIRS, TINY
 
 INDEX_DTYPES = (mx.int32, mx.int64, mx.uint8)
 TABLE_DTYPES = (mx.float32, mx.bfloat16, mx.float16)
@@ -53,3 +57,49 @@ def test_checked_embedding_follows_the_table_width_across_calls():
         for indices in (mx.array(3), mx.array([[1, 8]]), mx.array([0, 2, 4], dtype=mx.uint8)):
             got = mlx_impl.nn.Embedding(table)(indices)
             assert np.array_equal(np.array(got), np.array(mx.take(table, indices, axis=0)))
+
+
+def _bits(a: mx.array) -> np.ndarray:
+    # Compare bit patterns (NaN- and signed-zero-exact), whatever the float dtype.
+    a = a.astype(mx.float32) if a.dtype == mx.bfloat16 else a
+    return np.array(a.view(mx.uint32 if a.dtype == mx.float32 else mx.uint16))
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)
+@pytest.mark.parametrize("pair", PAIRS, ids=[f"{p.name}-{p.shape.split(':')[0]}" for p in PAIRS])
+def test_every_overhead_variant_computes_the_raw_bits(pair, dtype):
+    # The overhead table compares a layer with its "raw" formulation: that is only a fair
+    # comparison if both compute the same thing, bit for bit (tiny sizes).
+    thunks = pair.build(TINY, dtype)
+    want = thunks["raw"]()
+    for name, thunk in thunks.items():
+        got = thunk()
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert np.array_equal(_bits(got), _bits(want)), name
+
+
+def test_every_public_layer_has_an_overhead_pair():
+    # "Every layer within 5 % of the raw call": every mlx.nn.Module the package exports
+    # (nn and fast) must be measured by conformance/bench/overhead.py.
+    exported = {f"{pkg}.{name}" for pkg, mod in (("nn", mlx_impl.nn), ("fast", mlx_impl.fast))
+                for name in mod.__all__ if isinstance(getattr(mod, name), type)
+                and issubclass(getattr(mod, name), mlx.nn.Module)}
+    measured = {p.name for p in PAIRS} | {v for p in PAIRS for v in p.variants}
+    assert exported <= measured, sorted(exported - measured)
+
+
+@pytest.mark.parametrize("shaped_limit", [0, 1], ids=["shapeless", "shaped-then-shapeless"])
+def test_checked_embedding_past_the_shaped_traces(monkeypatch, shaped_limit):
+    # Past _SHAPED_LIMIT index shapes a table's lookups share a shapeless trace: the same
+    # rows, and the same IndexError, as the shaped trace and mx.take.
+    from mlx_impl.nn import embedding
+
+    monkeypatch.setattr(embedding, "_SHAPED_LIMIT", shaped_limit)
+    monkeypatch.setattr(embedding, "_GATHERS", {})
+    table = mx.arange(11 * 3, dtype=mx.float32).reshape(11, 3)
+    layer = mlx_impl.nn.Embedding(table)
+    for indices in (mx.array([[1, 10]]), mx.array(4), mx.array([0, 2, 9, 10], dtype=mx.uint8),
+                    mx.array([[[3]], [[7]]], dtype=mx.int64)):
+        assert np.array_equal(np.array(layer(indices)), np.array(mx.take(table, indices, axis=0)))
+    with pytest.raises(IndexError, match=r"^\[Embedding\] index 11 at position \(1,\) "):
+        layer(mx.array([0, 11]))
