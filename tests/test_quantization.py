@@ -886,3 +886,34 @@ def test_dequantize_refuses_an_array_as_dtype() -> None:
     twq, tscales = (torch.from_numpy(np.array(a)) for a in (wq, scales))
     with pytest.raises(TypeError, match=r"^\[dequantize\] dtype must be"):
         tq.dequantize(twq, tscales, None, 32, 8, "mxfp8", dtype=np.zeros((6, 5), np.float32))
+
+
+@pytest.mark.parametrize("record_name", ["quantization.quantized_matmul", "nn.quantized_linear"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_affine_cells_draw_the_cuda_single_group_boundary(record_name: str, dtype: str) -> None:
+    """The random affine cases reach MLX 0.32.4's CUDA ``qmm_sm90`` boundary (one group per
+    row, a multiple of 4 weight rows, several rows of x, 4 or 8 bits) within the examples of
+    a ci cell, and the edge cases every run checks cover all four of its formats."""
+    from hypothesis import Phase, find, settings
+
+    from conformance.profiles import EXAMPLES
+    from conformance.records.quantized import (
+        CUDA_SINGLE_GROUP_FORMATS,
+        hits_cuda_single_group_kernel,
+    )
+    from conformance.registry import REGISTRY
+
+    record = REGISTRY[record_name]
+    boundary = find(
+        record.cases(dtype, "affine"),
+        lambda case: hits_cuda_single_group_kernel(case.arrays["x"].shape, case.arrays["weight"].shape[0],
+                                                   case.params),
+        settings=settings(max_examples=EXAMPLES["ci"], derandomize=True, database=None, deadline=None,
+                          phases=[Phase.generate]),
+    )
+    assert boundary.params["group_size"] in (64, 128)
+    edges = [e.case for e in record.edge_cases
+             if e.mode == "affine" and dtype in e.dtypes
+             and hits_cuda_single_group_kernel(e.case.arrays["x"].shape, e.case.arrays["weight"].shape[0],
+                                               e.case.params)]
+    assert {(c.params["group_size"], c.params["bits"]) for c in edges} == set(CUDA_SINGLE_GROUP_FORMATS)

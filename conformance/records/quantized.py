@@ -26,6 +26,7 @@ from conformance.execute import backend_name
 from conformance.record import (
     BenchCase,
     Case,
+    EdgeCase,
     ErrorCase,
     ExpectedDivergence,
     Mutant,
@@ -65,12 +66,39 @@ def _format(draw, mode):
 _MX_MODES_WITHOUT_TINY = ("mxfp4", "mxfp8")
 
 
+CUDA_SINGLE_GROUP_FORMATS: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (128, 4), (64, 8))
+"""(group size, bits) of the affine formats that MLX 0.32.4's CUDA back end sends to its
+Hopper kernel ``qmm_sm90`` when a row is ONE group (``K`` = group size), the weight has a
+multiple of 4 rows and ``x`` more than one row: wrong products (relative error ~1; found by
+the H200 model-level run, ``python -m conformance repro cuda_affine_single_group_qmm``;
+mlx_impl guards it). The random affine formats reach that boundary about once in 100 draws,
+so the quantized-matmul cells draw it on purpose in 1 affine draw of 4, and every run checks
+it as edge cases (``_single_group_edge_cases``)."""
+
+
+def hits_cuda_single_group_kernel(x_shape: tuple[int, ...], n: int, params) -> bool:
+    """Whether a transposed quantized matmul of ``x`` (shape ``x_shape``) by an ``[n, K]``
+    weight lies on the boundary of ``CUDA_SINGLE_GROUP_FORMATS``."""
+    k = x_shape[-1]
+    rows = int(np.prod(x_shape[:-1], dtype=np.int64))
+    return (params["mode"] == "affine" and params["bits"] in (4, 8) and k == params["group_size"]
+            and k % 64 == 0 and n % 4 == 0 and rows > 1)
+
+
 @st.composite
-def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16), profiles=WEIGHT_PROFILES):
+def _weight(draw, dtype, mode, n_choices=(1, 2, 5, 16), profiles=WEIGHT_PROFILES, one_group=False):
+    """A float weight and its format. ``one_group``: the boundary of
+    ``CUDA_SINGLE_GROUP_FORMATS`` (affine, 4 or 8 bits, group 64 or 128, one group per row,
+    a multiple of 4 rows)."""
     if mode in _MX_MODES_WITHOUT_TINY:
         profiles = tuple(p for p in profiles if p != "tiny")  # see _MX_MODES_WITHOUT_TINY
-    group, bits = draw(_format(mode))
-    groups = draw(st.sampled_from((1, 2, 3)), label="groups_per_row")
+    if one_group:
+        group, bits = draw(st.sampled_from(CUDA_SINGLE_GROUP_FORMATS), label="single_group_format")
+        groups = 1
+        n_choices = (16, 4)
+    else:
+        group, bits = draw(_format(mode))
+        groups = draw(st.sampled_from((1, 2, 3)), label="groups_per_row")
     n = draw(st.sampled_from(n_choices), label="out_features")
     if mode == "nvfp4" and (n * group * groups) % 32:
         n += 1  # MLX's CPU nvfp4 packer needs a multiple of 32 elements (mlx_impl refuses others)
@@ -298,8 +326,10 @@ def _qmm_tolerance(backend: str, dtype: str) -> Tolerance:
 def _qmm_cases(draw, dtype, mode):
     # No "large" weights here: products near overflow make inf-vs-NaN depend on the
     # summation order, which no convention fixes (quantize/dequantize still test them).
-    w, params = draw(_weight(dtype, mode, profiles=("normal", "ints", "mixed", "tiny")))
-    lead = draw(st.sampled_from(((1,), (3,), (2, 3))), label="batch")
+    one_group = mode == "affine" and draw(st.sampled_from((False, False, False, True)),
+                                          label="cuda_single_group_boundary")
+    w, params = draw(_weight(dtype, mode, profiles=("normal", "ints", "mixed", "tiny"), one_group=one_group))
+    lead = draw(st.sampled_from(((2, 3), (3,)) if one_group else ((1,), (3,), (2, 3))), label="batch")
     x = draw(arrays((*lead, w.shape[1]), dtype, profiles=("normal", "ints", "mixed"), label="x"))
     found = {"x": x, "weight": w}
     if draw(st.booleans(), label="has_bias"):
@@ -453,6 +483,43 @@ def _mutant_next_group_scales(lib, a, p, kw):
     return a["x"] @ w.T
 
 
+def _single_group_edge_cases(via: tuple[str, ...] = ()) -> tuple[EdgeCase, ...]:
+    """The boundary of ``CUDA_SINGLE_GROUP_FORMATS`` in every format it covers, each with 16
+    weight rows and several rows of ``x`` (a batch too), checked in every dtype by every run.
+    ``via``: QuantizedLinear's constructors, taken in turn."""
+    edges = []
+    for i, ((group, bits), lead) in enumerate(zip(CUDA_SINGLE_GROUP_FORMATS, ((2, 3), (5,), (2, 3), (4,)), strict=True)):
+        # Rows of different magnitudes (1/4 to 4), as trained weights have: a kernel that
+        # reads another row's scale is then wrong by up to 16x.
+        row_scale = np.exp2(np.arange(16) % 5 - 2.0).astype(np.float32)[:, None]
+        found = {"x": fill((*lead, group), "normal", "float32", 10 + i),
+                 "weight": fill((16, group), "normal", "float32", 20 + i) * row_scale}
+        if i % 2 == 0:
+            found["bias"] = fill((16,), "normal", "float32", 30 + i)
+        params = {"group_size": group, "bits": bits, "mode": "affine"}
+        if via:
+            params["via"] = via[i % len(via)]
+        label = (f"affine {bits}-bit, group {group} = K (one group per row), W [16, {group}], "
+                 f"x {list(lead)} x {group}: MLX 0.32.4's CUDA qmm_sm90 boundary")
+        edges.append(EdgeCase(Case(found, params, label=label), mode="affine"))
+    return tuple(edges)
+
+
+def _mutant_single_group_row0_scales(lib, a, p, kw):
+    """Imitates MLX's CUDA single-group bug: on that boundary every weight row is read with
+    row 0's scale and bias (a [N, 1] scale array indexed with the stride of a broadcast).
+    Run in float32: on the x86 CPU the bfloat16 cells' bound (gamma_K of bfloat16 on the
+    factored magnitude |x| @ (|q*s| + |b|).T, >= 0.35 of it at K = 64) admits errors of
+    this size; float32 and float16 edge cases all kill it, and on CUDA every dtype sums in
+    float32, where the bound is tight."""
+    x, s, b = a["x"], a["scales"], a.get("qbiases")
+    if not hits_cuda_single_group_kernel(x.shape, a["wq"].shape[0], p):
+        return mx.quantized_matmul(x, a["wq"], s, b, transpose=True, **_fmt(p))
+    s = mx.broadcast_to(s[:1], s.shape)
+    b = None if b is None else mx.broadcast_to(b[:1], b.shape)
+    return x @ mx.dequantize(a["wq"], s, b, **_fmt(p)).T
+
+
 def _bench_qmm(m: int, k: int, n: int, mode: str) -> Case:
     group, bits = (64, 4) if mode == "affine" else FP_FORMATS[mode]
     return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1)},
@@ -476,10 +543,14 @@ QUANTIZED_MATMUL = OpRecord(
                         "scales": np.ones((2, 1), np.float32), "qbiases": np.zeros((2, 1), np.float32)},
                        {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
     ),
+    edge_cases=_single_group_edge_cases(),
     mutants=(
         Mutant("zero_point_ignored", "affine biases dropped", _mutant_zero_point_ignored, mode="affine"),
         Mutant("next_group_scales", "each group reads its neighbour's scale", _mutant_next_group_scales,
                mode="mxfp4"),
+        Mutant("single_group_row0_scales", "affine, one group per row, several rows of x (MLX's CUDA "
+               "qmm_sm90 boundary): every weight row dequantized with row 0's scale and bias",
+               _mutant_single_group_row0_scales, mode="affine"),
     ),
     bench=tuple(
         BenchCase(f"{shape}-{mode}", functools.partial(_bench_qmm, m, 4096, 4096, mode), mode=mode,
@@ -507,6 +578,17 @@ def _qlinear_cases(draw, dtype, mode):
     case = draw(_qmm_cases(dtype, mode))
     via = draw(st.sampled_from(("constructor", "to_quantized")), label="built_by")
     return Case(case.arrays, {**case.params, "via": via})
+
+
+def _mutant_single_group_rows_shifted(lib, a, p, kw):
+    """Imitates MLX's CUDA single-group bug in the layer: on that boundary each output row is
+    the product of the NEXT row of x (a tile that reads x one row off)."""
+    x = a["x"]
+    if not hits_cuda_single_group_kernel(x.shape, a["weight"].shape[0], p):
+        return _qlinear_call(lib, a, p, kw)
+    rows = x.reshape(-1, x.shape[-1])
+    shifted = mx.concatenate([rows[1:], rows[:1]], axis=0).reshape(x.shape)
+    return _qlinear_call(lib, {**a, "x": shifted}, p, kw)
 
 
 def _mutant_dropped_layer_bias(lib, a, p, kw):
@@ -539,10 +621,14 @@ QUANTIZED_LINEAR = OpRecord(
                         "bias": np.zeros(3, np.float32)},
                        {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
     ),
+    edge_cases=_single_group_edge_cases(via=("constructor", "to_quantized")),
     mutants=(
         Mutant("dropped_layer_bias", "the layer bias is never added", _mutant_dropped_layer_bias,
                mode="affine"),
         Mutant("zero_point_ignored", "affine biases dropped", _mutant_zero_point_ignored, mode="affine"),
+        Mutant("single_group_rows_shifted", "affine, one group per row, several rows of x (MLX's CUDA "
+               "qmm_sm90 boundary): each output row is the product of the next row of x",
+               _mutant_single_group_rows_shifted, mode="affine"),
     ),
     bench=QUANTIZED_MATMUL.bench,
 )
