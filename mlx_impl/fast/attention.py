@@ -26,6 +26,7 @@ import numbers
 
 import mlx.core as mx
 
+from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
 
 _WHERE = "scaled_dot_product_attention"
@@ -189,6 +190,17 @@ def scaled_dot_product_attention(
         >>> scaled_dot_product_attention(q, k, v, scale=0.5, mask="causal").shape
         (1, 1, 1, 4)
     """
+    # The happy path first (a decode call is ~20-60 us on a GPU, where the full checks'
+    # ~3 us show): no mask or sinks, a float scale, three non-empty 4-D floating arrays
+    # whose shapes agree. The checks below accept exactly these and change nothing in them.
+    if (mask is None and sinks is None and type(scale) is float and isinstance(q, mx.array)
+            and isinstance(k, mx.array) and isinstance(v, mx.array)):
+        qs, ks, vs = q.shape, k.shape, v.shape
+        if (len(qs) == 4 and len(ks) == 4 and len(vs) == 4 and 0 not in qs and 0 not in ks and 0 not in vs
+                and qs[0] == ks[0] == vs[0] and qs[3] == ks[3] and ks[1] == vs[1] and ks[2] == vs[2]
+                and qs[1] % ks[1] == 0 and q.dtype in FLOATING_DTYPES and k.dtype in FLOATING_DTYPES
+                and v.dtype in FLOATING_DTYPES and math.isfinite(scale)):
+            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
     out_dtype = _check_qkv(q, k, v)
     scale_value = _check_scale(scale)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])

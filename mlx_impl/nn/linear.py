@@ -123,6 +123,24 @@ class Linear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``x @ weight.T (+ bias)``; see the class docstring for shapes and dtypes."""
+        # The happy path first: a decode call is ~20-60 us on a GPU, where each module
+        # attribute read (~0.5 us through Module.__getattr__) or nanobind property (~0.1 us)
+        # shows. A floating, non-empty x whose last dim matches a non-empty weight goes
+        # straight to MLX; anything else takes _checked_call, whose checks and errors are
+        # the original ones.
+        if isinstance(x, mx.array):
+            weight = self.get("weight")
+            shape = x.shape
+            if (weight is not None and shape and x.dtype in FLOATING_DTYPES and shape[-1] == weight.shape[1]
+                    and x.size != 0 and shape[-1] != 0):
+                bias = self.get("bias")
+                if bias is None:
+                    return x @ weight.T
+                return mx.addmm(bias, x, weight.T, alpha=1.0, beta=1.0)
+        return self._checked_call(x)
+
+    def _checked_call(self, x: object) -> mx.array:
+        """Every check written out, in order (the first failing one raises its error)."""
         x = _require_array("Linear", "x", x)
         _require_floating("Linear", "x", x)
         if x.ndim == 0:
