@@ -73,50 +73,39 @@ def rope_offset_off_by_one(layer: int | None = None) -> Mutant:
     return lambda: _patched(LayerRoPE, True, "__call__", make, layer)
 
 
-def cache_appended_twice(layer: int | None = None) -> Mutant:
-    """Append a decode step's key and value twice."""
+def _at_decode_update(before: Callable[[Callable[..., Any], Any, Any, Any], object],
+                      layer: int | None) -> Mutant:
+    """Run ``before(original, cache, keys, values)`` ahead of every decode step's (one new
+    token) ``KVCache.update_and_fetch`` in the targeted layer(s)."""
     from mlx_impl.models.cache import KVCache
 
     def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
         def update(self: Any, keys: Any, values: Any) -> Any:
             if keys.shape[2] == 1 and targeted(self):
-                original(self, keys, values)
+                before(original, self, keys, values)
             return original(self, keys, values)
         return update
 
     return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+
+
+def cache_appended_twice(layer: int | None = None) -> Mutant:
+    """Append a decode step's key and value twice."""
+    return _at_decode_update(lambda original, cache, keys, values: original(cache, keys, values), layer)
 
 
 def crash_at_decode(layer: int | None = None) -> Mutant:
     """Abort the process (as a crashing kernel would) at a decode step's cache update."""
     import os
 
-    from mlx_impl.models.cache import KVCache
-
-    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
-        def update(self: Any, keys: Any, values: Any) -> Any:
-            if keys.shape[2] == 1 and targeted(self):
-                os.abort()
-            return original(self, keys, values)
-        return update
-
-    return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+    return _at_decode_update(lambda *_: os.abort(), layer)
 
 
 def hang_at_decode(layer: int | None = None) -> Mutant:
     """Never return (as a stuck kernel or compile would) from a decode step's cache update."""
     import threading
 
-    from mlx_impl.models.cache import KVCache
-
-    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
-        def update(self: Any, keys: Any, values: Any) -> Any:
-            if keys.shape[2] == 1 and targeted(self):
-                threading.Event().wait()
-            return original(self, keys, values)
-        return update
-
-    return lambda: _patched(KVCache, True, "update_and_fetch", make, layer)
+    return _at_decode_update(lambda *_: threading.Event().wait(), layer)
 
 
 def router_picks_last(layer: int | None = None) -> Mutant:

@@ -91,6 +91,21 @@ def fits_last_dim(x: object, weight: mx.array | None, bias: mx.array | None = No
     return (weight is None or weight.shape[0] == d) and (bias is None or bias.shape[0] == d)
 
 
+def fast_rms_norm(x: object, weight: mx.array | None, eps: object, stored_eps: float = 0.0) -> mx.array | None:
+    """The RMSNorm layers' fast path: ``mx.fast.rms_norm(x, weight, eps)`` (``eps == 0``
+    means ``stored_eps``) when ``x`` passes :func:`fast_path_x` and ``eps`` is a float in
+    ``[0, inf)``, and MLX's own graph construction accepts x's rank and last dim. ``None``
+    otherwise: the layer then takes its checked path, which raises in its own words.
+
+    Shape: ``x: [..., D]``, ``weight: [D]`` or None -> ``[..., D]``."""
+    if type(eps) is float and 0.0 <= eps < _INF and fast_path_x(x):
+        try:
+            return mx.fast.rms_norm(x, weight, eps if eps != 0.0 else stored_eps)  # type: ignore[arg-type]
+        except ValueError:
+            return None  # MLX refused x's rank or last dim
+    return None
+
+
 def check_eps(where: str, eps: object) -> float:
     """Return ``eps`` as a float if it is a finite real ``>= 0``; raise otherwise."""
     if type(eps) is float and 0.0 <= eps < math.inf:
@@ -248,13 +263,9 @@ class RMSNorm(mlx.nn.Module):
         w = self.get("weight")  # see layer_array (inlined: ~50 ns a call)
         if w is None:
             w = module_array(self, "weight")
-        # fast_path_x, inlined: a function call is ~50 ns of a ~1 us budget.
-        if (type(eps) is float and 0.0 <= eps < _INF and isinstance(x, mx.array)
-                and x.dtype in FLOATING_DTYPES and x.size != 0):
-            try:
-                return mx.fast.rms_norm(x, w, eps)
-            except ValueError:
-                pass  # MLX refused x's rank or last dim: check_x below says so in our words
+        y = fast_rms_norm(x, w, eps)
+        if y is not None:
+            return y
         eps_value = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:

@@ -20,24 +20,20 @@ PyTorch's own float32 sums.
 
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 import mlx.nn
 
-from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import value_error
 from mlx_impl.fast.norms import (
     check_eps,
     check_vector,
     check_x,
     empty_norm_result,
+    fast_rms_norm,
     fits_last_dim,
     layer_array,
     module_array,
 )
-
-_INF = math.inf
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
@@ -132,15 +128,9 @@ class RMSNorm(mlx.nn.Module):
         w = self.get("weight")  # see layer_array (inlined: ~50 ns a call)
         if w is None:
             w = module_array(self, "weight")
-        # The fast path of fast.RMSNorm.__call__ (see fast_path_x, inlined): ~0.5 us of
-        # Python over the raw call at decode; MLX's own shape checks send anything else to
-        # the checked path below, which raises in this layer's words.
-        if (type(eps) is float and 0.0 <= eps < _INF and isinstance(x, mx.array)
-                and x.dtype in FLOATING_DTYPES and x.size != 0):
-            try:
-                return mx.fast.rms_norm(x, w, eps if eps != 0.0 else self.eps)
-            except ValueError:
-                pass  # MLX refused x's rank or last dim: check_x below says so in our words
+        y = fast_rms_norm(x, w, eps, self.eps)  # anything else: the checked path below
+        if y is not None:
+            return y
         given = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang

@@ -15,8 +15,6 @@ from mlx_impl.quantization import _empty_matmul, _quantized_matmul, check_quanti
 
 _WHERE = "QuantizedLinear"
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
-_FAST_DTYPES = frozenset((mx.float32, mx.bfloat16))
-"""x dtypes with no guard in ``quantization._quantized_matmul`` (float16 has one on CUDA)."""
 
 
 class QuantizedLinear(mlx.nn.Module):
@@ -143,27 +141,23 @@ class QuantizedLinear(mlx.nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``quantized_matmul(x, weight) (+ bias)``; see the class docstring."""
         # The happy path first (a decode call is ~20-60 us on a GPU, where each module
-        # attribute read through Module.__getattr__ costs ~0.5 us): float32/bfloat16 x of
-        # rank >= 2, non-empty, the right width, and not the affine one-group-per-row shape
-        # that quantization._mlx_quantized_matmul guards, goes straight to MLX. Everything
-        # else (float16, 1-D, empty, wrong, guarded) takes _checked_call.
+        # attribute read through Module.__getattr__ costs ~0.5 us): a float x of rank >= 1,
+        # non-empty and of the right width goes to quantization._quantized_matmul, which
+        # holds every back-end guard; anything else takes _checked_call and its errors.
         if isinstance(x, mx.array):
             get = self.get
             weight, scales = get("weight"), get("scales")
             shape = x.shape
-            if (weight is not None and scales is not None and len(shape) >= 2
-                    and x.dtype in _FAST_DTYPES and x.size != 0
-                    and shape[-1] == weight.shape[1] * 32 // self.bits
-                    and (self.mode != "affine" or shape[-1] > self.group_size)):
-                y = mx.quantized_matmul(x, weight, scales, get("biases"), True, self.group_size, self.bits,
-                                        self.mode)
+            if (weight is not None and scales is not None and shape and x.dtype in _FLOAT_DTYPES
+                    and x.size != 0 and shape[-1] == weight.shape[1] * 32 // self.bits):
+                y = _quantized_matmul(x, weight, scales, get("biases"), True, self.group_size, self.bits,
+                                      self.mode)
                 bias = get("bias")
                 return y if bias is None else y + bias
         return self._checked_call(x)
 
     def _checked_call(self, x: object) -> mx.array:
-        """Every check written out, in order (the first failing one raises its error), and
-        the guarded paths of ``quantization._quantized_matmul``."""
+        """Every check written out, in order (the first failing one raises its error)."""
         if not isinstance(x, mx.array) or x.dtype not in _FLOAT_DTYPES:
             raise type_error(
                 _WHERE,
