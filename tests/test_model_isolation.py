@@ -53,3 +53,15 @@ def test_a_hang_is_cut_off_with_the_stack_where_it_waits(tmp_path: Path) -> None
     # faulthandler's dump on the timeout's SIGABRT names the frame that never returned.
     assert "no result after 15 s" in model["error"]["detail"]
     assert "in update" in model["error"]["detail"] and "mutants.py" in model["error"]["detail"]
+
+
+def test_dit_row_names_text_and_image_after_a_json_round_trip() -> None:
+    # A --jobs child's result comes back through JSON with its keys sorted ("image" first):
+    # the row must still print the text error first, as its label says.
+    from conformance.model.report import to_markdown
+
+    out = {"text": {"rel_err": 1e-3}, "image": {"rel_err": 2e-5}}
+    dit = {"block": "double", "dtype": "float32", "quant": None, "passed": True,
+           "outputs": json.loads(json.dumps(out, sort_keys=True)), "anchor": None}
+    md = to_markdown({"run": {}, "results": [], "dit": [dit]})
+    assert "| 0.001 / 2e-05 (text / image) |" in md

@@ -28,6 +28,14 @@ def config_label(r: dict[str, Any]) -> str:
     return f"{r.get('name', Path(r['checkpoint']).name)} {r['dtype']}" + (f"+{r['quant']}" if r["quant"] else "")
 
 
+_DIT_OUTPUTS = ("text", "image")
+
+
+def dit_label(d: dict[str, Any]) -> str:
+    """``Flux 2 DiT double-stream block dtype[+quant]`` of one DiT result."""
+    return f"Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
+
+
 def _series_by_layer(r: dict[str, Any], step: int) -> tuple[list[float], list[float], list[str]]:
     pts = sorted((p for p in r["points"] if p["step"] == step), key=lambda p: p["index"])
     return [p["rel_err"] for p in pts], [p["peer_rel_err"] for p in pts], [p["point"] for p in pts]
@@ -180,13 +188,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                      f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_routing(r)} | {_anchors(r)} |")
     for d in report.get("dit", []):
         if "error" in d:
-            lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}"
-                         + (f"+{d['quant']}" if d["quant"] else "") + f" | {d['error']['status']} | - | - | - | - | - | - | - |")
+            lines.append(f"| {dit_label(d)} | {d['error']['status']} | - | - | - | - | - | - | - |")
             continue
-        lines.append(f"| Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}" + (f"+{d['quant']}" if d["quant"] else "")
-                     + f" | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
-                     + " / ".join(f"{v['rel_err']:.3g}" for v in d["outputs"].values()) + " (text / image) | - | - | - | "
-                     + ("diffusers-float64: " + " / ".join(f"{v['rel_err']:.2g}" for v in d["anchor"].values())
+        lines.append(f"| {dit_label(d)} | {'PASS' if d['passed'] else 'FAIL'} | - | - | "
+                     + " / ".join(f"{d['outputs'][k]['rel_err']:.3g}" for k in _DIT_OUTPUTS) + " (text / image) | - | - | - | "
+                     # By name: model.json stores its keys sorted, so the dicts' order is not theirs.
+                     + ("diffusers-float64: " + " / ".join(f"{d['anchor'][k]['rel_err']:.2g}" for k in _DIT_OUTPUTS)
                         if d["anchor"] else "-") + " |")
     failing = [r for r in results if not r["passed"]]
     if failing:
@@ -212,9 +219,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                              f"{f['oracle']}, margin {f['margin']:.3g} > 2 x bound {f['bound']:.3g}")
     for d in dit:
         if "error" in d:
-            lines += ["", f"### Flux 2 DiT {d.get('block', 'double')}-stream block {d['dtype']}"
-                      + (f"+{d['quant']}" if d["quant"] else "") + f": {d['error']['status']}", "", "```",
-                      d["error"]["detail"], "```"]
+            lines += ["", f"### {dit_label(d)}: {d['error']['status']}", "", "```", d["error"]["detail"], "```"]
     notes = report.get("notes", [])
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
