@@ -20,6 +20,7 @@ import pytest
 from conformance.bench import cells, report
 from conformance.bench.cli import BASELINES, BENCH_TESTS
 from conformance.bench.costs import cost_of
+from conformance.bench.overhead import summarise_blocks
 from conformance.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,11 @@ def test_saved_run_is_pytest_benchmark_json_with_the_project_extra_info(saved):
     assert {b["group"] for b in ops.values()} == {"nn.linear/decode/float32"}
     assert ops["mlx"]["extra_info"]["paired_with"] == "F.linear"
     assert ops["mlx"]["extra_info"]["flops"] > 0 and ops["mlx"]["stats"]["rounds"] >= 5
+    overhead = {b["extra_info"]["variant"]: b["extra_info"] for b in data["benchmarks"]
+                if b["extra_info"]["kind"] == "overhead"}
+    assert set(overhead) == {"layer", "raw"}  # the raw call is paired with itself: the placebo
+    for info in overhead.values():
+        assert info["paired"]["blocks"] >= 5 and info["paired"]["low"] <= info["paired"]["ratio"] <= info["paired"]["high"]
 
 
 def test_a_planted_slowdown_fails_the_comparison(saved, tmp_path):
@@ -162,6 +168,36 @@ def test_headline_ratio_and_summary():
     assert (ok, total) == (1, 2) and beyond == ["a/decode/float32 (2.00x)"]
     md = report.render_md([row])
     assert "**1 of 2**" in md and "0.02x" in md  # MLX/twin shown as context
+
+
+def _overhead_row(layer_ratio: float, placebo_ratio: float) -> report.Row:
+    row = report.Row("f", {}, "float32")
+    group = "overhead/nn.Linear/decode: x [1, 8]/float32"
+    paired = {"low": 0.9, "high": 1.2, "blocks": 40}
+    # The medians say the opposite of the paired ratio: the verdict must follow the pairing.
+    row.overhead[group] = {
+        "layer": _side(1.0, against="raw", paired={**paired, "ratio": layer_ratio}),
+        "raw": _side(2.0, against="raw", paired={**paired, "ratio": placebo_ratio}),
+    }
+    return row
+
+
+def test_overhead_verdict_is_the_paired_ratio_with_the_placebo_beside_it():
+    over = report._overhead_rows(_overhead_row(1.06, 1.001))
+    assert [(r[1], r[-1]) for r in over] == [("layer", "NO"), ("raw (placebo)", "context")]
+    assert over[0][6].startswith("1.060x [0.900, 1.200]") and over[0][7] == "paired, 40 blocks"
+    summary = report._overhead_summary(over)
+    assert "**0 of 1**" in summary and "nn.Linear layer float32 (1.060x)" in summary
+    assert "Placebo (each raw call against itself): 1.001x to 1.001x" in summary
+    assert report._overhead_rows(_overhead_row(1.04, 1.0))[0][-1] == "yes"
+
+
+def test_summarise_blocks_is_the_median_with_its_5_to_95_spread():
+    ratios = [1.0 + i / 100 for i in range(100)]  # 1.00 .. 1.99
+    got = summarise_blocks(list(reversed(ratios)))
+    assert got == {"ratio": pytest.approx(1.495), "low": 1.05, "high": 1.95, "blocks": 100}
+    with pytest.raises(ValueError, match="no blocks"):
+        summarise_blocks([])
 
 
 def test_ratio_chart_is_log_scaled():

@@ -22,7 +22,6 @@ BLAS, threads, and the float32 matmul precision (``tf32`` or ``float32``).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,24 +91,3 @@ def timed(benchmark: Any, fn: Callable[[], None], target_s: float, min_rounds: i
     rounds = int(min(max_rounds, max(min_rounds, target_s / per_call)))
     warmup = int(min(20, 0.05 / per_call))
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
-
-
-def interleaved_fastest(fn: Callable[[], None], other: Callable[[], None], seconds: float,
-                        min_rounds: int = 5) -> list[float]:
-    """``[fastest round of fn, fastest round of other]`` (seconds), their rounds ALTERNATING
-    in one window of about ``seconds`` (the first of each pair swapped every round, so
-    neither always runs after the other). The overhead verdict's evidence: two separate
-    benchmarks run in two windows, and on a shared machine one window can be slow as a
-    whole (measured: a raw call's fastest round 36 us in one window, its layer's 24 us in
-    the next), which no number of rounds inside a window removes."""
-    best = [math.inf, math.inf]
-    end = time.perf_counter() + seconds
-    rounds = 0
-    sides = ((0, fn), (1, other))
-    while rounds < min_rounds or time.perf_counter() < end:
-        for i, f in sides if rounds % 2 == 0 else sides[::-1]:
-            t0 = time.perf_counter()
-            f()
-            best[i] = min(best[i], time.perf_counter() - t0)
-        rounds += 1
-    return best
