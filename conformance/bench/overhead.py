@@ -103,12 +103,21 @@ def _composed_layer_norm(s, dt):
     eps = mx.array(1e-5, dtype=mx.float32).astype(dt)
     mx.eval(inv_d, eps)
 
-    def raw() -> mx.array:
+    def ops(x: mx.array, w: mx.array, b: mx.array, inv_d: mx.array, eps: mx.array) -> mx.array:
         mean = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(dt) * inv_d
         centered = x - mean
         var = mx.sum((centered * centered).astype(mx.float32), axis=-1, keepdims=True).astype(dt) * inv_d
         return centered * mx.rsqrt(var + eps) * w + b
-    return {"layer": lambda: layer(x), "raw": raw}
+    # Context: the same ops fused by mx.compile (measured on the CPU at decode: 0.73x the
+    # inline ops in float32, 1.45x in bfloat16), which the layer does not use.
+    compiled = mx.compile(ops)
+
+    def raw() -> mx.array:  # ops() written out in the thunk: no extra Python call to judge against
+        mean = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(dt) * inv_d
+        centered = x - mean
+        var = mx.sum((centered * centered).astype(mx.float32), axis=-1, keepdims=True).astype(dt) * inv_d
+        return centered * mx.rsqrt(var + eps) * w + b
+    return {"layer": lambda: layer(x), "raw": raw, "compiled": lambda: compiled(x, w, b, inv_d, eps)}
 
 
 def _multi_linear(s, dt):
@@ -183,7 +192,7 @@ PAIRS: tuple[OverheadPair, ...] = (
     OverheadPair("fast.LayerNorm", "mx.fast.layer_norm", "decode: x [1, 1, {hidden}], weight and bias",
                  _layer_norm, ("fast.LayerNorm",)),
     OverheadPair("nn.LayerNorm", "the same composed ops inline", "decode: x [1, 1, {hidden}], weight and bias",
-                 _composed_layer_norm),
+                 _composed_layer_norm, ("layer", "compiled"), context=("compiled",)),
     OverheadPair("nn.MultiLinear", "x @ W.transpose(0, 2, 1)",
                  "decode: x [1, {heads}, 1, {head_dim}], W [{heads}, {head_dim}, {head_dim}]", _multi_linear),
     OverheadPair("fast.RoPE", "mx.fast.rope", "decode: x [1, {heads}, 1, {head_dim}], offset {cache} - 1", _rope),

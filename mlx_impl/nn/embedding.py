@@ -18,7 +18,7 @@ import numpy as np
 
 from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
-from mlx_impl.fast.norms import module_array
+from mlx_impl.fast.norms import FAST_PATH_ERRORS, attribute_of, module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
 INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
@@ -109,30 +109,35 @@ class Embedding(mlx.nn.Module):
 
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
-        # One read of the table: Module.__getattr__ costs ~0.5 us a time, a few % at decode.
-        # The table is an array, so it is one of the module's items (Module.__setattr__);
-        # only a table deleted from the module misses, and module_array then raises as
-        # attribute lookup did.
+        # The happy paths, in one frame and without the module's attribute hook (see
+        # mlx_impl.fast.norms.item_of; each helper call, attribute or dtype read is ~1 % of
+        # a decode lookup on the CPU). The table is an array, so one of the module's items
+        # (Module.__setattr__); anything the fast paths do not take (a non-array, an
+        # empty table, a float index dtype, the clip policy) goes to _checked_call, which
+        # checks everything in the original order and raises the original errors.
+        failed = False
         try:
             weight = self["weight"]
-        except KeyError:
-            weight = module_array(self, "weight")
-        # The happy paths first: a decode lookup is ~10 us on the CPU, so the layer has
-        # ~0.5 us of Python to spend. Anything they do not take goes to _checked_call,
-        # which checks everything in the original order and raises the original errors.
-        if isinstance(indices, mx.array):
-            policy = self.index_policy
+            policy = attribute_of(self, "index_policy")
             if policy == "check":
-                # ``in INTEGER_DTYPES`` is ``mx.issubdtype(dtype, mx.integer)`` (not bool).
-                if indices.dtype in INTEGER_DTYPES and indices.size != 0:
-                    shape = weight.shape
-                    if shape[0] != 0:
-                        return _checked_take(weight, indices, shape)
-            elif policy == "trusted" and weight.size != 0:  # an empty table: see _checked_call
-                try:
-                    return mx.take(weight, indices, axis=0)
-                except ValueError:
-                    pass  # MLX refuses a non-integer index dtype: _checked_call says so
+                # A plan exists only for an integer index dtype, non-empty indices and a
+                # non-empty table (checked once, when it is made): a hit needs no check.
+                key = (weight.shape, indices.dtype, indices.shape)
+                plan = _PLANS.get(key)
+                if plan is None and key[1] in INTEGER_DTYPES and indices.size and key[0][0]:
+                    plan = _plan(key)
+                if plan is not None:
+                    out, bad = plan[0](weight, indices, plan[1])
+                    mx.eval(out, bad)
+                    if not bad.item():
+                        return out
+                    failed = True
+            elif policy == "trusted" and weight.size:  # an empty table: see _checked_call
+                return mx.take(weight, indices, axis=0)
+        except FAST_PATH_ERRORS:
+            weight = module_array(self, "weight")
+        if failed:  # raised here, not in the try: an IndexError is one of FAST_PATH_ERRORS
+            raise _out_of_range(indices, weight.shape[0])
         return self._checked_call(weight, indices)
 
     def _checked_call(self, weight: mx.array, indices: object) -> mx.array:
@@ -167,7 +172,8 @@ class Embedding(mlx.nn.Module):
 
 def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -> mx.array:
     """``weight[indices]`` evaluated (``weight: [n, d] = shape`` with ``n > 0``, ``indices:
-    [...]`` non-empty -> ``[..., d]``), or ``IndexError`` if an index is outside ``[0, n)``.
+    [...]`` non-empty, of an integer dtype -> ``[..., d]``), or ``IndexError`` if an index
+    is outside ``[0, n)``.
 
     One evaluation of ONE compiled graph does it all: the gather reads CLAMPED indices (so
     a bad index never reaches the gather) and the out-of-range flag (an index the clamp
@@ -179,38 +185,28 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     measured at decode against ``checked_raw`` in ``conformance/bench/overhead.py``), so
     the first :data:`_SHAPED_LIMIT` index shapes of a row width get a trace of their own
     (decode is one shape) and later ones share a shapeless trace (prefill lengths are
-    unbounded).
+    unbounded). ``Embedding.__call__`` runs the same plan inline (its fast path).
     The gather copies rows, so the result is bit-identical to ``mx.take`` either way
     (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
     dtypes and ranks). The returned array is already evaluated."""
-    n, d = shape
-    gathers = _GATHERS.get(d)
-    if gathers is None:
-        gathers = _checked_gathers(d)
-    shaped, shapeless, seen = gathers
-    dtype = indices.dtype
-    bound = _BOUNDS.get((n, dtype))
-    if bound is None:
-        bound = _bound(n, dtype)
-    index_shape = indices.shape
-    if index_shape in seen:
-        gather = shaped
-    elif len(seen) < _SHAPED_LIMIT:
-        seen.add(index_shape)
-        gather = shaped
-    else:
-        gather = shapeless
+    key = (shape, indices.dtype, indices.shape)
+    gather, bound = _PLANS.get(key) or _plan(key)
     out, bad = gather(weight, indices, bound)
     mx.eval(out, bad)
     if not bad.item():
         return out
-    # Failure path only: locate the first offending index in row-major order on the host.
+    raise _out_of_range(indices, shape[0])
+
+
+def _out_of_range(indices: mx.array, n: int) -> IndexError:
+    """The error for the first index outside ``[0, n)`` in row-major order (found on the
+    host: the failure path only)."""
     values = np.array(indices)
     wrong = (values < 0) | (values >= n)
     flat = int(np.argmax(wrong.reshape(-1)))
     position = tuple(int(i) for i in np.unravel_index(flat, values.shape))
     value = int(values.reshape(-1)[flat])
-    raise index_error(
+    return index_error(
         "Embedding",
         f"index {value} at position {position} is out of range [0, {n}) "
         f"for num_embeddings={n} (indices shape {tuple(values.shape)}).",
@@ -218,9 +214,14 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
 
 
 _Gather = Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]
+_Plan = tuple[_Gather, mx.array]
+_PlanKey = tuple[tuple[int, ...], mx.Dtype, tuple[int, ...]]
 
 _CACHE_LIMIT = 64
-"""Entries kept in :data:`_GATHERS` and :data:`_BOUNDS` (a model has a handful of tables)."""
+"""Row widths kept in :data:`_GATHERS` (a model has a handful of tables)."""
+
+_PLAN_LIMIT = 1024
+"""Entries kept in :data:`_PLANS` (a table, an index dtype and an index shape each)."""
 
 _SHAPED_LIMIT = 32
 """Index shapes per row width traced for their own shape; later shapes use the shapeless trace."""
@@ -229,8 +230,28 @@ _GATHERS: dict[int, tuple[_Gather, _Gather, set[tuple[int, ...]]]] = {}
 """Row width ``d`` -> its compiled checked gathers, shaped and shapeless, and the index
 shapes given to the shaped one (:func:`_checked_gathers`)."""
 
-_BOUNDS: dict[tuple[int, mx.Dtype], mx.array] = {}
-"""``(n, index dtype)`` -> the clamp bound (:func:`_bound`)."""
+_PLANS: dict[_PlanKey, _Plan] = {}
+"""``(table shape, index dtype, index shape)`` -> (the compiled gather for it, the clamp
+bound): one dict lookup per call finds both (:func:`_plan`)."""
+
+
+def _plan(key: _PlanKey) -> _Plan:
+    """The compiled checked gather and the clamp bound for ``key = ((n, d), index dtype,
+    index shape)``, ``n > 0``, made once and kept in :data:`_PLANS`. The bound is the
+    largest valid index ``n - 1`` as a scalar of the index dtype (see :func:`_high`), an
+    INPUT of the graph, not a constant (see :func:`_checked_gathers`)."""
+    (n, d), dtype, index_shape = key
+    gathers = _GATHERS.get(d)
+    if gathers is None:
+        gathers = _checked_gathers(d)
+    shaped, shapeless, seen = gathers
+    if index_shape not in seen and len(seen) < _SHAPED_LIMIT:
+        seen.add(index_shape)
+    gather = shaped if index_shape in seen else shapeless
+    if len(_PLANS) >= _PLAN_LIMIT:
+        _PLANS.clear()
+    plan = _PLANS[key] = (gather, mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype))
+    return plan
 
 
 def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
@@ -252,17 +273,9 @@ def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
 
     if len(_GATHERS) >= _CACHE_LIMIT:
         _GATHERS.clear()
+        _PLANS.clear()  # plans hold the functions dropped here
     gathers = _GATHERS[d] = (mx.compile(gather), mx.compile(gather, shapeless=True), set())
     return gathers
-
-
-def _bound(n: int, dtype: mx.Dtype) -> mx.array:
-    """The clamp bound for ``n`` rows as a scalar of the index dtype (see :func:`_high`),
-    built once per (n, dtype) and kept in :data:`_BOUNDS`, not per call."""
-    if len(_BOUNDS) >= _CACHE_LIMIT:
-        _BOUNDS.clear()
-    bound = _BOUNDS[(n, dtype)] = mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype)
-    return bound
 
 
 def _high(indices: mx.array, n: int) -> int:

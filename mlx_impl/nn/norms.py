@@ -20,20 +20,26 @@ PyTorch's own float32 sums.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import mlx.core as mx
 import mlx.nn
 
+from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import value_error
 from mlx_impl.fast.norms import (
+    FAST_PATH_ERRORS,
+    attribute_of,
     check_eps,
     check_vector,
     check_x,
     empty_norm_result,
-    fast_rms_norm,
-    fits_last_dim,
-    layer_array,
+    item_of,
     module_array,
 )
+
+_INF = math.inf
 
 DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
@@ -51,7 +57,9 @@ def _mean_last(x: mx.array) -> mx.array:
 
 
 _LAYER_NORM_CONSTANTS: dict[tuple[int, float, mx.Dtype], tuple[mx.array, mx.array]] = {}
-"""``(D, stored eps, dtype)`` -> LayerNorm's ``(1/D, eps)`` in that dtype (:func:`_layer_norm_constants`)."""
+"""``(D, stored eps, dtype)`` -> LayerNorm's ``(1/D, eps)`` in that dtype (:func:`_layer_norm_constants`).
+Made only on the checked path, after ``check_x`` accepted x: an entry exists only for a
+floating dtype, which ``LayerNorm``'s fast path relies on instead of testing the dtype."""
 
 
 def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, mx.array]:
@@ -125,12 +133,14 @@ class RMSNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
-        w = self.get("weight")  # see layer_array (inlined: ~50 ns a call)
-        if w is None:
-            w = module_array(self, "weight")
-        y = fast_rms_norm(x, w, eps, self.eps)  # anything else: the checked path below
-        if y is not None:
-            return y
+        try:  # the fast path: see mlx_impl.fast.norms.FAST_PATH_ERRORS
+            if type(eps) is float and 0.0 <= eps < _INF and x.dtype in FLOATING_DTYPES and x.size:
+                w = item_of(self, "weight")
+                if w is not None:
+                    return mx.fast.rms_norm(x, w, eps or attribute_of(self, "eps"))
+        except FAST_PATH_ERRORS:
+            pass
+        w = module_array(self, "weight")
         given = check_eps("RMSNorm", eps)
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang
@@ -188,27 +198,39 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
-        w, b = layer_array(self, "weight"), layer_array(self, "bias")
-        if not fits_last_dim(x, w, b):  # the cheap test first; check_x says what is wrong
-            x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
-            if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
-                return empty_norm_result(x, w, b)
-        dtype = x.dtype
-        # _mean_last's 1/D and Go's AddScalar eps (a float32 scalar cast to the operand's
-        # dtype, variance's: x's), both built once per (D, eps, dtype).
-        key = (w.shape[0], self.eps, dtype)
-        constants = _LAYER_NORM_CONSTANTS.get(key)
-        if constants is None:
-            constants = _layer_norm_constants(key)
-        inv_d, eps = constants
-        # _mean_last, inlined (with the 1/D above): float32 sums rounded to x's dtype.
-        f32 = mx.float32
-        mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
-        centered = x - mean
-        squares = centered * centered
-        variance = mx.sum(squares.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
-        normalized = centered * mx.rsqrt(variance + eps)
-        out = normalized * w
-        if b is not None:
-            out = out + b
-        return out
+        try:  # the fast path: see mlx_impl.fast.norms.FAST_PATH_ERRORS
+            w: Any = item_of(self, "weight")  # None: AttributeError below, the checked path
+            b = item_of(self, "bias")
+            if b is None:
+                b = attribute_of(self, "bias")  # no bias: None lives in the instance dict
+            d = x.shape[-1]
+            key = (d, attribute_of(self, "eps"), x.dtype)
+            # Constants are made only for a floating dtype (below): a hit proves x's dtype.
+            constants = _LAYER_NORM_CONSTANTS.get(key)
+            if constants is not None and x.size and w.shape[0] == d and (b is None or b.shape[0] == d):
+                return _composed_layer_norm(x, w, b, key[2], constants)
+        except FAST_PATH_ERRORS:
+            pass
+        w, b = module_array(self, "weight"), module_array(self, "bias")
+        x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
+        if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
+            return empty_norm_result(x, w, b)
+        key = (x.shape[-1], self.eps, x.dtype)
+        constants = _LAYER_NORM_CONSTANTS.get(key) or _layer_norm_constants(key)
+        return _composed_layer_norm(x, w, b, key[2], constants)
+
+
+def _composed_layer_norm(x: mx.array, w: mx.array, b: mx.array | None, dtype: mx.Dtype,
+                         constants: tuple[mx.array, mx.array]) -> mx.array:
+    """The composed layer norm of a checked ``x: [..., D]`` of the floating ``dtype``, with
+    the ``[D]`` weight and (``None``: no) bias, and ``constants = (1/D, eps)`` in ``dtype``
+    (:func:`_layer_norm_constants`)."""
+    inv_d, eps = constants
+    # _mean_last, inlined (with the 1/D above): float32 sums rounded to x's dtype.
+    f32 = mx.float32
+    mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
+    centered = x - mean
+    squares = centered * centered
+    variance = mx.sum(squares.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
+    out = centered * mx.rsqrt(variance + eps) * w
+    return out if b is None else out + b

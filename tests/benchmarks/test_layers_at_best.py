@@ -96,6 +96,7 @@ def test_checked_embedding_past_the_shaped_traces(monkeypatch, shaped_limit):
 
     monkeypatch.setattr(embedding, "_SHAPED_LIMIT", shaped_limit)
     monkeypatch.setattr(embedding, "_GATHERS", {})
+    monkeypatch.setattr(embedding, "_PLANS", {})
     table = mx.arange(11 * 3, dtype=mx.float32).reshape(11, 3)
     layer = mlx_impl.nn.Embedding(table)
     for indices in (mx.array([[1, 10]]), mx.array(4), mx.array([0, 2, 9, 10], dtype=mx.uint8),
