@@ -4,7 +4,12 @@
 # with PYTHONPATH holding MLX CUDA and the project, from the project root:
 #   bash conformance/gpu/h200_run.sh conf on|off [RUN ARGS]  # conformance run (+ fuzz), no tiny models
 #   bash conformance/gpu/h200_run.sh models on|off [MODEL ARGS] # tiny-model conformance
-#   bash conformance/gpu/h200_run.sh bench                    # pytest-benchmark baseline, TF32 and float32 rows
+#   bash conformance/gpu/h200_run.sh bench [tf32|float32|both] # pytest-benchmark baseline row(s); one row
+#                                                               # takes ~7 min on an H200: one per call
+#   bash conformance/gpu/h200_run.sh layers                   # every overhead pair's sides, bit for bit
+#   bash conformance/gpu/h200_run.sh pair on|off [MODEL ARGS] # on 2 GPUs: the tf32 (on) or float32 (off)
+#       benchmark row alone on GPU 0 and cores 0-7, beside conf, layers and models in that
+#       setting on GPU 1 and cores 8-31 (nvidia-h200-x2)
 # Each stage writes under /tmp/h200/<stage> and packs it as $OUT/<stage>.tgz (the device
 # returns at most 8 files), so a stage that runs out of time still returns what it wrote.
 set -uo pipefail
@@ -33,8 +38,25 @@ case $stage in
     echo "models tf32=$2 rc=$?"; tail -8 "$work/model.log"
     ;;
   bench)
-    timeout 560 python -m conformance bench record --out "$work/baseline" > "$work/bench.log" 2>&1
+    timeout "${STAGE_TIMEOUT:-560}" python -m conformance bench record --precision "${2:-both}" \
+      --out "$work/baseline" > "$work/bench.log" 2>&1
     echo "bench rc=$?"; tail -5 "$work/bench.log"
+    ;;
+  layers)
+    timeout "${STAGE_TIMEOUT:-120}" python -m pytest -q -p no:cacheprovider tests/benchmarks/test_layers_at_best.py \
+      > "$work/layers.log" 2>&1
+    echo "layers rc=$?"; tail -3 "$work/layers.log"
+    ;;
+  pair)
+    [ "$2" = on ] && row=tf32 || row=float32
+    here=$(cd "$(dirname "$0")" && pwd)
+    CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 bash "$here/h200_run.sh" bench "$row" &
+    bench_pid=$!
+    ( export CUDA_VISIBLE_DEVICES=1
+      taskset -c 8-31 bash "$here/h200_run.sh" layers
+      STAGE_TIMEOUT=${CONF_TIMEOUT:-200} taskset -c 8-31 bash "$here/h200_run.sh" conf "$2"
+      STAGE_TIMEOUT=${MODELS_TIMEOUT:-330} taskset -c 8-31 bash "$here/h200_run.sh" models "$2" "${@:3}" )
+    wait "$bench_pid"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
