@@ -10,6 +10,8 @@
 #   bash conformance/gpu/h200_run.sh pair on|off [MODEL ARGS] # on 2 GPUs: the tf32 (on) or float32 (off)
 #       benchmark row alone on GPU 0 and cores 0-7, beside conf, layers and models in that
 #       setting on GPU 1 and cores 8-31 (nvidia-h200-x2)
+#   bash conformance/gpu/h200_run.sh rows                     # on 2 GPUs: the tf32 row on GPU 0 and cores
+#       0-7, the float32 row on GPU 1 and cores 16-23, at once (nothing else running)
 # Each stage writes under /tmp/h200/<stage> and packs it as $OUT/<stage>.tgz (the device
 # returns at most 8 files), so a stage that runs out of time still returns what it wrote.
 set -uo pipefail
@@ -57,6 +59,12 @@ case $stage in
       STAGE_TIMEOUT=${CONF_TIMEOUT:-200} taskset -c 8-31 bash "$here/h200_run.sh" conf "$2"
       STAGE_TIMEOUT=${MODELS_TIMEOUT:-330} taskset -c 8-31 bash "$here/h200_run.sh" models "$2" "${@:3}" )
     wait "$bench_pid"
+    ;;
+  rows)
+    here=$(cd "$(dirname "$0")" && pwd)
+    CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 bash "$here/h200_run.sh" bench tf32 &
+    CUDA_VISIBLE_DEVICES=1 taskset -c 16-23 bash "$here/h200_run.sh" bench float32 &
+    wait
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -114,5 +114,7 @@ def test_overhead(benchmark: Any, setup: dict[str, Any], pair: Any, dtype: str, 
         # ONE window (see overhead.paired_ratio). The raw call is paired with ITSELF: the
         # placebo, which must read 1.00 and shows the estimator's resolution in this run.
         other = thunks[against] if variant != "raw" else thunk
+        # Four times the time: on an H200 a ~25 us decode call's blocks spread 0.75-1.22x
+        # (launch and sync latency), and the verdict resolves 5 % only over many blocks.
         benchmark.extra_info["paired"] = paired_ratio(
-            lambda: mx.eval(thunk()), lambda: mx.eval(other()), 2 * setup["target_s"])
+            lambda: mx.eval(thunk()), lambda: mx.eval(other()), 4 * setup["target_s"])

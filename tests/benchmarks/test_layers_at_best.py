@@ -73,6 +73,8 @@ def test_every_overhead_variant_computes_the_raw_bits(pair, dtype):
     thunks = pair.build(TINY, dtype)
     want = thunks["raw"]()
     for name, thunk in thunks.items():
+        if name in pair.inexact_on_gpu and mx.default_device() == mx.gpu:
+            continue  # context only, and not the same bits there (OverheadPair.inexact_on_gpu)
         got = thunk()
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert np.array_equal(_bits(got), _bits(want)), name
