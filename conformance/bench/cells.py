@@ -54,6 +54,11 @@ class Cell:
         """``op/case/dtype``: the benchmark group and how reports name the cell."""
         return f"{self.record.name}/{self.bench.name}/{self.dtype}"
 
+    def __repr__(self) -> str:
+        # pytest-benchmark stores a parameter it cannot serialise as its repr, once per
+        # benchmark: the whole record (functions, edge cases) made a baseline 8.7 MB.
+        return f"Cell({self.key!r})"
+
 
 def bench_cells(records: Iterable[str] | None = None) -> list[Cell]:
     """Every benchmark cell of the registry (or of the named records), in registry order."""

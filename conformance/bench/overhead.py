@@ -62,6 +62,10 @@ class OverheadPair:
     """Context variants that compute the raw bits on the CPU but not on a GPU (checked
     there by ``tests/benchmarks/test_layers_at_best.py``, as on the CPU, except these)."""
 
+    def __repr__(self) -> str:
+        # Short: pytest-benchmark stores it in every benchmark's params (see cells.Cell).
+        return f"OverheadPair({self.name!r}, {self.shape.split(':')[0]!r})"
+
     def describe(self, sizes: dict[str, int]) -> str:
         """The shape label with ``sizes`` filled in (``{hidden}`` -> 4096)."""
         return self.shape.format(**sizes)

@@ -22,6 +22,7 @@ BLAS, threads, and the float32 matmul precision (``tf32`` or ``float32``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,17 @@ def bench_setup(config: pytest.Config) -> dict[str, Any]:
         _SETUP.update(backend=backend, torch_device=torch_device, tuning=tuning, precision=precision,
                       shapes=shapes, disabled=disabled, target_s=config.getoption("--bench-target-s"))
     return _SETUP
+
+
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict[str, Any]) -> None:
+    # A device machine runs a copy of the working tree whose .git may be another commit's
+    # (measured: an H200 copy reported the previous session's commit, "dirty"): the
+    # commit the runner names in CONFORMANCE_COMMIT wins, and says where it came from.
+    from conformance.runinfo import COMMIT_ENV
+
+    named = os.environ.get(COMMIT_ENV)
+    if named:
+        commit_info.update(id=named, source=COMMIT_ENV, git_id=commit_info.get("id"))
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
