@@ -656,7 +656,14 @@ def _quantized_matmul(
     a float32 sum, at least as accurate as MLX's float16 path.
 
     A 1-D ``x`` goes in as one row: MLX 0.32.4's CUDA kernel raises "SmallVector out of
-    range" on it (nvfp4, bfloat16; found by the fuzz on an H200). The product is the same."""
+    range" on it (nvfp4, bfloat16; found by the fuzz on an H200). The product is the same.
+
+    The first test is the decode fast path (one frame; see mlx_impl._fast_path): rank >= 2,
+    more than one group per row (so not :func:`_mlx_quantized_matmul`'s case) and not
+    float16 (so not the case above) take none of the guards."""
+    shape = x.shape
+    if len(shape) > 1 and shape[-1] > group_size and x.dtype != mx.float16:
+        return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
     if x.ndim == 1:
         return _quantized_matmul(x[None], wq, scales, biases, transpose, group_size, bits, mode)[0]
     if x.dtype == mx.float16 and _on_cuda():

@@ -32,6 +32,7 @@ import mlx.nn
 
 from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
+from mlx_impl._fast_path import FAST_PATH_ERRORS, item_of
 
 _INF = math.inf
 
@@ -48,37 +49,6 @@ def module_array(module: mlx.nn.Module, name: str) -> Any:
     if name in own:
         return own[name]
     return module[name] if name in module else getattr(module, name)
-
-
-item_of = dict.get
-"""``item_of(module, "weight")``: a stored array, or ``None``, read as a dict item, with no
-attribute lookup on the module at all. ``mlx.nn.Module`` defines ``__getattr__``, so EVERY
-attribute read on a layer (even ``self.get``, and a hit in the instance dict) goes
-through Python's slow ``__getattr__``-aware hook, which the interpreter cannot specialise:
-measured at decode on the CPU (``conformance.bench.overhead.paired_ratio`` against the raw
-``mx.fast.rms_norm``), a layer reading ``self.get("weight")`` cost 2.2 % and one reading
-``dict.get(self, "weight")`` 1.3 %; ``self.weight`` (``Module.__getattr__``) cost 8 %.
-``Module.__setattr__`` keeps an array in the module's items and anything else (a ``None``
-bias) in the instance dict, so a ``None`` here means "look further" (:func:`module_array`)."""
-
-attribute_of = object.__getattribute__
-"""``attribute_of(module, "eps")``: a plain attribute (instance dict or class), read
-without the module's ``__getattr__`` hook (see :data:`item_of`); ``AttributeError`` if it
-is not there (an array item is not: use :data:`item_of`)."""
-
-FAST_PATH_ERRORS = (AttributeError, LookupError, TypeError, ValueError)
-"""What a layer's fast path turns into "take the checked path": a non-array input has no
-``dtype`` (AttributeError) or is refused by nanobind (TypeError), a scalar has no last
-dim (IndexError), a configuration attribute replaced by an array is no longer in the
-instance dict (KeyError), and MLX's graph
-construction refuses a rank or a last dim it cannot take (ValueError). The checked path
-then raises the error in the layer's own words, in the original order of the checks.
-
-How the layers' fast paths are written (``RMSNorm``, ``LayerNorm``, ``RoPE``): one frame,
-no helper calls, no module attribute hook; only the tests MLX does not do itself before
-the kernel is called: ``x.dtype in FLOATING_DTYPES`` (MLX normalises integer and bool
-inputs) and ``x.size`` (an empty input hangs or crashes it: :func:`empty_norm_result`).
-Each saved helper call or attribute read is ~1 % of a decode call on the CPU."""
 
 
 def check_eps(where: str, eps: object) -> float:
@@ -235,7 +205,7 @@ class RMSNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array, eps: float) -> mx.array:
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
-        try:  # the fast path: see FAST_PATH_ERRORS
+        try:  # the fast path: see mlx_impl._fast_path
             if type(eps) is float and 0.0 <= eps < _INF and x.dtype in FLOATING_DTYPES and x.size:
                 w = item_of(self, "weight")
                 if w is not None:
@@ -282,7 +252,7 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array, eps: float) -> mx.array:
         """Normalise ``x: [..., D]`` with ``eps`` (finite, ``>= 0``)."""
-        try:  # the fast path (weight and bias both arrays): see FAST_PATH_ERRORS
+        try:  # the fast path (weight and bias both arrays): see mlx_impl._fast_path
             if type(eps) is float and 0.0 <= eps < _INF and x.dtype in FLOATING_DTYPES and x.size:
                 w, b = item_of(self, "weight"), item_of(self, "bias")
                 if w is not None and b is not None:

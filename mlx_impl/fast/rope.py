@@ -33,7 +33,7 @@ import mlx.nn
 
 from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
-from mlx_impl.fast.norms import FAST_PATH_ERRORS, attribute_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of
 
 _INT32_MAX = 2**31 - 1
 
@@ -226,7 +226,7 @@ class RoPE(mlx.nn.Module):
         # Fast path (decode): an int offset in range and a non-empty floating x go straight
         # to MLX, whose graph construction checks the rank and dims <= D itself (mlx 0.32.4)
         # and raises ValueError; that, and every other input, takes the checked path
-        # below, which raises in this layer's words (see mlx_impl.fast.norms.FAST_PATH_ERRORS:
+        # below, which raises in this layer's words (see mlx_impl._fast_path:
         # the configuration is read from the instance dict in one read, not through the
         # module's attribute hook, ~1 % of a decode call per attribute on the CPU).
         try:

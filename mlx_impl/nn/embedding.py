@@ -18,7 +18,8 @@ import numpy as np
 
 from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
-from mlx_impl.fast.norms import FAST_PATH_ERRORS, attribute_of, module_array
+from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of
+from mlx_impl.fast.norms import module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
 INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
@@ -110,7 +111,7 @@ class Embedding(mlx.nn.Module):
     def __call__(self, indices: mx.array) -> mx.array:
         """Return ``weight[indices]`` under ``self.index_policy``; see the class docstring."""
         # The happy paths, in one frame and without the module's attribute hook (see
-        # mlx_impl.fast.norms.item_of; each helper call, attribute or dtype read is ~1 % of
+        # mlx_impl._fast_path; each helper call, attribute or dtype read is ~1 % of
         # a decode lookup on the CPU). The table is an array, so one of the module's items
         # (Module.__setattr__); anything the fast paths do not take (a non-array, an
         # empty table, a float index dtype, the clip policy) goes to _checked_call, which

@@ -28,14 +28,12 @@ import mlx.nn
 
 from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import value_error
+from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of, item_of
 from mlx_impl.fast.norms import (
-    FAST_PATH_ERRORS,
-    attribute_of,
     check_eps,
     check_vector,
     check_x,
     empty_norm_result,
-    item_of,
     module_array,
 )
 
@@ -133,7 +131,7 @@ class RMSNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array, eps: float = 0.0) -> mx.array:
         """Normalise ``x: [..., D]``; ``eps == 0`` means the stored eps."""
-        try:  # the fast path: see mlx_impl.fast.norms.FAST_PATH_ERRORS
+        try:  # the fast path: see mlx_impl._fast_path
             if type(eps) is float and 0.0 <= eps < _INF and x.dtype in FLOATING_DTYPES and x.size:
                 w = item_of(self, "weight")
                 if w is not None:
@@ -198,7 +196,7 @@ class LayerNorm(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Normalise ``x: [..., D]`` with plain ops in x's dtype."""
-        try:  # the fast path: see mlx_impl.fast.norms.FAST_PATH_ERRORS
+        try:  # the fast path: see mlx_impl._fast_path
             w: Any = item_of(self, "weight")  # None: AttributeError below, the checked path
             b = item_of(self, "bias")
             if b is None:

@@ -7,10 +7,13 @@ zero-point ``biases`` (``None`` for the fp modes) and the optional layer ``bias`
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlx.core as mx
 import mlx.nn
 
 from mlx_impl._errors import type_error, value_error
+from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of, item_of
 from mlx_impl.quantization import _empty_matmul, _quantized_matmul, check_quantized, quantize
 
 _WHERE = "QuantizedLinear"
@@ -140,20 +143,22 @@ class QuantizedLinear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``quantized_matmul(x, weight) (+ bias)``; see the class docstring."""
-        # The happy path first (a decode call is ~20-60 us on a GPU, where each module
-        # attribute read through Module.__getattr__ costs ~0.5 us): a float x of rank >= 1,
-        # non-empty and of the right width goes to quantization._quantized_matmul, which
-        # holds every back-end guard; anything else takes _checked_call and its errors.
-        if isinstance(x, mx.array):
-            get = self.get
-            weight, scales = get("weight"), get("scales")
+        # The happy path first (see mlx_impl._fast_path): a float x of rank >= 1, non-empty
+        # and of the right width goes to quantization._quantized_matmul, which holds every
+        # back-end guard; anything else takes _checked_call and its errors.
+        try:
+            weight: Any = item_of(self, "weight")  # None: AttributeError below, the checked path
+            scales: Any = item_of(self, "scales")  # None: TypeError from MLX, the checked path
+            config = attribute_of(self, "__dict__")  # bits, group_size, mode: one read
+            bits = config["bits"]
             shape = x.shape
-            if (weight is not None and scales is not None and shape and x.dtype in _FLOAT_DTYPES
-                    and x.size != 0 and shape[-1] == weight.shape[1] * 32 // self.bits):
-                y = _quantized_matmul(x, weight, scales, get("biases"), True, self.group_size, self.bits,
-                                      self.mode)
-                bias = get("bias")
+            if shape and x.dtype in _FLOAT_DTYPES and x.size and shape[-1] == weight.shape[1] * 32 // bits:
+                y = _quantized_matmul(x, weight, scales, item_of(self, "biases"), True,
+                                      config["group_size"], bits, config["mode"])
+                bias = item_of(self, "bias")  # None: no bias (it lives in the instance dict)
                 return y if bias is None else y + bias
+        except FAST_PATH_ERRORS:
+            pass
         return self._checked_call(x)
 
     def _checked_call(self, x: object) -> mx.array:
