@@ -224,7 +224,7 @@ def _composed_layer_norm(x: mx.array, w: mx.array, b: mx.array | None, dtype: mx
     the ``[D]`` weight and (``None``: no) bias, and ``constants = (1/D, eps)`` in ``dtype``
     (:func:`_layer_norm_constants`)."""
     inv_d, eps = constants
-    # _mean_last, inlined (with the 1/D above): float32 sums rounded to x's dtype.
+    # _mean_last, inlined (with the 1/D of constants): float32 sums rounded to x's dtype.
     f32 = mx.float32
     mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
     centered = x - mean
