@@ -192,6 +192,43 @@ def test_overhead_verdict_is_the_paired_ratio_with_the_placebo_beside_it():
     assert report._overhead_rows(_overhead_row(1.04, 1.0))[0][-1] == "yes"
 
 
+class _FakeClock:
+    """``time.perf_counter`` for paired_ratio: each timed call advances it by its cost, and
+    every ``period``-th call (counted over both sides) by ``extra`` more: a periodic
+    disturbance. Deterministic: no timing is measured, so nothing here depends on speed."""
+
+    def __init__(self, period: int = 0, extra: float = 0.0) -> None:
+        self.now, self.calls, self.period, self.extra = 0.0, 0, period, extra
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def side(self, cost: float):
+        def call() -> None:
+            self.calls += 1
+            self.now += cost + (self.extra if self.period and self.calls % self.period == 0 else 0.0)
+        return call
+
+
+@pytest.mark.parametrize(("cost", "period", "want"), [
+    (1.10, 0, 1.10),  # a planted 10 % overhead reads 10 %
+    (1.00, 0, 1.00),  # the placebo reads 1
+    # A disturbance every 4th call: strict alternation (f g g f f g ...) would hand every
+    # disturbed call to one side (its median then 1.25x); the random order spreads them.
+    (1.00, 4, 1.00),
+    (1.10, 4, 1.10),
+])
+def test_paired_ratio_reads_a_planted_overhead_and_ignores_a_periodic_disturbance(monkeypatch, cost, period, want):
+    from conformance.bench import overhead
+
+    clock = _FakeClock(period, extra=0.5)
+    monkeypatch.setattr(overhead, "time", clock)
+    got = overhead.paired_ratio(clock.side(cost), clock.side(1.0), seconds=2000.0)
+    assert got["blocks"] >= 5
+    assert got["ratio"] == pytest.approx(want, rel=1e-9)
+    assert got["low"] <= got["ratio"] <= got["high"]
+
+
 def test_summarise_blocks_is_the_median_with_its_5_to_95_spread():
     ratios = [1.0 + i / 100 for i in range(100)]  # 1.00 .. 1.99
     got = summarise_blocks(list(reversed(ratios)))
