@@ -176,20 +176,21 @@ def _overhead_row(layer_ratio: float, placebo_ratio: float) -> report.Row:
     paired = {"low": 0.9, "high": 1.2, "blocks": 40}
     # The medians say the opposite of the paired ratio: the verdict must follow the pairing.
     row.overhead[group] = {
-        "layer": _side(1.0, against="raw", paired={**paired, "ratio": layer_ratio}),
-        "raw": _side(2.0, against="raw", paired={**paired, "ratio": placebo_ratio}),
+        "layer": _side(1.0, against="raw", layer="nn.Linear", dtype="float32", paired={**paired, "ratio": layer_ratio}),
+        "raw": _side(2.0, against="raw", layer="nn.Linear", dtype="float32", paired={**paired, "ratio": placebo_ratio}),
     }
     return row
 
 
 def test_overhead_verdict_is_the_paired_ratio_with_the_placebo_beside_it():
-    over = report._overhead_rows(_overhead_row(1.06, 1.001))
-    assert [(r[1], r[-1]) for r in over] == [("layer", "NO"), ("raw (placebo)", "context")]
-    assert over[0][6].startswith("1.060x [0.900, 1.200]") and over[0][7] == "paired, 40 blocks"
-    summary = report._overhead_summary(over)
+    verdicts = report.overhead_verdicts(_overhead_row(1.06, 1.001))
+    assert [(v.name, v.judged) for v in verdicts] == [("layer", "NO"), ("raw (placebo)", "context")]
+    rows = report._overhead_rows(verdicts)
+    assert rows[0][6].startswith("1.060x [0.900, 1.200]") and rows[0][7] == "paired, 40 blocks"
+    summary = report._overhead_summary(verdicts)
     assert "**0 of 1**" in summary and "nn.Linear layer float32 (1.060x)" in summary
     assert "Placebo (each raw call against itself): 1.001x to 1.001x" in summary
-    assert report._overhead_rows(_overhead_row(1.04, 1.0))[0][-1] == "yes"
+    assert report.overhead_verdicts(_overhead_row(1.04, 1.0))[0].judged == "yes"
 
 
 class _FakeClock:

@@ -205,7 +205,26 @@ def _cell_rows(row: Row) -> list[list[str]]:
     return out
 
 
-def _overhead_rows(row: Row) -> list[list[str]]:
+@dataclass
+class OverheadVerdict:
+    """One overhead variant against the side it is judged against (see the module docstring)."""
+
+    group: str
+    name: str
+    """The variant, or ``"raw (placebo)"`` for a raw call paired with itself."""
+    against: str
+    side: Side
+    base: Side
+    ratio: float
+    """The judged ratio: the paired block median (older files: the fastest rounds)."""
+    evidence: str
+    how: str
+    judged: str
+    """``yes`` / ``NO`` against :data:`OVERHEAD_GOAL`, or ``context`` (not a layer, or the placebo)."""
+
+
+def overhead_verdicts(row: Row) -> list[OverheadVerdict]:
+    """Every overhead variant of ``row`` with its verdict, placebos included."""
     out = []
     for group, variants in row.overhead.items():
         for name, side in variants.items():
@@ -213,28 +232,32 @@ def _overhead_rows(row: Row) -> list[list[str]]:
             if against not in variants:
                 continue
             base = variants[against]
-            verdict_ratio, evidence, how = _overhead_verdict(side, base)
+            ratio, evidence, how = _overhead_verdict(side, base)
             if name == "raw":
                 if not side.info.get("paired"):
                     continue  # an old file: no placebo to show
-                name, against, judged = "raw (placebo)", "raw", "context"
+                name, judged = "raw (placebo)", "context"
             elif side.info.get("context"):
                 judged = "context"
             else:
-                judged = "yes" if verdict_ratio <= OVERHEAD_GOAL else "NO"
-            out.append([group, name, against, f"{fmt_time(side.median)} ±{_pct(side.noise)}",
-                        f"{fmt_time(base.median)} ±{_pct(base.noise)}", _x(side.median / base.median),
-                        f"{verdict_ratio:.3f}x {evidence}", how, judged])
+                judged = "yes" if ratio <= OVERHEAD_GOAL else "NO"
+            out.append(OverheadVerdict(group, name, against, side, base, ratio, evidence, how, judged))
     return out
 
 
-def _overhead_summary(rows: list[list[str]]) -> str:
+def _overhead_rows(verdicts: list[OverheadVerdict]) -> list[list[str]]:
+    return [[v.group, v.name, v.against, f"{fmt_time(v.side.median)} ±{_pct(v.side.noise)}",
+             f"{fmt_time(v.base.median)} ±{_pct(v.base.noise)}", _x(v.side.median / v.base.median),
+             f"{v.ratio:.3f}x {v.evidence}", v.how, v.judged] for v in verdicts]
+
+
+def _overhead_summary(verdicts: list[OverheadVerdict]) -> str:
     """One line over the overhead table: how many judged variants are within the goal, the
     misses, and the placebo ratios (the estimator's resolution in this run)."""
-    judged = [r for r in rows if r[-1] in ("yes", "NO")]
-    missed = [f"{r[0].split('/')[1]} {r[1]} {r[0].rsplit('/', 1)[-1]} ({r[6].split()[0]})"
-              for r in judged if r[-1] == "NO"]
-    placebo = [float(r[6].split("x")[0]) for r in rows if r[1] == "raw (placebo)"]
+    judged = [v for v in verdicts if v.judged in ("yes", "NO")]
+    missed = [f"{v.side.info.get('layer', '')} {v.name} {v.side.info.get('dtype', '')} ({v.ratio:.3f}x)"
+              for v in judged if v.judged == "NO"]
+    placebo = [v.ratio for v in verdicts if v.name == "raw (placebo)"]
     line = (f"**{len(judged) - len(missed)} of {len(judged)}** layer variants within "
             f"{round(100 * (OVERHEAD_GOAL - 1))} % of the MLX formulation they are judged against; "
             f"over: {', '.join(missed) or 'none'}.")
@@ -322,10 +345,10 @@ def render_md(rows: list[Row]) -> str:
                 f"**{ok} of {total}** cells with a PyTorch pairing are within {HEADLINE_GOAL}x; beyond: "
                 + (", ".join(beyond) or "none"), ""]
         out += _md_table(CELL_HEADER, _cell_rows(row))
-        over = _overhead_rows(row)
-        if over:
-            out += ["### Layer overhead at decode (layer built once)", "", _overhead_summary(over), "",
-                    *_md_table(OVERHEAD_HEADER, over)]
+        verdicts = overhead_verdicts(row)
+        if verdicts:
+            out += ["### Layer overhead at decode (layer built once)", "", _overhead_summary(verdicts), "",
+                    *_md_table(OVERHEAD_HEADER, _overhead_rows(verdicts))]
         upstream = _upstream(row)
         if upstream:
             out += [f"### MLX itself far from PyTorch (raw MLX >= {UPSTREAM_RATIO}x the PyTorch op)", ""]
@@ -409,10 +432,11 @@ def render_html(rows: list[Row]) -> str:
         body.append(share_chart([(k, share(row, s["mlx"]) if "mlx" in s else None,
                                   share(row, s["torch"]) if "torch" in s else None) for k, s in row.cells.items()]))
         body.append(_html_table(CELL_HEADER, _cell_rows(row)))
-        over = _overhead_rows(row)
-        if over:
-            body += ["<h3>Layer overhead at decode</h3>", f"<p>{html.escape(_overhead_summary(over).replace('**', ''))}</p>",
-                     _html_table(OVERHEAD_HEADER, over)]
+        verdicts = overhead_verdicts(row)
+        if verdicts:
+            body += ["<h3>Layer overhead at decode</h3>",
+                     f"<p>{html.escape(_overhead_summary(verdicts).replace('**', ''))}</p>",
+                     _html_table(OVERHEAD_HEADER, _overhead_rows(verdicts))]
         upstream = _upstream(row)
         if upstream:
             body += ["<h3>MLX itself far from PyTorch</h3><ul>"] + [f"<li>{html.escape(u)}</li>" for u in upstream]
