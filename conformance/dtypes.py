@@ -47,8 +47,15 @@ FLOAT32 = FloatFormat("float32", 23, -126, float(np.finfo(np.float32).max), mx.f
 FLOAT16 = FloatFormat("float16", 10, -14, 65504.0, mx.float16, torch.float16)
 BFLOAT16 = FloatFormat("bfloat16", 7, -126, 3.3895313892515355e38, mx.bfloat16, torch.bfloat16)
 
+FLOAT64 = FloatFormat("float64", 52, -1022, float(np.finfo(np.float64).max), mx.float64, torch.float64)
+
 FORMATS: dict[str, FloatFormat] = {f.name: f for f in (FLOAT32, FLOAT16, BFLOAT16)}
 TEST_DTYPES: tuple[str, ...] = tuple(FORMATS)
+"""The op suite's test dtypes (the float64 oracle is the reference, not a test dtype)."""
+
+MODEL_FORMATS: dict[str, FloatFormat] = {**FORMATS, FLOAT64.name: FLOAT64}
+"""The model suite's test dtypes: the op suite's and float64 (MLX's CPU back end only).
+:func:`round_to`, :func:`to_mlx` and :func:`to_torch` take any of them."""
 
 _MX_TO_NAME = {f.mx_dtype: f.name for f in FORMATS.values()}
 _TORCH_TO_NAME = {f.torch_dtype: f.name for f in FORMATS.values()}
@@ -62,14 +69,18 @@ def dtype_name(array: mx.array | torch.Tensor) -> str:
 
 
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Round float values to ``dtype`` (through MLX) and return them as exact float32."""
+    """Round float values to ``dtype`` (through MLX) and return them as exact float32;
+    ``float64``: the values in float64 (exact for anything narrower)."""
+    if dtype == FLOAT64.name:
+        return np.asarray(values, dtype=np.float64)
     rounded = mx.array(np.asarray(values, dtype=np.float32)).astype(FORMATS[dtype].mx_dtype)
     return mlx_to_numpy(rounded)
 
 
 def mlx_to_numpy(array: mx.array) -> np.ndarray:
-    """Exact NumPy copy: floats widened to float32 (bfloat16 has no NumPy dtype), ints kept."""
-    if mx.issubdtype(array.dtype, mx.floating):
+    """Exact NumPy copy: float16/bfloat16 widened to float32 (bfloat16 has no NumPy dtype),
+    float32/float64 and ints kept (as :func:`torch_to_numpy`)."""
+    if array.dtype in (mx.float16, mx.bfloat16):
         return np.array(array.astype(mx.float32))
     return np.array(array)
 
@@ -84,15 +95,17 @@ def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def to_mlx(values: np.ndarray, dtype: str | None) -> mx.array:
     """NumPy -> MLX; float arrays are cast to ``dtype`` (None keeps them), ints keep theirs."""
-    arr = mx.array(values)
     if dtype is not None and np.issubdtype(values.dtype, np.floating):
-        arr = arr.astype(FORMATS[dtype].mx_dtype)
-    return arr
+        fmt = MODEL_FORMATS[dtype]
+        if fmt is FLOAT64:  # mx.array of float64 values would make float32 ones
+            return mx.array(np.asarray(values, dtype=np.float64), dtype=mx.float64)
+        return mx.array(values).astype(fmt.mx_dtype)
+    return mx.array(values)
 
 
 def to_torch(values: np.ndarray, dtype: str | None) -> torch.Tensor:
     """NumPy -> PyTorch with the same casting rule as :func:`to_mlx`."""
     t = torch.from_numpy(np.array(values, order="C"))  # ascontiguousarray would make 0-D arrays 1-D
     if dtype is not None and np.issubdtype(values.dtype, np.floating):
-        t = t.to(FORMATS[dtype].torch_dtype)
+        t = t.to(MODEL_FORMATS[dtype].torch_dtype)
     return t

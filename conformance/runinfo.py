@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,17 @@ COMMIT_ENV = "CONFORMANCE_COMMIT"
 """Overrides the recorded commit (for a copy of the project outside its own checkout)."""
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def exit_text(code: int | None) -> str:
+    """How a child process ended, for a report: ``killed by SIGSEGV`` (a negative return
+    code is the signal), else ``exit status N``."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def project_commit(root: Path = ROOT, env: Mapping[str, str] | None = None) -> str:

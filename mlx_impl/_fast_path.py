@@ -2,7 +2,9 @@
 of Python counts).
 
 How a fast path is written (``RMSNorm``, ``LayerNorm``, ``RoPE``, ``Embedding``,
-``Linear``, ``QuantizedLinear``): one frame, no helper calls, no module attribute hook, and
+``Linear``, ``MultiLinear``, ``QuantizedLinear``; ``scaled_dot_product_attention`` is a
+function): one frame where it can be (``QuantizedLinear`` calls the one home of its back-end
+guards, ``quantization._quantized_matmul``), no module attribute hook, and
 only the tests MLX does not do itself before the kernel is called (a floating dtype where
 MLX would promote an integer input, a non-empty input where MLX would hang or crash).
 Anything the fast path does not take, or that MLX refuses, goes to the layer's checked

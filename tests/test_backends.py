@@ -124,17 +124,20 @@ def test_empty_sizes_never_reach_the_kernels() -> None:
     assert fast.RoPE(8)(mx.ones((1, 2, 0, 8))).shape == (1, 2, 0, 8)
 
 
-def test_composed_layer_norm_mean_is_mlx_cpu_mean() -> None:
+def test_composed_layer_norm_means_are_mlx_cpu_means() -> None:
     # nn.LayerNorm writes mx.mean out (float32 sum, rounded, times 1/D rounded) so that the
-    # CUDA float16 sum cannot overflow; on the CPU it is the same bits as mx.mean.
-    from mlx_impl.nn.norms import _mean_last
-
+    # CUDA float16 sum cannot overflow; on the CPU the layer is the same bits as the same
+    # formula written with mx.mean (eps: Go's float32 scalar cast to x's dtype).
     x = mx.array(np.random.default_rng(3).standard_normal((4, 333)).astype(np.float32) * 300)
     with mx.stream(mx.cpu):  # one summation order: the CPU's
         for dtype in (mx.float32, mx.float16, mx.bfloat16):
-            a = x.astype(dtype)
-            ref = mx.mean(a, axis=-1, keepdims=True)
-            assert mx.array_equal(_mean_last(a).astype(mx.float32), ref.astype(mx.float32)).item()
+            a, w = x.astype(dtype), mx.ones((333,), dtype=dtype)
+            centered = a - mx.mean(a, axis=-1, keepdims=True)
+            variance = mx.mean(centered * centered, axis=-1, keepdims=True)
+            eps = mx.array(1e-5, dtype=mx.float32).astype(dtype)
+            ref = centered * mx.rsqrt(variance + eps) * w
+            got = nn.LayerNorm(w, eps=1e-5)(a)
+            assert mx.array_equal(got.astype(mx.float32), ref.astype(mx.float32)).item()
 
 
 def test_one_bit_affine_is_refused_on_cuda_only() -> None:

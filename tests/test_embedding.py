@@ -244,6 +244,14 @@ def test_bad_index_dtype_rejected_under_every_policy(policy):
             layer(mx.array([0.0]) if lib == "mlx" else torch.tensor([0.0]))
 
 
+@pytest.mark.parametrize("policy", ["check", "clip", "trusted"])
+@pytest.mark.parametrize("indices", [3, True, [0, 1]], ids=["int", "bool", "list"])
+def test_non_array_indices_rejected_under_every_policy(policy, indices):
+    # mx.take itself accepts a Python int (and bool): "trusted" must not hand it over.
+    with pytest.raises(TypeError, match=r"^\[Embedding\] indices must be an mx.array"):
+        _layer("mlx", policy)(indices)
+
+
 def test_twin_rejects_unknown_precision():
     _, e_t = layers()
     with pytest.raises(ValueError, match=r"^\[Embedding\] precision"):

@@ -32,9 +32,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from conformance.runinfo import ROOT, exit_text
+
 SCHEMA = "mlx-conformance-fuzz/2"
 """Version 2 added ``hangs`` (and per-entry ``hung``) beside ``crashes``."""
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 FUZZ_EXAMPLES = {"ci": 100, "dev": 40, "thorough": 1000}
 """Hypothesis examples per entry point for each profile (``ci`` fits the CI budget)."""
@@ -230,7 +231,7 @@ def run_fuzz(
                 break
             if verdict == "exited":
                 merged["crashes"].append({"entry": entry, "library": library, "input": text,
-                                          "detail": f"{_signal_text(code)}; {tail}"})
+                                          "detail": f"{exit_text(code)}; {tail}"})
             else:
                 what = {"hang": f"one call ran past {hang_s:g} s",
                         "idle": f"stuck {seconds:.0f} s between library calls (input generation?)",
@@ -283,15 +284,6 @@ def _stderr_excerpt(text: str) -> str:
         if start >= 0:
             return text[start : start + 1500]
     return text[-2000:]
-
-
-def _signal_text(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 def summary_line(result: Mapping[str, Any]) -> str:

@@ -64,11 +64,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mlx.core as mx
 import numpy as np
-import torch
 
-from conformance.dtypes import FORMATS, FloatFormat
+from conformance.dtypes import FORMATS, MODEL_FORMATS
 from conformance.judge import Verdict, judge
 from conformance.tolerance import Tolerance
 
@@ -80,15 +78,6 @@ MODEL_TOLERANCE = Tolerance(
         "error plus 2 ulp per element (conformance/model/bounds.py)."
     ),
 )
-
-
-FLOAT64 = FloatFormat("float64", 52, -1022, float(np.finfo(np.float64).max), mx.float64, torch.float64)
-"""Float64 for the model bounds only: the ops' suite (``conformance.dtypes.FORMATS``) has
-no float64 test dtype, the model suite does (CPU back end)."""
-
-def model_format(dtype: str) -> FloatFormat:
-    """The float format of a model test dtype (float64 included)."""
-    return FLOAT64 if dtype == "float64" else FORMATS[dtype]
 
 
 @dataclass(frozen=True)
@@ -149,7 +138,7 @@ def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: s
         err_s = _row_norms((side - oracle).reshape(-1, width))
         err_p = _row_norms((peer - oracle).reshape(-1, width))
     scale_o = _row_norms(rows_o)
-    err_ref, floor_format = err_p, model_format(dtype)
+    err_ref, floor_format = err_p, MODEL_FORMATS[dtype]
     if probe is not None:
         with np.errstate(invalid="ignore"):
             err_ref = _row_norms((probe - oracle).reshape(-1, width))
@@ -222,7 +211,7 @@ def routing_flip_is_tie(oracle_logits: np.ndarray, oracle_experts: np.ndarray, s
         return True
     weight, bias = router
     twin_rounding = np.abs(peer_logits - (weight @ peer_input + bias))
-    rho = 2.0 * twin_rounding + 2.0 * model_format(dtype).ulp(np.abs(oracle_logits))
+    rho = 2.0 * twin_rounding + 2.0 * MODEL_FORMATS[dtype].ulp(np.abs(oracle_logits))
     dx = float(np.linalg.norm(side_input - oracle_input))
     for a in only_oracle:
         for b in only_side:

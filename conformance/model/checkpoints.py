@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from conformance.dtypes import MODEL_FORMATS
+
 QUANT_MODES: dict[str, tuple[int, int, str]] = {
     "affine4": (64, 4, "affine"),
     "affine8": (64, 8, "affine"),
@@ -36,8 +38,7 @@ QUANT_MODES: dict[str, tuple[int, int, str]] = {
 """The quantized modes a checkpoint can carry: name -> (group_size, bits, mode), the
 group sizes mlx-lm uses by default for each mode."""
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}
+_TORCH_DTYPES = {name: f.torch_dtype for name, f in MODEL_FORMATS.items()}
 
 # The tiny configs: 4 layers (enough for the depth curves to show growth), GQA (4 query heads over 2 kv heads), small vocab. Each names
 # what its architecture must exercise (llama3 rope scaling, Gemma 3's sliding window that a

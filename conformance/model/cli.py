@@ -51,11 +51,12 @@ def add_parser(sub: Any) -> None:
                    help="keep MLX's CPU back end as shipped (default: mlx_impl.cpu_backend.tune_cpu)")
     p.add_argument("--progress", default="steps", choices=("steps", "configs"),
                    help="print a line per side and step (default) or per configuration")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="above 1: each configuration in its own process, this many at a time, so a "
-                        "crash or hang loses only that configuration (conformance/model/isolated.py)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="each configuration in its own process, this many at a time (1: one after the "
+                        "other), so a crash or hang loses only that configuration "
+                        "(conformance/model/isolated.py); without it: all in this process")
     p.add_argument("--config-timeout", type=float, default=900.0,
-                   help="with --jobs above 1: seconds before a configuration counts as a hang")
+                   help="with --jobs: seconds before a configuration counts as a hang")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--task-out", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
@@ -88,28 +89,16 @@ def _split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str
     return items
 
 
-TINY_EXCLUDED: dict[tuple[str, str], str] = {}
-"""(model_type, quantized mode) left out of ``--tiny`` runs, with the reason the report prints.
-Empty: tiny GPT-OSS in bfloat16+mxfp4, once excluded for a router tie (MLX's bfloat16 router
-ranks two experts 3.1e-4 apart the other way at step 0, layer 1, token 2), now conforms:
-the harness judges each side's routing and admits such ties with a derived margin
-(``conformance.model.bounds.routing_flip_is_tie``)."""
-
-
-def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[str]) -> tuple[list[Task], list[str]]:
-    """Every configuration the arguments ask for, in report order, and the notes on those
-    left out. ``--tiny`` checkpoints are written into ``work`` here (once each)."""
+def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[str]) -> list[Task]:
+    """Every configuration the arguments ask for, in report order. ``--tiny`` checkpoints are
+    written into ``work`` here (once each)."""
     from conformance.model.checkpoints import BUILDERS, build_tiny
 
     tasks: list[Task] = []
-    notes: list[str] = []
     if args.tiny is not None:
         for arch in _split(args.tiny, tuple(BUILDERS), "architecture"):
             ck = build_tiny(arch, work / f"tiny-{arch}", seed=args.seed)
-            excluded = {q: why for (a, q), why in TINY_EXCLUDED.items() if a == arch and q in quants}
-            notes += [f"excluded: tiny-{arch} {args.quant_dtype}+{q}: {why}" for q, why in excluded.items()]
-            tasks += _model_tasks(ck, f"tiny-{arch}", dtypes, [q for q in quants if q not in excluded],
-                                  args.quant_dtype)
+            tasks += _model_tasks(ck, f"tiny-{arch}", dtypes, quants, args.quant_dtype)
     else:
         ck = Path(args.checkpoint).resolve()
         config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
@@ -120,7 +109,7 @@ def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[s
         for block in ("double", "single"):
             tasks += [Task("dit", f"dit-{block}", dt, None, block=block) for dt in dtypes]
             tasks += [Task("dit", f"dit-{block}", args.quant_dtype, q, block=block) for q in quants]
-    return tasks, notes
+    return tasks
 
 
 def _model_tasks(checkpoint: Path, name: str, dtypes: list[str], quants: list[str],
@@ -192,7 +181,7 @@ def command_model(args: argparse.Namespace) -> int:
     quants = _split(args.quantize, tuple(QUANT_MODES), "quantized mode")
     if (args.checkpoint is None) == (args.tiny is None):
         raise SystemExit("[conformance model] give a CHECKPOINT_DIR or --tiny, not both or neither.")
-    if args.jobs < 1 or args.config_timeout <= 0:
+    if (args.jobs is not None and args.jobs < 1) or args.config_timeout <= 0:
         raise SystemExit("[conformance model] --jobs must be at least 1 and --config-timeout positive.")
     notes: list[str] = []
     if "float64" in dtypes and backend_name() != "cpu":
@@ -200,9 +189,8 @@ def command_model(args: argparse.Namespace) -> int:
         notes.append(NO_FLOAT64.format(backend=backend_name()))
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
-        tasks, left_out = plan(args, work, dtypes, quants)
-        notes += left_out
-        if args.jobs > 1:
+        tasks = plan(args, work, dtypes, quants)
+        if args.jobs is not None:
             results = run_isolated(tasks, jobs=args.jobs, timeout=args.config_timeout, work=work / "tasks",
                                    child_args=_child_args(args))
         else:
@@ -252,7 +240,7 @@ def run_tiny_suite(models_root: Path, env: dict[str, str], jobs: int = 1) -> tup
 
     backend = backend_name()
     out = models_root / f"tiny-{backend}"
-    isolate = ["--jobs", str(max(2, jobs))] if backend != "cpu" else []
+    isolate = ["--jobs", str(jobs)] if backend != "cpu" else []
     cmd = [sys.executable, "-m", "conformance", "model", *TINY_SUITE, *isolate, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
@@ -266,6 +254,7 @@ def run_tiny_suite(models_root: Path, env: dict[str, str], jobs: int = 1) -> tup
     results = report["results"] + report["dit"]
     summary = {"report": str(out), "configurations": len(results),
                "passed": sum(r["passed"] for r in results),
-               "departures": [{"configuration": f"{r.get('name')} {r['dtype']} {r['quant'] or ''}".strip(),
-                               **(r.get("departure") or {})} for r in report["results"] if not r["passed"]]}
+               "departures": [{"configuration": f"{r.get('name') or r.get('block')} {r['dtype']} {r['quant'] or ''}".strip(),
+                               **(r.get("error") or r.get("departure") or {})}
+                              for r in results if not r["passed"]]}
     return proc.returncode == 0, summary

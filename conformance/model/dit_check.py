@@ -97,30 +97,6 @@ def _diffusers_float64(case: DitCase, state: dict[str, np.ndarray], inputs: list
     return [text.numpy(), image.numpy()]
 
 
-def _f64_round(v: np.ndarray, dtype: str) -> np.ndarray:
-    """Float64 "rounding": the float32 weights and inputs are exact in float64; other
-    dtypes (the float32 probe) as :func:`conformance.dtypes.round_to`."""
-    from conformance.dtypes import round_to
-
-    return v.astype(np.float64) if dtype == "float64" else round_to(v, dtype)
-
-
-def _f64_mlx(v: np.ndarray, dtype: str | None) -> Any:
-    import mlx.core as mx
-
-    from conformance.dtypes import to_mlx
-
-    return mx.array(v.astype(np.float64), dtype=mx.float64) if dtype == "float64" else to_mlx(v, dtype)
-
-
-def _f64_torch(v: np.ndarray, dtype: str | None) -> Any:
-    import torch
-
-    from conformance.dtypes import to_torch
-
-    return torch.from_numpy(np.array(v, dtype=np.float64, order="C")) if dtype == "float64" else to_torch(v, dtype)
-
-
 def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
             mlx_block_factory: Any = None) -> dict[str, Any]:
     """Run the block on all sides in ``dtype`` (projections quantized as ``quant``).
@@ -131,15 +107,13 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
     import mlx.core as mx
     import torch
 
-    from conformance.dtypes import mlx_to_numpy
+    from conformance.dtypes import mlx_to_numpy, round_to, to_mlx, to_torch, torch_to_numpy
     from conformance.execute import backend_name, configure_peer_precision, peer_device
     from mlx_impl.models import dit as mlx_dit
     from torch_reference.models import dit as twin_dit
 
     if dtype == "float64" and quant is not None:
         raise ValueError("[run_dit] quantized layers take no float64.")
-    # conformance.dtypes' casts, with float64 added (the ops' formats have none).
-    round_to, to_mlx, to_torch = _f64_round, _f64_mlx, _f64_torch
     state, inputs = random_state(case)
     quantization = QUANT_MODES[quant] if quant else None
     rounded = {k: round_to(v, dtype) for k, v in state.items()}
@@ -178,9 +152,8 @@ def run_dit(case: DitCase, dtype: str, quant: str | None = None, *,
             peer32 = [t.numpy().astype(np.float64) for t in
                       f32_block(*[to_torch(a, "float32") for a in ins], grid=case.grid)]
     for i, (name, m, p, o) in enumerate(zip(("text", "image"), m_out, peer, oracle, strict=True)):
-        m_np = np.array(m) if m.dtype == mx.float64 else mlx_to_numpy(m).astype(np.float64)
         probe = peer32[i] if dtype == "float64" and peer32 is not None else None
-        check = check_point(m_np, p.double().numpy() if p.dtype == torch.float64 else p.float().numpy().astype(np.float64),
+        check = check_point(mlx_to_numpy(m).astype(np.float64), torch_to_numpy(p).astype(np.float64),
                             o.numpy(), dtype, probe)
         result["outputs"][name] = {"passed": check.passed, "rel_err": check.rel_err,
                                    "twin_rel_err": check.peer_rel_err, "message": check.message}

@@ -39,6 +39,7 @@ from conformance.model.sides import (
     TransformersSide,
     TwinSide,
     mlx_lm_supports,
+    moe_layers,
 )
 
 Mutant = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -95,7 +96,7 @@ def _judge_trace(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
     ``probe_out``: the twin in float32 (float64 configurations; see bounds.py)."""
     points: list[dict[str, Any]] = []
     departure = None
-    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    probes = _per_step(probe_out, len(oracle_out))
     for s, ((lg, hs), (plg, phs), (olg, ohs), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
                                                                      strict=True)):
         if with_hidden and len(hs) != len(ohs):
@@ -129,7 +130,7 @@ def _tokens(side_out: list[tuple[np.ndarray, list[np.ndarray]]],
             probe_out: list[tuple[np.ndarray, list[np.ndarray]]] | None = None) -> dict[str, Any]:
     """Greedy agreement at the last position of every step (batch row 0)."""
     oracle_ids, side_ids, agree, ties, flips = [], [], 0, 0, []
-    probes = probe_out if probe_out is not None else [None] * len(oracle_out)
+    probes = _per_step(probe_out, len(oracle_out))
     for s, ((lg, _), (plg, _), (olg, _), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
                                                                strict=True)):
         o_row, m_row = olg[0, -1], lg[0, -1]
@@ -155,6 +156,11 @@ Routing = list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 [N, E], own top-k [N, k])."""
 
 
+def _per_step(probe: list[Any] | None, steps: int) -> list[Any]:
+    """The float32 probe's outputs per step (float64 configurations), or ``None`` per step."""
+    return probe if probe is not None else [None] * steps
+
+
 def router_weights(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each MoE layer's router ``(W [E, H], c [E])`` as the float64 oracle applies it (the
     exact value of a quantized router's codes): ``router(I) - router(0)`` and ``router(0)``
@@ -162,13 +168,11 @@ def router_weights(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     import torch
 
     found = []
-    for layer in model.layers:
-        if not hasattr(layer.mlp, "routing"):
-            continue
-        h = model.args.hidden_size
+    h = model.args.hidden_size
+    for moe in moe_layers(model):
         with torch.no_grad():
-            zero = layer.mlp.router(torch.zeros(1, h, dtype=torch.float64), precision="float64")
-            eye = layer.mlp.router(torch.eye(h, dtype=torch.float64), precision="float64")
+            zero = moe.router(torch.zeros(1, h, dtype=torch.float64), precision="float64")
+            eye = moe.router(torch.eye(h, dtype=torch.float64), precision="float64")
         found.append(((eye - zero).T.numpy().copy(), zero[0].numpy().copy()))
     return found
 
@@ -189,7 +193,7 @@ def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[
         return None
     ties, twin_ties, rows, worst, flips = 0, 0, 0, 0.0, []
     departure = None
-    probes = probe if probe is not None else [None] * len(oracle)
+    probes = _per_step(probe, len(oracle))
     for s, (ms, ps, os_, qs) in enumerate(zip(side, peer, oracle, probes, strict=True)):
         for layer, ((mx_, ml, me), (px, pl, pe), (ox, ol, oe), router) in enumerate(
                 zip(ms, ps, os_, weights, strict=True)):
@@ -239,6 +243,8 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
 
     Returns: a JSON-ready result (see :mod:`conformance.model.report`).
     """
+    if dtype == "float64" and quant is not None:  # checked before any replay (derive refuses it too)
+        raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
     label = f"{derived.name}"
     started = time.perf_counter()
     import json
@@ -257,8 +263,6 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     if dtype == "float64":
         # The precision probe (bounds.py): the twin in float32 on the same weights (a
         # float32 or narrower checkpoint rounds to float32 exactly, as to float64).
-        if quant is not None:
-            raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
         probe = derive(checkpoint, derived.parent / f"{derived.name}-probe-float32", "float32")
         prober = TwinSide(probe, "native", "twin-float32", force=force)
         probe_out = _replay(prober, inputs, progress, label)

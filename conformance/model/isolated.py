@@ -1,6 +1,6 @@
 """Model conformance with each configuration in its own process, several at a time.
 
-``python -m conformance model ... --jobs N`` (N > 1) plans the same configurations as a
+``python -m conformance model ... --jobs N`` plans the same configurations as a
 serial run, writes each one's task as JSON, and runs ``python -X faulthandler -m
 conformance model --task TASK.json`` for it, N at a time. So a back end that crashes the
 interpreter (a signal in a kernel) or never returns (a hang in a first-use compile)
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from conformance.runinfo import ROOT, exit_text
+
 TAIL_CHARS = 6000
 """How much of a failed child's output (its stack dump included) the report keeps."""
 
@@ -64,15 +65,6 @@ def failed_result(task: Task, status: str, detail: str, seconds: float) -> dict[
             "anchors": []}
 
 
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code} without a result"
-
-
 @dataclass
 class _Child:
     task: Task
@@ -104,7 +96,7 @@ def _finish(child: _Child, timeout: float) -> dict[str, Any]:
     if child.aborted:
         return failed_result(child.task, "HANG", f"no result after {timeout:.0f} s; the child's output "
                              f"and Python stacks at the timeout:\n{output}", seconds)
-    return failed_result(child.task, "CRASH", f"{_describe_exit(child.proc.returncode)}; the child's "
+    return failed_result(child.task, "CRASH", f"{exit_text(child.proc.returncode)} without a result; the child's "
                          f"output:\n{output}", seconds)
 
 

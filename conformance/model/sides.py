@@ -51,7 +51,8 @@ class RouterLog:
         return self.from_np(chosen, experts)
 
 
-def _moe_layers(model: Any) -> list[Any]:
+def moe_layers(model: Any) -> list[Any]:
+    """The mixture-of-experts blocks of ``model`` (those with a ``routing`` observer), in layer order."""
     return [layer.mlp for layer in model.layers if hasattr(layer.mlp, "routing")]
 
 
@@ -79,7 +80,7 @@ class MlxSide:
         self.cache = models.make_cache(self.model)
         self.routing = RouterLog(lambda a: np.array(a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a),
                                  lambda c, like: mx.array(c).astype(like.dtype), force)
-        for moe in _moe_layers(self.model):
+        for moe in moe_layers(self.model):
             moe.routing = self.routing
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -128,7 +129,7 @@ class TwinSide:
         self.model = models.load(str(path), precision=precision, device=self.device)
         self.cache = models.make_cache(self.model)
         self.routing = RouterLog(_torch_np, lambda c, like: torch.from_numpy(c).to(like.device, like.dtype), force)
-        for moe in _moe_layers(self.model):
+        for moe in moe_layers(self.model):
             moe.routing = self.routing
 
     def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

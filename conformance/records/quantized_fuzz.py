@@ -191,18 +191,14 @@ def _qmm_expect(a) -> list[FuzzOutput]:
     return [FuzzOutput((*batch, *x[-2:-1], n))]
 
 
-def _affine_packed(rows: int, k: int) -> dict:
-    return {"wq": _zeros((rows, k // 8), "uint32"), "scales": _zeros((rows, k // 32), "float32", 1.0),
-            "qbiases": _zeros((rows, k // 32), "float32")}
+def _affine_packed(rows: int, k: int, group: int = 32, bits: int = 4, dt: str = "float32") -> dict:
+    """Packed affine weights ``[rows, k]`` in groups of ``group`` (scale 1, bias 0)."""
+    return {"wq": _zeros((rows, k * bits // 32), "uint32"), "scales": _zeros((rows, k // group), dt, 1.0),
+            "qbiases": _zeros((rows, k // group), dt)}
 
 
 _AFFINE_4 = {"group_size": 32, "bits": 4, "mode": "affine"}
 
-
-def _single_group(rows: int, group: int, bits: int, dt: str) -> dict:
-    """Packed affine weights of ``rows`` rows that are one group each (scale 1, bias 0)."""
-    return {"wq": _zeros((rows, group * bits // 32), "uint32"), "scales": _zeros((rows, 1), dt, 1.0),
-            "qbiases": _zeros((rows, 1), dt)}
 
 QUANTIZED_MATMUL_FUZZ = FuzzEntry(
     name="quantization.quantized_matmul",
@@ -231,9 +227,9 @@ QUANTIZED_MATMUL_FUZZ = FuzzEntry(
         # affine 4/8-bit, ONE group per row (K = group 64/128), 16 weight rows, several rows
         # of x: MLX 0.32.4's CUDA qmm_sm90 gives wrong products (H200 model-level run);
         # mlx_impl pads a zero group there, whose result must keep the documented shape.
-        {"x": _zeros((2, 3, 64), "bfloat16", 1.0), **_single_group(16, 64, 4, "bfloat16"), "transpose": True,
+        {"x": _zeros((2, 3, 64), "bfloat16", 1.0), **_affine_packed(16, 64, 64, 4, "bfloat16"), "transpose": True,
          "group_size": 64, "bits": 4, "mode": "affine"},
-        {"x": _zeros((4, 128), "float32", 1.0), **_single_group(16, 128, 8, "float32"), "transpose": True,
+        {"x": _zeros((4, 128), "float32", 1.0), **_affine_packed(16, 128, 128, 8, "float32"), "transpose": True,
          "group_size": 128, "bits": 8, "mode": "affine"},
     ),
 )
@@ -275,7 +271,7 @@ QUANTIZED_LINEAR_FUZZ = FuzzEntry(
          "qbiases": None, "bias": None, "group_size": 16, "bits": 4, "mode": "nvfp4"},
         # one affine group per row, several rows of x (MLX 0.32.4's CUDA qmm_sm90 boundary;
         # float16 takes mlx_impl's float32 path on CUDA, then the zero-group guard)
-        {"x": _zeros((2, 3, 64), "float16", 1.0), **_single_group(16, 64, 4, "float16"),
+        {"x": _zeros((2, 3, 64), "float16", 1.0), **_affine_packed(16, 64, 64, 4, "float16"),
          "bias": _zeros((16,), "float16"), "group_size": 64, "bits": 4, "mode": "affine"},
     ),
 )

@@ -212,8 +212,8 @@ class RMSNorm(mlx.nn.Module):
                     return mx.fast.rms_norm(x, w, eps)
         except FAST_PATH_ERRORS:
             pass
-        w = module_array(self, "weight")
         eps_value = check_eps("RMSNorm", eps)
+        w = module_array(self, "weight")
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:
             return empty_norm_result(x, w)
@@ -259,8 +259,8 @@ class LayerNorm(mlx.nn.Module):
                     return mx.fast.layer_norm(x, w, b, eps)
         except FAST_PATH_ERRORS:
             pass
-        w, b = module_array(self, "weight"), module_array(self, "bias")
         eps_value = check_eps("LayerNorm", eps)
+        w, b = module_array(self, "weight"), module_array(self, "bias")
         x = check_x("LayerNorm", x, ("weight", w), ("bias", b))
         if x.size == 0:
             return empty_norm_result(x, w, b)

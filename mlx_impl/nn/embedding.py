@@ -133,7 +133,7 @@ class Embedding(mlx.nn.Module):
                     if not bad.item():
                         return out
                     failed = True
-            elif policy == "trusted" and weight.size:  # an empty table: see _checked_call
+            elif policy == "trusted" and isinstance(indices, mx.array) and weight.size:  # see _checked_call
                 return mx.take(weight, indices, axis=0)
         except FAST_PATH_ERRORS:
             weight = module_array(self, "weight")
@@ -163,16 +163,16 @@ class Embedding(mlx.nn.Module):
             )
         policy = self.index_policy
         if policy == "check" and indices.size > 0:
-            return _checked_take(weight, indices, weight.shape)
+            return _checked_take(weight, indices)
         if policy == "clip" and n > 0:
             # (n == 0 means `indices` is empty here: nothing to clamp, and a bound of -1
             # would not even convert to an unsigned index dtype.)
-            indices = mx.clip(indices, 0, _high(indices, n))
+            indices = mx.clip(indices, 0, _high(indices.dtype, n))
         return mx.take(weight, indices, axis=0)
 
 
-def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -> mx.array:
-    """``weight[indices]`` evaluated (``weight: [n, d] = shape`` with ``n > 0``, ``indices:
+def _checked_take(weight: mx.array, indices: mx.array) -> mx.array:
+    """``weight[indices]`` evaluated (``weight: [n, d]`` with ``n > 0``, ``indices:
     [...]`` non-empty, of an integer dtype -> ``[..., d]``), or ``IndexError`` if an index
     is outside ``[0, n)``.
 
@@ -190,6 +190,7 @@ def _checked_take(weight: mx.array, indices: mx.array, shape: tuple[int, ...]) -
     The gather copies rows, so the result is bit-identical to ``mx.take`` either way
     (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
     dtypes and ranks). The returned array is already evaluated."""
+    shape = weight.shape
     key = (shape, indices.dtype, indices.shape)
     gather, bound = _PLANS.get(key) or _plan(key)
     out, bad = gather(weight, indices, bound)
@@ -251,7 +252,7 @@ def _plan(key: _PlanKey) -> _Plan:
     gather = shaped if index_shape in seen else shapeless
     if len(_PLANS) >= _PLAN_LIMIT:
         _PLANS.clear()
-    plan = _PLANS[key] = (gather, mx.array(min(n - 1, int(mx.iinfo(dtype).max)), dtype=dtype))
+    plan = _PLANS[key] = (gather, mx.array(_high(dtype, n), dtype=dtype))
     return plan
 
 
@@ -279,8 +280,8 @@ def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
     return gathers
 
 
-def _high(indices: mx.array, n: int) -> int:
+def _high(dtype: mx.Dtype, n: int) -> int:
     """The largest valid index ``n - 1``, capped at the index dtype's max: clamping or
     comparing with a bound the dtype cannot hold raises in MLX (int8 vs 31999), and such a
     bound is never reached anyway."""
-    return min(n - 1, int(mx.iinfo(indices.dtype).max))
+    return min(n - 1, int(mx.iinfo(dtype).max))

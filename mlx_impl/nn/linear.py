@@ -125,13 +125,13 @@ class Linear(mlx.nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``x @ weight.T (+ bias)``; see the class docstring for shapes and dtypes."""
         # The happy path first (see mlx_impl._fast_path): a floating, non-empty x whose last
-        # dim matches a non-empty weight goes straight to MLX; anything else takes
-        # _checked_call, whose checks and errors are the original ones.
+        # dim matches the weight's goes straight to MLX; anything else takes _checked_call,
+        # whose checks and errors are the original ones.
         if isinstance(x, mx.array):
             weight = item_of(self, "weight")
             shape = x.shape
             if (weight is not None and shape and x.dtype in FLOATING_DTYPES and shape[-1] == weight.shape[1]
-                    and x.size != 0 and shape[-1] != 0):
+                    and x.size != 0):
                 bias = item_of(self, "bias")  # None: no bias (it lives in the instance dict)
                 if bias is None:
                     return x @ weight.T
@@ -237,15 +237,11 @@ class MultiLinear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``x @ weight.transpose(0, 2, 1)``; see the class docstring."""
-        # The table is an array, so one of the module's items (Module.__setattr__): read it
-        # once, not through the properties (Module.__getattr__ is ~0.5 us a time).
-        try:
-            weight = self["weight"]
-        except KeyError:
-            weight = self.weight  # deleted: raises as attribute lookup did
-        # Fast path: a 4-D floating x whose heads and last dim match. matmul would broadcast
-        # a single head silently, so the shapes are compared here, read once (~80 ns each).
-        if isinstance(x, mx.array) and x.dtype in FLOATING_DTYPES:
+        # Fast path (see mlx_impl._fast_path): a 4-D floating x whose heads and last dim
+        # match. matmul would broadcast a single head silently, so the shapes are compared
+        # here, read once (~80 ns each); anything else takes the checks below.
+        weight = item_of(self, "weight")
+        if weight is not None and isinstance(x, mx.array) and x.dtype in FLOATING_DTYPES:
             shape, w_shape = x.shape, weight.shape
             if len(shape) == 4 and shape[1] == w_shape[0] and shape[3] == w_shape[2]:
                 return x @ weight.transpose(0, 2, 1)

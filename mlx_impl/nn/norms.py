@@ -12,8 +12,8 @@ writes it, and so computes in x's dtype (measured on mlx 0.32.4, CPU back end):
   dtype), ``rsqrt = R(1 / R(sqrt(.)))`` -- two roundings;
 * ``normalized * weight (+ bias)`` with MLX's promotion.
 
-The sums are written out (``_mean_last``: float32 sum, rounded, times ``1/D`` rounded) so
-that every back end computes the CPU's ``mx.mean``: MLX's CUDA float16 sum accumulates in
+The sums are written out (:func:`_composed_layer_norm`: float32 sum, rounded, times ``1/D``
+rounded) so that every back end computes the CPU's ``mx.mean``: MLX's CUDA float16 sum accumulates in
 float16 and overflows. ``torch_reference.nn.norms`` replays the same sequence with
 PyTorch's own float32 sums.
 """
@@ -43,17 +43,6 @@ DEFAULT_LAYER_NORM_EPS = 1e-5
 """What ``nn.LayerNorm``'s ``eps=0`` means (Ollama: ``if eps == 0 { eps = 1e-5 }``)."""
 
 
-def _mean_last(x: mx.array) -> mx.array:
-    """``mx.mean(x, axis=-1, keepdims=True)`` as MLX's CPU back end computes it for every
-    dtype: the sum accumulated in float32, rounded to x's dtype, times ``1/D`` rounded to
-    x's dtype. Written out because MLX 0.32.4's CUDA sum of float16 accumulates in float16
-    and overflows to inf / NaN where the float32 sum (and the float64 oracle) is finite
-    (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm where
-    the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits as ``mx.mean`` on the CPU."""
-    total = mx.sum(x.astype(mx.float32), axis=-1, keepdims=True).astype(x.dtype)
-    return total * _constant(1.0 / x.shape[-1], x.dtype)
-
-
 _LAYER_NORM_CONSTANTS: dict[tuple[int, float, mx.Dtype], tuple[mx.array, mx.array]] = {}
 """``(D, stored eps, dtype)`` -> LayerNorm's ``(1/D, eps)`` in that dtype (:func:`_layer_norm_constants`).
 Made only on the checked path, after ``check_x`` accepted x: an entry exists only for a
@@ -68,27 +57,11 @@ def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, m
     d, eps, dtype = key
     if len(_LAYER_NORM_CONSTANTS) >= 256:  # a model has a handful of (D, eps, dtype)
         _LAYER_NORM_CONSTANTS.clear()
-    constants = (_constant(1.0 / d, dtype), _constant(eps if eps != 0.0 else DEFAULT_LAYER_NORM_EPS, dtype))
+    constants = (mx.array(1.0 / d, dtype=mx.float32).astype(dtype),
+                 mx.array(eps if eps != 0.0 else DEFAULT_LAYER_NORM_EPS, dtype=mx.float32).astype(dtype))
+    mx.eval(*constants)
     _LAYER_NORM_CONSTANTS[key] = constants
     return constants
-
-
-_CONSTANTS: dict[tuple[float, mx.Dtype], mx.array] = {}
-"""``(value, dtype)`` -> the evaluated scalar (:func:`_constant`)."""
-
-
-def _constant(value: float, dtype: mx.Dtype) -> mx.array:
-    """``mx.array(value, dtype=mx.float32).astype(dtype)``, evaluated once per (value, dtype)
-    and reused: LayerNorm's ``1/D`` and eps. Building them per call cost ~3 us at decode
-    (two array creations and two casts in every graph), more than the layer's budget."""
-    key = (value, dtype)
-    c = _CONSTANTS.get(key)
-    if c is None:
-        if len(_CONSTANTS) >= 256:  # a model has a handful of (D, dtype, eps)
-            _CONSTANTS.clear()
-        c = _CONSTANTS[key] = mx.array(value, dtype=mx.float32).astype(dtype)
-        mx.eval(c)
-    return c
 
 
 class RMSNorm(mlx.nn.Module):
@@ -138,8 +111,8 @@ class RMSNorm(mlx.nn.Module):
                     return mx.fast.rms_norm(x, w, eps or attribute_of(self, "eps"))
         except FAST_PATH_ERRORS:
             pass
-        w = module_array(self, "weight")
         given = check_eps("RMSNorm", eps)
+        w = module_array(self, "weight")
         x = check_x("RMSNorm", x, ("weight", w))
         if x.size == 0:  # see empty_norm_result: SIGFPE / CUDA graph error / CPU hang
             return empty_norm_result(x, w)
@@ -222,9 +195,16 @@ def _composed_layer_norm(x: mx.array, w: mx.array, b: mx.array | None, dtype: mx
                          constants: tuple[mx.array, mx.array]) -> mx.array:
     """The composed layer norm of a checked ``x: [..., D]`` of the floating ``dtype``, with
     the ``[D]`` weight and (``None``: no) bias, and ``constants = (1/D, eps)`` in ``dtype``
-    (:func:`_layer_norm_constants`)."""
+    (:func:`_layer_norm_constants`).
+
+    Both means are ``mx.mean(., axis=-1, keepdims=True)`` as MLX's CPU back end computes it
+    for every dtype, written out: the sum accumulated in float32, rounded to x's dtype,
+    times ``1/D`` rounded to x's dtype. MLX 0.32.4's CUDA sum of float16 accumulates in
+    float16 and overflows to inf / NaN where the float32 sum (and the float64 oracle) is
+    finite (measured on an H200: x [2, 3, 3] float16 of magnitude ~5e4 gave a NaN LayerNorm
+    where the oracle is finite; reports/conformance/cuda-h200-triage/TRIAGE.md). Same bits
+    as ``mx.mean`` on the CPU (tests/test_backends.py)."""
     inv_d, eps = constants
-    # _mean_last, inlined (with the 1/D of constants): float32 sums rounded to x's dtype.
     f32 = mx.float32
     mean = mx.sum(x.astype(f32), axis=-1, keepdims=True).astype(dtype) * inv_d
     centered = x - mean
