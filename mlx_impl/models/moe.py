@@ -13,10 +13,9 @@ supports float32"): half inputs are widened exactly, multiplied with float32 acc
 
 ``routing``: an optional observer (None in use) that a conformance harness sets on the
 module; each call hands it the router input ``[N, H]``, its logits ``[N, E]`` and the
-chosen experts ``[N, k]``
-and uses the experts it returns (the harness records both sides' routers and, where a
-side picks other experts than the float64 oracle at a near-tie, continues with the
-oracle's, as it teacher-forces tokens).
+chosen experts ``[N, k]``, and uses the experts it returns (the harness records both
+sides' routers and, where a side picks other experts than the float64 oracle at a
+near-tie, continues with the oracle's, as it teacher-forces tokens).
 """
 
 from __future__ import annotations
@@ -66,7 +65,8 @@ class MixtureOfExperts(mlx.nn.Module):
         self.routing: RoutingObserver | None = None
 
     def select(self, logits: mx.array) -> mx.array:
-        """The top-k experts of each row of ``logits: [N, E]`` -> ``[N, k]`` (any order)."""
+        """The top-k experts of each row of ``logits: [N, E]`` -> ``[N, k]`` (any order). A
+        method of its own so that a meta-test can plant a wrong choice (``router_picks_last``)."""
         k = self.top_k
         return mx.argpartition(-logits, kth=k - 1, axis=-1)[:, :k]
 
