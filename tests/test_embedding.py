@@ -304,3 +304,58 @@ def test_empty_table_with_empty_indices_gives_empty_rows(policy, index_dtype):
     y_t = _make("torch", EMPTY_TABLE, policy)(torch_idx(indices))
     assert y_mx.shape == tuple(y_t.shape) == (0, 2, 3)
     assert y_mx.dtype == mx.float32 and y_t.dtype == torch.float32
+
+
+# --------------------------------------- the "check" fast path's cached plans
+
+
+@pytest.mark.parametrize("replace", ["attribute", "update"])
+def test_check_plan_follows_a_replaced_table(replace):
+    # The fast path finds a cached plan (compiled gather and clamp bound) per table shape,
+    # index dtype and shape: a replaced table, however it is replaced, must be checked
+    # against ITS height, not the old one (a stale bound would let index 5 read past a
+    # 3-row table).
+    layer = MxEmbedding(mx.array(TABLE))
+    idx = mx.array([N - 1])
+    np.testing.assert_array_equal(np.array(layer(idx)), TABLE[[N - 1]])
+    smaller = mx.array(TABLE[:3])
+    if replace == "attribute":
+        layer.weight = smaller
+    else:
+        layer.update({"weight": smaller})
+    with pytest.raises(IndexError, match=rf"index {N - 1} at position \(0,\) is out of range \[0, 3\)"):
+        layer(idx)
+    np.testing.assert_array_equal(np.array(layer(mx.array([2]))), TABLE[[2]])
+
+
+def test_check_plan_follows_the_index_dtype_and_shape():
+    # One plan per (dtype, shape): a call with another dtype or shape finds another, and
+    # every answer is still mx.take's rows; a non-integer dtype still raises after an
+    # integer one.
+    layer = MxEmbedding(mx.array(TABLE))
+    for indices in (np.array([1, 2]), np.array([1, 2], np.uint8), np.array([[5], [0]], np.int64), np.array(3)):
+        np.testing.assert_array_equal(np.array(layer(mx_idx(indices))), TABLE[indices])
+    with pytest.raises(TypeError, match="integer dtype"):
+        layer(mx.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"must be an mx\.array"):
+        layer(np.array([1, 2]))
+
+
+
+def test_index_policy_set_later_is_checked():
+    # A policy assigned after construction is checked as the constructor's is. Before, an
+    # unknown one ("chek") fell through to the unchecked mx.take: no bounds check at all.
+    layer = MxEmbedding(mx.array(TABLE))
+    with pytest.raises(ValueError, match=r"^\[Embedding\] index_policy must be one of"):
+        layer.index_policy = "chek"
+    for bad in (0, mx.array([1]), ["check"]):  # (an array or list: past mlx.nn.Module.__setattr__)
+        with pytest.raises(TypeError, match=r"^\[Embedding\] index_policy must be a str"):
+            layer.index_policy = bad
+    assert layer.index_policy == "check"
+    with pytest.raises(IndexError):
+        layer(mx.array([N]))
+    layer.index_policy = "clip"
+    np.testing.assert_array_equal(np.array(layer(mx.array([N]))), TABLE[[N - 1]])
+    layer.index_policy = "check"
+    with pytest.raises(IndexError):
+        layer(mx.array([N]))

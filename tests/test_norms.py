@@ -184,6 +184,62 @@ def test_nn_rms_norm_call_eps_zero_uses_stored_eps() -> None:
     torch.testing.assert_close(y_mx, torch.full((1, 4), 1 / math.sqrt(2)), rtol=1e-6, atol=0)
 
 
+
+@pytest.mark.parametrize("layer_class", [mx_nn.RMSNorm, mx_nn.LayerNorm], ids=["nn.RMSNorm", "nn.LayerNorm"])
+def test_stored_eps_is_checked_and_read_when_set_later(layer_class: Any) -> None:
+    # The stored eps is a private dict item (mlx_impl._fast_path.CheckedItem, read by the fast paths):
+    # setting it later is checked as the constructor's is, and the next call uses it.
+    x = mx.array([[1e-3, -1e-3, 2e-3, -2e-3]])
+    layer = layer_class(mx.ones((4,)), eps=1e-6)
+    before = np.array(layer(x))
+    layer.eps = 1.0
+    assert layer.eps == 1.0 and not np.array_equal(np.array(layer(x)), before)
+    # (An array would otherwise be stored by mlx.nn.Module.__setattr__ as an item, unchecked.)
+    for bad, error in ((-1.0, ValueError), (math.inf, ValueError), ("1e-5", TypeError), (True, TypeError),
+                       (mx.array(1e-5), TypeError), ([1e-5], TypeError)):
+        with pytest.raises(error, match=rf"^\[{layer_class.__name__}\] eps"):
+            layer.eps = bad
+    assert layer.eps == 1.0
+
+
+
+def test_nn_layer_norm_plan_follows_replaced_weights_and_new_inputs() -> None:
+    # nn.LayerNorm's fast path reuses the plan of its last checked call: every replaced
+    # weight or bias, and every new input dtype or width, must give what a fresh layer gives
+    # (or its error), never the old plan's answer.
+    x = mx.array([[1.0, 2.0, 3.0, 5.0]])
+    layer = mx_nn.LayerNorm(mx.ones((4,)), mx.zeros((4,)))
+    layer(x)
+    steps: list[tuple[str, Any]] = [
+        ("update weight", lambda: layer.update({"weight": mx.full((4,), 2.0)})),
+        ("bias None", lambda: setattr(layer, "bias", None)),
+        ("bias array", lambda: setattr(layer, "bias", mx.full((4,), 0.5))),
+        ("set_dtype", lambda: layer.set_dtype(mx.bfloat16)),
+    ]
+    for name, step in steps:
+        step()
+        fresh = mx_nn.LayerNorm(layer.weight, layer.bias, eps=layer.eps)
+        for xi in (x, x.astype(mx.float16)):
+            assert same_bits(mx_as_torch(layer(xi)), mx_as_torch(fresh(xi))), name
+    with pytest.raises(ValueError, match="must equal the last dimension"):
+        layer(mx.array([[1.0]]))  # width 1 would broadcast against the [4] weight
+
+def test_stored_eps_stays_out_of_mlx_module_machinery() -> None:
+    # A float under a "_" key: no parameter, untouched by update / load_weights /
+    # set_dtype, and mx.compile takes the module's state as inputs.
+    layer = mx_nn.RMSNorm(mx.ones((4,)), eps=1e-6)
+    assert list(layer.parameters()) == ["weight"]
+    layer.update({"weight": mx.full((4,), 2.0)})
+    layer.load_weights([("weight", mx.full((4,), 3.0))])
+    layer.set_dtype(mx.float16)
+    assert layer.eps == 1e-6 and layer.weight.dtype == mx.float16
+
+    @functools.partial(mx.compile, inputs=layer.state)
+    def step(x: mx.array) -> mx.array:
+        return layer(x)
+    x = mx.full((1, 4), 1.0, dtype=mx.float16)
+    assert np.array_equal(np.array(step(x)), np.array(layer(x)))
+
 # ---- MLX's rounding points, pinned ---------------------------------------------------
 
 

@@ -7,9 +7,13 @@
 #   bash conformance/gpu/h200_run.sh bench [tf32|float32|both] # pytest-benchmark baseline row(s); one row
 #                                                               # takes ~7 min on an H200: one per call
 #   bash conformance/gpu/h200_run.sh layers                   # every overhead pair's sides, bit for bit
+#   bash conformance/gpu/h200_run.sh overhead [tf32|float32]  # the layer-overhead benchmarks alone, the
+#                                                               # given row or both, one after the other
+#                                                               # (~2.5 min each)
 #   bash conformance/gpu/h200_run.sh pair on|off [MODEL ARGS] # on 2 GPUs: the tf32 (on) or float32 (off)
 #       benchmark row alone on GPU 0 and cores 0-7, beside conf, layers and models in that
-#       setting on GPU 1 and cores 8-31 (nvidia-h200-x2)
+#       setting on GPU 1 and cores 8-31 (nvidia-h200-x2); PAIR_BENCH=overhead runs the
+#       overhead stage (both rows) on GPU 0 instead of the full row
 #   bash conformance/gpu/h200_run.sh rows                     # on 2 GPUs: the tf32 row on GPU 0 and cores
 #       0-7, the float32 row on GPU 1 and cores 16-23, at once (nothing else running)
 # Each stage writes under /tmp/h200/<stage> and packs it as $OUT/<stage>.tgz (the device
@@ -49,10 +53,21 @@ case $stage in
       > "$work/layers.log" 2>&1
     echo "layers rc=$?"; tail -3 "$work/layers.log"
     ;;
+  overhead)
+    for row in ${2:-tf32 float32}; do
+      timeout "${STAGE_TIMEOUT:-280}" python -m conformance bench record --precision "$row" \
+        --out "$work/baseline" -- -k test_overhead > "$work/overhead-$row.log" 2>&1
+      echo "overhead $row rc=$?"; grep -A2 "Layer overhead" "$work/baseline/report.md" | tail -1
+    done
+    ;;
   pair)
     [ "$2" = on ] && row=tf32 || row=float32
     here=$(cd "$(dirname "$0")" && pwd)
-    CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 bash "$here/h200_run.sh" bench "$row" &
+    if [ "${PAIR_BENCH:-bench}" = overhead ]; then
+      CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 bash "$here/h200_run.sh" overhead &
+    else
+      CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 bash "$here/h200_run.sh" bench "$row" &
+    fi
     bench_pid=$!
     ( export CUDA_VISIBLE_DEVICES=1
       taskset -c 8-31 bash "$here/h200_run.sh" layers

@@ -9,23 +9,36 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Literal
 
 import mlx.core as mx
-import mlx.nn
 import numpy as np
 
 from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
-from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, CheckedItem, CheckedItemModule, item_of
 from mlx_impl.fast.norms import module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
 INDEX_POLICIES: tuple[str, ...] = ("check", "clip", "trusted")
 
 
-class Embedding(mlx.nn.Module):
+def _check_policy(policy: object) -> str:
+    """``policy`` if it is one of :data:`INDEX_POLICIES`; ``TypeError``/``ValueError`` otherwise."""
+    # Type first: `not in` on a non-str (a NumPy array, say) can raise its own error.
+    if not isinstance(policy, str):
+        raise type_error(
+            "Embedding",
+            f"index_policy must be a str, one of {INDEX_POLICIES}, but got {type(policy).__name__}.",
+        )
+    if policy not in INDEX_POLICIES:
+        raise value_error("Embedding", f"index_policy must be one of {INDEX_POLICIES} but got {policy!r}.")
+    return policy
+
+
+class Embedding(CheckedItemModule):
     """Look up rows: ``y[...] = weight[indices[...]]`` via ``mx.take(weight, indices, axis=0)``.
 
     The contract: valid indices are ``[0, num_embeddings)``. Negative indices are NOT
@@ -69,6 +82,11 @@ class Embedding(mlx.nn.Module):
                [0, 0.5]], dtype=float32)
     """
 
+    index_policy = CheckedItem(_check_policy, drops=("_check_plan",))
+    """The index policy, a private item of the module's dict (see mlx_impl._fast_path),
+    checked whenever it is set: an unknown one raises (it would otherwise reach the
+    unchecked ``mx.take``); setting it drops the ``"check"`` plan (:data:`_CheckPlan`)."""
+
     def __init__(self, weight: mx.array, *, index_policy: IndexPolicy = "check") -> None:
         super().__init__()
         if not isinstance(weight, mx.array):
@@ -82,18 +100,6 @@ class Embedding(mlx.nn.Module):
         if not mx.issubdtype(weight.dtype, mx.floating):
             raise type_error(
                 "Embedding", f"weight must have a floating dtype but got {weight.dtype}."
-            )
-        # Type first: `not in` on a non-str (a NumPy array, say) can raise its own error.
-        if not isinstance(index_policy, str):
-            raise type_error(
-                "Embedding",
-                f"index_policy must be a str, one of {INDEX_POLICIES}, but got "
-                f"{type(index_policy).__name__}.",
-            )
-        if index_policy not in INDEX_POLICIES:
-            raise value_error(
-                "Embedding",
-                f"index_policy must be one of {INDEX_POLICIES} but got {index_policy!r}.",
             )
         self.weight = weight
         self.index_policy = index_policy
@@ -119,16 +125,20 @@ class Embedding(mlx.nn.Module):
         failed = False
         try:
             weight = self["weight"]
-            policy = attribute_of(self, "index_policy")
+            policy = self["_index_policy"]
             if policy == "check":
-                # A plan exists only for an integer index dtype, non-empty indices and a
-                # non-empty table (checked once, when it is made): a hit needs no check.
-                key = (weight.shape, indices.dtype, indices.shape)
-                plan = _PLANS.get(key)
-                if plan is None and key[1] in INTEGER_DTYPES and indices.size and key[0][0]:
-                    plan = _plan(key)
+                # The plan of the last lookup (see _CheckPlan) holds while the table and the
+                # indices' dtype and shape are the same (decode repeats one shape): one
+                # identity and two equality tests instead of the global plan key's reads
+                # and hash.
+                plan = item_of(self, "_check_plan")
+                if (plan is None or plan[0]() is not weight or indices.dtype != plan[1]
+                        or indices.shape != plan[2]):
+                    plan = _check_plan(weight, indices)
+                    if plan is not None:
+                        self["_check_plan"] = plan
                 if plan is not None:
-                    out, bad = plan[0](weight, indices, plan[1])
+                    out, bad = plan[3](weight, indices, plan[4])
                     mx.eval(out, bad)
                     if not bad.item():
                         return out
@@ -186,7 +196,8 @@ def _checked_take(weight: mx.array, indices: mx.array) -> mx.array:
     measured at decode against ``checked_raw`` in ``conformance/bench/overhead.py``), so
     the first :data:`_SHAPED_LIMIT` index shapes of a row width get a trace of their own
     (decode is one shape) and later ones share a shapeless trace (prefill lengths are
-    unbounded). ``Embedding.__call__`` runs the same plan inline (its fast path).
+    unbounded). ``Embedding.__call__`` runs the same plan inline (its fast path), found
+    through the layer's own :data:`_CheckPlan`.
     The gather copies rows, so the result is bit-identical to ``mx.take`` either way
     (tests/benchmarks/test_layers_at_best.py checks it, across table widths, heights, index
     dtypes and ranks). The returned array is already evaluated."""
@@ -218,6 +229,13 @@ def _out_of_range(indices: mx.array, n: int) -> IndexError:
 _Gather = Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]
 _Plan = tuple[_Gather, mx.array]
 _PlanKey = tuple[tuple[int, ...], mx.Dtype, tuple[int, ...]]
+
+_CheckPlan = tuple["weakref.ref[mx.array]", mx.Dtype, tuple[int, ...], _Gather, mx.array]
+"""One ``Embedding``'s plan for its ``"check"`` fast path, for the table, index dtype and
+index shape of its last lookup, kept as the private item ``"_check_plan"`` of its dict: a
+weak reference to the table it was made for (identity is the test, and a replaced table is
+not kept alive by the plan), the index dtype and shape, and :func:`_plan`'s compiled gather
+and clamp bound."""
 
 _CACHE_LIMIT = 64
 """Row widths kept in :data:`_GATHERS` (a model has a handful of tables)."""
@@ -254,6 +272,20 @@ def _plan(key: _PlanKey) -> _Plan:
         _PLANS.clear()
     plan = _PLANS[key] = (gather, mx.array(_high(dtype, n), dtype=dtype))
     return plan
+
+
+def _check_plan(weight: mx.array, indices: object) -> _CheckPlan | None:
+    """The ``"check"`` fast path's plan for ``weight: [n, d]`` and ``indices``, or ``None``
+    where the fast path does not apply (a non-array or non-integer ``indices``, empty
+    ``indices``, an empty table: the checked path raises or answers those)."""
+    if not isinstance(indices, mx.array) or indices.dtype not in INTEGER_DTYPES or not indices.size:
+        return None
+    shape = weight.shape
+    if not shape[0]:
+        return None
+    key = (shape, indices.dtype, indices.shape)
+    gather, bound = _PLANS.get(key) or _plan(key)
+    return weakref.ref(weight), key[1], key[2], gather, bound
 
 
 def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:
