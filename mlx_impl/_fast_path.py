@@ -14,12 +14,12 @@ against the raw call: calling a module instance ~1-1.5 % (a plain function call 
 ``x.dtype in FLOATING_DTYPES`` ~1.5 %, ``x.size`` ~0.7 %, an attribute read on the module
 ~1 %, a ``try`` nothing.
 
-What a fast path reads per call is therefore kept as PRIVATE ITEMS of the module's dict
-(``"_eps"``, ``"_index_policy"``, and the plans ``"_plan"`` of ``nn.LayerNorm`` and
-``"_check_plan"`` of ``Embedding``), each read with one dict subscript: set through a
-descriptor that checks the value (``layer.eps = -1`` raises as the constructor does) and
-drops the plans made from the old one; a plan is the last checked call's answer, valid while
-the arrays it was made for are still the module's (an identity test). ``parameters()``,
+What a fast path reads per call is therefore kept as PRIVATE ITEMS of the module's dict,
+each read with one dict subscript: settings (``"_eps"``, ``"_index_policy"``) set through
+a :class:`CheckedItem` that checks the value (``layer.eps = -1`` raises as the constructor
+does), and plans (:data:`PLAN`: the last checked call's answer, valid while the arrays it
+was made for are still the module's and the input has the same shape and dtype), which
+any attribute assignment drops (:class:`FastPathModule`). ``parameters()``,
 ``update()``, ``load_weights()``, ``set_dtype()`` and ``mx.compile(inputs=module.state)``
 leave such items alone (tests/test_norms.py).
 """
@@ -58,15 +58,13 @@ cannot take (ValueError)."""
 
 class CheckedItem:
     """A layer setting its fast path reads per call (``nn.RMSNorm.eps``), kept as the private
-    item ``"_<name>"`` of the module's dict and checked by ``check`` whenever it is set;
-    setting it also drops the items named in ``drops`` (plans made from the old value).
-    The class must derive from :class:`CheckedItemModule`, so that an array, a dict or a
-    list assigned to it is checked too (``mlx.nn.Module.__setattr__`` would store those as
-    items of their own, past the check)."""
+    item ``"_<name>"`` of the module's dict and checked by ``check`` whenever it is set. The
+    class must derive from :class:`FastPathModule`, so that an array, a dict or a list
+    assigned to it is checked too (``mlx.nn.Module.__setattr__`` would store those as items
+    of their own, past the check)."""
 
-    def __init__(self, check: Callable[[object], object], drops: tuple[str, ...] = ()) -> None:
+    def __init__(self, check: Callable[[object], object]) -> None:
         self.check = check
-        self.drops = drops
         self.item = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -77,16 +75,39 @@ class CheckedItem:
 
     def __set__(self, module: mlx.nn.Module, value: object) -> None:
         module[self.item] = self.check(value)
-        for name in self.drops:
-            module.pop(name, None)
 
 
-class CheckedItemModule(mlx.nn.Module):
-    """An ``mlx.nn.Module`` whose :class:`CheckedItem` settings are always set through their
-    check, whatever the value's type."""
+PLAN = "_plan"
+"""The private item holding a layer's plan: what its last checked call found out (the
+arrays it used, the input's shape and dtype, derived constants), so that a call with the
+same arrays (an identity test) and an input of the same shape and dtype needs none of the
+reads and checks again. Decode repeats one shape; a new shape or dtype takes the checked
+path, which makes a new plan."""
+
+
+class FastPathModule(mlx.nn.Module):
+    """An ``mlx.nn.Module`` whose fast path reads private items (see the module docstring).
+
+    A :class:`CheckedItem` setting is always set through its check, whatever the value's
+    type. ANY attribute assignment or item change drops the layer's :data:`PLAN`: a new
+    configuration must not meet an old plan, and a replaced array must not be kept alive by
+    one (``update()``, ``load_weights()`` and ``set_dtype()`` replace arrays as dict items,
+    past ``__setattr__``; a model reloaded in place would otherwise hold its old weights
+    until each layer's next call). The fast paths still test the identity of the arrays
+    they use, against a change made past both hooks (``dict.__setitem__``)."""
 
     def __setattr__(self, key: str, value: Any) -> None:
+        self.pop(PLAN, None)
         if isinstance(getattr(type(self), key, None), CheckedItem):
             object.__setattr__(self, key, value)  # the descriptor's __set__: the check
         else:
             super().__setattr__(key, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key != PLAN:
+            self.pop(PLAN, None)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(PLAN, None)
+        super().__delitem__(key)

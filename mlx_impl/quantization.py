@@ -658,11 +658,8 @@ def _quantized_matmul(
     A 1-D ``x`` goes in as one row: MLX 0.32.4's CUDA kernel raises "SmallVector out of
     range" on it (nvfp4, bfloat16; found by the fuzz on an H200). The product is the same.
 
-    The first test is the decode fast path (one frame; see mlx_impl._fast_path): rank >= 2,
-    more than one group per row (so not :func:`_mlx_quantized_matmul`'s case) and not
-    float16 (so not the case above) take none of the guards."""
-    shape = x.shape
-    if len(shape) > 1 and shape[-1] > group_size and x.dtype != mx.float16:
+    The first test is :func:`guard_free`: such an x takes none of the guards."""
+    if guard_free(x.shape, x.dtype, group_size):
         return mx.quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
     if x.ndim == 1:
         return _quantized_matmul(x[None], wq, scales, biases, transpose, group_size, bits, mode)[0]
@@ -678,6 +675,14 @@ def _quantized_matmul(
         keeps_half = scales.dtype in (mx.uint8, mx.float16)
         return y.astype(mx.float16 if keeps_half else mx.float32)
     return _mlx_quantized_matmul(x, wq, scales, biases, transpose, group_size, bits, mode)
+
+
+def guard_free(shape: tuple[int, ...], dtype: mx.Dtype, group_size: int) -> bool:
+    """Whether :func:`_quantized_matmul` of an x of this shape and dtype is
+    ``mx.quantized_matmul`` itself, on every back end: rank >= 2 (not the 1-D case), more
+    than one group per row (not :func:`_mlx_quantized_matmul`'s case) and not float16 (not
+    the CUDA float16 case). ``QuantizedLinear``'s plan for such an x calls MLX directly."""
+    return len(shape) > 1 and shape[-1] > group_size and dtype != mx.float16
 
 
 def _mlx_quantized_matmul(

@@ -29,10 +29,9 @@ import numbers
 import struct
 
 import mlx.core as mx
-import mlx.nn
 
 from mlx_impl._errors import type_error, value_error
-from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, PLAN, FastPathModule
 
 _INT32_MAX = 2**31 - 1
 
@@ -186,7 +185,7 @@ def rope(
     )
 
 
-class RoPE(mlx.nn.Module):
+class RoPE(FastPathModule):
     """Rotary position embedding layer (Ollama ``fast.RoPE``): ``layer(x, offset=0)``.
 
     See :func:`rope` for the formula, shapes, dtypes and errors.
@@ -226,24 +225,17 @@ class RoPE(mlx.nn.Module):
         # whose graph construction checks the dtype (floating), the rank and dims <= D
         # itself (mlx 0.32.4) and raises ValueError; that, and every other input, takes the
         # checked path below, which raises in this layer's words (see mlx_impl._fast_path:
-        # the configuration is read from the instance dict in one read, not through the
+        # the configuration is read as the layer's plan, one dict subscript, not through the
         # module's attribute hook; MLX's own dtype test saves ours, ~2 % at decode).
         try:
             if type(offset) is int and 0 <= offset <= _INT32_MAX and x.size:
-                config = attribute_of(self, "__dict__")
-                return mx.fast.rope(x, config["dims"], traditional=config["traditional"], base=config["base"],
-                                    scale=config["scale"], offset=offset)
+                plan = self[PLAN]  # the configuration, made by the checked path (below)
+                return mx.fast.rope(x, plan[0], traditional=plan[1], base=plan[2], scale=plan[3], offset=offset)
         except FAST_PATH_ERRORS:
             pass
         x = _check_input("RoPE", x, self.dims)
         checked = _check_offset("RoPE", offset, x.shape[0])
         if x.size == 0:  # mx.fast.rope on CUDA: "cudaGraphAddKernelNode ... invalid argument"
             return mx.zeros(x.shape, dtype=x.dtype)
-        return mx.fast.rope(
-            x,
-            self.dims,
-            traditional=self.traditional,
-            base=self.base,
-            scale=self.scale,
-            offset=checked,
-        )
+        plan = self[PLAN] = (self.dims, self.traditional, self.base, self.scale)
+        return mx.fast.rope(x, plan[0], traditional=plan[1], base=plan[2], scale=plan[3], offset=checked)

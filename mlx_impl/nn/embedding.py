@@ -9,7 +9,6 @@ explicitly says the indices are trusted.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Literal
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from mlx_impl._dtypes import INTEGER_DTYPES
 from mlx_impl._errors import index_error, type_error, value_error
-from mlx_impl._fast_path import FAST_PATH_ERRORS, CheckedItem, CheckedItemModule, item_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, PLAN, CheckedItem, FastPathModule, item_of
 from mlx_impl.fast.norms import module_array
 
 IndexPolicy = Literal["check", "clip", "trusted"]
@@ -38,7 +37,7 @@ def _check_policy(policy: object) -> str:
     return policy
 
 
-class Embedding(CheckedItemModule):
+class Embedding(FastPathModule):
     """Look up rows: ``y[...] = weight[indices[...]]`` via ``mx.take(weight, indices, axis=0)``.
 
     The contract: valid indices are ``[0, num_embeddings)``. Negative indices are NOT
@@ -82,7 +81,7 @@ class Embedding(CheckedItemModule):
                [0, 0.5]], dtype=float32)
     """
 
-    index_policy = CheckedItem(_check_policy, drops=("_check_plan",))
+    index_policy = CheckedItem(_check_policy)
     """The index policy, a private item of the module's dict (see mlx_impl._fast_path),
     checked whenever it is set: an unknown one raises (it would otherwise reach the
     unchecked ``mx.take``); setting it drops the ``"check"`` plan (:data:`_CheckPlan`)."""
@@ -131,12 +130,12 @@ class Embedding(CheckedItemModule):
                 # indices' dtype and shape are the same (decode repeats one shape): one
                 # identity and two equality tests instead of the global plan key's reads
                 # and hash.
-                plan = item_of(self, "_check_plan")
-                if (plan is None or plan[0]() is not weight or indices.dtype != plan[1]
+                plan = item_of(self, PLAN)
+                if (plan is None or plan[0] is not weight or indices.dtype != plan[1]
                         or indices.shape != plan[2]):
                     plan = _check_plan(weight, indices)
                     if plan is not None:
-                        self["_check_plan"] = plan
+                        self[PLAN] = plan
                 if plan is not None:
                     out, bad = plan[3](weight, indices, plan[4])
                     mx.eval(out, bad)
@@ -230,12 +229,12 @@ _Gather = Callable[[mx.array, mx.array, mx.array], tuple[mx.array, mx.array]]
 _Plan = tuple[_Gather, mx.array]
 _PlanKey = tuple[tuple[int, ...], mx.Dtype, tuple[int, ...]]
 
-_CheckPlan = tuple["weakref.ref[mx.array]", mx.Dtype, tuple[int, ...], _Gather, mx.array]
+_CheckPlan = tuple[mx.array, mx.Dtype, tuple[int, ...], _Gather, mx.array]
 """One ``Embedding``'s plan for its ``"check"`` fast path, for the table, index dtype and
-index shape of its last lookup, kept as the private item ``"_check_plan"`` of its dict: a
-weak reference to the table it was made for (identity is the test, and a replaced table is
-not kept alive by the plan), the index dtype and shape, and :func:`_plan`'s compiled gather
-and clamp bound."""
+index shape of its last lookup, kept as its :data:`mlx_impl._fast_path.PLAN`: the table it
+was made for (identity is the test; a replaced table drops the plan, see
+``FastPathModule``), the index dtype and shape, and :func:`_plan`'s compiled gather and
+clamp bound."""
 
 _CACHE_LIMIT = 64
 """Row widths kept in :data:`_GATHERS` (a model has a handful of tables)."""
@@ -285,7 +284,7 @@ def _check_plan(weight: mx.array, indices: object) -> _CheckPlan | None:
         return None
     key = (shape, indices.dtype, indices.shape)
     gather, bound = _PLANS.get(key) or _plan(key)
-    return weakref.ref(weight), key[1], key[2], gather, bound
+    return weight, key[1], key[2], gather, bound
 
 
 def _checked_gathers(d: int) -> tuple[_Gather, _Gather, set[tuple[int, ...]]]:

@@ -16,7 +16,7 @@ import mlx.nn
 
 from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import type_error, value_error
-from mlx_impl._fast_path import item_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, PLAN, FastPathModule, item_of
 
 if TYPE_CHECKING:
     from mlx_impl.nn.quantized import QuantizedLinear
@@ -184,7 +184,7 @@ class Linear(mlx.nn.Module):
         return QuantizedLinear.from_float(self.weight, self.bias, group_size, bits, mode)
 
 
-class MultiLinear(mlx.nn.Module):
+class MultiLinear(FastPathModule):
     """Per-head projection ``y[b, h] = x[b, h] @ weight[h].T`` (Ollama ``nn.MultiLinear``).
 
     Computed as ``x @ weight.transpose(0, 2, 1)``, a batched matmul broadcasting over ``B``.
@@ -237,14 +237,15 @@ class MultiLinear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``x @ weight.transpose(0, 2, 1)``; see the class docstring."""
-        # Fast path (see mlx_impl._fast_path): a 4-D floating x whose heads and last dim
-        # match. matmul would broadcast a single head silently, so the shapes are compared
-        # here, read once (~80 ns each); anything else takes the checks below.
-        weight = item_of(self, "weight")
-        if weight is not None and isinstance(x, mx.array) and x.dtype in FLOATING_DTYPES:
-            shape, w_shape = x.shape, weight.shape
-            if len(shape) == 4 and shape[1] == w_shape[0] and shape[3] == w_shape[2]:
-                return x @ weight.transpose(0, 2, 1)
+        # Fast path (see mlx_impl._fast_path): the plan of the last checked call holds while
+        # the weight is the layer's and x has the same shape (4-D, its heads and last dim
+        # checked: matmul would broadcast a single head silently) and floating dtype.
+        try:
+            plan = self[PLAN]
+            if self["weight"] is plan[0] and x.shape == plan[1] and x.dtype == plan[2]:
+                return x @ plan[0].transpose(0, 2, 1)
+        except FAST_PATH_ERRORS:
+            pass
         x = _require_array("MultiLinear", "x", x)
         _require_floating("MultiLinear", "x", x)
         if x.ndim != 4:
@@ -262,4 +263,6 @@ class MultiLinear(mlx.nn.Module):
                 f"input last dim must equal in_features {self.in_features} but got {x.shape[-1]} "
                 f"(x shape {x.shape}).",
             )
-        return x @ self.weight.transpose(0, 2, 1)
+        weight = self.weight
+        self[PLAN] = (weight, x.shape, x.dtype)
+        return x @ weight.transpose(0, 2, 1)

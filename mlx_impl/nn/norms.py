@@ -27,7 +27,7 @@ import mlx.core as mx
 
 from mlx_impl._dtypes import FLOATING_DTYPES
 from mlx_impl._errors import value_error
-from mlx_impl._fast_path import FAST_PATH_ERRORS, CheckedItem, CheckedItemModule, item_of
+from mlx_impl._fast_path import FAST_PATH_ERRORS, PLAN, CheckedItem, FastPathModule, item_of
 from mlx_impl.fast.norms import (
     check_eps,
     check_vector,
@@ -62,7 +62,7 @@ def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, m
     return constants
 
 
-class RMSNorm(CheckedItemModule):
+class RMSNorm(FastPathModule):
     """RMS normalisation with a stored eps (Ollama ``nn.RMSNorm``): ``layer(x, eps=0.0)``.
 
     ``y = R(x * rsqrt(mean(x^2, axis=-1) + eps)) * weight`` via ``mx.fast.rms_norm``
@@ -121,7 +121,7 @@ class RMSNorm(CheckedItemModule):
         return mx.fast.rms_norm(x, w, given if given != 0.0 else self.eps)
 
 
-class LayerNorm(CheckedItemModule):
+class LayerNorm(FastPathModule):
     """Composed layer normalisation (Ollama ``nn.LayerNorm``): ``layer(x)``.
 
     ``mean = mean(x)``, ``centered = x - mean``, ``var = mean(centered^2)`` (biased),
@@ -152,7 +152,7 @@ class LayerNorm(CheckedItemModule):
         (1, 3)
     """
 
-    eps = CheckedItem(functools.partial(check_eps, "LayerNorm"), drops=("_plan",))
+    eps = CheckedItem(functools.partial(check_eps, "LayerNorm"))
     """The stored eps (finite, ``>= 0``; ``0`` means ``1e-5``), a private item of the
     module's dict (see mlx_impl._fast_path); setting it drops the plan made from the old one."""
 
@@ -180,7 +180,7 @@ class LayerNorm(CheckedItemModule):
             # the test: a replaced one is not an item of the plan), x's last dim and dtype
             # (a floating one: check_x accepted it), and the constants. A hit needs one
             # dtype compare and no width or key reads (~1 % each at decode on the CPU).
-            plan = self["_plan"]  # KeyError before the first call: the checked path
+            plan = self[PLAN]  # KeyError before the first call: the checked path
             if (self["weight"] is plan[0] and item_of(self, "bias") is plan[1] and x.shape[-1] == plan[2]
                     and x.dtype == plan[3] and x.size):
                 return _composed_layer_norm(x, plan[0], plan[1], plan[3], plan[4])
@@ -192,8 +192,7 @@ class LayerNorm(CheckedItemModule):
             return empty_norm_result(x, w, b)
         key = (x.shape[-1], self.eps, x.dtype)
         constants = _LAYER_NORM_CONSTANTS.get(key) or _layer_norm_constants(key)
-        # A private item, as the stored eps (whose setter drops it): see mlx_impl._fast_path.
-        self["_plan"] = (w, b, key[0], key[2], constants)
+        self[PLAN] = (w, b, key[0], key[2], constants)  # see mlx_impl._fast_path
         return _composed_layer_norm(x, w, b, key[2], constants)
 
 

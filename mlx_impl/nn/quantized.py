@@ -7,20 +7,23 @@ zero-point ``biases`` (``None`` for the fp modes) and the optional layer ``bias`
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
-import mlx.nn
 
 from mlx_impl._errors import type_error, value_error
-from mlx_impl._fast_path import FAST_PATH_ERRORS, attribute_of, item_of
-from mlx_impl.quantization import _empty_matmul, _quantized_matmul, check_quantized, quantize
+from mlx_impl._fast_path import FAST_PATH_ERRORS, PLAN, FastPathModule, item_of
+from mlx_impl.quantization import (
+    _empty_matmul,
+    _quantized_matmul,
+    check_quantized,
+    guard_free,
+    quantize,
+)
 
 _WHERE = "QuantizedLinear"
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
-class QuantizedLinear(mlx.nn.Module):
+class QuantizedLinear(FastPathModule):
     """Quantized projection ``y = quantized_matmul(x, W) + bias`` = ``x @ W.T + bias``.
 
     ``W`` is the dequantized weight ``[out, in]``; the call is
@@ -143,20 +146,15 @@ class QuantizedLinear(mlx.nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         """Return ``quantized_matmul(x, weight) (+ bias)``; see the class docstring."""
-        # The happy path first (see mlx_impl._fast_path): a float x of rank >= 1, non-empty
-        # and of the right width goes to quantization._quantized_matmul, which holds every
-        # back-end guard; anything else takes _checked_call and its errors.
+        # The fast path (see mlx_impl._fast_path): the plan of the last checked call, made
+        # only for an x that quantization.guard_free passes, holds while the four arrays are
+        # the layer's and x has the same shape and dtype; anything else takes _checked_call.
         try:
-            weight: Any = item_of(self, "weight")  # None: AttributeError below, the checked path
-            scales: Any = item_of(self, "scales")  # None: TypeError from MLX, the checked path
-            config = attribute_of(self, "__dict__")  # bits, group_size, mode: one read
-            bits = config["bits"]
-            shape = x.shape
-            if shape and x.dtype in _FLOAT_DTYPES and x.size and shape[-1] == weight.shape[1] * 32 // bits:
-                y = _quantized_matmul(x, weight, scales, item_of(self, "biases"), True,
-                                      config["group_size"], bits, config["mode"])
-                bias = item_of(self, "bias")  # None: no bias (it lives in the instance dict)
-                return y if bias is None else y + bias
+            plan = self[PLAN]
+            if (self["weight"] is plan[0] and self["scales"] is plan[1] and item_of(self, "biases") is plan[2]
+                    and item_of(self, "bias") is plan[3] and x.shape == plan[4] and x.dtype == plan[5]):
+                y = mx.quantized_matmul(x, plan[0], plan[1], plan[2], True, plan[6], plan[7], plan[8])
+                return y if plan[3] is None else y + plan[3]
         except FAST_PATH_ERRORS:
             pass
         return self._checked_call(x)
@@ -181,9 +179,9 @@ class QuantizedLinear(mlx.nn.Module):
             )
             return y if self.bias is None else y + self.bias
         # float16 on CUDA goes through float32 (see quantization._quantized_matmul).
-        y = _quantized_matmul(
-            x, self.weight, self.scales, self.biases, True, self.group_size, self.bits, self.mode
-        )
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        weight, scales, biases, bias = self.weight, self.scales, self.biases, self.bias
+        group_size, bits, mode = self.group_size, self.bits, self.mode
+        y = _quantized_matmul(x, weight, scales, biases, True, group_size, bits, mode)
+        if guard_free(x.shape, x.dtype, group_size):
+            self[PLAN] = (weight, scales, biases, bias, x.shape, x.dtype, group_size, bits, mode)
+        return y if bias is None else y + bias
