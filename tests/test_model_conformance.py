@@ -204,3 +204,15 @@ def test_float64_is_not_run_on_a_gpu_back_end_and_the_report_says_why(
     assert report["results"] == []
     assert any("float64 not run" in n and "cuda" in n for n in report["notes"]), report["notes"]
     assert "float64 not run" in (tmp_path / "report.md").read_text()
+
+
+def test_model_report_shows_the_routing_context() -> None:
+    # The routing column shows what the JSON carries: the twin's own departures from the
+    # oracle's experts and the router inputs' worst ratio, beside MLX's ties and flips.
+    from conformance.model.report import _routing
+
+    g = {"rows": 160, "ties": 17, "flips": [], "twin_departures": 3, "worst_input_ratio": 0.42, "departure": None}
+    assert _routing({"routing": g}) == "17 ties / 160 token-layers (twin: 3 departures); router input ratio 0.42"
+    g.update(flips=[{}], departure={"step": 2})
+    assert _routing({"routing": g}).endswith("1 FLIPS (twin: 3 departures); router input ratio 0.42; "
+                                             "router input departs at step 2")

@@ -188,10 +188,15 @@ def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[
     error allows: Cauchy-Schwarz on the router's rows, see there); anything else is a
     flip and fails. The sides continued with the oracle's experts at such rows
     (:class:`conformance.model.sides.RouterLog`), so the hidden states stay comparable
-    and are judged as usual. None for a model without routers."""
+    and are judged as usual. None for a model without routers.
+
+    Returns ``rows`` (token-layers), ``ties``, ``flips``, ``twin_departures`` (token-layers
+    where the TWIN's experts differ from the oracle's: how often the reference itself sits
+    on a tie, context for MLX's ties), ``worst_input_ratio`` (the router inputs' worst
+    ratio to the bound), ``departure`` and ``passed``."""
     if not oracle or not any(oracle):
         return None
-    ties, twin_ties, rows, worst, flips = 0, 0, 0, 0.0, []
+    ties, twin_departures, rows, worst, flips = 0, 0, 0, 0.0, []
     departure = None
     probes = _per_step(probe, len(oracle))
     for s, (ms, ps, os_, qs) in enumerate(zip(side, peer, oracle, probes, strict=True)):
@@ -204,7 +209,7 @@ def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[
                              "message": check.message}
             for r in range(ol.shape[0]):
                 rows += 1
-                twin_ties += int(not np.array_equal(pe[r], oe[r]))
+                twin_departures += int(not np.array_equal(pe[r], oe[r]))
                 if np.array_equal(me[r], oe[r]):
                     continue
                 if routing_flip_is_tie(ol[r], oe[r], me[r], router, mx_[r], ox[r], pl[r], px[r], dtype):
@@ -213,7 +218,7 @@ def _routing(side: Routing, peer: Routing, oracle: Routing, weights: list[tuple[
                     flips.append({"step": s, "layer": layer, "row": r, "oracle": oe[r].tolist(),
                                   "side": me[r].tolist(), "oracle_logits": [_sig(v) for v in ol[r]],
                                   "side_logits": [_sig(v) for v in ml[r]]})
-    return {"rows": rows, "ties": ties, "twin_ties": twin_ties, "flips": flips, "worst_input_ratio": _sig(worst),
+    return {"rows": rows, "ties": ties, "twin_departures": twin_departures, "flips": flips, "worst_input_ratio": _sig(worst),
             "departure": departure, "passed": departure is None and not flips}
 
 

@@ -18,7 +18,10 @@ from typing import Any
 
 from conformance.results import write_json_atomic, write_text_atomic
 
-SCHEMA = "mlx-conformance-model-report/1"
+SCHEMA = "mlx-conformance-model-report/2"
+"""/2: a configuration may be a CRASH or HANG row (``python -m conformance model --jobs``),
+and a mixture-of-experts result carries ``routing`` (ties, flips, the twin's departures
+from the oracle's experts, the router inputs' worst ratio)."""
 _COLORS = {"MLX": "#d62728", "twin": "#1f77b4", "linear": "#7f7f7f", "MLX logits": "#ff7f0e",
            "twin logits": "#17becf"}
 
@@ -140,11 +143,15 @@ def _growth(r: dict[str, Any]) -> str:
 
 
 def _routing(r: dict[str, Any]) -> str:
-    """Routing of a mixture-of-experts model: ties admitted, flips (failures)."""
+    """Routing of a mixture-of-experts model: ties admitted, flips (failures), the twin's own
+    departures from the oracle's experts and the router inputs' worst ratio to the bound."""
     g = r.get("routing")
     if not g:
         return "-"
     text = f"{g['ties']} ties / {g['rows']} token-layers" + (f", {len(g['flips'])} FLIPS" if g["flips"] else "")
+    if "twin_departures" in g:  # (schema /1 reports do not carry it)
+        text += f" (twin: {g['twin_departures']} departures)"
+    text += f"; router input ratio {g['worst_input_ratio']:.2f}"
     return text + (f"; router input departs at step {g['departure']['step']}" if g.get("departure") else "")
 
 
