@@ -21,7 +21,7 @@ does), and plans (:data:`PLAN`: the last checked call's answer, valid while the 
 was made for are still the module's and the input has the same shape and dtype), which
 any attribute assignment drops (:class:`FastPathModule`). ``parameters()``,
 ``update()``, ``load_weights()``, ``set_dtype()`` and ``mx.compile(inputs=module.state)``
-leave such items alone (tests/test_norms.py).
+leave such items alone (tests/test_norms.py, tests/test_fast_path.py).
 """
 
 from __future__ import annotations
