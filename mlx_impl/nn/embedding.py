@@ -124,26 +124,24 @@ class Embedding(FastPathModule):
         failed = False
         try:
             weight = self["weight"]
-            policy = self["_index_policy"]
-            if policy == "check":
-                # The plan of the last lookup (see _CheckPlan) holds while the table and the
-                # indices' dtype and shape are the same (decode repeats one shape): one
-                # identity and two equality tests instead of the global plan key's reads
-                # and hash.
-                plan = item_of(self, PLAN)
-                if (plan is None or plan[0] is not weight or indices.dtype != plan[1]
-                        or indices.shape != plan[2]):
-                    plan = _check_plan(weight, indices)
-                    if plan is not None:
-                        self[PLAN] = plan
+            # The plan of the last "check" lookup (see _CheckPlan) holds while the table and
+            # the indices' dtype and shape are the same (decode repeats one shape): one
+            # identity and two equality tests. A plan exists only under the "check" policy
+            # (setting the policy drops it: FastPathModule), so a hit needs no policy read.
+            plan = item_of(self, PLAN)
+            if plan is None or plan[0] is not weight or not (indices.dtype == plan[1] and indices.shape == plan[2]):
+                policy = self["_index_policy"]
+                if policy == "trusted" and isinstance(indices, mx.array) and weight.size:  # see _checked_call
+                    return mx.take(weight, indices, axis=0)
+                plan = _check_plan(weight, indices) if policy == "check" else None
                 if plan is not None:
-                    out, bad = plan[3](weight, indices, plan[4])
-                    mx.eval(out, bad)
-                    if not bad.item():
-                        return out
-                    failed = True
-            elif policy == "trusted" and isinstance(indices, mx.array) and weight.size:  # see _checked_call
-                return mx.take(weight, indices, axis=0)
+                    self[PLAN] = plan
+            if plan is not None:
+                out, bad = plan[3](weight, indices, plan[4])
+                mx.eval(out, bad)
+                if not bad.item():
+                    return out
+                failed = True
         except FAST_PATH_ERRORS:
             weight = module_array(self, "weight")
         if failed:  # raised here, not in the try: an IndexError is one of FAST_PATH_ERRORS
