@@ -23,8 +23,8 @@ from typing import Any
 from conformance.bench import cli as bench_cli
 from conformance.model import cli as model_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
+from conformance.runinfo import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TUNE_ENV = "CONFORMANCE_TUNE_CPU"
 """Set to 1 to make a pytest session tune MLX's CPU back end (``mlx_impl.cpu_backend``)."""
 TEST_FILES = ("tests/test_conformance.py", "tests/test_error_cases.py", "tests/meta/test_mutants.py")

@@ -43,11 +43,6 @@ measured at decode on the CPU (``conformance.bench.overhead.paired_ratio`` again
 bias) in the instance dict, so a ``None`` here means "look further"
 (``mlx_impl.fast.norms.module_array``)."""
 
-attribute_of = object.__getattribute__
-"""``attribute_of(module, "eps")``: a plain attribute (instance dict or class), read
-without the module's ``__getattr__`` hook (see :data:`item_of`); ``AttributeError`` if it
-is not there (an array item is not: use :data:`item_of`)."""
-
 FAST_PATH_ERRORS = (AttributeError, LookupError, TypeError, ValueError)
 """What a layer's fast path turns into "take the checked path": a non-array input has no
 ``dtype`` (AttributeError) or is refused by nanobind (TypeError), a scalar has no last

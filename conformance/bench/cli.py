@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from conformance.results import write_text_atomic
+from conformance.runinfo import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 BASELINES = ROOT / "reports" / "baselines"
 BENCH_TESTS = "tests/benchmarks/test_bench.py"
 DEFAULT_THRESHOLD = 30.0

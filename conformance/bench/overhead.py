@@ -9,7 +9,8 @@ the median over short blocks of each block's ratio of medians. The raw call's ow
 benchmark runs the same estimator against ITSELF (the placebo): it must read 1.00, and its
 spread is the resolution of the verdicts beside it. Nothing here is asserted: the report
 judges. Every public layer of ``mlx_impl.nn`` and ``mlx_impl.fast`` has a pair, and both
-sides of every pair compute the same bits (tests/benchmarks/test_layers_at_best.py).
+sides of every pair compute the same bits (tests/benchmarks/test_layers_at_best.py), except
+the context variants marked ``inexact_on_gpu`` on a GPU (the compiled LayerNorm there).
 
 ``Embedding`` is reported four ways, at decode (one token) and prefill (2048 tokens): the
 default ``index_policy="check"`` (a clamped gather and an out-of-range flag evaluated
@@ -62,9 +63,14 @@ class OverheadPair:
     """Context variants that compute the raw bits on the CPU but not on a GPU (checked
     there by ``tests/benchmarks/test_layers_at_best.py``, as on the CPU, except these)."""
 
+    @property
+    def id(self) -> str:
+        """``layer-phase`` (``nn.Embedding-decode``): names the pair in test ids and its repr."""
+        return f"{self.name}-{self.shape.split(':')[0]}"
+
     def __repr__(self) -> str:
         # Short: pytest-benchmark stores it in every benchmark's params (see cells.Cell).
-        return f"OverheadPair({self.name!r}, {self.shape.split(':')[0]!r})"
+        return f"OverheadPair({self.id!r})"
 
     def describe(self, sizes: dict[str, int]) -> str:
         """The shape label with ``sizes`` filled in (``{hidden}`` -> 4096)."""

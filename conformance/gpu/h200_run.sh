@@ -72,7 +72,7 @@ case $stage in
     ( export CUDA_VISIBLE_DEVICES=1
       taskset -c 8-31 bash "$here/h200_run.sh" layers
       STAGE_TIMEOUT=${CONF_TIMEOUT:-200} taskset -c 8-31 bash "$here/h200_run.sh" conf "$2"
-      STAGE_TIMEOUT=${MODELS_TIMEOUT:-330} taskset -c 8-31 bash "$here/h200_run.sh" models "$2" "${@:3}" )
+      STAGE_TIMEOUT=${MODELS_TIMEOUT:-260} taskset -c 8-31 bash "$here/h200_run.sh" models "$2" "${@:3}" )
     wait "$bench_pid"
     ;;
   rows)

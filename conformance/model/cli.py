@@ -26,8 +26,8 @@ from typing import Any
 
 from conformance.model.isolated import Task, run_isolated
 from conformance.results import write_json_atomic
+from conformance.runinfo import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 NO_FLOAT64 = "float64 not run: MLX's {backend} back end has no float64 (MLX computes float64 on its CPU back end only)"
 
@@ -237,6 +237,7 @@ def run_tiny_suite(models_root: Path, env: dict[str, str], jobs: int = 1) -> tup
     its configuration); on the CPU one process runs them all, since a process per
     configuration would add its imports (about 3 s) 55 times to CI's time."""
     from conformance.execute import backend_name
+    from conformance.model.report import config_label, dit_label
 
     backend = backend_name()
     out = models_root / f"tiny-{backend}"
@@ -254,7 +255,7 @@ def run_tiny_suite(models_root: Path, env: dict[str, str], jobs: int = 1) -> tup
     results = report["results"] + report["dit"]
     summary = {"report": str(out), "configurations": len(results),
                "passed": sum(r["passed"] for r in results),
-               "departures": [{"configuration": f"{r.get('name') or r.get('block')} {r['dtype']} {r['quant'] or ''}".strip(),
+               "departures": [{"configuration": dit_label(r) if "block" in r else config_label(r),
                                **(r.get("error") or r.get("departure") or {})}
                               for r in results if not r["passed"]]}
     return proc.returncode == 0, summary

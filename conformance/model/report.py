@@ -149,8 +149,9 @@ def _routing(r: dict[str, Any]) -> str:
     if not g:
         return "-"
     text = f"{g['ties']} ties / {g['rows']} token-layers" + (f", {len(g['flips'])} FLIPS" if g["flips"] else "")
-    if "twin_departures" in g:  # (schema /1 reports do not carry it)
-        text += f" (twin: {g['twin_departures']} departures)"
+    twin = g.get("twin_departures", g.get("twin_ties"))  # (schema /1 called it twin_ties)
+    if twin is not None:
+        text += f" (twin: {twin} departures)"
     text += f"; router input ratio {g['worst_input_ratio']:.2f}"
     return text + (f"; router input departs at step {g['departure']['step']}" if g.get("departure") else "")
 

@@ -78,8 +78,9 @@ class MlxSide:
         self.name = name
         self.model = models.load(str(path))
         self.cache = models.make_cache(self.model)
-        self.routing = RouterLog(lambda a: np.array(a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a),
-                                 lambda c, like: mx.array(c).astype(like.dtype), force)
+        from conformance.dtypes import mlx_to_numpy
+
+        self.routing = RouterLog(mlx_to_numpy, lambda c, like: mx.array(c).astype(like.dtype), force)
         for moe in moe_layers(self.model):
             moe.routing = self.routing
 
@@ -94,18 +95,15 @@ class MlxSide:
 
 
 def _mx_np(a: Any) -> np.ndarray:
-    import mlx.core as mx
+    from conformance.dtypes import mlx_to_numpy
 
-    return np.array(a.astype(mx.float32) if a.dtype in (mx.float16, mx.bfloat16) else a).astype(np.float64)
+    return mlx_to_numpy(a).astype(np.float64)
 
 
 def _torch_np(t: Any) -> np.ndarray:
-    import torch
+    from conformance.dtypes import torch_to_numpy
 
-    t = t.detach().cpu()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.to(torch.float32)
-    return t.numpy().astype(np.float64)
+    return torch_to_numpy(t).astype(np.float64)
 
 
 class TwinSide:

@@ -192,12 +192,12 @@ def _qmm_expect(a) -> list[FuzzOutput]:
 
 
 def _affine_packed(rows: int, k: int, group: int = 32, bits: int = 4, dt: str = "float32") -> dict:
-    """Packed affine weights ``[rows, k]`` in groups of ``group`` (scale 1, bias 0)."""
+    """Packed affine weights ``[rows, k]`` in groups of ``group`` (scale 1, bias 0), with
+    the ``group_size``/``bits``/``mode`` they were packed for (stated once)."""
     return {"wq": _zeros((rows, k * bits // 32), "uint32"), "scales": _zeros((rows, k // group), dt, 1.0),
-            "qbiases": _zeros((rows, k // group), dt)}
+            "qbiases": _zeros((rows, k // group), dt), "group_size": group, "bits": bits, "mode": "affine"}
 
 
-_AFFINE_4 = {"group_size": 32, "bits": 4, "mode": "affine"}
 
 
 QUANTIZED_MATMUL_FUZZ = FuzzEntry(
@@ -213,24 +213,20 @@ QUANTIZED_MATMUL_FUZZ = FuzzEntry(
                             "transpose": True, **_format_of(p)},
     pinned=(
         # an array as ``transpose``: MLX's "[convert]" error / torch's RuntimeError
-        {"x": _zeros((1, 32), "float32"), **_affine_packed(2, 32), "transpose": _zeros((2,), "uint8"), **_AFFINE_4},
+        {"x": _zeros((1, 32), "float32"), **_affine_packed(2, 32), "transpose": _zeros((2,), "uint8")},
         # mx.quantized_matmul 0.32.4 on CPU dies of SIGFPE when M, N or K is 0, in every mode.
-        {"x": _zeros((0, 32), "float32"), **_affine_packed(2, 32), "transpose": True, **_AFFINE_4},
-        {"x": _zeros((2, 32), "float32"), **_affine_packed(0, 32), "transpose": True, **_AFFINE_4},
+        {"x": _zeros((0, 32), "float32"), **_affine_packed(2, 32), "transpose": True},
+        {"x": _zeros((2, 32), "float32"), **_affine_packed(0, 32), "transpose": True},
         {"x": _zeros((2, 0), "float32"), "wq": _zeros((3, 0), "uint32"), "scales": _zeros((3, 0), "uint8"),
          "qbiases": None, "transpose": True, "group_size": 32, "bits": 8, "mode": "mxfp8"},
         # float16 x beside bfloat16 affine scales is float32 (the promotion); mlx_impl's
         # float16-through-float32 CUDA path once returned float16 (H200, 2026-11-30).
-        {"x": _zeros((64,), "float16", 1.0), "wq": _zeros((1, 8), "uint32"),
-         "scales": _zeros((1, 2), "bfloat16", 1.0), "qbiases": _zeros((1, 2), "bfloat16"),
-         "transpose": True, **_AFFINE_4},
+        {"x": _zeros((64,), "float16", 1.0), **_affine_packed(1, 64, 32, 4, "bfloat16"), "transpose": True},
         # affine 4/8-bit, ONE group per row (K = group 64/128), 16 weight rows, several rows
         # of x: MLX 0.32.4's CUDA qmm_sm90 gives wrong products (H200 model-level run);
         # mlx_impl pads a zero group there, whose result must keep the documented shape.
-        {"x": _zeros((2, 3, 64), "bfloat16", 1.0), **_affine_packed(16, 64, 64, 4, "bfloat16"), "transpose": True,
-         "group_size": 64, "bits": 4, "mode": "affine"},
-        {"x": _zeros((4, 128), "float32", 1.0), **_affine_packed(16, 128, 128, 8, "float32"), "transpose": True,
-         "group_size": 128, "bits": 8, "mode": "affine"},
+        {"x": _zeros((2, 3, 64), "bfloat16", 1.0), **_affine_packed(16, 64, 64, 4, "bfloat16"), "transpose": True},
+        {"x": _zeros((4, 128), "float32", 1.0), **_affine_packed(16, 128, 128, 8, "float32"), "transpose": True},
     ),
 )
 
@@ -272,7 +268,7 @@ QUANTIZED_LINEAR_FUZZ = FuzzEntry(
         # one affine group per row, several rows of x (MLX 0.32.4's CUDA qmm_sm90 boundary;
         # float16 takes mlx_impl's float32 path on CUDA, then the zero-group guard)
         {"x": _zeros((2, 3, 64), "float16", 1.0), **_affine_packed(16, 64, 64, 4, "float16"),
-         "bias": _zeros((16,), "float16"), "group_size": 64, "bits": 4, "mode": "affine"},
+         "bias": _zeros((16,), "float16")},
     ),
 )
 

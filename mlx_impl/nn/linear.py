@@ -264,5 +264,5 @@ class MultiLinear(FastPathModule):
                 f"(x shape {x.shape}).",
             )
         weight = self.weight
-        self[PLAN] = (weight, x.shape, x.dtype)
+        self[PLAN] = (weight, x.shape, x.dtype)  # weight, x's shape and (floating) dtype
         return x @ weight.transpose(0, 2, 1)

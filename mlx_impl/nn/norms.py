@@ -192,7 +192,7 @@ class LayerNorm(FastPathModule):
             return empty_norm_result(x, w, b)
         key = (x.shape[-1], self.eps, x.dtype)
         constants = _LAYER_NORM_CONSTANTS.get(key) or _layer_norm_constants(key)
-        self[PLAN] = (w, b, key[0], key[2], constants)  # see mlx_impl._fast_path
+        self[PLAN] = (w, b, key[0], key[2], constants)  # weight, bias, x's last dim and dtype, (1/D, eps)
         return _composed_layer_norm(x, w, b, key[2], constants)
 
 

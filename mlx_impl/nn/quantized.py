@@ -183,5 +183,6 @@ class QuantizedLinear(FastPathModule):
         group_size, bits, mode = self.group_size, self.bits, self.mode
         y = _quantized_matmul(x, weight, scales, biases, True, group_size, bits, mode)
         if guard_free(x.shape, x.dtype, group_size):
+            # The four arrays (identity-tested), x's shape and dtype, the configuration.
             self[PLAN] = (weight, scales, biases, bias, x.shape, x.dtype, group_size, bits, mode)
         return y if bias is None else y + bias

@@ -95,7 +95,7 @@ def test_peak(benchmark: Any, setup: dict[str, Any], case: machine.PeakCase) -> 
 
 
 @pytest.mark.parametrize(("pair", "dtype", "variant"), OVERHEAD,
-                         ids=[f"{p.name}-{p.shape.split(':')[0]}-{d}-{v}" for p, d, v in OVERHEAD])
+                         ids=[f"{p.id}-{d}-{v}" for p, d, v in OVERHEAD])
 def test_overhead(benchmark: Any, setup: dict[str, Any], pair: Any, dtype: str, variant: str) -> None:
     sizes = TINY if setup["shapes"] == "tiny" else FULL
     thunks = pair.build(sizes, FORMATS[dtype].mx_dtype)

@@ -2,7 +2,8 @@
 checked lookup: a compiled clamp + flag + gather evaluated once), its result must be
 BIT-IDENTICAL to the plain call's: ``mx.take`` copies rows, so any difference is a bug.
 Every overhead pair (``conformance/bench/overhead.py``) computes the same bits on both
-sides, and every public layer has one. These tests are not benchmarks; they run in every
+sides (on a GPU, except its ``inexact_on_gpu`` context variants), and every public layer
+has one. These tests are not benchmarks; they run in every
 pass (smoke included)."""
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _bits(a: mx.array) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)
-@pytest.mark.parametrize("pair", PAIRS, ids=[f"{p.name}-{p.shape.split(':')[0]}" for p in PAIRS])
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.id for p in PAIRS])
 def test_every_overhead_variant_computes_the_raw_bits(pair, dtype):
     # The overhead table compares a layer with its "raw" formulation: that is only a fair
     # comparison if both compute the same thing, bit for bit (tiny sizes).
