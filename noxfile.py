@@ -7,12 +7,22 @@ the full registry under a Hypothesis profile, writing ``reports/conformance/``),
 Torch: the project accepts any recent torch (pyproject.toml), but these sessions install
 ``TORCH_SPEC`` first (default ``torch==2.13.0``, a CPU build on Linux), so a fresh machine
 does not download a multi-GB CUDA build. Override it, e.g. ``TORCH_SPEC=torch nox -s tests``.
+
+One environment: every session but ``lint`` runs in ``.nox/project`` (:data:`PROJECT_ENV`),
+made on first use and brought up to date by each session's install step. torch, MLX and the
+``models`` extras come to about 1.4 GB, and a virtual environment per session made one CI
+run of five sessions take 5.9 GB of disk (a full disk failed a CI run). For a fresh one:
+``rm -rf .nox/project``. Two nox runs in one checkout at once share it too.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import nox
 
@@ -27,42 +37,68 @@ the project so its ``mlx_conformance.records`` entry point joins the registry. R
 modules named in ``CONFORMANCE_RECORDS`` reach the sessions as every variable does."""
 
 
-def install_project(session: nox.Session) -> None:
-    """torch first (pinned CPU build), then the project with its dev and models extras, then any
-    records package named in ``CONFORMANCE_INSTALL``."""
-    session.install(TORCH_SPEC)
-    session.install("-e", ".[dev,models]")
+PROJECT_ENV = Path(__file__).resolve().parent / ".nox" / "project"
+"""The one virtual environment of the sessions that need the project (see the module docstring)."""
+
+Runner = Callable[..., object]
+
+
+def install_project(session: nox.Session) -> Runner:
+    """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
+    pinned CPU build), then the project with its dev and models extras, then any records
+    package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied; all
+    skipped under ``nox --no-install``). Returns ``run(program, *args)``: ``program`` from the
+    environment's ``bin`` (``python``, ``mypy``), run with that folder first on ``PATH``."""
+    bin_dir = PROJECT_ENV / ("Scripts" if sys.platform == "win32" else "bin")
+    if not bin_dir.is_dir():
+        session.run(sys.executable, "-m", "venv", str(PROJECT_ENV), external=True)
+    env = {"VIRTUAL_ENV": str(PROJECT_ENV), "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+           "PYTHONHOME": None}
+    python = shutil.which("python", path=str(bin_dir)) or "python"
+    pip = (python, "-m", "pip", "install", "--quiet")
+    session.run_install(*pip, TORCH_SPEC, env=env, external=True)
+    session.run_install(*pip, "-e", ".[dev,models]", env=env, external=True)
     if RECORDS_INSTALL:
-        session.install(*shlex.split(RECORDS_INSTALL))
+        session.run_install(*pip, *shlex.split(RECORDS_INSTALL), env=env, external=True)
+
+    def run(program: str, *args: str) -> object:
+        # An absolute path: nox would otherwise look the name up on its own PATH.
+        return session.run(shutil.which(program, path=str(bin_dir)) or program, *args, env=env, external=True)
+    return run
 
 
-@nox.session
+def project_session(func: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:
+    """A session that runs in :data:`PROJECT_ENV`: nox makes no environment of its own for it."""
+    return nox.session(venv_backend="none")(func)
+
+
+@project_session
 def tests(session: nox.Session) -> None:
     """Unit tests, harness meta-tests and the fuzz test (not the conformance matrix)."""
-    install_project(session)
-    session.run("python", "-m", "pytest", "tests", f"--hypothesis-profile={PROFILE}",
+    run = install_project(session)
+    run("python", "-m", "pytest", "tests", f"--hypothesis-profile={PROFILE}",
                 "--ignore=tests/test_conformance.py", "--ignore=tests/meta/test_mutants.py",
                 "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", *session.posargs)
 
 
-@nox.session
+@project_session
 def conformance(session: nox.Session) -> None:
     """The conformance matrix, error cases and mutation meta-tests; writes the report.
     Arguments after ``--`` go to ``python -m conformance run`` (``--junitxml PATH``,
     ``--records MODULE``, ``--record NAME``). It also runs the tiny-model conformance
     (the ``models`` extra: transformers, mlx-lm, diffusers)."""
-    install_project(session)
-    session.run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
+    run = install_project(session)
+    run("python", "-m", "conformance", "run", f"--profile={PROFILE}", *session.posargs)
 
 
-@nox.session
+@project_session
 def thorough(session: nox.Session) -> None:
     """Nightly: the whole registry under the ``thorough`` profile (250 examples a cell),
     error cases, mutants, and the fuzz at 1000 inputs per entry point, each entry point
     capped at a minute and each call at 20 s (120 s on a GPU back end; a hang is killed and
     reported), so the fuzz ends within about half an hour. Writes the report like ``conformance``."""
-    install_project(session)
-    session.run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
+    run = install_project(session)
+    run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
 
 
 @nox.session
@@ -72,33 +108,33 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
 
 
-@nox.session
+@project_session
 def typecheck(session: nox.Session) -> None:
     """mypy over the three packages."""
-    install_project(session)
-    session.run("mypy")
+    run = install_project(session)
+    run("mypy")
 
 
-@nox.session
+@project_session
 def bench(session: nox.Session) -> None:
     """Record this machine's pytest-benchmark baseline (reports/baselines/<backend>-<machine>/)
     and its report; on CUDA both float32 precision rows (TF32 and full float32)."""
-    install_project(session)
-    session.run("python", "-m", "conformance", "bench", "record", *session.posargs)
+    run = install_project(session)
+    run("python", "-m", "conformance", "bench", "record", *session.posargs)
 
 
-@nox.session
+@project_session
 def bench_compare(session: nox.Session) -> None:
     """Run again and compare with the stored baseline through pytest-benchmark
     (--benchmark-compare-fail=median:30% by default; --threshold N to change)."""
-    install_project(session)
-    session.run("python", "-m", "conformance", "bench", "compare", *session.posargs)
+    run = install_project(session)
+    run("python", "-m", "conformance", "bench", "compare", *session.posargs)
 
 
-@nox.session
+@project_session
 def bench_smoke(session: nox.Session) -> None:
     """Prove every benchmark executes, at tiny shapes, run once, without timing (seconds).
     The tooling's own tests (planted slowdown, compare, report) are in tests/test_benchmarks_cli.py,
     run by the tests session."""
-    install_project(session)
-    session.run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-disable", *session.posargs)
+    run = install_project(session)
+    run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-disable", *session.posargs)

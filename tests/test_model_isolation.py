@@ -5,7 +5,10 @@ and the report names it (CRASH with the signal, HANG with the child's Python sta
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from conformance.cli import main
 
@@ -14,6 +17,17 @@ SMALL = ["--tiny", "llama", "--steps", "2", "--prompt-len", "4", "--no-anchors",
 
 def _report(out: Path) -> dict:
     return json.loads((out / "model.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary folder of the test's own, for the run and its children (TMPDIR), to show
+    that a run leaves none of its folders there (``model-*``), however its children ended."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
 
 
 def test_isolated_run_matches_the_serial_one(tmp_path: Path) -> None:
@@ -28,7 +42,7 @@ def test_isolated_run_matches_the_serial_one(tmp_path: Path) -> None:
         assert [p["rel_err"] for p in ra["points"]] == [p["rel_err"] for p in rb["points"]]
 
 
-def test_a_crash_is_named_and_the_other_configurations_still_report(tmp_path: Path) -> None:
+def test_a_crash_is_named_and_the_other_configurations_still_report(tmp_path: Path, scratch: Path) -> None:
     out = tmp_path / "crash"
     rc = main(["model", *SMALL, "--dtype", "float32", "--dit", "--jobs", "2", "--mutant", "crash_at_decode",
                "--out", str(out)])
@@ -41,9 +55,10 @@ def test_a_crash_is_named_and_the_other_configurations_still_report(tmp_path: Pa
     assert "| tiny-llama float32 | CRASH |" in md and "killed by SIGABRT" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert len({line.count(" | ") for line in table}) == 1, "a lost configuration's row must keep the columns"
+    assert not list(scratch.glob("model-*")), "a crashed child's files must go with the run's own folder"
 
 
-def test_a_hang_is_cut_off_with_the_stack_where_it_waits(tmp_path: Path) -> None:
+def test_a_hang_is_cut_off_with_the_stack_where_it_waits(tmp_path: Path, scratch: Path) -> None:
     out = tmp_path / "hang"
     rc = main(["model", *SMALL, "--dtype", "float32", "--jobs", "2", "--config-timeout", "15",
                "--mutant", "hang_at_decode", "--out", str(out)])
@@ -53,6 +68,7 @@ def test_a_hang_is_cut_off_with_the_stack_where_it_waits(tmp_path: Path) -> None
     # faulthandler's dump on the timeout's SIGABRT names the frame that never returned.
     assert "no result after 15 s" in model["error"]["detail"]
     assert "in update" in model["error"]["detail"] and "mutants.py" in model["error"]["detail"]
+    assert not list(scratch.glob("model-*")), "a killed child's files must go with the run's own folder"
 
 
 def test_dit_row_names_text_and_image_after_a_json_round_trip() -> None:

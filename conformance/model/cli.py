@@ -155,8 +155,11 @@ def _child_args(args: argparse.Namespace) -> list[str]:
 
 def _run_task_file(args: argparse.Namespace) -> int:
     """``--task FILE --task-out FILE``: one configuration, as a child of a ``--jobs`` run."""
-    task = Task(**json.loads(Path(args.task).read_text(encoding="utf-8")))
-    with tempfile.TemporaryDirectory(prefix="model-task-") as tmp:
+    task_file = Path(args.task)
+    task = Task(**json.loads(task_file.read_text(encoding="utf-8")))
+    # Inside the parent's temporary folder, beside the task: a child killed at its timeout
+    # cannot clean up after itself, and a folder of its own in /tmp would be left behind.
+    with tempfile.TemporaryDirectory(prefix=f"{task_file.stem}-", dir=task_file.parent) as tmp:
         result = execute(task, args, Path(tmp))
     write_json_atomic(Path(args.task_out), result)
     return 0
