@@ -46,8 +46,8 @@ Runner = Callable[..., object]
 def install_project(session: nox.Session) -> Runner:
     """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
     pinned CPU build), then the project with its dev and models extras, then any records
-    package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied; all
-    skipped under ``nox --no-install``). Returns ``run(program, *args)``: ``program`` from the
+    package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied: nox's
+    ``--no-install`` does not reach an environment it did not make). Returns ``run(program, *args)``: ``program`` from the
     environment's ``bin`` (``python``, ``mypy``), run with that folder first on ``PATH``."""
     bin_dir = PROJECT_ENV / ("Scripts" if sys.platform == "win32" else "bin")
     if not bin_dir.is_dir():
@@ -77,8 +77,8 @@ def tests(session: nox.Session) -> None:
     """Unit tests, harness meta-tests and the fuzz test (not the conformance matrix)."""
     run = install_project(session)
     run("python", "-m", "pytest", "tests", f"--hypothesis-profile={PROFILE}",
-                "--ignore=tests/test_conformance.py", "--ignore=tests/meta/test_mutants.py",
-                "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", *session.posargs)
+        "--ignore=tests/test_conformance.py", "--ignore=tests/meta/test_mutants.py",
+        "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", *session.posargs)
 
 
 @project_session
