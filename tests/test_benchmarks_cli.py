@@ -186,7 +186,10 @@ def test_overhead_verdict_is_the_paired_ratio_with_the_placebo_beside_it():
     verdicts = report.overhead_verdicts(_overhead_row(1.06, 1.001))
     assert [(v.name, v.judged) for v in verdicts] == [("layer", "NO"), ("raw (placebo)", "context")]
     rows = report._overhead_rows(verdicts)
-    assert rows[0][6].startswith("1.060x [0.900, 1.200]") and rows[0][7] == "paired, 40 blocks"
+    assert rows[0][6].startswith("1.060x [0.900, 1.200]") and rows[0][8] == "paired, 40 blocks"
+    # In time: (1.06 - 1) x the raw call's 2 s median; the placebo's 1.001 adds 2 ms.
+    assert rows[0][7] == "+120.00 ms" and rows[1][7] == "+2.00 ms"
+    assert report.added_per_call(report.overhead_verdicts(_overhead_row(0.99, 1.0))[0]) == "-20.00 ms"
     summary = report._overhead_summary(verdicts)
     assert "**0 of 1**" in summary and "nn.Linear layer float32 (1.060x)" in summary
     assert "Placebo (each raw call against itself): 1.001x to 1.001x" in summary

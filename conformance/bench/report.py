@@ -245,10 +245,19 @@ def overhead_verdicts(row: Row) -> list[OverheadVerdict]:
     return out
 
 
+def added_per_call(v: OverheadVerdict) -> str:
+    """What the variant adds to one call, in time: ``(judged ratio - 1) x`` the median of the
+    call it is judged against (``+0.9 us``). A ratio depends on how long the raw call takes
+    (a launch-bound GPU call is short, so the same host time is a larger share); this is the
+    number to multiply by a model's layer calls per token."""
+    added = (v.ratio - 1.0) * v.base.median
+    return ("+" if added >= 0 else "-") + fmt_time(abs(added))
+
+
 def _overhead_rows(verdicts: list[OverheadVerdict]) -> list[list[str]]:
     return [[v.group, v.name, v.against, f"{fmt_time(v.side.median)} ±{_pct(v.side.noise)}",
              f"{fmt_time(v.base.median)} ±{_pct(v.base.noise)}", _x(v.side.median / v.base.median),
-             f"{v.ratio:.3f}x {v.evidence}", v.how, v.judged] for v in verdicts]
+             f"{v.ratio:.3f}x {v.evidence}", added_per_call(v), v.how, v.judged] for v in verdicts]
 
 
 def _overhead_summary(verdicts: list[OverheadVerdict]) -> str:
@@ -326,7 +335,7 @@ def _machine_lines(row: Row) -> list[str]:
 CELL_HEADER = ["cell (op/case/dtype)", "shape", "MLX layer ±IQR", "PyTorch op ±IQR", "PyTorch op",
                "MLX/PyTorch", "MLX/raw MLX", "MLX/twin", "MLX roofline", "PyTorch roofline"]
 OVERHEAD_HEADER = ["group", "variant", "judged against", "variant ±IQR", "against ±IQR", "ratio of medians",
-                   "judged ratio [5%, 95% of blocks]", "measured as", "within 5%"]
+                   "judged ratio [5%, 95% of blocks]", "added per call", "measured as", "within 5%"]
 
 
 def render_md(rows: list[Row]) -> str:
