@@ -205,9 +205,10 @@ def load_safetensors(paths: PathLike | Sequence[PathLike]) -> dict[str, mx.array
     Example:
         >>> import os, tempfile
         >>> import mlx.core as mx
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
-        >>> save_safetensors(path, {"w": mx.array([[1.0, 2.0]], dtype=mx.bfloat16)})
-        >>> load_safetensors(path)["w"]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "w.safetensors")
+        ...     save_safetensors(path, {"w": mx.array([[1.0, 2.0]], dtype=mx.bfloat16)})
+        ...     load_safetensors(path)["w"]
         array([[1, 2]], dtype=bfloat16)
     """
     files = as_path_list(paths, "load_safetensors")
@@ -304,9 +305,10 @@ def save_safetensors(
     Example:
         >>> import os, tempfile
         >>> import mlx.core as mx
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
-        >>> save_safetensors(path, {"b": mx.array([1, 2], dtype=mx.uint32)}, {"format": "mlx"})
-        >>> load_safetensors(path)["b"].tolist()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "w.safetensors")
+        ...     save_safetensors(path, {"b": mx.array([1, 2], dtype=mx.uint32)}, {"format": "mlx"})
+        ...     load_safetensors(path)["b"].tolist()
         [1, 2]
     """
     where = "save_safetensors"
