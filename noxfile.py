@@ -47,24 +47,25 @@ def install_project(session: nox.Session) -> Runner:
     """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
     pinned CPU build), then the project with its dev and models extras, then any records
     package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied: nox's
-    ``--no-install`` does not reach an environment it did not make). Returns ``run(program, *args)``: ``program`` from the
-    environment's ``bin`` (``python``, ``mypy``), run with that folder first on ``PATH``."""
+    ``--no-install`` does not reach an environment it did not make). Returns
+    ``run(program, *args)``: ``program`` from the environment's ``bin`` (``python``,
+    ``mypy``), run with that folder first on ``PATH``."""
     bin_dir = PROJECT_ENV / ("Scripts" if sys.platform == "win32" else "bin")
     if not bin_dir.is_dir():
         session.run(sys.executable, "-m", "venv", str(PROJECT_ENV), external=True)
     env = {"VIRTUAL_ENV": str(PROJECT_ENV), "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
            "PYTHONHOME": None}
-    python = shutil.which("python", path=str(bin_dir)) or "python"
-    pip = (python, "-m", "pip", "install", "--quiet")
+
+    def command(program: str, *args: str) -> list[str]:
+        # An absolute path: nox would otherwise look the name up on its own PATH.
+        return [shutil.which(program, path=str(bin_dir)) or program, *args]
+
+    pip = command("python", "-m", "pip", "install", "--quiet")
     session.run_install(*pip, TORCH_SPEC, env=env, external=True)
     session.run_install(*pip, "-e", ".[dev,models]", env=env, external=True)
     if RECORDS_INSTALL:
         session.run_install(*pip, *shlex.split(RECORDS_INSTALL), env=env, external=True)
-
-    def run(program: str, *args: str) -> object:
-        # An absolute path: nox would otherwise look the name up on its own PATH.
-        return session.run(shutil.which(program, path=str(bin_dir)) or program, *args, env=env, external=True)
-    return run
+    return lambda program, *args: session.run(*command(program, *args), env=env, external=True)
 
 
 def project_session(func: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:

@@ -200,7 +200,7 @@ def _checked_take(weight: mx.array, indices: mx.array) -> mx.array:
     dtypes and ranks). The returned array is already evaluated."""
     shape = weight.shape
     key = (shape, indices.dtype, indices.shape)
-    gather, bound = _PLANS.get(key) or _plan(key)
+    gather, bound = _plan(key)
     out, bad = gather(weight, indices, bound)
     mx.eval(out, bad)
     if not bad.item():
@@ -257,6 +257,9 @@ def _plan(key: _PlanKey) -> _Plan:
     index shape)``, ``n > 0``, made once and kept in :data:`_PLANS`. The bound is the
     largest valid index ``n - 1`` as a scalar of the index dtype (see :func:`_high`), an
     INPUT of the graph, not a constant (see :func:`_checked_gathers`)."""
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
     (n, d), dtype, index_shape = key
     gathers = _GATHERS.get(d)
     if gathers is None:
@@ -281,7 +284,7 @@ def _check_plan(weight: mx.array, indices: object) -> _CheckPlan | None:
     if not shape[0]:
         return None
     key = (shape, indices.dtype, indices.shape)
-    gather, bound = _PLANS.get(key) or _plan(key)
+    gather, bound = _plan(key)
     return weight, key[1], key[2], gather, bound
 
 

@@ -52,6 +52,9 @@ def _layer_norm_constants(key: tuple[int, float, mx.Dtype]) -> tuple[mx.array, m
     ``dtype`` (eps ``0`` meaning :data:`DEFAULT_LAYER_NORM_EPS`), evaluated once and kept:
     built per call they cost ~3 us at decode (two array creations and two casts in every
     graph), more than the layer's 5 % budget."""
+    constants = _LAYER_NORM_CONSTANTS.get(key)
+    if constants is not None:
+        return constants
     d, eps, dtype = key
     if len(_LAYER_NORM_CONSTANTS) >= 256:  # a model has a handful of (D, eps, dtype)
         _LAYER_NORM_CONSTANTS.clear()
@@ -191,7 +194,7 @@ class LayerNorm(FastPathModule):
         if x.size == 0:  # MLX's CPU sum over an empty last axis can spin forever
             return empty_norm_result(x, w, b)
         key = (x.shape[-1], self.eps, x.dtype)
-        constants = _LAYER_NORM_CONSTANTS.get(key) or _layer_norm_constants(key)
+        constants = _layer_norm_constants(key)
         self[PLAN] = (w, b, key[0], key[2], constants)  # weight, bias, x's last dim and dtype, (1/D, eps)
         return _composed_layer_norm(x, w, b, key[2], constants)
 
