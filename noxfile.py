@@ -2,7 +2,7 @@
 the full registry under a Hypothesis profile, writing ``reports/conformance/``),
 ``thorough`` (the same under the ``thorough`` profile, for nightly runs; not a default),
 ``lint`` (ruff), ``typecheck`` (mypy), ``bench`` / ``bench_compare`` / ``bench_smoke``
-(performance baselines).
+(performance baselines), ``sweep`` / ``sweep_smoke`` (the architecture sweep of mlx-lm).
 
 Torch: the project accepts any recent torch (pyproject.toml), but these sessions install
 ``TORCH_SPEC`` first (default ``torch==2.13.0``, a CPU build on Linux), so a fresh machine
@@ -42,6 +42,10 @@ PROJECT_ENV = Path(__file__).resolve().parent / ".nox" / "project"
 
 Runner = Callable[..., object]
 
+SWEEP_SMOKE_ARCHS = "llama,qwen2,qwen3,phi3"
+"""``nox -s sweep_smoke``'s architectures (conformance.model.sweep_cli.SMOKE_ARCHS; a
+test keeps the two equal)."""
+
 
 def install_project(session: nox.Session) -> Runner:
     """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
@@ -79,7 +83,7 @@ def tests(session: nox.Session) -> None:
     run = install_project(session)
     run("python", "-m", "pytest", "tests", f"--hypothesis-profile={PROFILE}",
         "--ignore=tests/test_conformance.py", "--ignore=tests/meta/test_mutants.py",
-        "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", *session.posargs)
+        "--ignore=tests/test_error_cases.py", "--ignore=tests/benchmarks", "--ignore=tests/sweep", *session.posargs)
 
 
 @project_session
@@ -139,3 +143,23 @@ def bench_smoke(session: nox.Session) -> None:
     run by the tests session."""
     run = install_project(session)
     run("python", "-m", "pytest", "tests/benchmarks", "-q", "--benchmark-disable", *session.posargs)
+
+
+@project_session
+def sweep(session: nox.Session) -> None:
+    """The architecture sweep: mlx-lm judged on a tiny checkpoint of every architecture it
+    shares with transformers (``python -m conformance sweep --candidate mlx-lm``), writing
+    ``reports/sweep/mlx-lm/``. Most of an hour on two CPU cores; arguments after ``--`` go
+    to the command (``--jobs auto``, ``--arch llama,qwen2``, ``--timeout 600``)."""
+    run = install_project(session)
+    run("python", "-m", "conformance", "sweep", "--candidate", "mlx-lm", *session.posargs)
+
+
+@project_session
+def sweep_smoke(session: nox.Session) -> None:
+    """CI's slice of the sweep: four fast dense architectures (:data:`SWEEP_SMOKE_ARCHS`),
+    every configuration, into ``reports/sweep-smoke/`` (the committed full report is left
+    alone); fails unless each conforms."""
+    run = install_project(session)
+    run("python", "-m", "conformance", "sweep", "--candidate", "mlx-lm", "--arch", SWEEP_SMOKE_ARCHS,
+        "--strict", "--out", "reports/sweep-smoke/mlx-lm", *session.posargs)

@@ -22,6 +22,7 @@ from typing import Any
 
 from conformance.bench import cli as bench_cli
 from conformance.model import cli as model_cli
+from conformance.model import sweep_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 from conformance.runinfo import ROOT
 
@@ -144,7 +145,13 @@ def _run_fuzz(args: argparse.Namespace, env: dict[str, str], out: Path, report: 
 
 
 def command_merge(args: argparse.Namespace) -> int:
-    """Merge reports from several machines into one matrix."""
+    """Merge reports from several machines into one matrix (conformance reports, or
+    architecture sweeps: folders holding ``sweep.json``)."""
+    sweeps = [sweep_cli.is_sweep_dir(p) for p in args.reports]
+    if any(sweeps):
+        if not all(sweeps):
+            raise SystemExit("[conformance] merge: give only sweep reports or only conformance reports.")
+        return sweep_cli.command_merge_sweeps(args.reports, args.out)
     reports = [load_report(Path(p)) for p in args.reports]
     write_report(merge(reports), Path(args.out))
     print(f"[conformance] merged {len(reports)} reports into {args.out}")
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from conformance.repro import add_parser as add_repro_parser
 
     add_repro_parser(sub)
-    mrg = sub.add_parser("merge", help="merge report JSON files from several machines")
+    mrg = sub.add_parser("merge", help="merge report JSON files (or sweep report folders) from several machines")
     mrg.add_argument("reports", nargs="+")
     mrg.add_argument("--out", required=True)
     mrg.set_defaults(func=command_merge)
@@ -193,5 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     readme.set_defaults(func=command_readme)
     bench_cli.add_parser(sub)
     model_cli.add_parser(sub)
+    sweep_cli.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
