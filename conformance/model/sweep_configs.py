@@ -61,11 +61,15 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2,
              "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0},
              "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}},
+    # mlx-lm's GPT-NeoX MLP is 4 x hidden (as every Pythia checkpoint has it).
+    "gpt_neox": {"intermediate_size": 256},
     # Mamba-1: the inner width is expand x hidden.
     "mamba": {"intermediate_size": 128, "conv_kernel": 4, "expand": 2},
     "falcon_mamba": {"intermediate_size": 128, "conv_kernel": 4, "expand": 2},
     # Mamba-2: heads x head_dim must equal expand x hidden; groups divide heads.
     "mamba2": {"num_heads": 8, "head_dim": 16, "expand": 2, "n_groups": 1, "chunk_size": 16},
+    # DeepSeek-V2 leaves top-k unset (None) by default.
+    "deepseek_v2": {"num_experts_per_tok": 2},
     # ERNIE 4.5 MoE: the sparse layers are a [start, end] range with an interval.
     "ernie4_5_moe": {"moe_layer_start_index": 1, "moe_layer_end_index": 1, "moe_layer_interval": 1},
     # Recurrent Gemma: one recurrent and one local-attention block.
@@ -131,6 +135,10 @@ def tiny_config(model_type: str) -> Any:
     if "qk_rope_head_dim" in kwargs and "head_dim" in kwargs:
         # MLA configs name the rotary part's width head_dim too.
         kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+    if "kv_lora_rank" in kwargs and "num_key_value_heads" in kwargs:
+        # MLA decompresses a key per query head; transformers still repeats kv by
+        # heads / kv_heads, so the two must be equal.
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", SIZES["num_attention_heads"])
     if "first_k_dense_replace" in kwargs or getattr(default, "first_k_dense_replace", None) is not None:
         kwargs["first_k_dense_replace"] = 1
     vocab = kwargs.get("vocab_size", SIZES["vocab_size"])
@@ -231,9 +239,15 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
         full = rope["full_attention"]
         if full.get("rope_type", "default") != "default":
             add["rope_scaling"] = {**{k: v for k, v in full.items() if k != "rope_theta"}, "type": full["rope_type"]}
-    head_dim = getattr(config, "head_dim", None) if "head_dim" not in written else None
-    if isinstance(head_dim, int):
-        add["head_dim"] = head_dim
+    if "head_dim" not in written:
+        head_dim = getattr(config, "head_dim", None)
+        heads, hidden = written.get("num_attention_heads"), written.get("hidden_size")
+        if not isinstance(head_dim, int) and isinstance(heads, int) and isinstance(hidden, int) and heads:
+            head_dim = hidden // heads  # transformers' own fallback in the attention layers
+        if isinstance(head_dim, int):
+            add["head_dim"] = head_dim
+    if "num_local_experts" in written and "num_experts" not in written:
+        add["num_experts"] = written["num_local_experts"]
     layer_types = written.get("layer_types")
     if isinstance(layer_types, list) and "sliding_window_pattern" not in written:
         k = _periodic_full_every(layer_types)
@@ -244,4 +258,6 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
     if written.get("model_type") == "gpt_neox" and "rope_theta" in add:
         add["rotary_emb_base"] = add["rope_theta"]
         add["rotary_pct"] = add.get("partial_rotary_factor", 1.0)
-    return {k: v for k, v in add.items() if k not in written and v is not None}
+    if isinstance(rope, dict) and "rope_scaling" not in add:
+        add["rope_scaling"] = None  # transformers 4 wrote an explicit null
+    return {k: v for k, v in add.items() if k not in written and (v is not None or k == "rope_scaling")}
