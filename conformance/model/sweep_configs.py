@@ -149,9 +149,10 @@ def tiny_config(model_type: str) -> Any:
         elif isinstance(tok, list):
             kwargs[key] = [t if t < vocab else 2 for t in tok]
     for key, value in OVERRIDES.get(model_type, {}).items():
-        if isinstance(value, dict) and isinstance(getattr(default, key, None), (dict, object)):
-            sub = getattr(default, key, None)
-            base = sub.to_dict() if hasattr(sub, "to_dict") else dict(sub or {})
+        sub: Any = getattr(default, key, None)
+        if isinstance(value, dict) and sub is not None:
+            # A sub-config (DBRX's attn_config): its defaults with the override on top.
+            base = sub.to_dict() if hasattr(sub, "to_dict") else dict(sub)
             kwargs[key] = {**base, **value}
         else:
             kwargs[key] = value

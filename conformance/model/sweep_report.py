@@ -126,8 +126,9 @@ def _columns(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def _rows(report: dict[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     from conformance.model.sweep_triage import TRIAGE, Finding
 
-    findings = [Finding(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()
-                           if k != "configurations"}) for f in report["triage"]["findings"]] or TRIAGE
+    fields: list[dict[str, Any]] = [{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()
+                                     if k != "configurations"} for f in report["triage"]["findings"]]
+    findings = [Finding(**f) for f in fields] or TRIAGE
     results = report["configurations"]
     cols = _columns(results)
     by_arch: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
@@ -147,7 +148,7 @@ def _rows(report: dict[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str,
             text = _first_line(r.get("reason"))
             if text and text not in reasons and r["status"] != "departs":
                 reasons.append(text)
-        legacy = next((r.get("legacy_keys") for r in cells.values() if r.get("legacy_keys")), [])
+        legacy: list[str] = next((r["legacy_keys"] for r in cells.values() if r.get("legacy_keys")), [])
         rows.append({"arch": arch, "status": status, "cells": [cells.get(c) for c in cols],
                      "reasons": reasons, "findings": ids, "legacy_keys": legacy})
     return cols, rows

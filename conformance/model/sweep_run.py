@@ -106,25 +106,25 @@ def _judge_function() -> Callable[..., dict[str, Any]]:
     spec = os.environ.get(ENV_JUDGE)
     if spec:
         module, _, name = spec.partition(":")
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
-    from conformance.model import judge
-
-    return judge  # type: ignore[no-any-return]
+        fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+        return fn
+    judge: Callable[..., dict[str, Any]] = importlib.import_module("conformance.model").judge
+    return judge
 
 
 def _summary(verdict: dict[str, Any]) -> dict[str, Any]:
     """The judge's result without its per-point trace (the report needs the verdict)."""
     keep = ("passed", "departure", "oracle", "hidden_states", "notes", "seconds", "layers", "routing")
-    out = {k: verdict.get(k) for k in keep if k in verdict}
+    out: dict[str, Any] = {k: verdict.get(k) for k in keep if k in verdict}
     tokens = verdict.get("tokens") or {}
     flips = tokens.get("flips", [])
     out["tokens"] = {"agree": tokens.get("agree"), "steps": tokens.get("steps"), "ties": tokens.get("ties"),
                      "flips": len(flips) if isinstance(flips, list) else flips,
                      "first_flip": flips[0] if isinstance(flips, list) and flips else None}
-    if isinstance(out.get("routing"), dict):
-        r = out["routing"]
-        out["routing"] = {k: r.get(k) for k in ("rows", "ties", "passed", "departure")}
-        out["routing"]["flips"] = len(r.get("flips") or [])
+    r = out.get("routing")
+    if isinstance(r, dict):
+        out["routing"] = {**{k: r.get(k) for k in ("rows", "ties", "passed", "departure")},
+                          "flips": len(r.get("flips") or [])}
     points = verdict.get("points") or []
     if points:
         out["worst_ratio"] = max(p.get("ratio", 0.0) for p in points)
