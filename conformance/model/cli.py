@@ -76,7 +76,7 @@ def run_header() -> dict[str, Any]:
     return {"matmul_precision": matmul_precision(backend), "cpu_backend": cpu_backend_info(),"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "backend": backend, "device": str(mx.default_device()),
-            "commit": project_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "commit": project_commit(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def _split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
