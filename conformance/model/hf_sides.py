@@ -105,7 +105,7 @@ class HFSide:
         logging.disable_progress_bar()
         self.name = name
         self.float64 = precision == "float64"
-        self.device = "cpu"
+        self.device: Any = "cpu"
         if not self.float64:
             backend = backend_name()
             self.device = peer_device(backend)
@@ -117,7 +117,8 @@ class HFSide:
                 # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
                 self.model = AutoModelForCausalLM.from_pretrained(
                     str(path), dtype=dtype, attn_implementation="eager", experts_implementation="eager")
-                self.model.to(self.device).eval()
+                self.model.to(self.device)
+                self.model.eval()
                 self.cache = DynamicCache(config=self.model.config)
         except Exception as exc:  # any failure of transformers to build this checkpoint
             raise OracleLoadError(f"[oracle] transformers cannot build {path} as a causal LM "
