@@ -25,14 +25,16 @@ import mlx.nn as nn
 
 
 class KVCache:
-    """One layer's keys and values ``[B, kv_heads, T, head_dim]``, grown per step."""
+    """One layer's keys and values ``[B, kv_heads, T, head_dim]``, grown per step (the
+    interface of mlx-lm's ``KVCache``: ``offset``, ``update_and_fetch``, so the model also
+    runs on the cache ``mlx_lm.models.cache.make_prompt_cache`` makes)."""
 
     def __init__(self) -> None:
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
 
-    def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         """Append ``k, v: [B, kv_heads, L, head_dim]``; all keys and values so far."""
         self.keys = k if self.keys is None else mx.concatenate([self.keys, k], axis=2)
         self.values = v if self.values is None else mx.concatenate([self.values, v], axis=2)
@@ -54,7 +56,7 @@ class Attention(nn.Module):
         self.theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
         self.rope_bug = rope_bug
 
-    def __call__(self, x: mx.array, cache: KVCache) -> mx.array:
+    def __call__(self, x: mx.array, cache: Any) -> mx.array:
         b, n, _ = x.shape
         q = self.q_proj(x).reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -62,7 +64,7 @@ class Attention(nn.Module):
         offset = cache.offset + (1 if self.rope_bug and n == 1 else 0)
         q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=offset)
         k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=offset)
-        k, v = cache.update(k, v)
+        k, v = cache.update_and_fetch(k, v)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5,
                                                    mask="causal" if n > 1 else None)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
@@ -87,7 +89,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
 
-    def __call__(self, x: mx.array, cache: KVCache) -> mx.array:
+    def __call__(self, x: mx.array, cache: Any) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -115,7 +117,7 @@ class Model(nn.Module):
     def layers(self) -> list[DecoderLayer]:
         return self.model.layers
 
-    def __call__(self, tokens: mx.array, cache: list[KVCache]) -> mx.array:
+    def __call__(self, tokens: mx.array, cache: list[Any]) -> mx.array:
         h = self.model.embed_tokens(tokens)
         for layer, c in zip(self.model.layers, cache, strict=True):
             h = layer(h, c)
