@@ -127,8 +127,6 @@ def _raise_on_load(path: Path) -> Any:
 
 
 class _Crashes:
-    layers: list[Any] = []
-
     def __call__(self, tokens: Any, cache: Any = None) -> Any:
         raise IndexError("my kernel")
 
@@ -151,7 +149,7 @@ def test_oracle_that_transformers_cannot_build(mistral: Path, tmp_path: Path) ->
     cfg = json.loads((bad / "config.json").read_text())
     cfg["model_type"] = "no_such_architecture"
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(OracleLoadError, match="transformers cannot build .*'no_such_architecture'"):
+    with pytest.raises(OracleLoadError, match=r"transformers cannot build .*'no_such_architecture'"):
         judge(bad, candidate=f"{PORT}:load", steps=1)
 
 
