@@ -34,10 +34,8 @@ from conformance.model.harness import (
     _log,
     _oracle_tokens,
     _replay,
-    _routing,
     _run_anchors,
     _tokens,
-    router_weights,
     run_config,
 )
 from conformance.model.sides import MlxSide, Side, TwinSide
@@ -159,16 +157,20 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     notes: list[str] = []
     vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    # The candidate first: one that cannot load fails before the oracle's decode.
+    side = _candidate_side(derived, candidate)
+    notes += getattr(side, "notes", [])
     oracle = _oracle_side(derived, work, kind, notes)
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
-    # Mixture-of-experts with the twin: its peer and mlx_impl continue with the oracle's
-    # experts where theirs differ (judged by _routing), as in run_config.
+    if getattr(oracle, "narrow_outputs", None):
+        notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
+                     "that dtype's precision")
+    # Mixture-of-experts with the twin: its peer continues with the oracle's experts where
+    # its own differ, as in run_config (the candidate cannot be steered: see the note below).
     force = [[e for _, _, e in layers] for layers in oracle.routing.steps] if isinstance(oracle, TwinSide) else None
     peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force)
     peer_out = _replay(peer, inputs, progress, label)
     probe_out = _replay(prober, inputs, progress, label) if prober is not None else None
-    side = _candidate_side(derived, candidate, force if kind == "twin" else None)
-    notes += getattr(side, "notes", [])
     try:
         side_out = _replay(side, inputs, progress, label)
     except CandidateLoadError:
@@ -183,13 +185,8 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
                      f"{n_oracle - 1}")
     elif not n_oracle:
         notes.append("logits only: the oracle's decoder layers were not found")
-    routing = None
-    oracle_routing = getattr(oracle, "routing", None)
-    if isinstance(side, MlxSide) and oracle_routing is not None:
-        routing = _routing(side.routing.steps, peer.routing.steps, oracle_routing.steps,  # type: ignore[attr-defined]
-                           router_weights(oracle.model), dtype,  # type: ignore[attr-defined]
-                           prober.routing.steps if prober is not None else None)  # type: ignore[attr-defined]
-    elif oracle_routing is not None and any(oracle_routing.steps):
+    routing = None  # judged only for mlx_impl against the twin (run_config): others have no router observer
+    if isinstance(oracle, TwinSide) and any(oracle.routing.steps):
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
                      "shows as a departure at that layer")
     points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,
@@ -245,10 +242,12 @@ def _peer_sides(checkpoint: Path, derived: Path, work: Path, kind: str, dtype: s
     return peer, (HFSide(probe_ck, "native", "transformers-float32") if probe_ck else None)
 
 
-def _candidate_side(derived: Path, candidate: Candidate, force: list[list[np.ndarray]] | None) -> Side:
+def _candidate_side(derived: Path, candidate: Candidate) -> Side:
+    """The candidate's side. ``mlx_impl`` comes here only with the transformers oracle
+    (against the twin it is ``run_config``'s), so no expert choices are forced on it."""
     if candidate.loader is not None:
         return CandidateSide(derived, candidate)
     try:
-        return MlxSide(derived, force=force)
+        return MlxSide(derived)
     except Exception as exc:  # mlx_impl cannot build this architecture
         raise CandidateLoadError(f"[candidate] mlx_impl cannot load {derived}: {type(exc).__name__}: {exc}") from exc

@@ -124,6 +124,7 @@ class HFSide:
             raise OracleLoadError(f"[oracle] transformers cannot build {path} as a causal LM "
                                   f"(model_type {config.get('model_type')!r}): {type(exc).__name__}: {exc}") from exc
         self.not_float64 = non_float64(self.model) if self.float64 else []
+        self.narrow_outputs: set[str] = set()
         self.seen = 0
         self.hidden: list[torch.Tensor] = []
         self.layers_path: str | None = None
@@ -156,9 +157,16 @@ class HFSide:
         length = ids.shape[1]
         positions = torch.arange(self.seen, self.seen + length, device=self.device)[None]
         self.hidden = []
-        with torch.no_grad(), self._mode():
-            out = self.model(input_ids=ids, cache=self.cache, use_cache=True, position_ids=positions)
+        try:
+            with torch.no_grad(), self._mode():
+                out = self.model(input_ids=ids, cache=self.cache, use_cache=True, position_ids=positions)
+        except Exception as exc:  # transformers failing on its own checkpoint: no oracle here
+            raise OracleLoadError(f"[oracle] {self.name} failed on tokens of shape {tuple(ids.shape)}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         self.seen += length
+        if self.float64:
+            # What the mode could not reach: an output that is not float64 resolves only to its dtype.
+            self.narrow_outputs.update(str(t.dtype) for t in (out.logits, *self.hidden) if t.dtype != torch.float64)
         return _torch_np(out.logits), [_torch_np(h) for h in self.hidden]
 
 
