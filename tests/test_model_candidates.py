@@ -101,6 +101,47 @@ def test_logits_only_without_layers(mistral: Path, loader: Any, passes: bool) ->
         assert (r["departure"]["step"], r["departure"]["point"]) == (1, "logits")
 
 
+class _StaleLayers(_NoLayers):
+    """Layers at ``.layers`` that the forward pass never calls (a copy of the real ones)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.layers = list(model.layers)
+
+
+def test_logits_only_when_the_found_layers_are_not_called(mistral: Path) -> None:
+    def stale(path: Path) -> Any:
+        model, cache = my_port.load(path)
+        return _StaleLayers(model), cache
+
+    r = judge(mistral, candidate=stale, steps=2)
+    assert r["hidden_states"] is False and r["passed"]
+    assert "logits only: the forward pass called 0 of the 4 layers found at model.layers" in r["notes"]
+    assert {p["point"] for p in r["points"]} == {"logits"}
+
+
+def test_mlx_lm_layers_behind_a_property(tmp_path: Path) -> None:
+    """mlx-lm's Qwen2 answers ``model.layers`` with a slice of ``model.model.layers`` (a
+    copy): the taps must go on the stored list, or no layer would be seen. Qwen2 has no
+    twin, so this is also mlx-lm against transformers' float64 oracle."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    ck = tmp_path / "qwen2"
+    Qwen2ForCausalLM(cfg).save_pretrained(ck)
+    config = json.loads((ck / "config.json").read_text())
+    config["rope_theta"] = config.pop("rope_parameters")["rope_theta"]  # mlx-lm reads the older keys
+    (ck / "config.json").write_text(json.dumps(config))
+    r = judge(ck, candidate="mlx-lm", steps=2)
+    assert (r["oracle"], r["hidden_states"], r["notes"]) == ("transformers", True, [])
+    assert {p["point"] for p in r["points"]} == {"embed", "layer 0", "layer 1", "logits"}
+    assert r["passed"], r["departure"]
+
+
 def test_callable_candidate_without_cache_gets_mlx_lm_cache(mistral: Path) -> None:
     def model_only(path: Path) -> Any:
         return my_port.load(path)[0]

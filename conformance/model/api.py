@@ -159,7 +159,6 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
     # The candidate first: one that cannot load fails before the oracle's decode.
     side = _candidate_side(derived, candidate)
-    notes += getattr(side, "notes", [])
     oracle = _oracle_side(derived, work, kind, notes)
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     if getattr(oracle, "narrow_outputs", None):
@@ -177,6 +176,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
         raise
     except Exception as exc:  # mlx_impl's own side crashing (a user's candidate raises CandidateLoadError)
         raise CandidateLoadError(f"[candidate] {candidate.name} crashed: {type(exc).__name__}: {exc}") from exc
+    notes += getattr(side, "notes", [])  # after the replay: the first step may find the taps unused
     n_oracle = len(oracle_out[0][1])
     with_hidden = bool(side_out[0][1]) and n_oracle > 0
     if side_out[0][1] and len(side_out[0][1]) != n_oracle:

@@ -14,8 +14,11 @@ decoder layers found at a conventional place (:data:`LAYER_PATHS`) are replaced,
 candidate's own list, by :class:`LayerTap` wrappers that call the original and record its
 output; layer 0's input is the ``embed`` point. The points then line up with the
 oracle's (the twin's ``hidden_states`` and transformers' hooks record the same residual
-stream: layer 0's input and each layer's output, before the final norm). Where no
-layers are found the candidate is judged on its logits only, and the result says so.
+stream: layer 0's input and each layer's output, before the final norm). A list the
+model stores is preferred to one a property computes (mlx-lm's ``Model.layers`` is often
+a slice: a copy). Where no layers are found, or the forward pass does not call every
+tapped layer at the first step, the candidate is judged on its logits only, and the
+result's notes say so.
 """
 
 from __future__ import annotations
@@ -143,18 +146,28 @@ def _tap_class() -> type:
 
 
 def find_layers(model: Any) -> tuple[str, list[Any]] | None:
-    """The candidate's decoder layers: ``(path, the list itself)`` at the first of
-    :data:`LAYER_PATHS` that holds a non-empty list, or None."""
+    """The candidate's decoder layers: ``(path, the list itself)`` for the first of
+    :data:`LAYER_PATHS` holding a non-empty list, preferring a list the model stores over
+    one a property computes (mlx-lm's ``Model.layers`` may return a slice, a copy that the
+    forward pass never reads); None where there is none."""
+    computed: tuple[str, list[Any]] | None = None
     for path in LAYER_PATHS:
-        target = model
+        parent: Any = None
+        target: Any = model
         try:
             for part in path.split("."):
-                target = getattr(target, part)
+                parent, target = target, getattr(target, part)
         except AttributeError:
             continue
-        if isinstance(target, list) and target:
-            return path, target
-    return None
+        if not (isinstance(target, list) and target):
+            continue
+        last = path.rsplit(".", 1)[-1]
+        layers: list[Any] = target
+        stored = dict.get(parent, last) if isinstance(parent, dict) else getattr(parent, "__dict__", {}).get(last)
+        if stored is layers:
+            return path, layers
+        computed = computed or (path, layers)
+    return computed
 
 
 def install_taps(model: Any) -> tuple[str, int, _Recorder] | None:
@@ -200,6 +213,7 @@ class CandidateSide:
             raise ValueError("[candidate] mlx_impl is run by conformance.model.sides.MlxSide.")
         self.name = candidate.name
         self.notes: list[str] = []
+        self.steps = 0
         try:
             loaded = candidate.loader(Path(path))
         except CandidateLoadError:
@@ -240,17 +254,24 @@ class CandidateSide:
             logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache)
             hidden: list[Any] = []
             if self.recorder is not None:
-                if self.recorder.embed is None or len(self.recorder.outputs) != self.n_layers:
-                    raise CandidateLoadError(
-                        f"[candidate] {self.name}: the forward pass called {len(self.recorder.outputs)} of the "
-                        f"{self.n_layers} layers at model.{self.layers_path}.")
-                hidden = [self.recorder.embed, *(self.recorder.outputs[i] for i in range(self.n_layers))]
+                called = len(self.recorder.outputs)
+                if self.recorder.embed is None or called != self.n_layers:
+                    if self.steps:  # the points must be the same at every step
+                        raise CandidateLoadError(
+                            f"[candidate] {self.name}: step {self.steps} called {called} of the {self.n_layers} "
+                            f"layers at model.{self.layers_path} (every one at step 0).")
+                    self.notes.append(f"logits only: the forward pass called {called} of the {self.n_layers} "
+                                      f"layers found at model.{self.layers_path}")
+                    self.recorder = None
+                else:
+                    hidden = [self.recorder.embed, *(self.recorder.outputs[i] for i in range(self.n_layers))]
             mx.eval(logits, *hidden)
         except CandidateLoadError:
             raise
         except Exception as exc:  # the candidate crashing is its failure, not the harness's
             raise CandidateLoadError(f"[candidate] {self.name} crashed on tokens of shape {tokens.shape}: "
                                      f"{type(exc).__name__}: {exc}") from exc
+        self.steps += 1
         out = _mx_np(logits)
         if out.ndim != 3 or out.shape[:2] != tokens.shape:
             raise CandidateLoadError(f"[candidate] {self.name} returned logits of shape {out.shape} for tokens "
