@@ -206,6 +206,16 @@ def test_bad_arguments(mistral: Path, kwargs: dict[str, Any], why: str) -> None:
         judge(mistral, candidate=f"{PORT}:load", **kwargs)
 
 
+def test_an_mlx_quantized_checkpoint_runs_as_is(mistral: Path, tmp_path: Path) -> None:
+    """A checkpoint already in MLX's quantized layout: judged as it is (transformers gets
+    the dense copies), and quantizing it again is refused."""
+    quantized = derive(mistral, tmp_path / "q", "bfloat16", "affine8")
+    r = judge(quantized, candidate=f"{PORT}:load", dtype="bfloat16", steps=2, anchors=True)
+    assert r["passed"] and r["anchors"] == [], r["departure"]
+    with pytest.raises(ValueError, match="already quantized"):
+        judge(quantized, candidate=f"{PORT}:load", dtype="bfloat16", quant="affine4")
+
+
 def test_mlx_impl_default_is_run_configs_verdict(llama: Path, tmp_path: Path) -> None:
     r = judge(llama, steps=3)
     today = run_config(llama, derive(llama, tmp_path / "f32", "float32"), model_type="llama", dtype="float32",
@@ -216,11 +226,13 @@ def test_mlx_impl_default_is_run_configs_verdict(llama: Path, tmp_path: Path) ->
     assert r["passed"]
 
 
-def test_mlx_impl_against_the_transformers_oracle(llama: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mlx_impl_against_the_transformers_oracle(llama: Path, dtype: str) -> None:
     """The same port judged with transformers (made float64) as oracle and peer: the same
     verdict, every point (transformers' float64 model agrees with the twin's to ~1e-16:
-    tests/test_model_hf_oracle.py)."""
-    r = judge(llama, oracle="transformers", steps=3)
+    tests/test_model_hf_oracle.py). In float64 the reference is transformers in float32
+    (the precision probe of bounds.py), as the twin in float32 is with the twin oracle."""
+    r = judge(llama, oracle="transformers", dtype=dtype, steps=3)
     assert r["oracle"] == "transformers" and r["hidden_states"] and r["passed"], r["departure"]
     assert {p["point"] for p in r["points"]} == POINTS
 

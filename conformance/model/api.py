@@ -89,7 +89,8 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         quant: a key of :data:`conformance.model.checkpoints.QUANT_MODES`, or None.
         steps, prompt_len, seed: the decode (as above).
         anchors: also run transformers' float64 model and mlx-lm as external anchors
-            (twin oracle only: with transformers as the oracle it is its own anchor).
+            (twin oracle and a checkpoint not already quantized only, as the CLI does:
+            with transformers as the oracle it is its own anchor).
         progress: a line per side and step on stderr.
         oracle: ``"auto"``, ``"twin"`` or ``"transformers"`` (:func:`choose_oracle`).
 
@@ -115,13 +116,17 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
     if steps < 0 or prompt_len < 1:
         raise ValueError(f"[judge] steps must be >= 0 and prompt_len >= 1 but got {steps}, {prompt_len}.")
     config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
+    prequantized = "quantization" in config or "quantization_config" in config
+    if prequantized and quant is not None:
+        raise ValueError(f"[judge] {ck} is already quantized; quant does not apply.")
     resolved = resolve_candidate(candidate)
     with tempfile.TemporaryDirectory(prefix="judge-") as tmp:
         work = Path(tmp)
         derived = derive(ck, work / f"{ck.name}-{dtype}-{quant or 'dense'}", dtype, quant)
         return judge_derived(ck, derived, work, model_type=str(config.get("model_type", "?")),
                              candidate=resolved, oracle=oracle, dtype=dtype, quant=quant, steps=steps,
-                             prompt_len=prompt_len, seed=seed, anchors=anchors, progress=progress)
+                             prompt_len=prompt_len, seed=seed, anchors=anchors and not prequantized,
+                             progress=progress)
 
 
 def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
