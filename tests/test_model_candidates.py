@@ -184,6 +184,13 @@ def test_candidate_failures_are_named(mistral: Path, loader: Any, why: str) -> N
         judge(mistral, candidate=loader, steps=1)
 
 
+def test_mlx_impl_on_an_architecture_it_lacks(mistral: Path) -> None:
+    """The default candidate on an architecture without a twin (nor an mlx_impl port):
+    a CandidateLoadError, raised before the oracle decodes."""
+    with pytest.raises(CandidateLoadError, match=r"mlx_impl cannot load .*mistral"):
+        judge(mistral, steps=1)
+
+
 def test_oracle_that_transformers_cannot_build(mistral: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(mistral, bad)
