@@ -110,7 +110,7 @@ def run_header(profile: str) -> dict[str, Any]:
         "device": str(mx.default_device()),
         "commit": project_commit(),
         "profile": profile,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_backend": cpu_backend.cpu_backend_info(),
         "matmul_precision": matmul_precision(backend),
         "supports": supports(backend),

@@ -1,4 +1,5 @@
-"""Shared pytest set-up: Hypothesis profiles, the conformance collector and its JSON output,
+"""Shared pytest set-up: Hypothesis profiles (``ci`` unless ``--hypothesis-profile`` or
+``$HYPOTHESIS_PROFILE`` names another), the conformance collector and its JSON output,
 and MLX's CPU back end configured as the conformance and benchmark runs use it."""
 
 from __future__ import annotations
@@ -69,9 +70,19 @@ def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str])
 _CONFIG: pytest.Config | None = None
 
 
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin, which derives --hypothesis-verbosity's profile
 def pytest_configure(config: pytest.Config) -> None:
     global _CONFIG
     _CONFIG = config
+    # Plain pytest runs under the project's ci profile (as nox does), not Hypothesis's default.
+    try:
+        name = profiles.pytest_profile(config.getoption("--hypothesis-profile", None), os.environ)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if name is not None:
+        from hypothesis import settings
+
+        settings.load_profile(name)
     if os.environ.get(TUNE_ENV) == "1":
         import torch
 

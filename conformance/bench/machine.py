@@ -152,7 +152,7 @@ def machine_info(backend: str, torch_device: str, mlx_tuning: dict[str, Any]) ->
     import torch
 
     info: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "backend": backend,
         "mlx_device": str(mx.default_device()),

@@ -4,6 +4,7 @@ model conformance and write the report.
     python -m conformance model CHECKPOINT_DIR [--dtype float32,float64,bfloat16,float16]
         [--steps 32] [--prompt-len 16] [--quantize affine4,mxfp4,...|all]
         [--quant-dtype float32] [--out DIR] [--no-anchors] [--mutant NAME]
+        [--candidate mlx_impl|mlx-lm|package.module:function] [--oracle auto|twin|transformers]
     python -m conformance model --tiny [llama,qwen3,...|all] [--dit] ...
 
 The report goes to ``reports/models/<checkpoint name>/`` by default (``tiny-<backend>``
@@ -21,6 +22,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-anchors", action="store_true", help="skip transformers and mlx-lm")
     p.add_argument("--dit", action="store_true", help="also run the Flux 2 DiT blocks against diffusers")
     p.add_argument("--mutant", default=None, help="plant a bug in the MLX side (self-check); see mutants.py")
+    p.add_argument("--candidate", default="mlx_impl",
+                   help="the MLX port judged: mlx_impl (default), mlx-lm, or package.module:function "
+                        "(path -> model or (model, cache), mlx-lm's convention); see conformance/model/candidates.py")
+    p.add_argument("--oracle", default="auto", choices=("auto", "twin", "transformers"),
+                   help="float64 oracle: the twin where it implements the architecture (auto), else "
+                        "transformers' own model made float64 (conformance/model/hf_sides.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tune", action="store_true",
                    help="keep MLX's CPU back end as shipped (default: mlx_impl.cpu_backend.tune_cpu)")
@@ -76,7 +84,7 @@ def run_header() -> dict[str, Any]:
     return {"matmul_precision": matmul_precision(backend), "cpu_backend": cpu_backend_info(),"mlx": getattr(mx, "__version__", "?"), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "backend": backend, "device": str(mx.default_device()),
-            "commit": project_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "commit": project_commit(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def _split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -124,8 +132,11 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         from conformance.model.dit_check import DitCase, run_dit
 
         return run_dit(DitCase(block=task.block or "double"), task.dtype, task.quant)
+    from conformance.model.api import judge_derived
+    from conformance.model.candidates import resolve_candidate
     from conformance.model.checkpoints import derive
-    from conformance.model.harness import run_config
+    from conformance.model.errors import CandidateLoadError, OracleLoadError
+    from conformance.model.isolated import failed_result
     from conformance.model.mutants import ALL_MUTANTS
 
     checkpoint = Path(task.checkpoint or "")
@@ -134,13 +145,33 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"[conformance model] {task.label}: prefill {args.prompt_len} + {args.steps} steps",
           file=sys.stderr, flush=True)
     derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{task.quant or 'dense'}", task.dtype, task.quant)
-    r = run_config(checkpoint, derived, model_type=config.get("model_type", "?"), dtype=task.dtype,
-                   quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
-                   mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
-                   anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps")
+    started = time.perf_counter()
+    try:
+        r = judge_derived(checkpoint, derived, work, model_type=config.get("model_type", "?"),
+                          candidate=resolve_candidate(args.candidate), oracle=args.oracle, dtype=task.dtype,
+                          quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
+                          mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
+                          anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps")
+    except (CandidateLoadError, OracleLoadError) as exc:
+        # This configuration cannot be judged; the others still run and the report says why.
+        status = "CANDIDATE ERROR" if isinstance(exc, CandidateLoadError) else "ORACLE ERROR"
+        print(f"[conformance model] {task.label}: {status}: {exc}", file=sys.stderr, flush=True)
+        r = failed_result(task, status, str(exc), time.perf_counter() - started)
+        r.update(candidate=args.candidate, oracle=args.oracle, hidden_states=False, notes=[])
     r["name"] = task.name
     r["checkpoint"] = str(checkpoint)
     return r
+
+
+def _check_candidate(spec: str) -> None:
+    """Refuse a bad ``--candidate`` before any checkpoint is written (SystemExit with why)."""
+    from conformance.model.candidates import resolve_candidate
+    from conformance.model.errors import CandidateLoadError
+
+    try:
+        resolve_candidate(spec)
+    except CandidateLoadError as exc:
+        raise SystemExit(f"[conformance model] --candidate: {exc}") from exc
 
 
 def _child_args(args: argparse.Namespace) -> list[str]:
@@ -150,6 +181,7 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     out += ["--no-anchors"] if args.no_anchors else []
     out += ["--no-tune"] if args.no_tune else []
     out += ["--mutant", args.mutant] if args.mutant else []
+    out += ["--candidate", args.candidate, "--oracle", args.oracle]
     return out
 
 
@@ -178,6 +210,10 @@ def command_model(args: argparse.Namespace) -> int:
         from conformance.model.mutants import ALL_MUTANTS
 
         _split(args.mutant, tuple(ALL_MUTANTS), "mutant")
+        if args.candidate != "mlx_impl":
+            raise SystemExit(f"[conformance model] --mutant plants a bug in mlx_impl; it does not apply to "
+                             f"--candidate {args.candidate}.")
+    _check_candidate(args.candidate)
     if args.task:
         return _run_task_file(args)
     dtypes = _split(args.dtype, DTYPES, "dtype")
@@ -202,13 +238,22 @@ def command_model(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"schema": SCHEMA, "run": run_header(), "notes": notes, "mutant": args.mutant,
                               "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
                               "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
-    notes += _anchor_notes(report["results"])
+    notes += _anchor_notes(report["results"]) + _candidate_notes(report["results"])
     out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)
     passed = sum(r["passed"] for r in results)
     print(f"[conformance model] {passed}/{len(results)} configurations conform. Report: {out / 'report.html'}",
           flush=True)
     return 0 if passed == len(results) else 1
+
+
+def _candidate_notes(results: list[dict[str, Any]]) -> list[str]:
+    """The candidates' own notes (logits only, routing not judged ...), once each."""
+    seen: dict[str, str] = {}
+    for r in results:
+        for n in r.get("notes", []):
+            seen.setdefault(f"{r.get('candidate', 'mlx_impl')} on {r.get('model_type', r.get('name', '?'))}: {n}", "")
+    return list(seen)
 
 
 def _anchor_notes(results: list[dict[str, Any]]) -> list[str]:

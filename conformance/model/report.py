@@ -160,6 +160,16 @@ def _worst(r: dict[str, Any], key: str) -> float:
     return max(p[key] for p in r["points"])
 
 
+def _sides(results: list[dict[str, Any]]) -> str:
+    """Which port was judged (MLX below) and against which oracle, for the header."""
+    candidates = sorted({r.get("candidate", "mlx_impl") for r in results})
+    oracles = sorted({r.get("oracle", "twin") for r in results})
+    return (f"MLX below is the candidate {', '.join(candidates) or 'mlx_impl'}; oracle: "
+            f"{', '.join(oracles) or 'twin'} in float64 (twin: torch_reference, the twin in the test dtype the "
+            "reference; transformers: its own model made float64, transformers in the test dtype the "
+            "reference).")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: header, one row per configuration, departures in full."""
     run = report["run"]
@@ -174,6 +184,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{run.get('date')}; MLX float32 matmuls: "
              f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: prefill of {ran[0]['prompt_len'] if ran else '?'} tokens "
              f"+ {ran[0]['steps'] if ran else '?'} cached decode steps.", "",
+             _sides(results), "",
              "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
              "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "
              "Errors are relative 2-norm errors against the float64 oracle.", "",

@@ -1,0 +1,258 @@
+"""The Python API of the model conformance: :func:`judge` one candidate on one checkpoint.
+
+    from conformance.model import judge, CandidateLoadError, OracleLoadError
+
+    result = judge("path/to/checkpoint", candidate="my_port.model:load", dtype="float32")
+    result["passed"], result["departure"], result["tokens"]["agree"]
+
+The oracle is the project's twin in float64 where ``torch_reference.models`` implements
+the architecture (the twin in the test dtype the peer), transformers' own model in float64
+elsewhere (:mod:`conformance.model.hf_sides`; transformers in the test dtype the peer).
+The rule is the same everywhere (:func:`conformance.model.bounds.check_point`):
+per token row, ``||cand - oracle|| <= 2 ||peer - oracle|| + 2 ulp sqrt(D)`` at every
+(step, point), the oracle decoding greedily and the others replaying its tokens.
+``python -m conformance model CHECKPOINT --candidate SPEC`` runs the same code
+(:func:`judge_derived`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance.model.candidates import Candidate, CandidateSide, Loader, resolve_candidate
+from conformance.model.checkpoints import QUANT_MODES, derive
+from conformance.model.errors import CandidateLoadError
+from conformance.model.harness import (
+    Mutant,
+    _judge_trace,
+    _log,
+    _oracle_tokens,
+    _replay,
+    _run_anchors,
+    _tokens,
+    run_config,
+)
+from conformance.model.sides import MlxSide, Side, TwinSide
+
+ORACLES = ("auto", "twin", "transformers")
+"""``auto``: the twin where it implements the architecture, else transformers."""
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def twin_supports(model_type: str) -> bool:
+    """Whether the project's twin (``torch_reference.models``) implements ``model_type``."""
+    from torch_reference.models import SUPPORTED_MODEL_TYPES
+
+    return model_type in SUPPORTED_MODEL_TYPES
+
+
+def choose_oracle(model_type: str, oracle: str) -> str:
+    """``"twin"`` or ``"transformers"`` for ``model_type`` and the requested ``oracle``
+    (one of :data:`ORACLES`). Raises ValueError for an unknown name, or ``twin`` on an
+    architecture the twin does not implement."""
+    if oracle not in ORACLES:
+        raise ValueError(f"[judge] oracle must be one of {ORACLES} but got {oracle!r}.")
+    if oracle == "auto":
+        return "twin" if twin_supports(model_type) else "transformers"
+    if oracle == "twin" and not twin_supports(model_type):
+        from torch_reference.models import SUPPORTED_MODEL_TYPES
+
+        raise ValueError(f"[judge] the twin implements {SUPPORTED_MODEL_TYPES}, not {model_type!r}; "
+                         "use oracle='transformers' (or 'auto').")
+    return oracle
+
+
+def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype: str = "float32",
+          quant: str | None = None, steps: int = 16, prompt_len: int = 8, seed: int = 0,
+          anchors: bool = False, progress: bool = False, oracle: str = "auto") -> dict[str, Any]:
+    """Judge ``candidate`` on ``checkpoint`` in ``dtype`` (and quantized mode ``quant``).
+
+    The checkpoint is rounded to ``dtype`` (and quantized) once, into a temporary folder
+    (:func:`conformance.model.checkpoints.derive`); every side loads that copy. The oracle
+    decodes greedily from a ``seed``-random prompt of ``prompt_len`` token ids for
+    ``steps`` cached single-token steps; the candidate and the peer replay its tokens.
+
+    Args:
+        checkpoint: a Hugging Face-layout directory (``config.json``, ``*.safetensors``).
+        candidate: ``"mlx_impl"`` (this project's port), ``"mlx-lm"``,
+            ``"package.module:function"`` or a callable ``path -> model | (model, cache)``;
+            the model answers ``model(tokens [B, L] mx.array, cache=cache) -> logits [B, L, V]``.
+        dtype: test dtype (``float32``, ``float64`` (CPU), ``bfloat16``, ``float16``); with
+            ``quant``, the activation and scale dtype.
+        quant: a key of :data:`conformance.model.checkpoints.QUANT_MODES`, or None.
+        steps, prompt_len, seed: the decode (as above).
+        anchors: also run transformers' float64 model and mlx-lm as external anchors
+            (twin oracle and a checkpoint not already quantized only, as the CLI does:
+            with transformers as the oracle it is its own anchor).
+        progress: a line per side and step on stderr.
+        oracle: ``"auto"``, ``"twin"`` or ``"transformers"`` (:func:`choose_oracle`).
+
+    Returns:
+        The JSON-ready result of :func:`conformance.model.harness.run_config` (``passed``,
+        ``departure`` = {step, point, kind, message} or None, ``tokens`` = {agree, steps,
+        ties, flips, ...}, ``points``, ``layers``, ``routing``, ``anchors`` ...) plus
+        ``candidate`` (its spec), ``oracle`` (``"twin"`` or ``"transformers"``),
+        ``hidden_states`` (whether per-layer points were judged) and ``notes``.
+
+    Raises:
+        CandidateLoadError: the candidate cannot be imported, built or loaded, or crashes.
+        OracleLoadError: transformers cannot build or load the checkpoint.
+        ValueError: an unknown dtype, quantized mode or oracle; non-positive sizes.
+    """
+    ck = Path(checkpoint).resolve()
+    if not (ck / "config.json").is_file():
+        raise ValueError(f"[judge] {ck} has no config.json: not a Hugging Face-layout checkpoint.")
+    if dtype not in DTYPES:
+        raise ValueError(f"[judge] dtype must be one of {DTYPES} but got {dtype!r}.")
+    if quant is not None and quant not in QUANT_MODES:
+        raise ValueError(f"[judge] quant must be None or one of {tuple(QUANT_MODES)} but got {quant!r}.")
+    if steps < 0 or prompt_len < 1:
+        raise ValueError(f"[judge] steps must be >= 0 and prompt_len >= 1 but got {steps}, {prompt_len}.")
+    config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
+    prequantized = "quantization" in config or "quantization_config" in config
+    if prequantized and quant is not None:
+        raise ValueError(f"[judge] {ck} is already quantized; quant does not apply.")
+    resolved = resolve_candidate(candidate)
+    with tempfile.TemporaryDirectory(prefix="judge-") as tmp:
+        work = Path(tmp)
+        derived = derive(ck, work / f"{ck.name}-{dtype}-{quant or 'dense'}", dtype, quant)
+        return judge_derived(ck, derived, work, model_type=str(config.get("model_type", "?")),
+                             candidate=resolved, oracle=oracle, dtype=dtype, quant=quant, steps=steps,
+                             prompt_len=prompt_len, seed=seed, anchors=anchors and not prequantized,
+                             progress=progress)
+
+
+def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
+                  oracle: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int = 0,
+                  anchors: bool = False, progress: bool = False, mutant: Mutant | None = None,
+                  ) -> dict[str, Any]:
+    """:func:`judge` on a checkpoint already derived (``derived``, from ``checkpoint``);
+    temporary copies go under ``work``. ``mutant`` plants a bug in ``mlx_impl`` (twin
+    oracle only). The CLI's entry; the result as :func:`judge` describes it."""
+    kind = choose_oracle(model_type, oracle)
+    if candidate.loader is None and kind == "twin":
+        # This project's port against its twin: exactly today's comparison.
+        result = run_config(checkpoint, derived, model_type=model_type, dtype=dtype, quant=quant, steps=steps,
+                            prompt_len=prompt_len, seed=seed, mutant=mutant, anchors=anchors, progress=progress)
+        result.update(candidate=candidate.name, oracle=kind, hidden_states=True, notes=[])
+        return result
+    if mutant is not None:
+        raise ValueError("[judge] a mutant plants a bug in mlx_impl against the twin; it does not apply to "
+                         f"candidate {candidate.name!r} with the {kind} oracle.")
+    return _judge_generic(checkpoint, derived, work, model_type=model_type, candidate=candidate, kind=kind,
+                          dtype=dtype, quant=quant, steps=steps, prompt_len=prompt_len, seed=seed,
+                          anchors=anchors, progress=progress)
+
+
+def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
+                   kind: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int,
+                   anchors: bool, progress: bool) -> dict[str, Any]:
+    """Any candidate against either oracle: the flow of ``run_config`` with pluggable sides."""
+    if dtype == "float64" and quant is not None:
+        raise ValueError("[judge] float64 is a dense test dtype: quantized layers take no float64.")
+    label = derived.name
+    started = time.perf_counter()
+    notes: list[str] = []
+    vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    # The candidate first: one that cannot load fails before the oracle's decode.
+    side = _candidate_side(derived, candidate)
+    oracle = _oracle_side(derived, work, kind, notes)
+    inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
+    if getattr(oracle, "narrow_outputs", None):
+        notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
+                     "that dtype's precision")
+    # Mixture-of-experts with the twin: its peer continues with the oracle's experts where
+    # its own differ, as in run_config (the candidate cannot be steered: see the note below).
+    force = [[e for _, _, e in layers] for layers in oracle.routing.steps] if isinstance(oracle, TwinSide) else None
+    peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force)
+    peer_out = _replay(peer, inputs, progress, label)
+    probe_out = _replay(prober, inputs, progress, label) if prober is not None else None
+    try:
+        side_out = _replay(side, inputs, progress, label)
+    except CandidateLoadError:
+        raise
+    except Exception as exc:  # mlx_impl's own side crashing (a user's candidate raises CandidateLoadError)
+        raise CandidateLoadError(f"[candidate] {candidate.name} crashed: {type(exc).__name__}: {exc}") from exc
+    notes += getattr(side, "notes", [])  # after the replay: the first step may find the taps unused
+    n_oracle = len(oracle_out[0][1])
+    with_hidden = bool(side_out[0][1]) and n_oracle > 0
+    if side_out[0][1] and len(side_out[0][1]) != n_oracle:
+        with_hidden = False
+        notes.append(f"logits only: the candidate has {len(side_out[0][1]) - 1} decoder layers, the oracle "
+                     f"{n_oracle - 1}")
+    elif not n_oracle:
+        notes.append("logits only: the oracle's decoder layers were not found")
+    routing = None  # judged only for mlx_impl against the twin (run_config): others have no router observer
+    if isinstance(oracle, TwinSide) and any(oracle.routing.steps):
+        notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
+                     "shows as a departure at that layer")
+    points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,
+                                     probe_out=probe_out)
+    tokens = _tokens(side_out, peer_out, oracle_out, dtype, probe_out)
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
+        "steps": steps, "prompt_len": prompt_len, "seed": seed,
+        "layers": max(n_oracle - 1, 0), "points": points, "departure": departure,
+        "tokens": tokens, "anchors": [], "routing": routing,
+    }
+    if anchors and kind == "twin":
+        result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs, peer_out,
+                                         oracle_out, progress, label, probe_out)
+    elif anchors:
+        notes.append("anchors not run: transformers is the oracle here")
+    result["passed"] = (departure is None and not tokens["flips"] and (routing is None or routing["passed"])
+                        and all(a["passed"] for a in result["anchors"] if a["required"]))
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    result.update(candidate=candidate.name, oracle=kind, hidden_states=with_hidden, notes=notes)
+    _log(True, f"  [{label}] {candidate.name} vs {kind}: {'PASS' if result['passed'] else 'FAIL'} in "
+         f"{result['seconds']} s; tokens {tokens['agree']}/{tokens['steps']} agree"
+         + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
+    return result
+
+
+def _oracle_side(derived: Path, work: Path, kind: str, notes: list[str]) -> Side:
+    """The twin in float64, or transformers in float64 on a dense copy of ``derived``."""
+    if kind == "twin":
+        return TwinSide(derived, "float64", "twin-float64")
+    from conformance.model.hf_sides import HFSide, dense_copy
+
+    oracle = HFSide(dense_copy(derived, work / f"{derived.name}-dense-float64", "float64"), "float64",
+                    "transformers-float64")
+    if oracle.not_float64:
+        notes.append(f"oracle not fully float64: {oracle.not_float64} stayed narrower (those points resolve "
+                     "only to their own dtype)")
+    return oracle
+
+
+def _peer_sides(checkpoint: Path, derived: Path, work: Path, kind: str, dtype: str,
+                force: list[list[np.ndarray]] | None) -> tuple[Side, Side | None]:
+    """The peer (the oracle's library in the test dtype) and, in a float64 configuration,
+    the float32 precision probe (:mod:`conformance.model.bounds`), else None."""
+    probe_ck = derive(checkpoint, work / f"{derived.name}-probe-float32", "float32") if dtype == "float64" else None
+    if kind == "twin":
+        peer: Side = TwinSide(derived, "native", f"twin-{dtype}", force=force)
+        return peer, (TwinSide(probe_ck, "native", "twin-float32", force=force) if probe_ck else None)
+    from conformance.model.hf_sides import HFSide, dense_copy
+
+    peer = HFSide(dense_copy(derived, work / f"{derived.name}-dense-native", "native"), "native",
+                  f"transformers-{dtype}")
+    return peer, (HFSide(probe_ck, "native", "transformers-float32") if probe_ck else None)
+
+
+def _candidate_side(derived: Path, candidate: Candidate) -> Side:
+    """The candidate's side. ``mlx_impl`` comes here only with the transformers oracle
+    (against the twin it is ``run_config``'s), so no expert choices are forced on it."""
+    if candidate.loader is not None:
+        return CandidateSide(derived, candidate)
+    try:
+        return MlxSide(derived)
+    except Exception as exc:  # mlx_impl cannot build this architecture
+        raise CandidateLoadError(f"[candidate] mlx_impl cannot load {derived}: {type(exc).__name__}: {exc}") from exc
