@@ -48,6 +48,14 @@ SIZES: dict[str, Any] = {
 """The generic shrink: each key is set where transformers' config for the architecture
 has it (and its default is not None)."""
 
+_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "depth": 1, "num_heads": 2,
+           "num_attention_heads": 2, "out_hidden_size": 64, "vision_output_dim": 64, "projector_input_dim": 64,
+           "projector_output_dim": 64}
+"""A composite config's vision tower, shrunk too (it is not built by the causal LM class,
+but the config is saved with the checkpoint)."""
+_NONE_MEANS_DERIVED = ("num_key_value_heads", "head_dim")
+"""Keys whose None default some configs leave for the model to derive (and some models
+then fail on): set to the small size wherever the config has the attribute."""
 _EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _PER_LAYER_MAX_KINDS = 4
 
@@ -55,7 +63,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # GPT-2 family spells the widths differently and has no kv heads.
     # (their n_inner stays None, 4 x n_embd, as the published checkpoints have it)
     "gpt2": {"n_embd": 64, "n_head": 4, "n_layer": 2},
-    "gpt_bigcode": {"n_embd": 64, "n_head": 4, "n_layer": 2, "multi_query": True},
+    "gpt_bigcode": {"n_embd": 64, "n_head": 4, "n_layer": 2, "multi_query": True,
+                    "n_inner": 256},  # StarCoder's configs set n_inner; mlx-lm requires it
     "gptj": {"n_embd": 64, "n_head": 4, "n_layer": 2, "rotary_dim": 8},
     # DBRX keeps its attention and FFN sizes in sub-configs.
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2,
@@ -68,6 +77,12 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "falcon_mamba": {"intermediate_size": 128, "conv_kernel": 4, "expand": 2},
     # Mamba-2: heads x head_dim must equal expand x hidden; groups divide heads.
     "mamba2": {"num_heads": 8, "head_dim": 16, "expand": 2, "n_groups": 1, "chunk_size": 16},
+    # Phi-3.5-MoE (the published model) has biased attention and lm_head.
+    "phimoe": {"attention_bias": True, "lm_head_bias": True},
+    # dots.llm1 leaves its expert counts unset (None) by default.
+    "dots1": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1},
+    # LFM2-MoE leaves layer_types unset: one short-conv and one attention layer.
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
     # DeepSeek-V2 leaves top-k unset (None) by default.
     "deepseek_v2": {"num_experts_per_tok": 2},
     # ERNIE 4.5 MoE: the sparse layers are a [start, end] range with an interval.
@@ -116,7 +131,8 @@ def tiny_config(model_type: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in SIZES.items():
         current = getattr(default, key, None)
-        if current is None or isinstance(current, bool):
+        if isinstance(current, bool) or (current is None and not (key in _NONE_MEANS_DERIVED
+                                                                  and hasattr(default, key))):
             continue
         kwargs[key] = value
     # Per-layer lists: rebuilt for the new depth, every kind of layer kept.
@@ -161,6 +177,13 @@ def tiny_config(model_type: str) -> Any:
         for key in ("num_experts_per_tok", "num_experts_per_token", "moe_k", "moe_top_k", "moe_topk"):
             if key in kwargs:
                 kwargs[key] = 2
+    text = getattr(default, "text_config", None)
+    if text is not None and getattr(text, "model_type", None):
+        # A composite config (Qwen 3.5, Llama 4): the causal LM is its text model.
+        kwargs["text_config"] = tiny_config(text.model_type).to_dict()
+        vision = getattr(default, "vision_config", None)
+        if vision is not None:
+            kwargs["vision_config"] = {**vision.to_dict(), **_VISION}
     return AutoConfig.for_model(model_type, **kwargs)
 
 
@@ -253,7 +276,8 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
     if isinstance(layer_types, list) and "sliding_window_pattern" not in written:
         k = _periodic_full_every(layer_types)
         if k is not None:
-            add["sliding_window_pattern"] = k
+            # EXAONE 4 spells the pattern as a string of Local/Global layers.
+            add["sliding_window_pattern"] = ("L" * (k - 1) + "G") if written.get("model_type") == "exaone4" else k
     if written.get("model_type") == "gpt2" and "n_ctx" not in written:
         add["n_ctx"] = written.get("n_positions")
     if written.get("model_type") == "gpt_neox" and "rope_theta" in add:

@@ -168,6 +168,12 @@ def run_configuration(cfg: Configuration, *, results: Path, work: Path, candidat
         except Exception as exc:
             status = _classify_error(exc)
             result.update(status=status, reason=_reason(exc, full=status == "error"))
+        except SystemExit as exc:
+            # A library that exits the process on import (mlx-lm's olmo module without the
+            # ai2-olmo package): that side cannot load the checkpoint.
+            side = "candidate" if _raised_in(exc, "mlx_lm") else "oracle" if _raised_in(exc, "transformers") else ""
+            status = f"{side}-load-error" if side else "error"
+            result.update(status=status, reason=_reason(exc, full=True))
         else:
             result["verdict"] = _summary(verdict)
             result["status"] = "conforms" if verdict.get("passed") else "departs"
@@ -192,6 +198,12 @@ def departure_text(verdict: dict[str, Any]) -> str:
     if routing.get("flips"):
         return f"{routing['flips']} expert choices differ outside a tie"
     return "did not pass (no departure named by the judge)"
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether ``exc`` was raised from inside ``package`` (its innermost frame's file)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"/{package}/" in frames[-1].filename.replace("\\", "/")
 
 
 def _reason(exc: BaseException, full: bool = False) -> str:

@@ -1,0 +1,63 @@
+"""mlx-lm hard-codes one GELU per architecture and ignores the config's hidden_act:
+
+* starcoder2 (mlx_lm/models/starcoder2.py: nn.gelu, the exact erf GELU) where the
+  config says "gelu_pytorch_tanh" (the tanh approximation, as StarCoder2's published
+  configs do);
+* gpt_neox (gpt_neox.py: nn.gelu_approx, "corresponds to FastGELUActivation") where the
+  config says "gelu" (exact; Pythia's published configs do).
+
+The two GELUs differ by up to ~5e-4 absolute per activation, so every MLP output moves.
+Switching transformers to the GELU mlx-lm hard-codes makes the two agree. Needs only
+mlx-lm, transformers, torch, numpy:
+
+    python gelu_variant.py   # verified with mlx-lm 0.32.2, transformers 5.25.0
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import torch
+from mlx_lm.utils import load_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+SMALL = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+CASES = {  # model_type: (the config's GELU, the GELU mlx-lm uses)
+    "starcoder2": ("gelu_pytorch_tanh", "gelu"),
+    "gpt_neox": ("gelu", "gelu_pytorch_tanh"),
+}
+
+
+def rel_err(model_type: str, act: str) -> float:
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, **SMALL, hidden_act=act)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # larger activations than the init's, where the GELUs part
+        for p in model.parameters():
+            p.mul_(4.0) if p.ndim == 2 else None
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        path = Path(tmp) / "config.json"
+        written = json.loads(path.read_text())
+        rope = written.get("rope_parameters") or {}
+        written.update(rope_theta=rope.get("rope_theta", 10000.0), head_dim=16,
+                       rotary_emb_base=rope.get("rope_theta", 10000.0),
+                       rotary_pct=rope.get("partial_rotary_factor", 1.0))
+        path.write_text(json.dumps(written))
+        ids = np.arange(1, 9)[None]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(ids)).logits[0].numpy()
+        mlx_model, _ = load_model(Path(tmp))
+        got = np.array(mlx_model(mx.array(ids.astype(np.int32)))[0].astype(mx.float32))
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+if __name__ == "__main__":
+    for model_type, (declared, used) in CASES.items():
+        as_declared, as_used = rel_err(model_type, declared), rel_err(model_type, used)
+        print(f"{model_type}: hidden_act {declared!r}: max rel err {as_declared:.1e}; "
+              f"with {used!r} (what mlx-lm runs): {as_used:.1e}")
+        assert as_used < 1e-4 and as_declared > 10 * as_used, f"{model_type}: mlx-lm now follows hidden_act"
