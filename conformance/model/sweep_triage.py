@@ -8,7 +8,9 @@ entry of :data:`TRIAGE`, of one kind:
 * ``transformers quirk``: transformers' own class or config is the odd one out;
 * ``convention``: the two libraries agree to differ (or a checkpoint layout mlx-lm does
   not read); pinned by the named ``test``;
-* ``out of scope``: not a text causal LM checkpoint the sweep can write (say why).
+* ``MLX back-end limit``: MLX itself (not mlx-lm) lacks the kernel on this back end;
+* ``harness gap``: the sweep or the judge cannot yet pose the question (to close);
+* ``out of scope``: not a checkpoint the sweep can write (say why).
 
 An entry matches a configuration by architecture, status and (optionally) a substring of
 its reason. The report lists every entry with the configurations it explains, and every
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-KINDS = ("mlx-lm bug", "transformers quirk", "convention", "out of scope")
+KINDS = ("mlx-lm bug", "transformers quirk", "convention", "MLX back-end limit", "harness gap", "out of scope")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Finding:
     id: str
     kind: str
     archs: tuple[str, ...]
+    """Architectures it applies to (empty: any)."""
     statuses: tuple[str, ...]
     summary: str
     match: str = ""
@@ -40,16 +43,139 @@ class Finding:
     test: str = ""
     versions: str = ""
     detail: str = ""
+    legacy_key: str = ""
+    """A transformers-4 key the sweep adds to configs to work around this finding: the
+    architectures whose configs got it are listed as affected (they reach a verdict
+    only thanks to the key)."""
 
     def matches(self, result: dict[str, Any]) -> bool:
         """Whether this finding explains ``result`` (a sweep configuration)."""
-        return (result["arch"] in self.archs and result["status"] in self.statuses
+        return ((not self.archs or result["arch"] in self.archs) and result["status"] in self.statuses
                 and (not self.configs or result["label"] in self.configs)
                 and self.match in (result.get("reason") or ""))
 
 
-TRIAGE: list[Finding] = []
-"""One entry per finding (filled from the sweep's own triage)."""
+_REPRO = "reports/sweep/mlx-lm/repro/"
+_PINS = "tests/test_sweep_findings.py::"
+
+TRIAGE: list[Finding] = [
+    Finding(
+        id="rope-parameters", kind="mlx-lm bug", archs=(), statuses=(), legacy_key="rope_theta",
+        summary="mlx-lm 0.32.2 ignores transformers 5's `rope_parameters`: configs written by transformers "
+                ">= 5 (5.25 here) keep rope_theta and the scaling (rope_type, factor, ...) only inside "
+                "`rope_parameters`; mlx-lm reads only top-level `rope_theta`/`rope_scaling`, so it runs "
+                "theta 10000 with no scaling where ModelArgs has a default (llama, qwen2, ...) and fails "
+                "to load where rope_theta is required (granite, helium, ernie4_5, ...).",
+        detail="The sweep writes the transformers-4 spellings too (same values; sweep_configs.legacy_keys), "
+               "so the rest of each architecture is judged; the affected architectures are those listed.",
+        repro=_REPRO + "rope_parameters.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="mistral-sliding-window", kind="mlx-lm bug", archs=("mistral",), statuses=("departs",),
+        summary="mlx-lm serves model_type mistral with its llama module, which applies a sliding window only "
+                "to layers `layer_types` marks sliding; transformers' Mistral applies `sliding_window` to "
+                "every layer (Mistral-7B-v0.1: 4096). Prompts longer than the window differ from the prefill.",
+        repro=_REPRO + "mistral_sliding_window.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="gemma2-sliding-window", kind="mlx-lm bug", archs=("gemma2",), statuses=("departs",),
+        summary="mlx-lm's gemma2 has no sliding window at all (never reads sliding_window or layer_types; a "
+                "plain KVCache per layer): its sliding layers attend to every earlier token.",
+        repro=_REPRO + "gemma2_sliding_window.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="glm-partial-rotary", kind="mlx-lm bug", archs=("glm",), statuses=("departs",),
+        summary="mlx-lm's glm rotates the whole head (nn.RoPE(dims=head_dim)) and ignores "
+                "partial_rotary_factor (0.5 in transformers' GlmConfig and GLM-4's configs).",
+        repro=_REPRO + "glm_partial_rotary.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="gelu-variant", kind="mlx-lm bug", archs=("starcoder2", "gpt_bigcode", "gpt_neox"), statuses=("departs",),
+        configs=("float32",),
+        summary="mlx-lm hard-codes the GELU and ignores hidden_act: starcoder2 and gpt_bigcode run the exact "
+                "GELU where the config says gelu_pytorch_tanh, gpt_neox the tanh approximation where it says gelu "
+                "(~2e-4 relative on the logits; only float32 resolves it, bfloat16's own rounding is larger).",
+        repro=_REPRO + "gelu_variant.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="gathermm-bfloat16-cpu", kind="MLX back-end limit", archs=(), statuses=("candidate-load-error",),
+        match="[GatherMM::eval] Currently only supports float32",
+        summary="MLX 0.32.4's CPU back end has gather_mm (mlx-lm's SwitchGLU experts) in float32 only: every "
+                "mixture-of-experts model fails in bfloat16 on the CPU (not on Metal/CUDA).",
+        test=_PINS + "test_gather_mm_bfloat16_cpu_unsupported"),
+    Finding(
+        id="quantized-router-gate", kind="harness gap", archs=(), statuses=("candidate-load-error",),
+        match=".mlp.gate.biases",
+        summary="The judge's derive() quantizes every 2-D weight whose width is a multiple of the group, "
+                "including the MoE router `mlp.gate`; mlx-lm keeps that router dense (it is not an "
+                "nn.Linear in DeepSeek-V3-like models), so the quantized checkpoint has scales it cannot place.",
+        detail="To close: quantize with the candidate's own predicate (mlx-lm's quantize_model) when the "
+               "candidate is mlx-lm."),
+    Finding(
+        id="quantized-per-expert", kind="harness gap", archs=(), statuses=("candidate-load-error",),
+        match="experts.0.", configs=("bfloat16+affine4",),
+        summary="derive() quantizes per-expert weights (experts.N.*) as stored by transformers; mlx-lm stacks "
+                "experts into switch_mlp before quantizing and its sanitize stacks only `.weight`, so "
+                "per-expert `.scales`/`.biases` are unknown to it.",
+        detail="To close: quantize after the candidate's sanitize (mlx-lm's own convert path)."),
+    Finding(
+        id="quantized-layout-other", kind="harness gap", archs=("falcon_h1",), statuses=("candidate-load-error",),
+        match="[dequantize] The matrix should be given as a uint32",
+        summary="derive() quantizes a Falcon-H1 weight that mlx-lm's sanitize reshapes or keeps dense; mlx-lm "
+                "then dequantizes a non-packed matrix."),
+    Finding(
+        id="config-keys", kind="convention", archs=(), statuses=("candidate-load-error",),
+        match="ModelArgs.__init__() missing",
+        summary="mlx-lm's ModelArgs require config keys that transformers' own config class does not write "
+                "(mlx-lm follows the published, often remote-code, configs: apertus qk_norm/post_norm, "
+                "minimax rotary_dim, mamba2 intermediate_size, lfm2 block_dim, ...).",
+        test=_PINS + "test_mlx_lm_requires_keys_transformers_does_not_write"),
+    Finding(
+        id="rope-scaling-required", kind="convention", archs=("deepseek_v2", "minicpm3"),
+        statuses=("candidate-load-error",), match="'NoneType' object has no attribute 'get'",
+        summary="mlx-lm's deepseek_v2 and minicpm3 require a rope_scaling dict (every published checkpoint has "
+                "YaRN / LongRoPE); transformers' default config has none (rope_scaling null).",
+        test=_PINS + "test_mlx_lm_requires_rope_scaling"),
+    Finding(
+        id="layer-type-names", kind="convention", archs=("granitemoehybrid", "jamba", "exaone4"),
+        statuses=("candidate-load-error",),
+        summary="transformers 5 writes per-layer kinds in its own vocabulary (layer_types 'linear_attention', "
+                "an int sliding_window_pattern); mlx-lm reads the published spellings ('mamba'/'attention' "
+                "block types, EXAONE 4's 'LLLG' pattern string).",
+        test=_PINS + "test_weight_or_layout_mismatch_still_fails"),
+    Finding(
+        id="checkpoint-layout", kind="convention",
+        archs=("gpt2", "nanochat", "olmo_hybrid", "llama4_text", "llama4", "gpt_oss", "qwen3_next", "phimoe"),
+        statuses=("candidate-load-error",), match="parameters",
+        summary="transformers 5 saves these models in its own tensor layout (fused expert tensors "
+                "`experts.gate_up_proj`, `transformer.` prefixes, renamed norms); mlx-lm's sanitize reads the "
+                "published checkpoints' layout, so the parameter names do not meet.",
+        test=_PINS + "test_weight_or_layout_mismatch_still_fails"),
+    Finding(
+        id="bitnet-packed", kind="out of scope", archs=("bitnet",), statuses=("candidate-load-error",),
+        summary="mlx-lm's bitnet reads only packed ternary checkpoints (weight_scale per projection); "
+                "transformers' BitNetForCausalLM writes unpacked float weights."),
+    Finding(
+        id="text-model-type", kind="convention", archs=("qwen3_5", "qwen3_5_moe"),
+        statuses=("candidate-load-error",), match="not supported",
+        summary="transformers' causal LM for Qwen 3.5 is the text model and saves model_type qwen3_5_text; "
+                "mlx-lm serves only the composite (vision + text) checkpoint, model_type qwen3_5."),
+    Finding(
+        id="olmo-needs-ai2-olmo", kind="out of scope", archs=("olmo",), statuses=("candidate-load-error",),
+        summary="mlx-lm's olmo module imports the ai2-olmo package and exits the process without it "
+                "(SystemExit at import); not installed here."),
+    Finding(
+        id="transformers-reload", kind="transformers quirk", archs=("laguna", "mellum"),
+        statuses=("oracle-load-error",), match="'NoneType' object is not subscriptable",
+        summary="transformers 5.25 builds these models from their config but cannot load the checkpoint it "
+                "saved after the dtype is set on load (TypeError: 'NoneType' object is not subscriptable)."),
+    Finding(
+        id="shrink-gap", kind="harness gap", archs=("gemma4_text", "dbrx"), statuses=("not-built",),
+        summary="The generic shrink does not yet handle Gemma 4's per-layer head_dim (transformers raises "
+                "AmbiguousGlobalPerLayerAttributeError on config.head_dim) or DBRX's sub-configs "
+                "(attn_config loses rope_theta); to close with per-architecture overrides."),
+]
+"""One entry per finding."""
 
 
 def triage(results: list[dict[str, Any]], findings: list[Finding] | None = None) -> dict[str, Any]:
@@ -61,6 +187,10 @@ def triage(results: list[dict[str, Any]], findings: list[Finding] | None = None)
     findings = TRIAGE if findings is None else findings
     by_id: dict[str, list[str]] = {f.id: [] for f in findings}
     untriaged = []
+    for f in findings:
+        if f.legacy_key:
+            by_id[f.id] += sorted({f"{r['arch']} (config key added)" for r in results
+                                   if f.legacy_key in (r.get("legacy_keys") or [])})
     for r in results:
         if r["status"] == "conforms":
             continue

@@ -1,8 +1,8 @@
 """mlx-lm hard-codes one GELU per architecture and ignores the config's hidden_act:
 
-* starcoder2 (mlx_lm/models/starcoder2.py: nn.gelu, the exact erf GELU) where the
-  config says "gelu_pytorch_tanh" (the tanh approximation, as StarCoder2's published
-  configs do);
+* starcoder2 and gpt_bigcode (mlx_lm/models/starcoder2.py, gpt_bigcode.py: nn.gelu,
+  the exact erf GELU) where the config says "gelu_pytorch_tanh" (the tanh approximation,
+  as StarCoder's and StarCoder2's published configs do);
 * gpt_neox (gpt_neox.py: nn.gelu_approx, "corresponds to FastGELUActivation") where the
   config says "gelu" (exact; Pythia's published configs do).
 
@@ -28,12 +28,17 @@ SMALL = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 256, "num_hi
 CASES = {  # model_type: (the config's GELU, the GELU mlx-lm uses)
     "starcoder2": ("gelu_pytorch_tanh", "gelu"),
     "gpt_neox": ("gelu", "gelu_pytorch_tanh"),
+    "gpt_bigcode": ("gelu_pytorch_tanh", "gelu"),
 }
+GPT2_STYLE = {"vocab_size": 128, "n_embd": 64, "n_inner": 256, "n_layer": 2, "n_head": 4}
 
 
 def rel_err(model_type: str, act: str) -> float:
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(model_type, **SMALL, hidden_act=act)
+    if model_type == "gpt_bigcode":
+        cfg = AutoConfig.for_model(model_type, **GPT2_STYLE, activation_function=act)
+    else:
+        cfg = AutoConfig.for_model(model_type, **SMALL, hidden_act=act)
     model = AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # larger activations than the init's, where the GELUs part
         for p in model.parameters():
@@ -43,7 +48,9 @@ def rel_err(model_type: str, act: str) -> float:
         path = Path(tmp) / "config.json"
         written = json.loads(path.read_text())
         rope = written.get("rope_parameters") or {}
-        written.update(rope_theta=rope.get("rope_theta", 10000.0), head_dim=16,
+        if model_type != "gpt_bigcode":
+            written.update(head_dim=16)
+        written.update(rope_theta=rope.get("rope_theta", 10000.0),
                        rotary_emb_base=rope.get("rope_theta", 10000.0),
                        rotary_pct=rope.get("partial_rotary_factor", 1.0))
         path.write_text(json.dumps(written))
