@@ -70,3 +70,18 @@ def test_weight_or_layout_mismatch_still_fails(arch: str, tmp_path: Path) -> Non
     ck = build_checkpoint(arch, tmp_path / arch)
     with pytest.raises((ValueError, TypeError)):
         load_model(ck)
+
+
+def test_rope_scaling_null_drops_per_layer_rope_parameters(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ck = build_checkpoint("mellum", tmp_path / "mellum")
+    config = json.loads((ck / "config.json").read_text())
+    assert "full_attention" in config["rope_parameters"] and "rope_scaling" not in config
+    AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float64)  # as the sweep writes it: loads
+    (ck / "config.json").write_text(json.dumps({**config, "rope_scaling": None}))
+    with pytest.raises(TypeError, match="'NoneType' object is not subscriptable"):
+        AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float64)

@@ -283,6 +283,8 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
     if written.get("model_type") == "gpt_neox" and "rope_theta" in add:
         add["rotary_emb_base"] = add["rope_theta"]
         add["rotary_pct"] = add.get("partial_rotary_factor", 1.0)
-    if isinstance(rope, dict) and "rope_scaling" not in add:
-        add["rope_scaling"] = None  # transformers 4 wrote an explicit null
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_scaling" not in add:
+        # transformers 4 wrote an explicit null. Not next to a per-layer-type
+        # rope_parameters: transformers 5.25 then replaces that with None (laguna, mellum).
+        add["rope_scaling"] = None
     return {k: v for k, v in add.items() if k not in written and (v is not None or k == "rope_scaling")}

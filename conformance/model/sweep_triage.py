@@ -90,10 +90,10 @@ TRIAGE: list[Finding] = [
         repro=_REPRO + "glm_partial_rotary.py", test=_PINS + "test_reproducers_still_reproduce",
         versions="mlx-lm 0.32.2, transformers 5.25.0"),
     Finding(
-        id="gelu-variant", kind="mlx-lm bug", archs=("starcoder2", "gpt_bigcode", "gpt_neox"), statuses=("departs",),
+        id="gelu-variant", kind="mlx-lm bug", archs=("starcoder2", "gpt_bigcode", "gpt_neox", "gemma"), statuses=("departs",),
         configs=("float32",),
-        summary="mlx-lm hard-codes the GELU and ignores hidden_act: starcoder2 and gpt_bigcode run the exact "
-                "GELU where the config says gelu_pytorch_tanh, gpt_neox the tanh approximation where it says gelu "
+        summary="mlx-lm hard-codes the GELU and ignores hidden_act: starcoder2, gpt_bigcode and gemma run the "
+                "exact GELU where the config says (and transformers runs) gelu_pytorch_tanh, gpt_neox the tanh approximation where it says gelu "
                 "(~2e-4 relative on the logits; only float32 resolves it, bfloat16's own rounding is larger).",
         repro=_REPRO + "gelu_variant.py", test=_PINS + "test_reproducers_still_reproduce",
         versions="mlx-lm 0.32.2, transformers 5.25.0"),
@@ -165,10 +165,13 @@ TRIAGE: list[Finding] = [
         summary="mlx-lm's olmo module imports the ai2-olmo package and exits the process without it "
                 "(SystemExit at import); not installed here."),
     Finding(
-        id="transformers-reload", kind="transformers quirk", archs=("laguna", "mellum"),
+        id="rope-scaling-null", kind="transformers quirk", archs=("laguna", "mellum"),
         statuses=("oracle-load-error",), match="'NoneType' object is not subscriptable",
-        summary="transformers 5.25 builds these models from their config but cannot load the checkpoint it "
-                "saved after the dtype is set on load (TypeError: 'NoneType' object is not subscriptable)."),
+        summary="transformers 5.25 replaces a per-layer-type `rope_parameters` ({'full_attention': ..., "
+                "'sliding_attention': ...}) with None when config.json also has \"rope_scaling\": null, and the "
+                "model then fails to build (TypeError: 'NoneType' object is not subscriptable). The sweep writes "
+                "no rope_scaling next to per-layer-type rope_parameters (sweep_configs.legacy_keys).",
+        test=_PINS + "test_rope_scaling_null_drops_per_layer_rope_parameters", versions="transformers 5.25.0"),
     Finding(
         id="shrink-gap", kind="harness gap", archs=("gemma4_text", "dbrx"), statuses=("not-built",),
         summary="The generic shrink does not yet handle Gemma 4's per-layer head_dim (transformers raises "

@@ -6,6 +6,10 @@
 * gpt_neox (gpt_neox.py: nn.gelu_approx, "corresponds to FastGELUActivation") where the
   config says "gelu" (exact; Pythia's published configs do).
 
+* gemma (gemma.py: nn.gelu) where transformers runs the tanh approximation (it even
+  rewrites hidden_act "gelu" to "gelu_pytorch_tanh" for Gemma: "meant to target the tanh
+  approximation"); shown by patching mlx-lm's gemma to nn.gelu_approx.
+
 The two GELUs differ by up to ~5e-4 absolute per activation, so every MLP output moves.
 Switching transformers to the GELU mlx-lm hard-codes makes the two agree. Needs only
 mlx-lm, transformers, torch, numpy:
@@ -62,7 +66,38 @@ def rel_err(model_type: str, act: str) -> float:
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
+def gemma_rel_err(patch: bool) -> float:
+    import mlx.nn as nn
+    from mlx_lm.models import gemma
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("gemma", **SMALL, hidden_act="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=1,
+                               eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    shipped = nn.gelu
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        path = Path(tmp) / "config.json"
+        written = json.loads(path.read_text())
+        written.update(rope_theta=10000.0, head_dim=16)
+        path.write_text(json.dumps(written))
+        ids = np.arange(1, 9)[None]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(ids).to(torch.int64)).logits[0].double().numpy()
+        try:
+            if patch:
+                gemma.nn.gelu = nn.gelu_approx  # gemma.nn is mlx.nn: restored below
+            mlx_model, _ = load_model(Path(tmp))
+            got = np.array(mlx_model(mx.array(ids.astype(np.int32)))[0].astype(mx.float32))
+        finally:
+            gemma.nn.gelu = shipped
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
 if __name__ == "__main__":
+    shipped, patched = gemma_rel_err(False), gemma_rel_err(True)
+    print(f"gemma: mlx-lm as shipped (exact GELU): rel err {shipped:.1e}; patched to gelu_approx: {patched:.1e}")
+    assert shipped > 2 * patched, "gemma: mlx-lm now runs the tanh GELU"
     for model_type, (declared, used) in CASES.items():
         as_declared, as_used = rel_err(model_type, declared), rel_err(model_type, used)
         print(f"{model_type}: hidden_act {declared!r}: max rel err {as_declared:.1e}; "
