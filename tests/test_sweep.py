@@ -200,3 +200,13 @@ def test_sweep_end_to_end_with_fake_judge(tmp_path: Path) -> None:
                    ("qwen2", "float32"): "timeout", ("qwen2", "bfloat16"): "departs",
                    ("qwen2", "bfloat16+affine4"): "crash"}
     assert "departs at step 3, layer 1" in (out / "report.md").read_text()
+
+
+def test_logits_only_departure_is_named_logits() -> None:
+    from conformance.model.sweep_run import _summary
+
+    v = {"passed": False, "hidden_states": False, "tokens": {"agree": 17, "steps": 17, "ties": 0, "flips": []},
+         "departure": {"step": 0, "point": "embed", "kind": "value", "message": "m"}}
+    assert _summary(v)["departure"]["point"] == "logits"
+    v["hidden_states"] = True  # with hidden states, "embed" is the embedding output: kept
+    assert _summary(v)["departure"]["point"] == "embed"

@@ -76,7 +76,7 @@ def run_header(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
     from conformance.model.sweep_run import PROMPT_LEN
     from conformance.runinfo import project_commit
 
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": project_commit(), "platform": platform.platform(), "python": platform.python_version(),
             "machine": platform.machine(), "cpus": os.cpu_count(), "jobs": args.jobs, "timeout": args.timeout,
             "steps": args.steps, "prompt_len": PROMPT_LEN, "seconds": round(seconds, 1),
