@@ -88,11 +88,14 @@ def test_legacy_keys_spell_transformers4_names() -> None:
                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
                "layer_types": ["sliding_attention", "full_attention"] * 2}
     added = sweep_configs.legacy_keys(object(), written)
+    # no "rope_scaling": null next to per-layer-type RoPE (finding rope-scaling-null)
     assert added == {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "head_dim": 16,
-                     "sliding_window_pattern": 2, "rope_scaling": None}
+                     "sliding_window_pattern": 2}
     llama3 = {"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}, "head_dim": 16}
     got = sweep_configs.legacy_keys(object(), llama3)
     assert got["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "type": "llama3"}
+    plain = sweep_configs.legacy_keys(object(), {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
+    assert plain["rope_scaling"] is None  # transformers 4's explicit null
     assert "head_dim" not in got  # never one the config has
 
 
@@ -123,7 +126,7 @@ def test_report_names_the_departure_and_no_verdict_rows(tmp_path: Path) -> None:
                _result("qwen2", "float32", "departs", "step 5, layer 1", verdict=dep),
                _result("phi3", "float32", "crash", "worker died"),
                _result("glm", "float32", "timeout", "no result within 5 s"),
-               _result("bitnet", "float32", "candidate-load-error", "ValueError: Missing 14 parameters")]
+               _result("toy_arch", "float32", "candidate-load-error", "ValueError: Missing 14 parameters")]
     report = _report(results)
     s = report["summary"]
     assert (s["architectures"], s["verdicts"], s["conforming"], s["departing"]) == (5, 2, 1, 1)
