@@ -38,7 +38,7 @@ from conformance.model.harness import (
     _tokens,
     run_config,
 )
-from conformance.model.sides import MlxSide, Side, TwinSide
+from conformance.model.sides import MlxSide, Side, TwinSide, release
 
 ORACLES = ("auto", "twin", "transformers")
 """``auto``: the twin where it implements the architecture, else transformers."""
@@ -172,9 +172,15 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     # Mixture-of-experts with the twin: its peer continues with the oracle's experts where
     # its own differ, as in run_config (the candidate cannot be steered: see the note below).
     force = [[e for _, _, e in layers] for layers in oracle.routing.steps] if isinstance(oracle, TwinSide) else None
+    oracle_routed = isinstance(oracle, TwinSide) and any(oracle.routing.steps)
+    release(oracle)  # each side's weights go before the next loads (conformance/model/memory.py)
     peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force)
     peer_out = _replay(peer, inputs, progress, label)
-    probe_out = _replay(prober, inputs, progress, label) if prober is not None else None
+    release(peer)
+    probe_out = None
+    if prober is not None:
+        probe_out = _replay(prober, inputs, progress, label)
+        release(prober)
     try:
         side_out = _replay(side, inputs, progress, label)
     except CandidateLoadError:
@@ -182,6 +188,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     except Exception as exc:  # mlx_impl's own side crashing (a user's candidate raises CandidateLoadError)
         raise CandidateLoadError(f"[candidate] {candidate.name} crashed: {type(exc).__name__}: {exc}") from exc
     notes += getattr(side, "notes", [])  # after the replay: the first step may find the taps unused
+    release(side)
     n_oracle = len(oracle_out[0][1])
     with_hidden = bool(side_out[0][1]) and n_oracle > 0
     if side_out[0][1] and len(side_out[0][1]) != n_oracle:
@@ -191,7 +198,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     elif not n_oracle:
         notes.append("logits only: the oracle's decoder layers were not found")
     routing = None  # judged only for mlx_impl against the twin (run_config): others have no router observer
-    if isinstance(oracle, TwinSide) and any(oracle.routing.steps):
+    if oracle_routed:
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
                      "shows as a departure at that layer")
     points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,

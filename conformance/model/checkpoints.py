@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conformance.dtypes import MODEL_FORMATS
 
@@ -127,11 +128,50 @@ def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def _load_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
+def _stored_tensors(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of ``checkpoint``'s ``*.safetensors``, read one at a time (a whole 1B
+    checkpoint is never held at once)."""
     for f in sorted(checkpoint.glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    return tensors
+        with safe_open(str(f), "pt") as h:
+            for name in h.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                yield name, h.get_tensor(name)
+
+
+SHARD_BYTES = 1 << 30
+"""A derived checkpoint is written in shards of about this size, so that deriving holds one
+shard, not the model (conformance/model/memory.py)."""
+
+
+class _ShardWriter:
+    """Writes tensors into ``model-0000i-of-0000n.safetensors`` shards of about
+    :data:`SHARD_BYTES` (one shard: ``model.safetensors``), with transformers' index file."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.pending, self.size, self.shards = out, dict[str, torch.Tensor](), 0, list[list[str]]()
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        self.pending[name] = t
+        self.size += t.numel() * t.element_size()
+        if self.size >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        save_file(self.pending, str(self.out / f"shard-{len(self.shards)}.tmp"), metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.pending, self.size = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        n = len(self.shards)
+        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for i, name in enumerate(names):
+            (self.out / f"shard-{i}.tmp").rename(self.out / name)
+        if n > 1:
+            weight_map = {t: name for name, keys in zip(names, self.shards, strict=True) for t in keys}
+            (self.out / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2), encoding="utf-8")
 
 
 def _quantizable(name: str, t: torch.Tensor, group_size: int) -> bool:
@@ -162,13 +202,15 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
 
     from mlx_impl.quantization import quantize
 
-    tensors = _load_tensors(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     target = _TORCH_DTYPES[dtype]
-    written: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    writer = _ShardWriter(out)
+    for name, t in _stored_tensors(checkpoint):
         if not t.is_floating_point():
-            written[name] = t
+            writer.add(name, t)
             continue
         rounded = t.to(target)
         if quant is not None and _quantizable(name, rounded, QUANT_MODES[quant][0]):
@@ -177,16 +219,13 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
                 {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[dtype])
             wq, scales, biases = quantize(w, group_size, bits, mode)
             stem = name.removesuffix(".weight")
-            written[f"{stem}.weight"] = torch.from_numpy(np.array(wq))
-            written[f"{stem}.scales"] = _mlx_to_torch(scales, target)
+            writer.add(f"{stem}.weight", torch.from_numpy(np.array(wq)))
+            writer.add(f"{stem}.scales", _mlx_to_torch(scales, target))
             if biases is not None:
-                written[f"{stem}.biases"] = _mlx_to_torch(biases, target)
+                writer.add(f"{stem}.biases", _mlx_to_torch(biases, target))
         else:
-            written[name] = rounded.contiguous()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    save_file(written, str(out / "model.safetensors"), metadata={"format": "pt"})
+            writer.add(name, rounded.contiguous())
+    writer.close()
     config["torch_dtype"] = dtype
     config["dtype"] = dtype
     if quant is not None:

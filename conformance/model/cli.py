@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.model.isolated import Task, run_isolated
+from conformance.model.memory import peak_rss_bytes
 from conformance.results import write_json_atomic
 from conformance.runinfo import ROOT
 
@@ -65,6 +66,9 @@ def add_parser(sub: Any) -> None:
                         "(conformance/model/isolated.py); without it: all in this process")
     p.add_argument("--config-timeout", type=float, default=900.0,
                    help="with --jobs: seconds before a configuration counts as a hang")
+    p.add_argument("--memory-limit", type=float, default=None,
+                   help="GB a configuration may use (default: the memory available now); a run whose "
+                        "estimate exceeds it stops before it starts (conformance/model/memory.py)")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--task-out", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
@@ -229,13 +233,16 @@ def command_model(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
         tasks = plan(args, work, dtypes, quants)
+        memory = check_memory(tasks, args)
         if args.jobs is not None:
             results = run_isolated(tasks, jobs=args.jobs, timeout=args.config_timeout, work=work / "tasks",
                                    child_args=_child_args(args))
         else:
             results = [execute(t, args, work) for t in tasks]
     name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
-    report: dict[str, Any] = {"schema": SCHEMA, "run": run_header(), "notes": notes, "mutant": args.mutant,
+    memory["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)
+    report: dict[str, Any] = {"schema": SCHEMA, "run": {**run_header(), "memory": memory}, "notes": notes,
+                              "mutant": args.mutant,
                               "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
                               "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
     notes += _anchor_notes(report["results"]) + _candidate_notes(report["results"])
@@ -254,6 +261,40 @@ def _candidate_notes(results: list[dict[str, Any]]) -> list[str]:
         for n in r.get("notes", []):
             seen.setdefault(f"{r.get('candidate', 'mlx_impl')} on {r.get('model_type', r.get('name', '?'))}: {n}", "")
     return list(seen)
+
+
+def check_memory(tasks: list[Task], args: argparse.Namespace) -> dict[str, Any]:
+    """Estimate every model configuration's peak (conformance/model/memory.py) and stop
+    before anything runs when one (or, with ``--jobs N``, the N largest together) exceeds
+    ``--memory-limit`` or the memory available now. Returns the estimates for the report."""
+    from conformance.model.memory import available_bytes, checkpoint_size, estimate
+    from conformance.model.sides import mlx_lm_supports
+
+    limit = int(args.memory_limit * 1e9) if args.memory_limit else available_bytes()
+    found: dict[str, int] = {}
+    lines: list[str] = []
+    for t in tasks:
+        if t.kind != "model":
+            continue
+        ck = Path(t.checkpoint or "")
+        config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
+        size = checkpoint_size(ck)
+        anchors = not args.no_anchors and not size.quantized
+        e = estimate(size, config, t.dtype, t.quant, steps=args.steps, prompt_len=args.prompt_len,
+                     transformers_anchor=anchors and t.dtype in ("float32", "float64") and t.quant is None,
+                     mlx_lm_anchor=anchors and mlx_lm_supports(str(config.get("model_type"))))
+        label = f"{t.name} {t.dtype}" + (f"+{t.quant}" if t.quant else "")
+        found[label] = e.total
+        lines.append(f"  {label}: {e.describe()}")
+    at_once = sum(sorted(found.values(), reverse=True)[: max(1, args.jobs or 1)])
+    if at_once > limit:
+        raise SystemExit(
+            f"[conformance model] this run needs about {at_once / 1e9:.2f} GB at its peak "
+            f"({'--jobs ' + str(args.jobs) + ' at once' if (args.jobs or 1) > 1 else 'one configuration at a time'}) "
+            f"but {'--memory-limit is' if args.memory_limit else 'the memory available now is'} "
+            f"{limit / 1e9:.2f} GB; nothing was run. Estimates:\n" + "\n".join(lines)
+            + "\nRun fewer --jobs, or drop the anchors (--no-anchors), or pass a larger --memory-limit.")
+    return {"limit_gb": round(limit / 1e9, 2), "estimated_gb": {k: round(v / 1e9, 2) for k, v in found.items()}}
 
 
 def _anchor_notes(results: list[dict[str, Any]]) -> list[str]:

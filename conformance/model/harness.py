@@ -32,6 +32,7 @@ import numpy as np
 
 from conformance.model.bounds import check_point, greedy_flip_is_tie, routing_flip_is_tie
 from conformance.model.checkpoints import derive
+from conformance.model.memory import peak_rss_bytes
 from conformance.model.sides import (
     MlxLmSide,
     MlxSide,
@@ -40,6 +41,7 @@ from conformance.model.sides import (
     TwinSide,
     mlx_lm_supports,
     moe_layers,
+    release,
 )
 
 Mutant = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -260,23 +262,32 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     # Mixture-of-experts: the other sides continue with the oracle's experts where theirs
     # differ (judged as ties or flips by _routing).
-    force = [[e for _, _, e in layers] for layers in oracle.routing.steps]
+    oracle_routing = oracle.routing.steps
+    force = [[e for _, _, e in layers] for layers in oracle_routing]
+    routers = router_weights(oracle.model)
+    # Each side releases its weights before the next loads: the peak is one side's, not
+    # the sum (conformance/model/memory.py).
+    release(oracle)
     peer = TwinSide(derived, "native", f"twin-{dtype}", force=force)
     peer_out = _replay(peer, inputs, progress, label)
+    probe_routing = peer_routing = peer.routing.steps
+    release(peer)
     probe_out = None
-    prober = peer
     if dtype == "float64":
         # The precision probe (bounds.py): the twin in float32 on the same weights (a
         # float32 or narrower checkpoint rounds to float32 exactly, as to float64).
         probe = derive(checkpoint, derived.parent / f"{derived.name}-probe-float32", "float32")
         prober = TwinSide(probe, "native", "twin-float32", force=force)
         probe_out = _replay(prober, inputs, progress, label)
+        probe_routing = prober.routing.steps
+        release(prober)
     with _maybe(mutant):
         mlx = MlxSide(derived, force=force)
         mlx_out = _replay(mlx, inputs, progress, label)
-    routing = _routing(mlx.routing.steps, peer.routing.steps, oracle.routing.steps,
-                       router_weights(oracle.model), dtype,
-                       prober.routing.steps if probe_out is not None else None)
+    mlx_routing = mlx.routing.steps
+    release(mlx)
+    routing = _routing(mlx_routing, peer_routing, oracle_routing, routers, dtype,
+                       probe_routing if probe_out is not None else None)
     points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True, probe_out=probe_out)
     tokens = _tokens(mlx_out, peer_out, oracle_out, dtype, probe_out)
     result: dict[str, Any] = {
@@ -291,6 +302,7 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     result["passed"] = (departure is None and not tokens["flips"] and (routing is None or routing["passed"])
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
+    result["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)
     _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
          f"tokens {tokens['agree']}/{tokens['steps']} agree"
          + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
@@ -312,13 +324,17 @@ def _run_anchors(checkpoint: Path, derived: Path, model_type: str, dtype: str, q
         twin32 = peer_out if dtype == "float32" else probe_out
         if twin32 is None:
             raise ValueError("[model conformance] a float64 configuration needs the float32 probe.")
-        out = _replay(TransformersSide(checkpoint), inputs, progress, label)
+        anchor = TransformersSide(checkpoint)
+        out = _replay(anchor, inputs, progress, label)
+        release(anchor)
         pts, dep = _judge_trace(out, twin32, oracle_out, "float32", with_hidden=False)
         found.append(_anchor_entry("transformers-float64", pts, dep, required=True,
                                    rule="|transformers64 - oracle| <= 2 x twin-float32 error + 2 float32 ulp"))
     if mlx_lm_supports(model_type):
         try:
-            out = _replay(MlxLmSide(derived), inputs, progress, label)
+            mlx_lm_side = MlxLmSide(derived)
+            out = _replay(mlx_lm_side, inputs, progress, label)
+            release(mlx_lm_side)
         except Exception as exc:  # an mlx-lm that cannot run this checkpoint is reported, not fatal
             found.append({"name": "mlx-lm", "passed": False, "required": False,
                           "error": f"{type(exc).__name__}: {exc}"})

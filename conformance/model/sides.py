@@ -142,19 +142,31 @@ class TwinSide:
 
 
 class TransformersSide:
-    """transformers' ``AutoModelForCausalLM`` in float64 with its ``DynamicCache``."""
+    """transformers' ``AutoModelForCausalLM`` in float64 with its ``DynamicCache``, its
+    weights streamed from the checkpoint one module at a time where the architecture allows
+    (``streamed``)."""
 
     def __init__(self, path: Path, name: str = "transformers-float64") -> None:
         import torch
         from transformers import AutoModelForCausalLM, DynamicCache
         from transformers.utils import logging
 
+        from conformance.model.streaming import streamed_transformers
+
         logging.disable_progress_bar()
         self.name = name
-        # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64,
-                                                          attn_implementation="eager",
-                                                          experts_implementation="eager")
+        # Streamed: whole in float64 it would be 8 bytes a parameter (conformance/model/streaming.py;
+        # the same computation, bit for bit). An architecture whose loading renames or fuses
+        # weights cannot be streamed and loads whole.
+        try:
+            self.model = streamed_transformers(path)
+            self.streamed = True
+        except ValueError:
+            # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
+            self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64,
+                                                              attn_implementation="eager",
+                                                              experts_implementation="eager")
+            self.streamed = False
         self.model.eval()
         self.cache = DynamicCache(config=self.model.config)
         self.seen = 0
@@ -188,6 +200,20 @@ class MlxLmSide:
         logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache)
         mx.eval(logits)
         return _mx_np(logits), []
+
+
+def release(side: Any) -> None:
+    """Drop ``side``'s model and cache and return their memory now (Python's cycles
+    collected, MLX's buffer cache emptied), so the next side loads into the space."""
+    import gc
+
+    import mlx.core as mx
+
+    for attr in ("model", "cache"):
+        if hasattr(side, attr):
+            setattr(side, attr, None)
+    gc.collect()
+    mx.clear_cache()
 
 
 def mlx_lm_supports(model_type: str) -> bool:

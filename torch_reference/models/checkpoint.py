@@ -50,16 +50,15 @@ class QuantizedProjection(torch.nn.Module):
     def __init__(self, layer: nn.QuantizedLinear) -> None:
         super().__init__()
         self.layer = layer
-        self._w64: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
         if precision != "float64":
             return self.layer(x, precision=precision)
         q = self.layer
-        if self._w64 is None:
-            self._w64 = dequantize(q.weight, q.scales, q.biases, q.group_size, q.bits, q.mode,
-                                   precision="float64")
-        y = x.to(torch.float64) @ self._w64.T
+        # Dequantized per call, not kept: kept, every quantized layer of the oracle would
+        # hold 8 bytes a weight (10 GB for a 1.24B model) for one product per step.
+        w64 = dequantize(q.weight, q.scales, q.biases, q.group_size, q.bits, q.mode, precision="float64")
+        y = x.to(torch.float64) @ w64.T
         return y if q.bias is None else y + q.bias.to(torch.float64)
 
 
