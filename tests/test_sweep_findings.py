@@ -85,3 +85,19 @@ def test_rope_scaling_null_drops_per_layer_rope_parameters(tmp_path: Path) -> No
     (ck / "config.json").write_text(json.dumps({**config, "rope_scaling": None}))
     with pytest.raises(TypeError, match="'NoneType' object is not subscriptable"):
         AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float64)
+
+
+def test_glm4_moe_lite_latent_norm_eps() -> None:
+    import torch
+    from mlx_lm.models import glm4_moe_lite
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("glm4_moe_lite")
+    assert cfg.rms_norm_eps == 1e-5
+    torch.manual_seed(0)
+    attn = AutoModelForCausalLM.from_config(cfg).model.layers[0].self_attn
+    assert attn.kv_a_layernorm.variance_epsilon == 1e-6  # not config.rms_norm_eps
+    written = cfg.to_dict()
+    written.update(legacy_keys(cfg, written))
+    mlx_attn = glm4_moe_lite.Model(glm4_moe_lite.ModelArgs.from_dict(written)).model.layers[0].self_attn
+    assert mlx_attn.kv_a_layernorm.eps == 1e-5

@@ -173,6 +173,22 @@ TRIAGE: list[Finding] = [
                 "no rope_scaling next to per-layer-type rope_parameters (sweep_configs.legacy_keys).",
         test=_PINS + "test_rope_scaling_null_drops_per_layer_rope_parameters", versions="transformers 5.25.0"),
     Finding(
+        id="recurrent-gemma-norm-eps", kind="mlx-lm bug", archs=("recurrent_gemma",), statuses=("departs",),
+        configs=("float32",),
+        summary="mlx-lm's recurrent_gemma builds every block's temporal_pre_norm and channel_pre_norm with "
+                "eps 1e-5 (its RMSNorm default) and ignores config.rms_norm_eps (1e-6); only the final norm "
+                "reads it (~2e-5 relative on the logits).",
+        repro=_REPRO + "recurrent_gemma_norm_eps.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
+        id="glm4-moe-lite-latent-norm-eps", kind="transformers quirk", archs=("glm4_moe_lite",),
+        statuses=("departs",), configs=("float32",),
+        summary="transformers' Glm4MoeLite builds its MLA latent norms (q_a_layernorm, kv_a_layernorm) with "
+                "the DeepSeek-V3 default eps 1e-6 and ignores config.rms_norm_eps (1e-5, as GLM-4.7-Flash's "
+                "config has it); mlx-lm uses config.rms_norm_eps. Setting transformers' eps to 1e-5 makes the "
+                "two agree to 2e-7.",
+        test=_PINS + "test_glm4_moe_lite_latent_norm_eps", versions="transformers 5.25.0, mlx-lm 0.32.2"),
+    Finding(
         id="shrink-gap", kind="harness gap", archs=("gemma4_text", "dbrx"), statuses=("not-built",),
         summary="The generic shrink does not yet handle Gemma 4's per-layer head_dim (transformers raises "
                 "AmbiguousGlobalPerLayerAttributeError on config.head_dim) or DBRX's sub-configs "
