@@ -33,9 +33,12 @@ SIZES: dict[str, Any] = {
     "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_k": 2, "moe_top_k": 2, "moe_topk": 2,
     "n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1,
     "n_group": 1, "topk_group": 1, "num_expert_group": 1,
-    # multi-head latent attention (DeepSeek-like)
+    # multi-head latent attention (DeepSeek-like). The DSA indexer sums ReLU'd per-head
+    # scores: with 2 heads a quarter of the keys score exactly 0 and the top-k picks among
+    # ties (transformers and mlx-lm break them differently); 8 heads make that rare, as
+    # DeepSeek-V3.2's 64 do.
     "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
-    "v_head_dim": 16, "index_head_dim": 16, "index_n_heads": 2, "index_topk": 4,
+    "v_head_dim": 16, "index_head_dim": 16, "index_n_heads": 8, "index_topk": 4,
     # sliding window shorter than the 8-token prompt
     "sliding_window": 4, "attention_window_size": 4,
     # linear attention / state-space

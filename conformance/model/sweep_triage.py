@@ -189,6 +189,12 @@ TRIAGE: list[Finding] = [
                 "two agree to 2e-7.",
         test=_PINS + "test_glm4_moe_lite_latent_norm_eps", versions="transformers 5.25.0, mlx-lm 0.32.2"),
     Finding(
+        id="dsa-indexer-ties", kind="harness gap", archs=("deepseek_v32", "glm_moe_dsa"), statuses=("departs",),
+        summary="Closed: with 2 indexer heads, keys whose every head scores <= 0 get an index score of exactly 0 "
+                "(ReLU), and the DSA top-k chose among such ties (transformers kept key 1, mlx-lm key 4 at row 4: "
+                "a 0.04 departure, not a bug). The tiny configs now use 8 indexer heads (sweep_configs.SIZES), "
+                "which makes exact ties rare; the judge does not yet treat indexer-selection ties like routing ties."),
+    Finding(
         id="shrink-gap", kind="harness gap", archs=("gemma4_text", "dbrx"), statuses=("not-built",),
         summary="The generic shrink does not yet handle Gemma 4's per-layer head_dim (transformers raises "
                 "AmbiguousGlobalPerLayerAttributeError on config.head_dim) or DBRX's sub-configs "
