@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "MLX_CONFORMANCE_CACHE"
 
@@ -62,7 +63,7 @@ def build_smollm2(out: Path) -> None:
     """Write SmolLM2-135M-Instruct into ``out`` (a new folder): ``config.json``,
     ``model.safetensors`` (float32), ``generation_config.json`` and the tokenizer files."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = smollm2_gguf()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -73,14 +74,14 @@ def build_smollm2(out: Path) -> None:
     # dense float32, and the harness reads that key as "already quantized".
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = LlamaForCausalLM(config)
+    plain = LlamaForCausalLM(LlamaConfig(**config.to_dict()))
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     # The tied lm_head is the embedding itself (no tensor of its own in the state dict).
     if [m for m in missing if m != "lm_head.weight"] or unexpected:
         raise ValueError(f"[conformance fixture] GGUF state dict does not fit LlamaForCausalLM: "
                          f"missing {missing}, unexpected {unexpected}")
     plain.tie_weights()
-    plain.to(torch.float32).save_pretrained(str(out), safe_serialization=True)
+    plain.float().save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
 
 
@@ -116,3 +117,16 @@ def fixture_path(name: str, root: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``python -m conformance fixture NAME`` (build if needed, print the path)."""
+    p = sub.add_parser("fixture", help="build a real checkpoint into the cache (if needed) and print its path")
+    p.add_argument("name", choices=sorted(FIXTURES))
+    p.set_defaults(func=command_fixture)
+
+
+def command_fixture(args: Any) -> int:
+    """Entry of ``python -m conformance fixture``: the fixture's path on stdout."""
+    print(fixture_path(args.name), flush=True)
+    return 0

@@ -233,7 +233,8 @@ def _maybe(mutant: Mutant | None) -> Iterator[None]:
 
 def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, quant: str | None,
                steps: int, prompt_len: int, seed: int = 0, mutant: Mutant | None = None,
-               anchors: bool = True, progress: bool = True) -> dict[str, Any]:
+               anchors: bool = True, progress: bool = True, prompt_ids: np.ndarray | None = None,
+               ) -> dict[str, Any]:
     """Compare MLX, the twin and the oracle on ``derived`` (``checkpoint`` in ``dtype``/``quant``).
 
     Args:
@@ -243,6 +244,8 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
         dtype, quant: the test dtype and quantized mode (None: dense).
         steps: cached single-token decode steps after the prefill.
         prompt_len: prefill length; the prompt is ``seed``-random token ids.
+        prompt_ids: ``[1, L]`` token ids to prefill instead (a real prompt,
+            :mod:`conformance.model.prompts`); ``prompt_len`` is then ``L``.
         mutant: plants a bug in the MLX side (meta-tests).
         anchors: also run transformers (float32 dense only) and mlx-lm.
 
@@ -256,6 +259,11 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
 
     vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    if prompt_ids is not None:
+        if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 or prompt_ids.size == 0 or not 0 <= prompt_ids.min() <= prompt_ids.max() < vocab:
+            raise ValueError(f"[model conformance] prompt_ids must be [1, L] ids below {vocab}, got shape "
+                             f"{prompt_ids.shape}.")
+        prompt, prompt_len = prompt_ids.astype(np.int64), prompt_ids.shape[1]
     oracle = TwinSide(derived, "float64", "twin-float64")
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     # Mixture-of-experts: the other sides continue with the oracle's experts where theirs
