@@ -55,7 +55,9 @@ def quantization_label(config: dict[str, Any]) -> str | None:
     if "bits" not in q:
         # Another library's scheme (e.g. transformers' {"quant_method": "gguf"}): named as it names itself.
         return str(q.get("quant_method", "quantized (unknown scheme)"))
-    label = f"{q.get('mode', 'affine')}{q['bits']}-g{q.get('group_size', '?')}"
+    mode = str(q.get("mode", "affine"))
+    # The names of QUANT_MODES: affine4, affine8; mxfp4, nvfp4, mxfp8 carry their bits already.
+    label = f"{mode if mode[-1].isdigit() else mode + str(q['bits'])}-g{q.get('group_size', '?')}"
     overrides = [k for k, v in q.items() if isinstance(v, (dict, bool))]
     return label + (f" ({len(overrides)} layers differ)" if overrides else "")
 

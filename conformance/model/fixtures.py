@@ -62,10 +62,10 @@ def smollm2_gguf() -> Path:
 def build_smollm2(out: Path) -> None:
     """Write SmolLM2-135M-Instruct into ``out`` (a new folder): ``config.json``,
     ``model.safetensors`` (float32), ``generation_config.json`` and the tokenizer files."""
+    gguf = smollm2_gguf()  # first: a missing package is named before the heavy imports
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    gguf = smollm2_gguf()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     if loaded.config.model_type != "llama":
         raise ValueError(f"[conformance fixture] {gguf} holds a {loaded.config.model_type!r} model, not llama.")

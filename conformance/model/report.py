@@ -246,7 +246,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
              f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
              f"{run.get('date')}; peak memory {_peak(run)}; MLX float32 matmuls: "
-             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: {_prefill(ran)} "
+             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: {_prefill(ran)}"
              ".", "",
              *[line for text in _METHOD for line in (text, "")],
              "| configuration | status | first departure | greedy tokens agree | worst MLX / twin rel. error "
