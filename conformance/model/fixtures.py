@@ -13,6 +13,9 @@ The cache is ``$MLX_CONFORMANCE_CACHE`` or ``~/.cache/mlx-conformance/``; a fixt
 written into a temporary folder beside its final place and renamed into it, so an
 interrupted build leaves no half checkpoint that a later run would take for a whole one.
 
+``smollm2-135m-instruct-mlx-lm-4bit``: that checkpoint as mlx-lm's converter quantizes it
+(4-bit affine, group 64), the already-quantized checkpoint a user of mlx-lm would run.
+
     python -m conformance fixture smollm2-135m-instruct   # builds if needed, prints the path
 """
 
@@ -85,7 +88,18 @@ def build_smollm2(out: Path) -> None:
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
 
 
-FIXTURES: dict[str, Callable[[Path], None]] = {"smollm2-135m-instruct": build_smollm2}
+def build_smollm2_mlx_lm_4bit(out: Path) -> None:
+    """Write mlx-lm's own conversion of the SmolLM2 fixture into ``out``: ``mlx_lm.convert``
+    with 4-bit affine quantization, group 64 (its ``-q --q-bits 4 --q-group-size 64``), as a
+    user would make an MLX checkpoint; ``config.json`` carries its ``"quantization"``."""
+    from mlx_lm import convert
+
+    convert(str(fixture_path("smollm2-135m-instruct")), mlx_path=str(out), quantize=True, q_bits=4,
+            q_group_size=64)
+
+
+FIXTURES: dict[str, Callable[[Path], None]] = {"smollm2-135m-instruct": build_smollm2,
+                                               "smollm2-135m-instruct-mlx-lm-4bit": build_smollm2_mlx_lm_4bit}
 """Fixture name -> builder writing it into a new folder."""
 
 
