@@ -116,6 +116,8 @@ def test_smollm2_answers_paris() -> None:
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
     assert quantization_label(config) is None  # dense float32: the GGUF record is dropped
+    # The older key too, equal (mlx-lm reads only it; without it, it runs RoPE base 10000).
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0
     tok = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     ids = tok("The capital of France is", return_tensors="pt").input_ids

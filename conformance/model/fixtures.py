@@ -22,6 +22,7 @@ interrupted build leaves no half checkpoint that a later run would take for a wh
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -86,6 +87,17 @@ def build_smollm2(out: Path) -> None:
     plain.tie_weights()
     plain.float().save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
+    # The Hub's config.json for SmolLM2 has the older top-level "rope_theta" (100000), and
+    # transformers 5 writes only "rope_parameters": mlx-lm 0.32 reads the former alone and
+    # would silently fall back to 10000 (its anchor, and its conversion of this checkpoint,
+    # would run another model). Both keys, equal, as a checkpoint in the wild carries them.
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    rope = cfg.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default" or "rope_theta" not in rope:
+        raise ValueError(f"[conformance fixture] unexpected RoPE parameters {rope} in {gguf.name}.")
+    cfg["rope_theta"] = rope["rope_theta"]
+    cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
 
 def build_smollm2_mlx_lm_4bit(out: Path) -> None:
