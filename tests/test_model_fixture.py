@@ -83,6 +83,22 @@ def test_an_interrupted_build_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tm
     assert list(tmp_path.iterdir()) == []  # no half checkpoint a later run would take as whole
 
 
+def test_fixture_command_and_model_fixture_option(tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    monkeypatch.setenv(fixtures.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(fixtures.FIXTURES, "tiny-fake", lambda out: shutil.copytree(tiny, out) and None)
+    assert main(["fixture", "tiny-fake"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "tiny-fake")
+    assert main(["model", "--fixture", "tiny-fake", "--dtype", "float32", "--steps", "1", "--prompt", "w4",
+                 "--no-anchors", "--progress", "configs", "--no-tune", "--out", str(tmp_path / "r")]) == 0
+    r = json.loads((tmp_path / "r" / "model.json").read_text())["results"][0]
+    assert r["checkpoint"] == str(tmp_path / "cache" / "tiny-fake") and r["name"] == "tiny-fake"
+    with pytest.raises(SystemExit, match="one of CHECKPOINT_DIR, --tiny or --fixture"):
+        main(["model", str(tiny), "--fixture", "tiny-fake"])
+
+
 def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def missing(name: str) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
