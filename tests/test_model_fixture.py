@@ -168,6 +168,17 @@ def test_smollm2_prompt_goes_through_its_chat_template() -> None:
     assert raw[0].tolist() == chat[-11:-6]  # the user turn, then <|im_end|> \n <|im_start|>assistant \n
 
 
+def test_run_config_refuses_bad_prompt_ids(tiny: Path, tmp_path: Path) -> None:
+    from conformance.model.checkpoints import derive
+    from conformance.model.harness import run_config
+
+    derived = derive(tiny, tmp_path / "d", "float32")
+    for bad in (np.array([[1, 96]]), np.array([1, 2]), np.zeros((1, 0), dtype=np.int64), np.array([[-1]])):
+        with pytest.raises(ValueError, match=r"prompt_ids must be \[1, L\] ids below 96"):
+            run_config(tiny, derived, model_type="llama", dtype="float32", quant=None, steps=1, prompt_len=4,
+                       anchors=False, progress=False, prompt_ids=bad)
+
+
 def test_read_prompts(tmp_path: Path) -> None:
     lines = tmp_path / "p.txt"
     lines.write_text("first\n\nsecond <x>\n")

@@ -2,8 +2,9 @@
 
 Three answers from the same weights and tokens: MLX (``mlx_impl.models``) in the test
 dtype, the twin (``torch_reference.models``) in the test dtype, and the twin in float64
-(the oracle). The oracle decodes greedily: a prefill of ``prompt_len`` random tokens, then
-``steps`` cached single-token steps, each feeding the oracle's argmax. The other sides
+(the oracle). The oracle decodes greedily: a prefill of ``prompt_len`` random tokens (or a
+text prompt's, ``prompt_ids``), then ``steps`` cached single-token steps, each feeding the
+oracle's argmax. The other sides
 replay exactly those tokens through their own caches (teacher forcing), so every step is
 compared on the same input. At every (step, point), with points the embedding output,
 each decoder layer's output and the logits, MLX is judged against the oracle with the
@@ -260,7 +261,8 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
     prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
     if prompt_ids is not None:
-        if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 or prompt_ids.size == 0 or not 0 <= prompt_ids.min() <= prompt_ids.max() < vocab:
+        if (prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 or prompt_ids.size == 0
+                or not 0 <= prompt_ids.min() <= prompt_ids.max() < vocab):
             raise ValueError(f"[model conformance] prompt_ids must be [1, L] ids below {vocab}, got shape "
                              f"{prompt_ids.shape}.")
         prompt, prompt_len = prompt_ids.astype(np.int64), prompt_ids.shape[1]
