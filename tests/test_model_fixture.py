@@ -294,6 +294,7 @@ def test_html_is_a_real_page_with_escaped_text() -> None:
     first_screen = page[:page.index("All configurations")]
     assert "departs at step 3, layer 10, op mlp.down_proj: the port (mlx_impl) (a&lt;b)" in first_screen
     assert "<svg" in page[page.index("Error against depth"):]
+    assert "<details><summary>every point at the prefill and at step 1</summary>" in page
     md = to_markdown(report)
     assert "- **m float32**: conforms" in md and "op mlp.down_proj" in md and "peak memory 1234 MiB" in md
     assert "python -m conformance repro --x '<y>'" in md

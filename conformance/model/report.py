@@ -357,6 +357,26 @@ def _status_html(r: dict[str, Any]) -> str:
     return f"<span class='{'pass' if r['passed'] else 'fail'}'>{_esc(text)}</span>"
 
 
+def _points_table(r: dict[str, Any]) -> str:
+    """Every point at the prefill and at the last step (relative errors, ratio to the bound; a
+    point over the bound in bold red), folded (``<details>``, no script)."""
+    last = r["steps"]
+    by = {(p["step"], p["index"]): p for p in r["points"]}
+    indices = sorted({p["index"] for p in r["points"]})
+
+    def cells(p: dict[str, Any] | None) -> list[str]:
+        if p is None:
+            return ["-"] * 3
+        mark = "" if p["passed"] else " class='fail'"
+        return [f"{p['rel_err']:.3g}", f"{p['peer_rel_err']:.3g}", f"<span{mark}>{p['ratio']:.2f}</span>"]
+
+    rows = [[_esc(by.get((0, i), by.get((last, i), {"point": i}))["point"]), *cells(by.get((0, i))),
+             *cells(by.get((last, i)))] for i in indices]
+    return ("<details><summary>every point at the prefill and at step " + _esc(last) + "</summary>"
+            + _table(["point", "MLX rel. error (prefill)", "twin", "ratio", f"MLX rel. error (step {last})",
+                      "twin", "ratio"], rows) + "</details>")
+
+
 def to_html(report: dict[str, Any]) -> str:
     """One self-contained page (no external scripts or styles). First screen: the verdict per
     configuration (conforms, or where it departs, at which op and why), the generated text;
@@ -431,6 +451,7 @@ def to_html(report: dict[str, Any]) -> str:
     for r in plotted:
         body.append(f"<h3>{_esc(config_label(r))}: {_esc(verdict(r))}</h3>")
         body.append(_plots(r))
+        body.append(_points_table(r))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>Model conformance</title>"
             f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n")
 
