@@ -153,8 +153,8 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     prefill = args.prompt_len if prompt_ids is None else prompt_ids.shape[1]
     print(f"[conformance model] {task.label}{' ' + prequantized if prequantized else ''}: prefill {prefill} "
           f"+ {args.steps} steps", file=sys.stderr, flush=True)
-    derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{task.quant or ('prequantized' if prequantized else 'dense')}",
-                     task.dtype, task.quant)
+    weights = task.quant or ("prequantized" if prequantized else "dense")
+    derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{weights}", task.dtype, task.quant)
     r = run_config(checkpoint, derived, model_type=config.get("model_type", "?"), dtype=task.dtype,
                    quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
                    mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
