@@ -2,8 +2,9 @@
 
 Three answers from the same weights and tokens: MLX (``mlx_impl.models``) in the test
 dtype, the twin (``torch_reference.models``) in the test dtype, and the twin in float64
-(the oracle). The oracle decodes greedily: a prefill of ``prompt_len`` random tokens, then
-``steps`` cached single-token steps, each feeding the oracle's argmax. The other sides
+(the oracle). The oracle decodes greedily: a prefill of ``prompt_len`` random tokens (or a
+text prompt's, ``prompt_ids``), then ``steps`` cached single-token steps, each feeding the
+oracle's argmax. The other sides
 replay exactly those tokens through their own caches (teacher forcing), so every step is
 compared on the same input. At every (step, point), with points the embedding output,
 each decoder layer's output and the logits, MLX is judged against the oracle with the
@@ -233,9 +234,25 @@ def _maybe(mutant: Mutant | None) -> Iterator[None]:
             yield
 
 
+def choose_prompt(checkpoint: Path, seed: int, prompt_len: int, prompt_ids: np.ndarray | None) -> np.ndarray:
+    """The prefill ``[1, L]`` int64: ``prompt_ids`` (a tokenized text prompt) checked to be
+    ``[1, L]`` ids inside the checkpoint's vocabulary, else ``prompt_len`` ids drawn with ``seed``."""
+    import json
+
+    vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    if prompt_ids is None:
+        return np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    if (prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1 or prompt_ids.size == 0
+            or not 0 <= prompt_ids.min() <= prompt_ids.max() < vocab):
+        raise ValueError(f"[model conformance] prompt_ids must be [1, L] ids below {vocab}, got shape "
+                         f"{prompt_ids.shape}.")
+    return prompt_ids.astype(np.int64)
+
+
 def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, quant: str | None,
                steps: int, prompt_len: int, seed: int = 0, mutant: Mutant | None = None,
-               anchors: bool = True, progress: bool = True) -> dict[str, Any]:
+               anchors: bool = True, progress: bool = True, prompt_ids: np.ndarray | None = None,
+               ) -> dict[str, Any]:
     """Compare MLX, the twin and the oracle on ``derived`` (``checkpoint`` in ``dtype``/``quant``).
 
     Args:
@@ -245,6 +262,8 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
         dtype, quant: the test dtype and quantized mode (None: dense).
         steps: cached single-token decode steps after the prefill.
         prompt_len: prefill length; the prompt is ``seed``-random token ids.
+        prompt_ids: ``[1, L]`` token ids to prefill instead (a real prompt,
+            :mod:`conformance.model.prompts`); ``prompt_len`` is then ``L``.
         mutant: plants a bug in the MLX side (meta-tests).
         anchors: also run transformers (float32 dense only) and mlx-lm.
 
@@ -254,10 +273,8 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
         raise ValueError("[model conformance] float64 is a dense test dtype: quantized layers take no float64.")
     label = f"{derived.name}"
     started = time.perf_counter()
-    import json
-
-    vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    prompt = choose_prompt(checkpoint, seed, prompt_len, prompt_ids)
+    prompt_len = prompt.shape[1]
     oracle = TwinSide(derived, "float64", "twin-float64")
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     # Mixture-of-experts: the other sides continue with the oracle's experts where theirs
