@@ -168,6 +168,16 @@ def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: s
     return PointCheck(False, "value", message, rel_s, rel_p, ratio, bound_row)
 
 
+def participation(error: np.ndarray) -> float:
+    """The participation ratio ``(sum e_i^2)^2 / sum e_i^4`` of one row's error ``[D]``:
+    how many channels carry it (D for an error spread evenly, 1 for one channel). The
+    2-norm of an error spread over P channels concentrates like a chi with P degrees of
+    freedom, so the 2x rule's margin holds for large P and not for P of a few."""
+    e2 = np.square(np.nan_to_num(np.asarray(error, dtype=np.float64), posinf=0.0, neginf=0.0))
+    fourth = float((e2 * e2).sum())
+    return float(e2.sum() ** 2 / fourth) if fourth > 0 else 0.0
+
+
 def greedy_flip_is_tie(oracle_row: np.ndarray, side_choice: int, bound: float) -> bool:
     """Whether the side's argmax ``side_choice`` differing from the oracle's is a tie.
 

@@ -233,7 +233,8 @@ def _maybe(mutant: Mutant | None) -> Iterator[None]:
 
 def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, quant: str | None,
                steps: int, prompt_len: int, seed: int = 0, mutant: Mutant | None = None,
-               anchors: bool = True, progress: bool = True) -> dict[str, Any]:
+               anchors: bool = True, progress: bool = True, attribute_ops: bool = True,
+               capture_dir: Path | None = None) -> dict[str, Any]:
     """Compare MLX, the twin and the oracle on ``derived`` (``checkpoint`` in ``dtype``/``quant``).
 
     Args:
@@ -245,6 +246,11 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
         prompt_len: prefill length; the prompt is ``seed``-random token ids.
         mutant: plants a bug in the MLX side (meta-tests).
         anchors: also run transformers (float32 dense only) and mlx-lm.
+        attribute_ops: where the trace departs, name the op and the cause
+            (:func:`conformance.model.attribution.attribute`; adds ``op``, ``cause``,
+            ``cause_detail``, ``repro`` and ``op_checks`` to ``departure``).
+        capture_dir: where a new MLX divergence's inputs are written (default: beside
+            ``derived``, ``<derived>-captured``).
 
     Returns: a JSON-ready result (see :mod:`conformance.model.report`).
     """
@@ -279,6 +285,12 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
                        prober.routing.steps if probe_out is not None else None)
     points, departure = _judge_trace(mlx_out, peer_out, oracle_out, dtype, with_hidden=True, probe_out=probe_out)
     tokens = _tokens(mlx_out, peer_out, oracle_out, dtype, probe_out)
+    if departure is not None and attribute_ops:
+        from conformance.model.attribution import attribute
+
+        _log(progress, f"  [{label}] attributing the departure at step {departure['step']}, {departure['point']}")
+        departure.update(attribute(derived, inputs[: int(departure["step"]) + 1], force, dtype, departure,
+                                   mutant=mutant, capture_dir=capture_dir or derived.parent / f"{derived.name}-captured"))
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
