@@ -16,11 +16,19 @@ from conformance.cli import main
 from conformance.model.bounds import check_point, greedy_flip_is_tie
 from conformance.model.checkpoints import BUILDERS, build_tiny, derive
 from conformance.model.harness import run_config
-from conformance.model.mutants import MUTANTS
+from conformance.model.mutants import MUTANTS, OP_MUTANTS
 
 DENSE_MUTANTS = [m for m in MUTANTS if m != "router_picks_last"]
 """Every planted numerical bug a dense model can carry (the router's needs a mixture of
 experts: test_wrong_expert_choice_with_a_margin_fails)."""
+
+EXPECTED_OPS = {
+    # RoPE at the wrong position: the port's LayerRoPE, on the twin's inputs, is wrong.
+    "rope_offset_off_by_one": ("self_attn.q_rope", "port"),
+    # The cache hands attention one key too many: a wiring departure between ops.
+    "cache_appended_twice": ("self_attn.sdpa", "port"),
+}
+"""The op (without ``layer i``) and cause attribution must give for each dense mutant."""
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +71,71 @@ def test_planted_bug_is_named_by_step_and_layer(llama: tuple[Path, Path], mutant
     assert r["departure"]["step"] == 1, r["departure"]
     assert r["departure"]["point"] == f"layer {0 if layer is None else layer}", r["departure"]
     assert all(p["passed"] for p in r["points"] if p["step"] == 0)
+    op, cause = EXPECTED_OPS[mutant]
+    assert r["departure"]["op"] == f"layer {0 if layer is None else layer} {op}", r["departure"]
+    assert r["departure"]["cause"] == cause, r["departure"]
+    # Every op before the named one conformed on identical inputs.
+    checks = r["departure"]["op_checks"]
+    assert checks[-1]["op"] == r["departure"]["op"] and all(c["port_ok"] for c in checks[:-1])
+
+
+@pytest.mark.parametrize("layer", [None, 2])
+@pytest.mark.parametrize("mutant", sorted(OP_MUTANTS))
+def test_planted_op_bug_is_attributed_to_its_op_and_cause(llama: tuple[Path, Path], mutant: str,
+                                                          layer: int | None, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conformance.repro import captured_reproducer
+
+    checkpoint, derived = llama
+    factory, op, cause = OP_MUTANTS[mutant]
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1,
+                   prompt_len=8, mutant=factory(layer), anchors=False, progress=False, capture_dir=tmp_path)
+    dep = r["departure"]
+    # A kernel bug bites wherever the op runs (the first down projection); the port's eps bug
+    # where it was planted.
+    where = 0 if layer is None or cause == "mlx-backend" else layer
+    assert (dep["step"], dep["point"]) == (0, f"layer {where}"), dep
+    assert dep["op"] == f"layer {where} {op}" and dep["cause"] == cause, dep
+    if cause == "port":
+        assert "own call conforms" in dep["cause_detail"] and dep["repro"] is None, dep
+        return
+    # A new divergence: the inputs are captured and the reproducer runs on them (the planted
+    # bug is a patch of this process, so the standalone script shows MLX conforming there).
+    assert dep["repro"].startswith("python -m conformance repro --inputs "), dep
+    path = dep["repro"].split("--inputs ", 1)[1]
+    script = captured_reproducer(path)
+    assert "mx.matmul" in script
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert "max |MLX - float64|" in out.stdout, out.stdout
+
+
+def test_recording_points_changes_nothing_and_names_agree(tmp_path: Path) -> None:
+    from conformance.model.sides import MlxSide, TwinSide
+
+    for model_type in ("qwen3", "gpt_oss"):
+        checkpoint = build_tiny(model_type, tmp_path / model_type)
+        derived = derive(checkpoint, tmp_path / f"{model_type}-f32", "float32")
+        plain_m, rec_m = MlxSide(derived), MlxSide(derived)
+        plain_t, rec_t = TwinSide(derived, "native", "t"), TwinSide(derived, "native", "t")
+        for tokens in (np.arange(6)[None], np.array([[5]])):
+            pm: dict[str, object] = {}
+            pt: dict[str, object] = {}
+            assert np.array_equal(plain_m.step(tokens)[0], rec_m.step(tokens, pm)[0])
+            assert np.array_equal(plain_t.step(tokens)[0], rec_t.step(tokens, pt)[0])
+            assert list(pm) == list(pt)
+            assert "layer 0 self_attn.q_norm" in pm or model_type != "qwen3"
+            assert "layer 3 mlp.router" in pm or model_type != "gpt_oss"
+
+
+def test_participation_counts_the_channels_carrying_an_error() -> None:
+    from conformance.model.bounds import participation
+
+    assert participation(np.ones(64)) == pytest.approx(64)
+    spike = np.full(64, 1e-3)
+    spike[7] = 1.0
+    assert participation(spike) < 1.01
 
 
 def test_check_point_passes_the_twin_and_fails_three_times_its_error() -> None:
