@@ -77,6 +77,9 @@ def test_planted_bug_is_named_by_step_and_layer(llama: tuple[Path, Path], mutant
     # Every op before the named one conformed on identical inputs.
     checks = r["departure"]["op_checks"]
     assert checks[-1]["op"] == r["departure"]["op"] and all(c["port_ok"] for c in checks[:-1])
+    # The op-calibrated rule (bounds.calibrated_factor) still fails the planted bug.
+    calibrated = r["departure"]["calibrated"]
+    assert not calibrated["passed"] and calibrated["worst_ratio"] > 10, calibrated
 
 
 @pytest.mark.parametrize("layer", [None, 2])
@@ -98,6 +101,7 @@ def test_planted_op_bug_is_attributed_to_its_op_and_cause(llama: tuple[Path, Pat
     where = 0 if layer is None or cause == "mlx-backend" else layer
     assert (dep["step"], dep["point"]) == (0, f"layer {where}"), dep
     assert dep["op"] == f"layer {where} {op}" and dep["cause"] == cause, dep
+    assert not dep["calibrated"]["passed"] and not r["passed"], dep["calibrated"]
     if cause == "port":
         assert "own call conforms" in dep["cause_detail"] and dep["repro"] is None, dep
         return
@@ -127,6 +131,20 @@ def test_recording_points_changes_nothing_and_names_agree(tmp_path: Path) -> Non
             assert list(pm) == list(pt)
             assert "layer 0 self_attn.q_norm" in pm or model_type != "qwen3"
             assert "layer 3 mlp.router" in pm or model_type != "gpt_oss"
+
+
+def test_calibrated_rule_scales_the_twin_reference_by_the_measured_op_ratio() -> None:
+    from conformance.model.bounds import calibrated_factor
+
+    assert calibrated_factor([]) == 1.0 and calibrated_factor([0.5, 0.9]) == 1.0
+    assert calibrated_factor([1.2, 3.5, float("inf")]) == 3.5  # a failing op's inf is never a factor
+    rng = np.random.default_rng(1)
+    oracle = rng.standard_normal((1, 4, 64))
+    peer = oracle + 1e-6 * rng.standard_normal(oracle.shape)
+    side = oracle + 3 * (peer - oracle)  # 3x the twin: outside 2x, inside 2 x rho for rho = 2
+    assert not check_point(side, peer, oracle, "float32").passed
+    assert check_point(side, peer, oracle, "float32", peer_factor=2 * calibrated_factor([2.0])).passed
+    assert "4 x ||twin" in check_point(oracle + 9 * (peer - oracle), peer, oracle, "float32", peer_factor=4.0).message
 
 
 def test_participation_counts_the_channels_carrying_an_error() -> None:
