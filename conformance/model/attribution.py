@@ -556,12 +556,13 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
         first = known[0]
         worst = max(known, key=lambda c: c.norm_ratio)
         detail = (f"{len(known)} quantized matmuls make more than {PREMISE:g}x the twin's error on the twin's own "
-                  f"inputs (first {first.op}: {first.norm_ratio:.3g}x; worst {worst.op}: {worst.norm_ratio:.3g}x) and "
+                  f"inputs (worst {worst.op}: {worst.norm_ratio:.3g}x, the one named; first {first.op}: "
+                  f"{first.norm_ratio:.3g}x) and "
                   f"conform to {first.record} only through its allowance for MLX's {backend_label()} quantized "
                   f"matmul accumulating {dtype} products in {dtype} (SEMANTICS.md, quantized_matmul; the twin "
                   "accumulates in float32; its overflow form is the divergence cpu_half_accumulator_overflow). "
                   "Every op conforms to its own record; no port op or wiring departs.")
-        out = _named(first, "mlx-backend", detail, checks)
+        out = _named(worst, "mlx-backend", detail, checks)
         out["cause_detail_divergence"] = "half-precision accumulation (accumulates_in_input_dtype)"
         return out
     return _bound(checks, departure, twin_pts, oracle_pts, mlx_pts, dtype)
