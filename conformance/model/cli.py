@@ -59,6 +59,9 @@ def add_parser(sub: Any) -> None:
                    help="with --jobs: seconds before a configuration counts as a hang")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--task-out", help=argparse.SUPPRESS)
+    # Where attribution writes a new divergence's captured inputs (the report folder's
+    # captured/; set by the parent for --jobs children).
+    p.add_argument("--capture-dir", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
 
 
@@ -137,7 +140,8 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     r = run_config(checkpoint, derived, model_type=config.get("model_type", "?"), dtype=task.dtype,
                    quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
                    mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
-                   anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps")
+                   anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps",
+                   capture_dir=Path(args.capture_dir) if getattr(args, "capture_dir", None) else None)
     r["name"] = task.name
     r["checkpoint"] = str(checkpoint)
     return r
@@ -150,6 +154,7 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     out += ["--no-anchors"] if args.no_anchors else []
     out += ["--no-tune"] if args.no_tune else []
     out += ["--mutant", args.mutant] if args.mutant else []
+    out += ["--capture-dir", args.capture_dir] if getattr(args, "capture_dir", None) else []
     return out
 
 
@@ -190,6 +195,9 @@ def command_model(args: argparse.Namespace) -> int:
     if "float64" in dtypes and backend_name() != "cpu":
         dtypes = [d for d in dtypes if d != "float64"]
         notes.append(NO_FLOAT64.format(backend=backend_name()))
+    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
+    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
+    args.capture_dir = args.capture_dir or str(out / "captured")
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
         tasks = plan(args, work, dtypes, quants)
@@ -198,12 +206,10 @@ def command_model(args: argparse.Namespace) -> int:
                                    child_args=_child_args(args))
         else:
             results = [execute(t, args, work) for t in tasks]
-    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
     report: dict[str, Any] = {"schema": SCHEMA, "run": run_header(), "notes": notes, "mutant": args.mutant,
                               "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
                               "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
     notes += _anchor_notes(report["results"])
-    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)
     passed = sum(r["passed"] for r in results)
     print(f"[conformance model] {passed}/{len(results)} configurations conform. Report: {out / 'report.html'}",
