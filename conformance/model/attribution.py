@@ -628,7 +628,14 @@ def _bound(checks: list[OpCheck], departure: dict[str, Any], twin_pts: dict[str,
     """Every op conforms: the composition leaves the bound. Name the op whose MLX error on
     identical inputs is largest against the model rule's premise, and say how concentrated
     the departing point's error is."""
-    worst = max(checks, key=lambda c: c.norm_ratio) if checks else None
+    point = str(departure["point"])
+    # The op named: the worst of the departing layer's own ops (the final norm and head for
+    # the logits), whose error reaches the point without further mixing; the worst of all
+    # is in the detail.
+    local = [c for c in checks if (c.op.startswith(f"{point} ") if point != "logits"
+                                   else not c.op.startswith("layer "))]
+    worst = max(local or checks, key=lambda c: c.norm_ratio) if checks else None
+    worst_all = max(checks, key=lambda c: c.norm_ratio) if checks else None
     over = [c for c in checks if c.norm_ratio > PREMISE]
     key = _point_key(str(departure["point"]), twin_pts)
     shape_note = ""
@@ -651,8 +658,9 @@ def _bound(checks: list[OpCheck], departure: dict[str, Any], twin_pts: dict[str,
     else:
         detail = (f"Every op conforms to its own record on the twin's inputs; {len(over)} of {len(checks)} make more "
                   f"than the model rule's premise of {PREMISE:g}x the twin's error there (Frobenius), the largest "
-                  f"{worst.op} ({worst.norm_ratio:.3g}x"
-                  + (f", admitted by {worst.record}'s own bound" if worst.record else "") + ")." + shape_note)
+                  f"{worst_all.op} ({worst_all.norm_ratio:.3g}x"
+                  + (f", admitted by {worst_all.record}'s own bound" if worst_all.record else "") + "); at "
+                  f"{point} itself {worst.op} ({worst.norm_ratio:.3g}x)." + shape_note)
     return {"op": worst.op if worst else None, "cause": "bound", "cause_detail": detail, "repro": None,
             "op_checks": [c.as_dict() for c in checks]}
 

@@ -138,7 +138,11 @@ def norm_eps_wrong(layer: int | None = None) -> Mutant:
     def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             if targeted(self) and not getattr(self, "_eps_planted", False):
-                self.pre_mlp_norm = nn.RMSNorm(self.pre_mlp_norm.weight, eps=1e-2)
+                norm = self.pre_mlp_norm
+                if hasattr(norm, "norm"):  # Gemma's / GPT-OSS's float32 norm wraps an nn.RMSNorm
+                    norm.norm = nn.RMSNorm(norm.norm.weight, eps=1e-2)
+                else:
+                    self.pre_mlp_norm = nn.RMSNorm(norm.weight, eps=1e-2)
                 self._eps_planted = True
             return original(self, *args, **kwargs)
         return call
