@@ -653,7 +653,7 @@ def _bound(checks: list[OpCheck], departure: dict[str, Any], twin_pts: dict[str,
                       f"{pr_m:.3g} for MLX and {pr_t:.3g} for the twin of D = {o.shape[-1]}; the largest "
                       f"activations {', '.join(f'[{int(i)}] {oro[i]:.4g}' for i in top)} against a median |h| "
                       f"of {med:.3g}.")
-    if worst is None:
+    if worst is None or worst_all is None:
         detail = "No op was recorded before the departing point."
     else:
         detail = (f"Every op conforms to its own record on the twin's inputs; {len(over)} of {len(checks)} make more "
