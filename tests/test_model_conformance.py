@@ -6,6 +6,7 @@ checkpoint layout and the command's report behave as documented."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -307,3 +308,18 @@ def test_model_report_shows_the_routing_context() -> None:
     g.update(flips=[{}], departure={"step": 2})
     assert _routing({"routing": g}).endswith("1 FLIPS (twin: 3 departures); router input ratio 0.42; "
                                              "router input departs at step 2")
+
+
+def test_conforming_ops_over_the_premise_through_half_accumulation_are_named_as_the_backend() -> None:
+    from conformance.model.attribution import OpCheck, known_backend
+
+    checks = [OpCheck("layer 0 self_attn.q_proj", "nn.quantized_linear", True, True, 0.5, norm_ratio=3.0,
+                      half_accumulation=True),
+              OpCheck("layer 0 input_layernorm", "nn.rms_norm", True, True, 0.3, norm_ratio=9.0),
+              OpCheck("layer 1 mlp.down_proj", "nn.quantized_linear", True, True, 0.7, norm_ratio=12.0,
+                      half_accumulation=True)]
+    named = known_backend(checks, "bfloat16")
+    assert named is not None and named["cause"] == "mlx-backend" and named["op"] == "layer 1 mlp.down_proj"
+    assert "2 quantized matmuls" in named["cause_detail"] and len(named["op_checks"]) == 3
+    # Within the premise, or without the allowance (an rms_norm at 9x): not the back end's.
+    assert known_backend([dataclasses.replace(checks[0], norm_ratio=1.5), checks[1]], "bfloat16") is None

@@ -551,25 +551,35 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
             if clean:
                 own = check_point(_np(m_out), _np(t_out), _np(o_out), dtype if dtype != "float64" else "float32")
                 clean = own.passed
-    known = [c for c in checks if c.half_accumulation and c.norm_ratio > PREMISE]
-    if known:
-        first = known[0]
-        worst = max(known, key=lambda c: c.norm_ratio)
-        detail = (f"{len(known)} quantized matmuls make more than {PREMISE:g}x the twin's error on the twin's own "
-                  f"inputs (worst {worst.op}: {worst.norm_ratio:.3g}x, the one named; first {first.op}: "
-                  f"{first.norm_ratio:.3g}x) and "
-                  f"conform to {first.record} only through its allowance for MLX's {backend_label()} quantized "
-                  f"matmul accumulating {dtype} products in {dtype} (SEMANTICS.md, quantized_matmul; the twin "
-                  "accumulates in float32; its overflow form is the divergence cpu_half_accumulator_overflow). "
-                  "Every op conforms to its own record; no port op or wiring departs.")
-        out = _named(worst, "mlx-backend", detail, checks)
-        out["cause_detail_divergence"] = "half-precision accumulation (accumulates_in_input_dtype)"
-        return out
+    known = known_backend(checks, dtype)
+    if known is not None:
+        return known
     return _bound(checks, departure, twin_pts, oracle_pts, mlx_pts, dtype)
 
 
 PREMISE = 2.0
 """The model rule's premise: MLX's error at every op within 2x the twin's (bounds.py)."""
+
+
+def known_backend(checks: list[OpCheck], dtype: str) -> dict[str, Any] | None:
+    """Where every op conforms: the ops that make more than :data:`PREMISE` x the twin's
+    error on identical inputs and conform only through their record's allowance for MLX's
+    half-precision accumulation (a known back-end behaviour); the worst is named with cause
+    ``"mlx-backend"``. None when there are none."""
+    known = [c for c in checks if c.half_accumulation and c.norm_ratio > PREMISE]
+    if not known:
+        return None
+    first = known[0]
+    worst = max(known, key=lambda c: c.norm_ratio)
+    detail = (f"{len(known)} quantized matmuls make more than {PREMISE:g}x the twin's error on the twin's own "
+              f"inputs (worst {worst.op}: {worst.norm_ratio:.3g}x, the one named; first {first.op}: "
+              f"{first.norm_ratio:.3g}x) and conform to {first.record} only through its allowance for MLX's "
+              f"{backend_label()} quantized matmul accumulating {dtype} products in {dtype} (SEMANTICS.md, "
+              "quantized_matmul; the twin accumulates in float32; its overflow form is the divergence "
+              "cpu_half_accumulator_overflow). Every op conforms to its own record; no port op or wiring departs.")
+    out = _named(worst, "mlx-backend", detail, checks)
+    out["cause_detail_divergence"] = "half-precision accumulation (accumulates_in_input_dtype)"
+    return out
 
 
 def backend_label() -> str:
