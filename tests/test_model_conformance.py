@@ -1,7 +1,8 @@
 """Meta-tests of the model-level conformance harness (``conformance/model``): a clean port
 passes against the float64 oracle and transformers' own float64 model through a prefill
 and 32 cached steps; planted bugs (RoPE offset off by one at decode, a cache appended
-twice) are caught and named by step and layer; the bound, the tie rule, the quantized
+twice, a wrong eps in the port, a width-dependent matmul standing in for a kernel bug) are
+caught and named by step, layer, op and cause (port / mlx-backend); the bound, the tie rule, the quantized
 checkpoint layout and the command's report behave as documented."""
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ also replays the twin in float32 on the same weights, the precision probe of
 :mod:`conformance.model.bounds`. A mixture-of-experts model's routing is judged per
 (step, MoE layer, token) (:func:`_routing`): a different choice of experts must be a tie,
 and the sides continue with the oracle's experts there so the trace stays comparable.
+Where the trace departs, :mod:`conformance.model.attribution` names the op and the cause
+(``departure["op"]``, ``["cause"]``, ``["cause_detail"]``, ``["repro"]``, ``["op_checks"]``),
+and ``departure["calibrated"]`` judges the trace again with the op-calibrated rule
+(:func:`conformance.model.bounds.calibrated_factor`); a departure attributed to the bound
+that this rule admits does not fail the configuration.
 """
 
 from __future__ import annotations
