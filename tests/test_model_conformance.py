@@ -324,3 +324,21 @@ def test_conforming_ops_over_the_premise_through_half_accumulation_are_named_as_
     assert "2 quantized matmuls" in named["cause_detail"] and len(named["op_checks"]) == 3
     # Within the premise, or without the allowance (an rms_norm at 9x): not the back end's.
     assert known_backend([dataclasses.replace(checks[0], norm_ratio=1.5), checks[1]], "bfloat16") is None
+
+
+def test_a_coarser_but_conforming_norm_is_attributed_to_the_bound_and_admitted(llama: tuple[Path, Path]) -> None:
+    from conformance.model.mutants import norm_coarser
+
+    checkpoint, derived = llama
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1,
+                   prompt_len=8, mutant=norm_coarser(), anchors=False, progress=False)
+    dep = r["departure"]
+    # The 2x rule departs; every op conforms to its own record (the norm's gamma_D admits a
+    # statistic 24 u off), so the cause is the bound, named at a norm of the departing layer...
+    assert dep is not None and dep["cause"] == "bound", dep
+    assert dep["op"].startswith(dep["point"]) and dep["op"].endswith("norm"), dep
+    assert all(c["port_ok"] and c["record_ok"] is not False for c in dep["op_checks"])
+    # ...and the op-calibrated rule, rho measured at that norm (well above 2), admits it.
+    calibrated = dep["calibrated"]
+    assert calibrated["passed"] and calibrated["rho"] > 2 and calibrated["rho_op"].endswith("norm"), calibrated
+    assert r["passed"]

@@ -175,6 +175,26 @@ def matmul_wrong_at_width(layer: int | None = None) -> Mutant:
     return lambda: _patched(nn.Linear, False, "__call__", make, None)
 
 
+def norm_coarser(layer: int | None = None, unit_roundoffs: float = 24.0) -> Mutant:
+    """NOT a bug by the op-level contract: ``mlx_impl.nn.RMSNorm`` scales its output by
+    ``1 + unit_roundoffs x 2^-24`` (a statistic ``unit_roundoffs`` float32 unit roundoffs off,
+    coherently in every element), which ``nn.rms_norm``'s record admits (its D-term sum of
+    squares may be ``gamma_D`` off). The composition then leaves the 2x rule; attribution must
+    say ``"bound"`` (every op conforms) and the op-calibrated rule admit it. ``layer`` is
+    ignored (an op's behaviour)."""
+    import mlx.core as mx
+
+    from mlx_impl import nn
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def call(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+            y = original(self, x, *args, **kwargs)
+            return y * mx.array(1.0 + unit_roundoffs * 2.0**-24, dtype=y.dtype)
+        return call
+
+    return lambda: _patched(nn.RMSNorm, False, "__call__", make, None)
+
+
 OP_MUTANTS: dict[str, tuple[Callable[[int | None], Mutant], str, str]] = {
     "norm_eps_wrong": (norm_eps_wrong, "pre_mlp_norm", "port"),
     "matmul_wrong_at_width": (matmul_wrong_at_width, "mlp.down_proj", "mlx-backend"),
