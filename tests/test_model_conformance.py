@@ -342,3 +342,19 @@ def test_a_coarser_but_conforming_norm_is_attributed_to_the_bound_and_admitted(l
     calibrated = dep["calibrated"]
     assert calibrated["passed"] and calibrated["rho"] > 2 and calibrated["rho_op"].endswith("norm"), calibrated
     assert r["passed"]
+
+
+def test_a_failing_attribution_leaves_the_verdict_and_says_why(llama: tuple[Path, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import conformance.model.attribution
+
+    def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(conformance.model.attribution, "attribute", broken)
+    checkpoint, derived = llama
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1, prompt_len=8,
+                   mutant=MUTANTS["rope_offset_off_by_one"](None), anchors=False, progress=False)
+    dep = r["departure"]
+    assert not r["passed"] and dep["cause"] == "unattributed" and "planted" in dep["cause_detail"], dep
+    assert not dep["calibrated"]["passed"]

@@ -399,7 +399,10 @@ def check_op(mlx_model: Any, twin_model: Any, op: str, inputs: dict[str, Any], d
     (the port's op), the twin and the float64 twin, and judge it (module docstring)."""
     arrays, scalars = _split_inputs(inputs)
     dtypes = _tensor_dtypes(inputs)
-    m = _np(_mlx_replay(mlx_model, op, _to_mlx_inputs(arrays, scalars, dtypes)))
+    try:
+        m = _np(_mlx_replay(mlx_model, op, _to_mlx_inputs(arrays, scalars, dtypes)))
+    except Exception as exc:  # the port's op refusing the twin's valid inputs is itself the finding
+        return OpCheck(op, None, False, None, float("inf"), f"the port's op raised {type(exc).__name__}: {exc}")
     t = _np(_twin_replay(twin_model, op, inputs, "native"))
     o = _np(_twin_replay(twin_model, op, inputs, "float64"))
     ratio = check_point(m, t, o, dtype if dtype != "float64" else "float32").ratio
@@ -529,6 +532,11 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
         for op, (t_out, t_in) in twin_pts.items():
             if not _in_scope(op, last, str(departure["point"])):
                 continue
+            if op not in mlx_pts:
+                check = OpCheck(op, None, False, None, float("inf"), "MLX's model ran no such op", wiring="missing")
+                checks.append(check)
+                return _named(check, "port", f"MLX's model records no {op!r} where the twin's does (an op "
+                              "skipped or renamed in the port).", checks)
             m_out, m_in = mlx_pts[op]
             o_out, o_in = oracle_pts[op]
             problem = wiring(m_in, t_in, o_in, dtype, clean)

@@ -321,8 +321,13 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
         from conformance.model.attribution import attribute
 
         _log(progress, f"  [{label}] attributing the departure at step {departure['step']}, {departure['point']}")
-        departure.update(attribute(derived, inputs[: int(departure["step"]) + 1], force, dtype, departure,
-                                   mutant=mutant, capture_dir=capture_dir or derived.parent / f"{derived.name}-captured"))
+        try:
+            departure.update(attribute(derived, inputs[: int(departure["step"]) + 1], force, dtype, departure,
+                                       mutant=mutant,
+                                       capture_dir=capture_dir or derived.parent / f"{derived.name}-captured"))
+        except Exception as exc:  # the verdict stands without a name; the report says why
+            departure.update({"op": None, "cause": "unattributed", "repro": None, "op_checks": [],
+                              "cause_detail": f"attribution failed: {type(exc).__name__}: {exc}"})
         departure["calibrated"] = _calibrated(departure, mlx_out, peer_out, oracle_out, dtype, probe_out)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
