@@ -550,7 +550,8 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
             if check.record_ok is False:
                 return _backend(check, checks, dtype, capture_dir)
             if not check.port_ok:
-                detail = (f"On the twin's inputs the port's op leaves {check.record or 'its'} bound "
+                bound_of = f"{check.record}'s" if check.record else "its"
+                detail = (f"On the twin's inputs the port's op leaves {bound_of} bound "
                           f"(model-rule ratio {check.ratio:.3g})"
                           + (f" while {check.record}'s own call conforms on the same inputs" if check.record_ok
                              else "; no registry record computes this recipe") + ": a bug of mlx_impl.models "
