@@ -213,7 +213,9 @@ def test_text_prompt_run_reports_generated_text_and_names_a_planted_bug(
     capsys.readouterr()
     assert main([*common, "--mutant", "rope_offset_off_by_one", "--out", str(tmp_path / "bad")]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "0/1 configurations conform; first: ckpt float32 departs at step 1, layer 0." in last, last
+    # Attribution names the op and the cause on the CLI's last line.
+    assert ("0/1 configurations conform; first: ckpt float32 departs at step 1, layer 0, op layer 0 "
+            "self_attn.q_rope: the port (mlx_impl)") in last, last
 
 
 # --- an already-quantized checkpoint ----------------------------------------------------

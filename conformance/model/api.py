@@ -142,16 +142,18 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
 def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                   oracle: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int = 0,
                   anchors: bool = False, progress: bool = False, mutant: Mutant | None = None,
-                  prompt_ids: np.ndarray | None = None) -> dict[str, Any]:
+                  prompt_ids: np.ndarray | None = None, capture_dir: Path | None = None) -> dict[str, Any]:
     """:func:`judge` on a checkpoint already derived (``derived``, from ``checkpoint``);
     temporary copies go under ``work``. ``mutant`` plants a bug in ``mlx_impl`` (twin
-    oracle only). The CLI's entry; the result as :func:`judge` describes it."""
+    oracle only); ``prompt_ids`` ``[1, L]`` prefill instead of random ids; ``capture_dir``
+    receives a new MLX divergence's captured inputs (mlx_impl against the twin, where a
+    departure is attributed to its op). The CLI's entry; the result as :func:`judge` describes it."""
     kind = choose_oracle(model_type, oracle)
     if candidate.loader is None and kind == "twin":
         # This project's port against its twin: exactly today's comparison.
         result = run_config(checkpoint, derived, model_type=model_type, dtype=dtype, quant=quant, steps=steps,
                             prompt_len=prompt_len, seed=seed, mutant=mutant, anchors=anchors, progress=progress,
-                            prompt_ids=prompt_ids)
+                            prompt_ids=prompt_ids, capture_dir=capture_dir)
         result.update(candidate=candidate.name, oracle=kind, hidden_states=True, notes=[])
         return result
     if mutant is not None:

@@ -80,6 +80,9 @@ def add_parser(sub: Any) -> None:
                         "estimate exceeds it stops before it starts (conformance/model/memory.py)")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--task-out", help=argparse.SUPPRESS)
+    # Where attribution writes a new divergence's captured inputs (the report folder's
+    # captured/; set by the parent for --jobs children).
+    p.add_argument("--capture-dir", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
 
 
@@ -177,7 +180,8 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                           quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
                           mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
                           anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps",
-                          prompt_ids=prompt_ids)
+                          prompt_ids=prompt_ids,
+                          capture_dir=Path(args.capture_dir) if getattr(args, "capture_dir", None) else None)
     except (CandidateLoadError, OracleLoadError) as exc:
         # This configuration cannot be judged; the others still run and the report says why.
         status = "CANDIDATE ERROR" if isinstance(exc, CandidateLoadError) else "ORACLE ERROR"
@@ -221,6 +225,7 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     out += ["--no-chat-template"] if args.no_chat_template else []
     out += ["--mutant", args.mutant] if args.mutant else []
     out += ["--candidate", args.candidate, "--oracle", args.oracle]
+    out += ["--capture-dir", args.capture_dir] if getattr(args, "capture_dir", None) else []
     return out
 
 
@@ -270,6 +275,9 @@ def command_model(args: argparse.Namespace) -> int:
     if "float64" in dtypes and backend_name() != "cpu":
         dtypes = [d for d in dtypes if d != "float64"]
         notes.append(NO_FLOAT64.format(backend=backend_name()))
+    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
+    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
+    args.capture_dir = args.capture_dir or str(out / "captured")
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
         tasks = plan(args, work, dtypes, quants, prompts)
@@ -279,14 +287,12 @@ def command_model(args: argparse.Namespace) -> int:
                                    child_args=_child_args(args))
         else:
             results = [execute(t, args, work) for t in tasks]
-    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
     report: dict[str, Any] = {"schema": SCHEMA, "run": {**run_header(), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
                                                        "memory": memory}, "notes": notes,
                               "mutant": args.mutant,
                               "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
                               "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
     notes += _anchor_notes(report["results"]) + _candidate_notes(report["results"])
-    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)
     passed = sum(r["passed"] for r in results)
     print(f"[conformance model] {summary_line(report)} Report: {out / 'report.html'}", flush=True)
