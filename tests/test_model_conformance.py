@@ -1,11 +1,13 @@
 """Meta-tests of the model-level conformance harness (``conformance/model``): a clean port
 passes against the float64 oracle and transformers' own float64 model through a prefill
 and 32 cached steps; planted bugs (RoPE offset off by one at decode, a cache appended
-twice) are caught and named by step and layer; the bound, the tie rule, the quantized
+twice, a wrong eps in the port, a width-dependent matmul standing in for a kernel bug) are
+caught and named by step, layer, op and cause (port / mlx-backend); the bound, the tie rule, the quantized
 checkpoint layout and the command's report behave as documented."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,11 +18,19 @@ from conformance.cli import main
 from conformance.model.bounds import check_point, greedy_flip_is_tie
 from conformance.model.checkpoints import BUILDERS, build_tiny, derive
 from conformance.model.harness import run_config
-from conformance.model.mutants import MUTANTS
+from conformance.model.mutants import MUTANTS, OP_MUTANTS
 
 DENSE_MUTANTS = [m for m in MUTANTS if m != "router_picks_last"]
 """Every planted numerical bug a dense model can carry (the router's needs a mixture of
 experts: test_wrong_expert_choice_with_a_margin_fails)."""
+
+EXPECTED_OPS = {
+    # RoPE at the wrong position: the port's LayerRoPE, on the twin's inputs, is wrong.
+    "rope_offset_off_by_one": ("self_attn.q_rope", "port"),
+    # The cache hands attention one key too many: a wiring departure between ops.
+    "cache_appended_twice": ("self_attn.sdpa", "port"),
+}
+"""The op (without ``layer i``) and cause attribution must give for each dense mutant."""
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +73,89 @@ def test_planted_bug_is_named_by_step_and_layer(llama: tuple[Path, Path], mutant
     assert r["departure"]["step"] == 1, r["departure"]
     assert r["departure"]["point"] == f"layer {0 if layer is None else layer}", r["departure"]
     assert all(p["passed"] for p in r["points"] if p["step"] == 0)
+    op, cause = EXPECTED_OPS[mutant]
+    assert r["departure"]["op"] == f"layer {0 if layer is None else layer} {op}", r["departure"]
+    assert r["departure"]["cause"] == cause, r["departure"]
+    # Every op before the named one conformed on identical inputs.
+    checks = r["departure"]["op_checks"]
+    assert checks[-1]["op"] == r["departure"]["op"] and all(c["port_ok"] for c in checks[:-1])
+    # The op-calibrated rule (bounds.calibrated_factor) still fails the planted bug.
+    calibrated = r["departure"]["calibrated"]
+    assert not calibrated["passed"] and calibrated["worst_ratio"] > 10, calibrated
+
+
+@pytest.mark.parametrize("layer", [None, 2])
+@pytest.mark.parametrize("mutant", sorted(OP_MUTANTS))
+def test_planted_op_bug_is_attributed_to_its_op_and_cause(llama: tuple[Path, Path], mutant: str,
+                                                          layer: int | None, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conformance.repro import captured_reproducer
+
+    checkpoint, derived = llama
+    factory, op, cause = OP_MUTANTS[mutant]
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1,
+                   prompt_len=8, mutant=factory(layer), anchors=False, progress=False, capture_dir=tmp_path)
+    dep = r["departure"]
+    # A kernel bug bites wherever the op runs (the first down projection); the port's eps bug
+    # where it was planted.
+    where = 0 if layer is None or cause == "mlx-backend" else layer
+    assert (dep["step"], dep["point"]) == (0, f"layer {where}"), dep
+    assert dep["op"] == f"layer {where} {op}" and dep["cause"] == cause, dep
+    assert not dep["calibrated"]["passed"] and not r["passed"], dep["calibrated"]
+    if cause == "port":
+        assert "own call conforms" in dep["cause_detail"] and dep["repro"] is None, dep
+        return
+    # A new divergence: the inputs are captured and the reproducer runs on them (the planted
+    # bug is a patch of this process, so the standalone script shows MLX conforming there).
+    assert dep["repro"].startswith("python -m conformance repro --inputs "), dep
+    path = dep["repro"].split("--inputs ", 1)[1]
+    script = captured_reproducer(path)
+    assert "mx.matmul" in script
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert "max |MLX - float64|" in out.stdout, out.stdout
+
+
+def test_recording_points_changes_nothing_and_names_agree(tmp_path: Path) -> None:
+    from conformance.model.sides import MlxSide, TwinSide
+
+    for model_type in ("qwen3", "gpt_oss"):
+        checkpoint = build_tiny(model_type, tmp_path / model_type)
+        derived = derive(checkpoint, tmp_path / f"{model_type}-f32", "float32")
+        plain_m, rec_m = MlxSide(derived), MlxSide(derived)
+        plain_t, rec_t = TwinSide(derived, "native", "t"), TwinSide(derived, "native", "t")
+        for tokens in (np.arange(6)[None], np.array([[5]])):
+            pm: dict[str, object] = {}
+            pt: dict[str, object] = {}
+            assert np.array_equal(plain_m.step(tokens)[0], rec_m.step(tokens, pm)[0])
+            assert np.array_equal(plain_t.step(tokens)[0], rec_t.step(tokens, pt)[0])
+            assert list(pm) == list(pt)
+            assert "layer 0 self_attn.q_norm" in pm or model_type != "qwen3"
+            assert "layer 3 mlp.router" in pm or model_type != "gpt_oss"
+
+
+def test_calibrated_rule_scales_the_twin_reference_by_the_measured_op_ratio() -> None:
+    from conformance.model.bounds import calibrated_factor
+
+    assert calibrated_factor([]) == 1.0 and calibrated_factor([0.5, 0.9]) == 1.0
+    assert calibrated_factor([1.2, 3.5, float("inf")]) == 3.5  # a failing op's inf is never a factor
+    rng = np.random.default_rng(1)
+    oracle = rng.standard_normal((1, 4, 64))
+    peer = oracle + 1e-6 * rng.standard_normal(oracle.shape)
+    side = oracle + 3 * (peer - oracle)  # 3x the twin: outside 2x, inside 2 x rho for rho = 2
+    assert not check_point(side, peer, oracle, "float32").passed
+    assert check_point(side, peer, oracle, "float32", peer_factor=2 * calibrated_factor([2.0])).passed
+    assert "4 x ||twin" in check_point(oracle + 9 * (peer - oracle), peer, oracle, "float32", peer_factor=4.0).message
+
+
+def test_participation_counts_the_channels_carrying_an_error() -> None:
+    from conformance.model.bounds import participation
+
+    assert participation(np.ones(64)) == pytest.approx(64)
+    spike = np.full(64, 1e-3)
+    spike[7] = 1.0
+    assert participation(spike) < 1.01
 
 
 def test_check_point_passes_the_twin_and_fails_three_times_its_error() -> None:
@@ -216,3 +309,52 @@ def test_model_report_shows_the_routing_context() -> None:
     g.update(flips=[{}], departure={"step": 2})
     assert _routing({"routing": g}).endswith("1 FLIPS (twin: 3 departures); router input ratio 0.42; "
                                              "router input departs at step 2")
+
+
+def test_conforming_ops_over_the_premise_through_half_accumulation_are_named_as_the_backend() -> None:
+    from conformance.model.attribution import OpCheck, known_backend
+
+    checks = [OpCheck("layer 0 self_attn.q_proj", "nn.quantized_linear", True, True, 0.5, norm_ratio=3.0,
+                      half_accumulation=True),
+              OpCheck("layer 0 input_layernorm", "nn.rms_norm", True, True, 0.3, norm_ratio=9.0),
+              OpCheck("layer 1 mlp.down_proj", "nn.quantized_linear", True, True, 0.7, norm_ratio=12.0,
+                      half_accumulation=True)]
+    named = known_backend(checks, "bfloat16")
+    assert named is not None and named["cause"] == "mlx-backend" and named["op"] == "layer 1 mlp.down_proj"
+    assert "2 quantized matmuls" in named["cause_detail"] and len(named["op_checks"]) == 3
+    # Within the premise, or without the allowance (an rms_norm at 9x): not the back end's.
+    assert known_backend([dataclasses.replace(checks[0], norm_ratio=1.5), checks[1]], "bfloat16") is None
+
+
+def test_a_coarser_but_conforming_norm_is_attributed_to_the_bound_and_admitted(llama: tuple[Path, Path]) -> None:
+    from conformance.model.mutants import norm_coarser
+
+    checkpoint, derived = llama
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1,
+                   prompt_len=8, mutant=norm_coarser(), anchors=False, progress=False)
+    dep = r["departure"]
+    # The 2x rule departs; every op conforms to its own record (the norm's gamma_D admits a
+    # statistic 24 u off), so the cause is the bound, named at a norm of the departing layer...
+    assert dep is not None and dep["cause"] == "bound", dep
+    assert dep["op"].startswith(dep["point"]) and dep["op"].endswith("norm"), dep
+    assert all(c["port_ok"] and c["record_ok"] is not False for c in dep["op_checks"])
+    # ...and the op-calibrated rule, rho measured at that norm (well above 2), admits it.
+    calibrated = dep["calibrated"]
+    assert calibrated["passed"] and calibrated["rho"] > 2 and calibrated["rho_op"].endswith("norm"), calibrated
+    assert r["passed"]
+
+
+def test_a_failing_attribution_leaves_the_verdict_and_says_why(llama: tuple[Path, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import conformance.model.attribution
+
+    def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(conformance.model.attribution, "attribute", broken)
+    checkpoint, derived = llama
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1, prompt_len=8,
+                   mutant=MUTANTS["rope_offset_off_by_one"](None), anchors=False, progress=False)
+    dep = r["departure"]
+    assert not r["passed"] and dep["cause"] == "unattributed" and "planted" in dep["cause_detail"], dep
+    assert not dep["calibrated"]["passed"]

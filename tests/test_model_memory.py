@@ -142,9 +142,9 @@ def test_report_records_the_estimate_and_the_peak(tiny: dict[str, Path], tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "model.json").read_text())
     memory = report["run"]["memory"]
-    assert memory["peak_rss_mb"] > 0
+    assert report["run"]["peak_rss_mb"] > 0
     (estimated,) = memory["estimated_gb"].values()
-    assert memory["peak_rss_mb"] * 2**20 <= estimated * 1e9
+    assert report["run"]["peak_rss_mb"] * 2**20 <= estimated * 1e9
     assert np.isfinite(report["results"][0]["peak_rss_mb"])
 
 
@@ -172,3 +172,21 @@ def test_derive_writes_shards_that_every_side_loads(tiny: dict[str, Path], tmp_p
     assert torch.equal(a, b)
     c, d = (mlx_to_numpy(port.load(str(p))(mx.array(ids))) for p in (one, many))
     assert np.array_equal(c, d)
+
+
+def test_oracle_quantized_projection_in_blocks_is_the_same_product(tiny: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle dequantizes a quantized projection a block of rows at a time (memory): its
+    float64 logits equal the one-block product to float64 rounding, in every quantized mode."""
+    import torch_reference.models as twin
+    import torch_reference.models.checkpoint as twin_checkpoint
+
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    for quant in ("affine4", "mxfp4", "nvfp4"):
+        q = derive(tiny["qwen3"], tmp_path / quant, "bfloat16", quant)  # tied head: the largest matrix
+        whole = twin.load(str(q), precision="float64")(ids)
+        monkeypatch.setattr(twin_checkpoint, "FLOAT64_BLOCK_ELEMENTS", 64 * 5)  # 5 rows a block
+        blocked = twin.load(str(q), precision="float64")(ids)
+        monkeypatch.undo()
+        assert blocked.dtype == torch.float64
+        torch.testing.assert_close(blocked, whole, rtol=1e-13, atol=0.0)

@@ -36,6 +36,7 @@ from conformance.model.harness import (
     _replay,
     _run_anchors,
     _tokens,
+    choose_prompt,
     run_config,
 )
 from conformance.model.sides import MlxSide, Side, TwinSide, release
@@ -71,13 +72,15 @@ def choose_oracle(model_type: str, oracle: str) -> str:
 
 def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype: str = "float32",
           quant: str | None = None, steps: int = 16, prompt_len: int = 8, seed: int = 0,
-          anchors: bool = False, progress: bool = False, oracle: str = "auto") -> dict[str, Any]:
+          anchors: bool = False, progress: bool = False, oracle: str = "auto", prompt: str | None = None,
+          chat_template: bool = True) -> dict[str, Any]:
     """Judge ``candidate`` on ``checkpoint`` in ``dtype`` (and quantized mode ``quant``).
 
     The checkpoint is rounded to ``dtype`` (and quantized) once, into a temporary folder
     (:func:`conformance.model.checkpoints.derive`); every side loads that copy. The oracle
-    decodes greedily from a ``seed``-random prompt of ``prompt_len`` token ids for
-    ``steps`` cached single-token steps; the candidate and the peer replay its tokens.
+    decodes greedily from a ``seed``-random prompt of ``prompt_len`` token ids (or the text
+    ``prompt``, through the checkpoint's tokenizer) for ``steps`` cached single-token steps;
+    the candidate and the peer replay its tokens.
 
     Args:
         checkpoint: a Hugging Face-layout directory (``config.json``, ``*.safetensors``).
@@ -93,6 +96,8 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
             with transformers as the oracle it is its own anchor).
         progress: a line per side and step on stderr.
         oracle: ``"auto"``, ``"twin"`` or ``"transformers"`` (:func:`choose_oracle`).
+        prompt: a text prompt instead of random ids, tokenized by the checkpoint's own
+            tokenizer, through its chat template unless ``chat_template`` is False.
 
     Returns:
         The JSON-ready result of :func:`conformance.model.harness.run_config` (``passed``,
@@ -123,24 +128,32 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
     with tempfile.TemporaryDirectory(prefix="judge-") as tmp:
         work = Path(tmp)
         derived = derive(ck, work / f"{ck.name}-{dtype}-{quant or 'dense'}", dtype, quant)
+        ids = None
+        if prompt is not None:
+            from conformance.model.prompts import has_chat_template, tokenize_prompt
+
+            ids = tokenize_prompt(ck, prompt, chat_template and has_chat_template(ck))
         return judge_derived(ck, derived, work, model_type=str(config.get("model_type", "?")),
                              candidate=resolved, oracle=oracle, dtype=dtype, quant=quant, steps=steps,
                              prompt_len=prompt_len, seed=seed, anchors=anchors and not prequantized,
-                             progress=progress)
+                             progress=progress, prompt_ids=ids)
 
 
 def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                   oracle: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int = 0,
                   anchors: bool = False, progress: bool = False, mutant: Mutant | None = None,
-                  ) -> dict[str, Any]:
+                  prompt_ids: np.ndarray | None = None, capture_dir: Path | None = None) -> dict[str, Any]:
     """:func:`judge` on a checkpoint already derived (``derived``, from ``checkpoint``);
     temporary copies go under ``work``. ``mutant`` plants a bug in ``mlx_impl`` (twin
-    oracle only). The CLI's entry; the result as :func:`judge` describes it."""
+    oracle only); ``prompt_ids`` ``[1, L]`` prefill instead of random ids; ``capture_dir``
+    receives a new MLX divergence's captured inputs (mlx_impl against the twin, where a
+    departure is attributed to its op). The CLI's entry; the result as :func:`judge` describes it."""
     kind = choose_oracle(model_type, oracle)
     if candidate.loader is None and kind == "twin":
         # This project's port against its twin: exactly today's comparison.
         result = run_config(checkpoint, derived, model_type=model_type, dtype=dtype, quant=quant, steps=steps,
-                            prompt_len=prompt_len, seed=seed, mutant=mutant, anchors=anchors, progress=progress)
+                            prompt_len=prompt_len, seed=seed, mutant=mutant, anchors=anchors, progress=progress,
+                            prompt_ids=prompt_ids, capture_dir=capture_dir)
         result.update(candidate=candidate.name, oracle=kind, hidden_states=True, notes=[])
         return result
     if mutant is not None:
@@ -148,20 +161,20 @@ def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: st
                          f"candidate {candidate.name!r} with the {kind} oracle.")
     return _judge_generic(checkpoint, derived, work, model_type=model_type, candidate=candidate, kind=kind,
                           dtype=dtype, quant=quant, steps=steps, prompt_len=prompt_len, seed=seed,
-                          anchors=anchors, progress=progress)
+                          anchors=anchors, progress=progress, prompt_ids=prompt_ids)
 
 
 def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                    kind: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int,
-                   anchors: bool, progress: bool) -> dict[str, Any]:
+                   anchors: bool, progress: bool, prompt_ids: np.ndarray | None = None) -> dict[str, Any]:
     """Any candidate against either oracle: the flow of ``run_config`` with pluggable sides."""
     if dtype == "float64" and quant is not None:
         raise ValueError("[judge] float64 is a dense test dtype: quantized layers take no float64.")
     label = derived.name
     started = time.perf_counter()
     notes: list[str] = []
-    vocab = int(json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    prompt = np.random.default_rng(seed).integers(0, vocab, size=(1, prompt_len)).astype(np.int64)
+    prompt = choose_prompt(checkpoint, seed, prompt_len, prompt_ids)
+    prompt_len = prompt.shape[1]
     # The candidate first: one that cannot load fails before the oracle's decode.
     side = _candidate_side(derived, candidate)
     oracle = _oracle_side(derived, work, kind, notes)

@@ -105,7 +105,7 @@ def _row_norms(diff: np.ndarray) -> np.ndarray:
 
 
 def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: str,
-                probe: np.ndarray | None = None) -> PointCheck:
+                probe: np.ndarray | None = None, peer_factor: float = 2.0) -> PointCheck:
     """Judge ``side`` against ``oracle`` with the twin ``peer`` as the reference.
 
     Per row (a token's hidden vector or logits, the last axis), in 2-norms:
@@ -127,6 +127,8 @@ def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: s
     same weights (the precision probe): MLX in float64 is then judged as a partly-float32
     computation, ``2 ||probe - oracle|| + 2 float32 ulp sqrt(D)`` (module docstring);
     ``peer`` (the twin in float64) still gives ``peer_rel_err``. None elsewhere.
+    ``peer_factor``: the 2 of the rule; the op-calibrated rule (:func:`calibrated_factor`)
+    passes ``2 rho``.
     """
     # The judge answers only the shape and non-finite questions here; neither depends
     # on the format beyond its name, and the ops' judge knows no float64 format.
@@ -144,7 +146,7 @@ def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: s
             err_ref = _row_norms((probe - oracle).reshape(-1, width))
         floor_format = FORMATS["float32"]
     floor = 2.0 * floor_format.ulp(np.abs(np.nan_to_num(rows_o, posinf=0.0, neginf=0.0)).max(axis=1))
-    bound_row = 2.0 * err_ref + floor * np.sqrt(width)
+    bound_row = peer_factor * err_ref + floor * np.sqrt(width)
     top = max(float(scale_o.max()) if scale_o.size else 0.0, np.finfo(np.float64).tiny)
     rel_s = float(err_s.max() / top) if err_s.size else 0.0
     rel_p = float(err_p.max() / top) if err_p.size else 0.0
@@ -159,13 +161,63 @@ def check_point(side: np.ndarray, peer: np.ndarray, oracle: np.ndarray, dtype: s
     elem = int(np.argmax(np.abs(np.nan_to_num((side - oracle).reshape(-1, width)[worst]))))
     message = (
         f"Row {where}: ||MLX - oracle|| = {err_s[worst]:.6g} > bound {bound_row[worst]:.6g} "
-        f"(= 2 x ||{'twin32' if probe is not None else 'twin'} - oracle|| {err_ref[worst]:.6g} "
+        f"(= {peer_factor:.3g} x ||{'twin32' if probe is not None else 'twin'} - oracle|| {err_ref[worst]:.6g} "
         f"+ 2 {floor_format.name} ulp x sqrt({width})); "
         f"{int((excess > 1).sum())} / {excess.size} rows over. Worst element [{elem}]: MLX "
         f"{side.reshape(-1, width)[worst, elem]!r}, twin {peer.reshape(-1, width)[worst, elem]!r}, "
         f"oracle {rows_o[worst, elem]!r}. Relative (2-norm) error: MLX {rel_s:.3g}, twin {rel_p:.3g}."
     )
     return PointCheck(False, "value", message, rel_s, rel_p, ratio, bound_row)
+
+
+CALIBRATED_RULE = "||MLX - oracle|| <= 2 rho ||twin - oracle|| + 2 ulp sqrt(D), rho = max op error ratio on identical inputs"
+
+
+def calibrated_factor(norm_ratios: list[float]) -> float:
+    """The op-calibrated rule's ``rho``: the largest ``||r_mlx|| / ||r_twin||`` of the ops
+    (each replayed on the twin's inputs and conforming to its own registry record), at least 1.
+
+    Why (the base rule's premise, and what trained checkpoints showed). The 2x rule at a
+    model point assumes that MLX's LOCAL error at every op is the twin's within the ops'
+    factor 2. The ops' own rule does not say that: it is elementwise, ``|r_mlx| <= 2
+    max_row |r_twin| + 2 ulp(max_row |o|)`` or, for sums, the ``gamma_K`` bound on the
+    magnitudes (conformance/tolerance.py). Where a row holds a few channels hundreds or
+    thousands of times larger than the rest (the "massive activations" of trained LLMs:
+    SmolLM2-135M's residual stream has channels 507 and 247 up to 500x the row median, the
+    three largest carrying 45-99 % of the row's sum of squares), the floor at the row's
+    largest magnitude and the accumulation bound admit a coherent error in every OTHER
+    channel many times the twin's: measured, MLX's CPU ``fast.rms_norm`` scales such rows
+    by a ``1 / rms`` 1-6 float32 ulps off where the twin's (a PyTorch float32 sum) is 0-2
+    off, 1.8-24x the twin's row error, inside its record's bound. First-order propagation
+    ``e_P = sum_j J_{P<-j} r_j`` with independent local errors gives
+    ``E ||e_mlx||^2 = sum_j E ||J r_mlx,j||^2 <= rho^2 E ||e_twin||^2`` when every MLX local
+    error is at most ``rho`` times the twin's in norm (same op, same rounding points, the
+    summation order the difference), so the admissible error at the point is ``rho`` times
+    the twin's, and the 2 keeps the realisation margin of the base rule:
+
+        ||h_mlx - h_oracle|| <= 2 rho ||h_twin - h_oracle|| + 2 ulp(max |h_oracle|) sqrt(D).
+
+    rho is measured per configuration (never a constant), only after every op has been
+    replayed and conforms to its own record and no wiring departs
+    (:mod:`conformance.model.attribution`): a planted bug is named as its op (``port`` or
+    ``mlx-backend``) before any calibration, and the calibrated rule still fails it
+    (tests/test_model_conformance.py). Rows dominated by a few channels also explain why
+    the hidden points passed and the logits did not: a hidden row's 2-norm error is
+    mostly the large channels' rounding, alike in both libraries, while the final norm's
+    output and the logits weigh every channel, where the coherent norm error lives.
+    """
+    finite = [r for r in norm_ratios if np.isfinite(r)]
+    return max([1.0, *finite])
+
+
+def participation(error: np.ndarray) -> float:
+    """The participation ratio ``(sum e_i^2)^2 / sum e_i^4`` of one row's error ``[D]``:
+    how many channels carry it (D for an error spread evenly, 1 for one channel). The
+    2-norm of an error spread over P channels concentrates like a chi with P degrees of
+    freedom, so the 2x rule's margin holds for large P and not for P of a few."""
+    e2 = np.square(np.nan_to_num(np.asarray(error, dtype=np.float64), posinf=0.0, neginf=0.0))
+    fourth = float((e2 * e2).sum())
+    return float(e2.sum() ** 2 / fourth) if fourth > 0 else 0.0
 
 
 def greedy_flip_is_tie(oracle_row: np.ndarray, side_choice: int, bound: float) -> bool:

@@ -41,6 +41,27 @@ group sizes mlx-lm uses by default for each mode."""
 
 _TORCH_DTYPES = {name: f.torch_dtype for name, f in MODEL_FORMATS.items()}
 
+
+def quantization_label(config: dict[str, Any]) -> str | None:
+    """The quantized mode of an already-quantized checkpoint from its ``config.json``
+    (``"quantization"``, or ``"quantization_config"``, as mlx-lm's converter writes them),
+    e.g. ``affine4-g64``; with per-layer overrides (a layer path mapping to its own
+    ``{"group_size", "bits"}``, or ``false`` for a layer left dense) ``affine4-g64 (3 layers
+    differ)``. ``None`` for a dense checkpoint."""
+    q = config.get("quantization") or config.get("quantization_config")
+    if q is None:
+        return None
+    if not isinstance(q, dict):
+        raise ValueError(f"[quantization_label] config.json's quantization is {q!r}, not a mapping.")
+    if "bits" not in q:
+        # Another library's scheme (e.g. transformers' {"quant_method": "gguf"}): named as it names itself.
+        return str(q.get("quant_method", "quantized (unknown scheme)"))
+    mode = str(q.get("mode", "affine"))
+    # The names of QUANT_MODES: affine4, affine8; mxfp4, nvfp4, mxfp8 carry their bits already.
+    label = f"{mode if mode[-1].isdigit() else mode + str(q['bits'])}-g{q.get('group_size', '?')}"
+    overrides = [k for k, v in q.items() if isinstance(v, (dict, bool))]
+    return label + (f" ({len(overrides)} layers differ)" if overrides else "")
+
 # The tiny configs: 4 layers (enough for the depth curves to show growth), GQA (4 query heads over 2 kv heads), small vocab. Each names
 # what its architecture must exercise (llama3 rope scaling, Gemma 3's sliding window that a
 # prompt longer than the window crosses, GLM-4's partial rotary and attention bias).

@@ -6,6 +6,8 @@ model conformance and write the report.
         [--quant-dtype float32] [--out DIR] [--no-anchors] [--mutant NAME]
         [--candidate mlx_impl|mlx-lm|package.module:function] [--oracle auto|twin|transformers]
     python -m conformance model --tiny [llama,qwen3,...|all] [--dit] ...
+    python -m conformance model --fixture smollm2-135m-instruct [--prompt TEXT ...|--prompt-file FILE]
+        [--no-chat-template] ...
 
 The report goes to ``reports/models/<checkpoint name>/`` by default (``tiny-<backend>``
 for ``--tiny``). Progress (one line per side and step) goes to stderr. Exit status 1 when
@@ -40,9 +42,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("model", help="model-level conformance of a checkpoint (or --tiny built ones)")
     p.add_argument("checkpoint", nargs="?", help="Hugging Face-layout checkpoint directory")
     p.add_argument("--tiny", default=None, help="instead: tiny transformers-built models, comma list or 'all'")
+    p.add_argument("--fixture", default=None,
+                   help="instead: a real checkpoint built on first use into the cache (conformance/model/fixtures.py)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a text prompt (repeatable; each runs every configuration), tokenized by the "
+                        "checkpoint's tokenizer, through its chat template if it has one")
+    p.add_argument("--prompt-file", default=None, help="prompts: a JSON list of strings or one per line")
+    p.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt text as is")
     p.add_argument("--dtype", default=",".join(DTYPES), help="comma list of test dtypes")
     p.add_argument("--steps", type=int, default=32, help="cached decode steps after the prefill")
-    p.add_argument("--prompt-len", type=int, default=16, help="prefill length (random token ids)")
+    p.add_argument("--prompt-len", type=int, default=16, help="prefill length (random token ids; without --prompt)")
     p.add_argument("--quantize", default="", help="comma list of quantized modes, or 'all'")
     p.add_argument("--quant-dtype", default="bfloat16", help="dtype of activations and scales for --quantize")
     p.add_argument("--out", default=None, help="report directory (default reports/models/<name>/)")
@@ -71,6 +80,9 @@ def add_parser(sub: Any) -> None:
                         "estimate exceeds it stops before it starts (conformance/model/memory.py)")
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--task-out", help=argparse.SUPPRESS)
+    # Where attribution writes a new divergence's captured inputs (the report folder's
+    # captured/; set by the parent for --jobs children).
+    p.add_argument("--capture-dir", help=argparse.SUPPRESS)
     p.set_defaults(func=command_model)
 
 
@@ -101,8 +113,10 @@ def _split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str
     return items
 
 
-def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[str]) -> list[Task]:
-    """Every configuration the arguments ask for, in report order. ``--tiny`` checkpoints are
+def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[str],
+         prompts: list[str] | None = None) -> list[Task]:
+    """Every configuration the arguments ask for, in report order (each model configuration
+    once per text prompt: ``name pK`` when there are several). ``--tiny`` checkpoints are
     written into ``work`` here (once each)."""
     from conformance.model.checkpoints import BUILDERS, build_tiny
 
@@ -110,13 +124,13 @@ def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[s
     if args.tiny is not None:
         for arch in _split(args.tiny, tuple(BUILDERS), "architecture"):
             ck = build_tiny(arch, work / f"tiny-{arch}", seed=args.seed)
-            tasks += _model_tasks(ck, f"tiny-{arch}", dtypes, quants, args.quant_dtype)
+            tasks += _model_tasks(ck, f"tiny-{arch}", dtypes, quants, args.quant_dtype, prompts)
     else:
         ck = Path(args.checkpoint).resolve()
         config = json.loads((ck / "config.json").read_text(encoding="utf-8"))
         if ("quantization" in config or "quantization_config" in config) and quants:
             raise SystemExit(f"[conformance model] {ck} is already quantized; --quantize does not apply.")
-        tasks += _model_tasks(ck, ck.name, dtypes, quants, args.quant_dtype)
+        tasks += _model_tasks(ck, ck.name, dtypes, quants, args.quant_dtype, prompts)
     if args.dit:
         for block in ("double", "single"):
             tasks += [Task("dit", f"dit-{block}", dt, None, block=block) for dt in dtypes]
@@ -125,9 +139,14 @@ def plan(args: argparse.Namespace, work: Path, dtypes: list[str], quants: list[s
 
 
 def _model_tasks(checkpoint: Path, name: str, dtypes: list[str], quants: list[str],
-                 quant_dtype: str) -> list[Task]:
-    return ([Task("model", name, dt, None, checkpoint=str(checkpoint)) for dt in dtypes]
-            + [Task("model", name, quant_dtype, q, checkpoint=str(checkpoint)) for q in quants])
+                 quant_dtype: str, prompts: list[str] | None = None) -> list[Task]:
+    tasks = []
+    for k, prompt in enumerate(prompts or [None]):
+        label = f"{name} p{k + 1}" if prompts and len(prompts) > 1 else name
+        tasks += ([Task("model", label, dt, None, checkpoint=str(checkpoint), prompt=prompt) for dt in dtypes]
+                  + [Task("model", label, quant_dtype, q, checkpoint=str(checkpoint), prompt=prompt)
+                     for q in quants])
+    return tasks
 
 
 def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -138,24 +157,31 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         return run_dit(DitCase(block=task.block or "double"), task.dtype, task.quant)
     from conformance.model.api import judge_derived
     from conformance.model.candidates import resolve_candidate
-    from conformance.model.checkpoints import derive
+    from conformance.model.checkpoints import derive, quantization_label
     from conformance.model.errors import CandidateLoadError, OracleLoadError
     from conformance.model.isolated import failed_result
     from conformance.model.mutants import ALL_MUTANTS
+    from conformance.model.prompts import decode, has_chat_template, tokenize_prompt
 
     checkpoint = Path(task.checkpoint or "")
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    prequantized = "quantization" in config or "quantization_config" in config
-    print(f"[conformance model] {task.label}: prefill {args.prompt_len} + {args.steps} steps",
-          file=sys.stderr, flush=True)
-    derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{task.quant or 'dense'}", task.dtype, task.quant)
+    prequantized = quantization_label(config)
+    chat = not args.no_chat_template and task.prompt is not None and has_chat_template(checkpoint)
+    prompt_ids = None if task.prompt is None else tokenize_prompt(checkpoint, task.prompt, chat)
+    prefill = args.prompt_len if prompt_ids is None else prompt_ids.shape[1]
+    print(f"[conformance model] {task.label}{' ' + prequantized if prequantized else ''}: prefill {prefill} "
+          f"+ {args.steps} steps", file=sys.stderr, flush=True)
+    weights = task.quant or ("prequantized" if prequantized else "dense")
+    derived = derive(checkpoint, work / f"{task.name}-{task.dtype}-{weights}", task.dtype, task.quant)
     started = time.perf_counter()
     try:
         r = judge_derived(checkpoint, derived, work, model_type=config.get("model_type", "?"),
                           candidate=resolve_candidate(args.candidate), oracle=args.oracle, dtype=task.dtype,
                           quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
                           mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
-                          anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps")
+                          anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps",
+                          prompt_ids=prompt_ids,
+                          capture_dir=Path(args.capture_dir) if getattr(args, "capture_dir", None) else None)
     except (CandidateLoadError, OracleLoadError) as exc:
         # This configuration cannot be judged; the others still run and the report says why.
         status = "CANDIDATE ERROR" if isinstance(exc, CandidateLoadError) else "ORACLE ERROR"
@@ -164,6 +190,18 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         r.update(candidate=args.candidate, oracle=args.oracle, hidden_states=False, notes=[])
     r["name"] = task.name
     r["checkpoint"] = str(checkpoint)
+    if "tokens" not in r:  # a CANDIDATE/ORACLE ERROR row: nothing decoded
+        return r
+    if prequantized:
+        # The checkpoint's own quantized mode (it ran as shipped), not "dense".
+        r["quant"] = prequantized
+        r["quantization"] = config.get("quantization") or config.get("quantization_config")
+    if task.prompt is not None:
+        # Greedy text: the oracle's own decode, and MLX's argmax at each step of the same
+        # (teacher-forced) sequence: where they differ, MLX would have said otherwise.
+        r["prompt"] = {"text": task.prompt, "chat_template": chat}
+        r["generated"] = {"oracle": decode(checkpoint, r["tokens"]["oracle"]),
+                          "mlx": decode(checkpoint, r["tokens"]["side"])}
     return r
 
 
@@ -184,8 +222,10 @@ def _child_args(args: argparse.Namespace) -> list[str]:
            "--progress", args.progress]
     out += ["--no-anchors"] if args.no_anchors else []
     out += ["--no-tune"] if args.no_tune else []
+    out += ["--no-chat-template"] if args.no_chat_template else []
     out += ["--mutant", args.mutant] if args.mutant else []
     out += ["--candidate", args.candidate, "--oracle", args.oracle]
+    out += ["--capture-dir", args.capture_dir] if getattr(args, "capture_dir", None) else []
     return out
 
 
@@ -205,7 +245,9 @@ def command_model(args: argparse.Namespace) -> int:
     """Entry of ``python -m conformance model``."""
     from conformance.execute import backend_name
     from conformance.model.checkpoints import QUANT_MODES
-    from conformance.model.report import SCHEMA, write_model_report
+    from conformance.model.fixtures import fixture_path
+    from conformance.model.prompts import read_prompts
+    from conformance.model.report import SCHEMA, summary_line, write_model_report
     from mlx_impl.cpu_backend import tune_cpu
 
     if not args.no_tune:
@@ -222,35 +264,38 @@ def command_model(args: argparse.Namespace) -> int:
         return _run_task_file(args)
     dtypes = _split(args.dtype, DTYPES, "dtype")
     quants = _split(args.quantize, tuple(QUANT_MODES), "quantized mode")
-    if (args.checkpoint is None) == (args.tiny is None):
-        raise SystemExit("[conformance model] give a CHECKPOINT_DIR or --tiny, not both or neither.")
+    if sum(a is not None for a in (args.checkpoint, args.tiny, args.fixture)) != 1:
+        raise SystemExit("[conformance model] give one of CHECKPOINT_DIR, --tiny or --fixture.")
+    prompts = read_prompts(args.prompt, args.prompt_file) or None
+    if args.fixture is not None:
+        args.checkpoint = str(fixture_path(args.fixture))
     if (args.jobs is not None and args.jobs < 1) or args.config_timeout <= 0:
         raise SystemExit("[conformance model] --jobs must be at least 1 and --config-timeout positive.")
     notes: list[str] = []
     if "float64" in dtypes and backend_name() != "cpu":
         dtypes = [d for d in dtypes if d != "float64"]
         notes.append(NO_FLOAT64.format(backend=backend_name()))
+    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
+    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
+    args.capture_dir = args.capture_dir or str(out / "captured")
     with tempfile.TemporaryDirectory(prefix="model-conformance-") as tmp:
         work = Path(tmp)
-        tasks = plan(args, work, dtypes, quants)
+        tasks = plan(args, work, dtypes, quants, prompts)
         memory = check_memory(tasks, args)
         if args.jobs is not None:
             results = run_isolated(tasks, jobs=args.jobs, timeout=args.config_timeout, work=work / "tasks",
                                    child_args=_child_args(args))
         else:
             results = [execute(t, args, work) for t in tasks]
-    name = f"tiny-{backend_name()}" if args.tiny is not None else Path(args.checkpoint).resolve().name
-    memory["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)
-    report: dict[str, Any] = {"schema": SCHEMA, "run": {**run_header(), "memory": memory}, "notes": notes,
+    report: dict[str, Any] = {"schema": SCHEMA, "run": {**run_header(), "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+                                                       "memory": memory}, "notes": notes,
                               "mutant": args.mutant,
                               "results": [r for t, r in zip(tasks, results, strict=True) if t.kind == "model"],
                               "dit": [r for t, r in zip(tasks, results, strict=True) if t.kind == "dit"]}
     notes += _anchor_notes(report["results"]) + _candidate_notes(report["results"])
-    out = Path(args.out) if args.out else ROOT / "reports" / "models" / name
     write_model_report(report, out)
     passed = sum(r["passed"] for r in results)
-    print(f"[conformance model] {passed}/{len(results)} configurations conform. Report: {out / 'report.html'}",
-          flush=True)
+    print(f"[conformance model] {summary_line(report)} Report: {out / 'report.html'}", flush=True)
     return 0 if passed == len(results) else 1
 
 

@@ -41,6 +41,8 @@ class Task:
     quant: str | None = None
     checkpoint: str | None = None
     block: str | None = None
+    prompt: str | None = None
+    """A text prompt (``--prompt``); None: random token ids."""
 
     @property
     def label(self) -> str:

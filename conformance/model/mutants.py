@@ -8,6 +8,9 @@ import these classes), so the harness must name the (step, layer) where it bites
 * ``cache_appended_twice``: at decode, the new token's key and value are appended to the
   cache twice (the attention then weighs the new token twice, and every later position
   is one further off);
+* ``norm_eps_wrong`` (a port recipe bug) and ``matmul_wrong_at_width`` (a stand-in for
+  a back-end kernel bug) are the attribution's (:data:`OP_MUTANTS`): it must name their
+  op and cause;
 * ``router_picks_last``: GPT-OSS's router picks the top-k experts of the NEGATED logits
   (the lowest k), a wrong expert choice with the margin of the whole logit range; the
   harness continues with the oracle's experts at rows that differ, so this bug shows
@@ -125,6 +128,80 @@ def router_picks_last(layer: int | None = None) -> Mutant:
     return lambda: _patched(MixtureOfExperts, True, "select", make, layer)
 
 
+def norm_eps_wrong(layer: int | None = None) -> Mutant:
+    """A port bug (a recipe, not an op): the MLP's pre-norm is built with eps 1e-2 instead of
+    the checkpoint's ``rms_norm_eps``. ``mlx_impl.nn.RMSNorm`` itself is right (its record
+    conforms with any eps), so attribution must say ``"port"`` at ``pre_mlp_norm``."""
+    from mlx_impl import nn
+    from mlx_impl.models.decoder import DecoderLayer
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if targeted(self) and not getattr(self, "_eps_planted", False):
+                norm = self.pre_mlp_norm
+                if hasattr(norm, "norm"):  # Gemma's / GPT-OSS's float32 norm wraps an nn.RMSNorm
+                    norm.norm = nn.RMSNorm(norm.norm.weight, eps=1e-2)
+                else:
+                    self.pre_mlp_norm = nn.RMSNorm(norm.weight, eps=1e-2)
+                self._eps_planted = True
+            return original(self, *args, **kwargs)
+        return call
+
+    return lambda: _patched(DecoderLayer, True, "__call__", make, layer)
+
+
+MATMUL_BUG_WIDTH = 128
+"""The input width at which :func:`matmul_wrong_at_width` bites (the tiny models' MLP width)."""
+
+
+def matmul_wrong_at_width(layer: int | None = None) -> Mutant:
+    """A stand-in for an MLX back-end bug (an op, not the port): ``mlx_impl.nn.Linear`` scales
+    its output by ``1 + 2^-7`` whenever the input width is :data:`MATMUL_BUG_WIDTH`, as a
+    shape-dependent kernel would, in the model AND in the op's registry record. Attribution
+    must say ``"mlx-backend"`` at the first down projection (the first op of that width)
+    and write the inputs for a reproducer. ``layer`` is ignored: a kernel bites wherever it runs."""
+    import mlx.core as mx
+
+    from mlx_impl import nn
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def call(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+            out = original(self, x, *args, **kwargs)
+            if x.shape[-1] == MATMUL_BUG_WIDTH:
+                return out * mx.array(1.0 + 2.0**-7, dtype=out.dtype)
+            return out
+        return call
+
+    return lambda: _patched(nn.Linear, False, "__call__", make, None)
+
+
+def norm_coarser(layer: int | None = None, unit_roundoffs: float = 24.0) -> Mutant:
+    """NOT a bug by the op-level contract: ``mlx_impl.nn.RMSNorm`` scales its output by
+    ``1 + unit_roundoffs x 2^-24`` (a statistic ``unit_roundoffs`` float32 unit roundoffs off,
+    coherently in every element), which ``nn.rms_norm``'s record admits (its D-term sum of
+    squares may be ``gamma_D`` off). The composition then leaves the 2x rule; attribution must
+    say ``"bound"`` (every op conforms) and the op-calibrated rule admit it. ``layer`` is
+    ignored (an op's behaviour)."""
+    import mlx.core as mx
+
+    from mlx_impl import nn
+
+    def make(original: Callable[..., Any], targeted: Callable[[Any], bool]) -> Callable[..., Any]:
+        def call(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+            y = original(self, x, *args, **kwargs)
+            return y * mx.array(1.0 + unit_roundoffs * 2.0**-24, dtype=y.dtype)
+        return call
+
+    return lambda: _patched(nn.RMSNorm, False, "__call__", make, None)
+
+
+OP_MUTANTS: dict[str, tuple[Callable[[int | None], Mutant], str, str]] = {
+    "norm_eps_wrong": (norm_eps_wrong, "pre_mlp_norm", "port"),
+    "matmul_wrong_at_width": (matmul_wrong_at_width, "mlp.down_proj", "mlx-backend"),
+}
+"""Planted bugs for the attribution's meta-tests: name -> (factory, the op attribution
+must name (without its ``layer i``), the cause it must give)."""
+
 MUTANTS: dict[str, Callable[[int | None], Mutant]] = {
     "rope_offset_off_by_one": rope_offset_off_by_one,
     "cache_appended_twice": cache_appended_twice,
@@ -139,5 +216,5 @@ PROCESS_FAULTS: dict[str, Callable[[int | None], Mutant]] = {
 """Planted process failures by name: only a ``--jobs`` run survives them (it names the
 configuration lost); a serial run dies or waits with them."""
 
-ALL_MUTANTS = {**MUTANTS, **PROCESS_FAULTS}
+ALL_MUTANTS = {**MUTANTS, **PROCESS_FAULTS, **{k: v[0] for k, v in OP_MUTANTS.items()}}
 """What ``--mutant`` accepts."""

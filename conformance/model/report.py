@@ -12,6 +12,7 @@ the last layer and at the logits).
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,61 @@ def _routing(r: dict[str, Any]) -> str:
     return text + (f"; router input departs at step {g['departure']['step']}" if g.get("departure") else "")
 
 
+CAUSES = {"mlx-backend": "MLX back end", "port": "the port (mlx_impl)", "bound": "the bound"}
+"""A departure's ``cause`` (set by the cause analysis) as the report words it."""
+
+
+def _cause(d: dict[str, Any]) -> str:
+    """``, op OP: CAUSE (detail)`` of a departure, as much as it carries."""
+    text = f", op {d['op']}" if d.get("op") else ""
+    if d.get("cause"):
+        text += f": {CAUSES.get(d['cause'], d['cause'])}"
+        if d.get("cause_detail"):
+            text += f" ({' '.join(str(d['cause_detail']).split())})"
+    return text
+
+
+def verdict(r: dict[str, Any]) -> str:
+    """One configuration's answer in a phrase: ``conforms``, ``departs at step S, POINT[, op
+    OP]: CAUSE``, a greedy flip, a routing flip, a differing required anchor, or the
+    CRASH/HANG status (model or DiT result)."""
+    if "error" in r:
+        first = (r["error"].get("detail") or "").strip().splitlines()[-1:] or [""]
+        return f"{r['error']['status']}: {' '.join(first[0].split())[:160]}"
+    if r["passed"]:
+        return "conforms"
+    d = r.get("departure")
+    if d:
+        return f"departs at step {d['step']}, {d['point']}{_cause(d)}"
+    g = r.get("routing") or {}
+    if g.get("departure"):
+        return f"departs at step {g['departure']['step']}, {g['departure']['point']}{_cause(g['departure'])}"
+    flips = (r.get("tokens") or {}).get("flips") or []
+    if flips:
+        f = flips[0]
+        return f"greedy token flips at step {f['step']} ({f['side']} vs oracle {f['oracle']}, not a tie)"
+    if g.get("flips"):
+        f = g["flips"][0]
+        return f"experts flip at step {f['step']}, MoE layer {f['layer']} (not a tie)"
+    bad = [a["name"] for a in r.get("anchors", []) if a.get("required") and not a.get("passed")]
+    if bad:
+        return f"anchor {', '.join(bad)} differs beyond the bound"
+    return "fails (see the departures below)"
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The run in one sentence: ``conforms N/N configurations.``, or ``N/M configurations
+    conform; first: LABEL departs at ...``."""
+    results = report.get("results", [])
+    dit = report.get("dit", [])
+    labelled = [(config_label(r), r) for r in results] + [(dit_label(d), d) for d in dit]
+    passed = sum(r["passed"] for _, r in labelled)
+    if passed == len(labelled):
+        return f"conforms {passed}/{len(labelled)} configurations."
+    label, first = next((lb, r) for lb, r in labelled if not r["passed"])
+    return f"{passed}/{len(labelled)} configurations conform; first: {label} {verdict(first)}."
+
+
 def _worst(r: dict[str, Any], key: str) -> float:
     return max(p[key] for p in r["points"])
 
@@ -170,6 +226,21 @@ def _sides(results: list[dict[str, Any]]) -> str:
             "reference).")
 
 
+_METHOD = (
+    'Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + 2 ulp x sqrt(D) '
+    '(conformance/model/bounds.py says why and how error grows with depth). Errors are relative 2-norm '
+    'errors against the float64 oracle.',
+    "Ratio: the worst row's ||MLX - oracle|| / bound over all points (1 = at the bound). Depth growth: "
+    "the twin's error at the last layer over its error at the first, at the prefill.",
+    "Float64 (CPU back end only): MLX's float64 fast norms and RoPE round to float32 inside, so it is "
+    "judged as a partly-float32 computation against the twin in float32 (the twin64's error is what the "
+    "table and curves show as the twin's). Routing (mixture of experts): a token whose experts differ "
+    "from the oracle's is a tie when MLX's own router-input error and router rounding can explain the "
+    "swap, otherwise a flip (a failure); the trace continues with the oracle's experts there.",
+)
+"""The method paragraphs of both reports."""
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: header, one row per configuration, departures in full."""
     run = report["run"]
@@ -179,22 +250,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     passed = sum(r["passed"] for r in results) + sum(d["passed"] for d in dit)
     lines = [f"# Model conformance: {passed} / {len(results) + len(dit)} configurations conform "
              f"({len(results)} model, {len(dit)} DiT block)", "",
+             *[f"- **{config_label(r)}**: {verdict(r)}" for r in results],
+             *[f"- **{dit_label(d)}**: {verdict(d)}" for d in dit], "",
+             *_generated_md(results),
              f"{run.get('backend', '?')} ({run.get('device', '?')}), mlx {run.get('mlx')}, torch "
              f"{run.get('torch')}, transformers {run.get('transformers')}, commit {run.get('commit')}, "
-             f"{run.get('date')}; MLX float32 matmuls: "
-             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: prefill of {ran[0]['prompt_len'] if ran else '?'} tokens "
-             f"+ {ran[0]['steps'] if ran else '?'} cached decode steps.", "",
+             f"{run.get('date')}; peak memory {_peak(run)}; MLX float32 matmuls: "
+             f"{(run.get('matmul_precision') or {}).get('float32_matmul', 'not recorded')}. Steps: {_prefill(ran)}"
+             ".", "",
              _sides(results), "",
-             "Bound at every (step, point): per token, ||MLX - oracle|| <= 2 ||twin - oracle|| + "
-             "2 ulp x sqrt(D) (conformance/model/bounds.py says why and how error grows with depth). "
-             "Errors are relative 2-norm errors against the float64 oracle.", "",
-             "Ratio: the worst row's ||MLX - oracle|| / bound over all points (1 = at the bound). "
-             "Depth growth: the twin's error at the last layer over its error at the first, at the prefill.", "",
-             "Float64 (CPU back end only): MLX's float64 fast norms and RoPE round to float32 inside, so it is "
-             "judged as a partly-float32 computation against the twin in float32 (the twin64's error is what "
-             "the table and curves show as the twin's). Routing (mixture of experts): a token whose experts "
-             "differ from the oracle's is a tie when MLX's own router-input error and router rounding can "
-             "explain the swap, otherwise a flip (a failure); the trace continues with the oracle's experts there.", "",
+             *[line for text in _METHOD for line in (text, "")],
              "| configuration | status | first departure | greedy tokens agree | worst MLX / twin rel. error "
              "| ratio | depth growth | routing | anchors |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +280,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                      + ("diffusers-float64: " + " / ".join(f"{d['anchor'][k]['rel_err']:.2g}" for k in _DIT_OUTPUTS)
                         if d["anchor"] else "-") + " |")
     failing = [r for r in results if not r["passed"]]
+    for r in failing:
+        d = r.get("departure") or {}
+        if d.get("repro"):
+            lines.append(f"- {config_label(r)} reproduce: `{d['repro']}`")
     if failing:
         lines += ["", "## Departures", ""]
         for r in failing:
@@ -245,19 +314,157 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peak(run: dict[str, Any]) -> str:
+    return f"{run['peak_rss_mb']:.0f} MiB" if run.get("peak_rss_mb") is not None else "not recorded"
+
+
+def _prefill(ran: list[dict[str, Any]]) -> str:
+    if not ran:
+        return "?"
+    lens = sorted({r["prompt_len"] for r in ran})
+    kind = "text prompt" if any(r.get("prompt") for r in ran) else "random token ids"
+    return f"prefill of {'/'.join(map(str, lens))} tokens ({kind}) + {ran[0]['steps']} cached decode steps"
+
+
+def _quant_kind(r: dict[str, Any]) -> str:
+    """``dense``, a quantized mode of ``--quantize`` or the checkpoint's own (pre-quantized)."""
+    if not r.get("quant"):
+        return "dense"
+    return f"{r['quant']} (pre-quantized checkpoint)" if r.get("quantization") else str(r["quant"])
+
+
+def _generated_md(results: list[dict[str, Any]]) -> list[str]:
+    rows = [r for r in results if r.get("generated")]
+    if not rows:
+        return []
+    out = ["## Generated text (greedy)", "",
+           "The oracle's greedy continuation, and MLX's own argmax at each step of the same sequence.", ""]
+    for r in rows:
+        out += [f"- **{config_label(r)}**, prompt {json.dumps(r['prompt']['text'])}"
+                f"{' (chat template)' if r['prompt'].get('chat_template') else ''}:",
+                f"  oracle {json.dumps(r['generated']['oracle'])}; MLX {json.dumps(r['generated']['mlx'])}"]
+    return [*out, ""]
+
+
+_CSS = ("body{font-family:sans-serif;margin:1.5em;max-width:80em}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}"
+        "th{background:#f4f4f4}.pass{color:#1a7f37;font-weight:bold}.fail{color:#c62828;font-weight:bold}"
+        "pre{background:#f8f8f8;padding:.5em;white-space:pre-wrap}.text{font-family:monospace;white-space:pre-wrap}"
+        "h1{font-size:1.5em}")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; ``rows`` cells are already HTML (escaped by the caller)."""
+    return ("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+
+
+def _status_html(r: dict[str, Any]) -> str:
+    text = r["error"]["status"] if "error" in r else ("PASS" if r["passed"] else "FAIL")
+    return f"<span class='{'pass' if r['passed'] else 'fail'}'>{_esc(text)}</span>"
+
+
+def _points_table(r: dict[str, Any]) -> str:
+    """Every point at the prefill and at the last step (relative errors, ratio to the bound; a
+    point over the bound in bold red), folded (``<details>``, no script)."""
+    last = r["steps"]
+    by = {(p["step"], p["index"]): p for p in r["points"]}
+    indices = sorted({p["index"] for p in r["points"]})
+
+    def cells(p: dict[str, Any] | None) -> list[str]:
+        if p is None:
+            return ["-"] * 3
+        mark = "" if p["passed"] else " class='fail'"
+        return [f"{p['rel_err']:.3g}", f"{p['peer_rel_err']:.3g}", f"<span{mark}>{p['ratio']:.2f}</span>"]
+
+    rows = [[_esc(by.get((0, i), by.get((last, i), {"point": i}))["point"]), *cells(by.get((0, i))),
+             *cells(by.get((last, i)))] for i in indices]
+    return ("<details><summary>every point at the prefill and at step " + _esc(last) + "</summary>"
+            + _table(["point", "MLX rel. error (prefill)", "twin", "ratio", f"MLX rel. error (step {last})",
+                      "twin", "ratio"], rows) + "</details>")
+
+
 def to_html(report: dict[str, Any]) -> str:
-    """One self-contained page: the Markdown table as HTML plus the plots per configuration."""
-    md = to_markdown(report)
-    body = [f"<pre style='white-space:pre-wrap'>{html.escape(md)}</pre>"]
-    for r in report["results"]:
+    """One self-contained page (no external scripts or styles). First screen: the verdict per
+    configuration (conforms, or where it departs, at which op and why), the generated text;
+    then the full table, the departures, notes, the method, and the plots per configuration."""
+    run = report.get("run", {})
+    results = report.get("results", [])
+    dit = report.get("dit", [])
+    ran = [r for r in results if "error" not in r]
+    body = [f"<h1>Model conformance: {_esc(summary_line(report))}</h1>",
+            f"<p>{_esc(run.get('backend', '?'))} ({_esc(run.get('device', '?'))}), mlx {_esc(run.get('mlx'))}, "
+            f"torch {_esc(run.get('torch'))}, transformers {_esc(run.get('transformers'))}, commit "
+            f"{_esc(run.get('commit'))}, {_esc(run.get('date'))}. <b>Peak memory</b> {_esc(_peak(run))}. "
+            f"{_esc(_prefill(ran)[:1].upper() + _prefill(ran)[1:])}."
+            + (f" Mutant planted: {_esc(report['mutant'])}." if report.get("mutant") else "") + "</p>"]
+    rows = [[_esc(config_label(r)), _status_html(r), _esc(verdict(r)), _esc(_quant_kind(r)),
+             "-" if "error" in r else _esc(_tokens(r)), _esc(r.get("seconds", "-"))] for r in results]
+    rows += [[_esc(dit_label(d)), _status_html(d), _esc(verdict(d)), _esc(d["quant"] or "dense"), "-",
+              _esc(d.get("seconds", "-"))] for d in dit]
+    body.append(_table(["configuration", "status", "verdict", "weights", "greedy tokens agree", "seconds"], rows))
+    gen = [r for r in results if r.get("generated")]
+    if gen:
+        body.append("<h2>Generated text (greedy)</h2><p>The oracle's greedy continuation, and MLX's own argmax "
+                    "at each step of the same sequence (teacher-forced: where they differ, MLX would have "
+                    "said otherwise there).</p>")
+        body.append(_table(["configuration", "prompt", "oracle (float64)", "MLX"], [
+            [_esc(config_label(r)),
+             f"<span class='text'>{_esc(r['prompt']['text'])}</span>"
+             + (" <i>(chat template)</i>" if r["prompt"].get("chat_template") else ""),
+             f"<span class='text'>{_esc(r['generated']['oracle'])}</span>",
+             f"<span class='text'>{_esc(r['generated']['mlx'])}</span>"] for r in gen]))
+    body.append("<h2>All configurations</h2>")
+    body.append(_table(
+        ["configuration", "status", "first departure", "greedy tokens agree", "worst MLX / twin rel. error",
+         "ratio", "depth growth", "routing", "anchors"],
+        [[_esc(config_label(r)), _status_html(r)] + ["-"] * 7 if "error" in r else
+         [_esc(config_label(r)), _status_html(r), _esc(_departure(r)), _esc(_tokens(r)),
+          f"{_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g}", f"{_worst(r, 'ratio'):.2f}",
+          _esc(_growth(r)), _esc(_routing(r)), _esc(_anchors(r))] for r in results]))
+    failing = [r for r in results + dit if not r["passed"]]
+    if failing:
+        body.append("<h2>Departures</h2>")
+    for r in failing:
+        label = dit_label(r) if "block" in r else config_label(r)
         if "error" in r:
+            body.append(f"<h3>{_esc(label)}: {_esc(r['error']['status'])}</h3><pre>{_esc(r['error']['detail'])}</pre>")
             continue
-        body.append(f"<h3>{html.escape(config_label(r))}: {'PASS' if r['passed'] else 'FAIL'}; "
-                    f"departure {html.escape(_departure(r))}; tokens {html.escape(_tokens(r))}"
-                    + (f"; routing {html.escape(_routing(r))}" if r.get("routing") else "") + "</h3>")
+        for d in [r.get("departure"), (r.get("routing") or {}).get("departure")]:
+            if not d:
+                continue
+            body.append(f"<h3>{_esc(label)}: step {_esc(d['step'])}, {_esc(d['point'])}</h3>")
+            facts = [("op", d.get("op")), ("cause", CAUSES.get(d.get("cause") or "", d.get("cause"))),
+                     ("detail", d.get("cause_detail"))]
+            if any(v for _, v in facts):
+                body.append("<ul>" + "".join(f"<li><b>{k}</b>: {_esc(v)}</li>" for k, v in facts if v) + "</ul>")
+            if d.get("repro"):
+                body.append(f"<p>Reproduce:</p><pre>{_esc(d['repro'])}</pre>")
+            body.append(f"<pre>{_esc(d['message'])}</pre>")
+        flips = [f"step {f['step']}: greedy token {f['side']} vs oracle {f['oracle']}, margin "
+                 f"{f['margin']:.3g} &gt; 2 x bound {f['bound']:.3g}" for f in (r.get("tokens") or {}).get("flips", [])]
+        flips += [f"step {_esc(f['step'])}, MoE layer {_esc(f['layer'])}, token {_esc(f['row'])}: experts "
+                  f"{_esc(f['side'])} vs oracle {_esc(f['oracle'])}: not a tie"
+                  for f in (r.get("routing") or {}).get("flips", [])[:10]]
+        if flips:
+            body.append(f"<p>{_esc(label)}:</p><ul>" + "".join(f"<li>{f}</li>" for f in flips) + "</ul>")
+    notes = report.get("notes", [])
+    if notes:
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+    body.append("<h2>Method</h2>" + "".join(f"<p>{_esc(t)}</p>" for t in _METHOD))
+    plotted = [r for r in results if "error" not in r]
+    if plotted:
+        body.append("<h2>Error against depth and decode step</h2>")
+    for r in plotted:
+        body.append(f"<h3>{_esc(config_label(r))}: {_esc(verdict(r))}</h3>")
         body.append(_plots(r))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>Model conformance</title></head>"
-            "<body style='font-family:sans-serif'>" + "".join(body) + "</body></html>\n")
+        body.append(_points_table(r))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>Model conformance</title>"
+            f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n")
 
 
 def write_model_report(report: dict[str, Any], out: Path) -> None:

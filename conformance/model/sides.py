@@ -84,12 +84,15 @@ class MlxSide:
         for moe in moe_layers(self.model):
             moe.routing = self.routing
 
-    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def step(self, tokens: np.ndarray, points: dict[str, Any] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step; ``points`` (a dict) receives every op's output and inputs
+        (``mlx_impl.models.points``) as MLX arrays, evaluated."""
         import mlx.core as mx
 
         self.routing.begin_step()
         hidden: list[Any] = []
-        logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache, hidden_states=hidden)
+        logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache, hidden_states=hidden,
+                            points=points)
         mx.eval(logits, *hidden)
         return _mx_np(logits), [_mx_np(h) for h in hidden]
 
@@ -130,14 +133,16 @@ class TwinSide:
         for moe in moe_layers(self.model):
             moe.routing = self.routing
 
-    def step(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    def step(self, tokens: np.ndarray, points: dict[str, Any] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step; ``points`` (a dict) receives every op's output and inputs
+        (``torch_reference.models.points``) as tensors."""
         import torch
 
         self.routing.begin_step()
         hidden: list[Any] = []
         ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
         with torch.no_grad():
-            logits = self.model(ids, cache=self.cache, hidden_states=hidden)
+            logits = self.model(ids, cache=self.cache, hidden_states=hidden, points=points)
         return _torch_np(logits), [_torch_np(h) for h in hidden]
 
 

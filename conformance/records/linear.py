@@ -20,7 +20,7 @@ from conformance.fuzz.inputs import (
 )
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord
-from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill
+from conformance.strategies import SMALL_FEATURES, arrays, batch_shape, fill, massive_activations
 from conformance.tolerance import Tolerance, with_matmul_precision
 
 # Dot products grow with K: keep "large" values K-fold away from overflow so a result
@@ -83,6 +83,16 @@ def _mutant_half_accumulation(lib, a, p, kw):
     return y + a["bias"] if "bias" in a else y
 
 
+MASSIVE_DOWN_PROJ = Case(
+    {"x": massive_activations((4, 1536), 11, ratio=200.0),
+     "weight": (0.02 * fill((16, 1536), "normal", "float32", 12)).astype(np.float32)},
+    label="a down projection's input (K = 1536): 3 channels 200x the rest, row 0 2000x (SmolLM2-135M's "
+          "act(gate) * up reaches 2036x its median: conformance/strategies.py MASSIVE_RATIO)",
+)
+"""What a trained model's down projection reads; float32 and bfloat16 (float16's range is
+the model's own concern: a 2000x channel times K-term sums)."""
+
+
 def _bench_linear(m: int, k: int, n: int) -> Case:
     return Case({"x": fill((m, k), "normal", "float32", 0), "weight": fill((n, k), "normal", "float32", 1),
                  "bias": fill((n,), "normal", "float32", 2)})
@@ -136,6 +146,7 @@ LINEAR = OpRecord(
     edge_cases=(
         EdgeCase(Case({"x": np.ones(3, np.float32),
                        "weight": np.array([[1, 2, 3], [4, 5, 6]], np.float32)}, label="known answer [6, 15]")),
+        EdgeCase(MASSIVE_DOWN_PROJ, dtypes=("float32", "bfloat16")),
         EdgeCase(Case({"x": np.ones(3, np.float32),
                        "weight": np.array([[1, 2, 3], [4, 5, 6]], np.float32),
                        "bias": np.array([10, 20], np.float32)}, label="known answer with bias [16, 35]")),

@@ -24,10 +24,10 @@ from conformance.fuzz.inputs import (
 )
 from conformance.fuzz.inputs import constant_array as _fuzz_zeros
 from conformance.record import BenchCase, Case, EdgeCase, ErrorCase, Mutant, OpRecord
-from conformance.strategies import FEATURES, arrays, fill
+from conformance.strategies import FEATURES, arrays, fill, massive_activations
 from conformance.tolerance import Tolerance
 
-PROFILES = ("normal", "ints", "mixed", "tiny", "subnormal", "large", "special")
+PROFILES = ("normal", "ints", "mixed", "tiny", "subnormal", "large", "special", "massive")
 EPS_CHOICES = (1e-5, 1e-6, 1e-2, 1.0, 0.0)
 
 # A sum of D squares must not overflow float32 in the oracle's own precision class:
@@ -47,6 +47,12 @@ def _rows(draw, dtype, *, with_weight=True, with_bias=False, optional=False):
         found["bias"] = draw(arrays((d,), dtype, profiles=("normal", "ints", "mixed"), label="bias"))
     return found
 
+
+_TRAINED_NORM_WEIGHT = (0.26 * (1.0 + 0.5 * fill((576,), "normal", "float32", 8))).astype(np.float32)
+"""A norm weight of a trained model's size and scale (SmolLM2-135M: D = 576, median |w| 0.26)."""
+
+_MASSIVE_LABEL = ("massive activations: 3 channels 500x the rest, row 0 5000x (SmolLM2-135M's residual "
+                  "stream, D = 576: conformance/strategies.py MASSIVE_RATIO)")
 
 # ---- fast.rms_norm ------------------------------------------------------------------
 
@@ -249,6 +255,8 @@ FAST_RMS_NORM = OpRecord(
                       {"eps": 0.0, "form": "function"}, label="[2,2,2,2], weight 2 -> 2")),
         EdgeCase(Case({"x": np.zeros((2, 8), np.float32), "weight": np.ones(8, np.float32)},
                       {"eps": 1e-5, "form": "layer"}, label="zero rows stay zero")),
+        EdgeCase(Case({"x": massive_activations((4, 576), 7), "weight": _TRAINED_NORM_WEIGHT},
+                      {"eps": 1e-5, "form": "function"}, label=_MASSIVE_LABEL)),
     ),
     errors=(
         ErrorCase("weight length differs from features",
@@ -351,6 +359,10 @@ NN_RMS_NORM = OpRecord(
     cases=_nn_rms_cases,
     tolerance=_norm_tolerance(_NORM_TOLERANCE, 1),
     magnitude=lambda a, p: _rms_magnitude(a, {"eps": p["eps"] or p["stored_eps"]}),
+    edge_cases=(
+        EdgeCase(Case({"x": massive_activations((4, 576), 9), "weight": _TRAINED_NORM_WEIGHT},
+                      {"stored_eps": 1e-5, "eps": 0.0}, label=_MASSIVE_LABEL)),
+    ),
     errors=(
         ErrorCase("negative stored eps",
                   Case({"x": np.ones((2, 4), np.float32), "weight": np.ones(4, np.float32)},

@@ -34,7 +34,7 @@ from conformance.record import (
     constant,
 )
 from conformance.records import quantized_fuzz
-from conformance.strategies import arrays, fill
+from conformance.strategies import arrays, fill, massive_activations
 from conformance.tolerance import EXACT, Tolerance
 
 MODES = ("affine", "nvfp4", "mxfp4", "mxfp8")
@@ -505,6 +505,25 @@ def _single_group_edge_cases(via: tuple[str, ...] = ()) -> tuple[EdgeCase, ...]:
     return tuple(edges)
 
 
+def _long_row_edge_cases(via: str | None = None) -> tuple[EdgeCase, ...]:
+    """Long quantized rows of many groups (K = 1536: 24 affine groups of 64, 48 mxfp4 groups
+    of 32) read by massive activations, as a trained model's down projection is: a kernel
+    that mixes up a group's scale far along the row, or loses the small channels' products
+    next to the large ones, shows here. Float32 and bfloat16 (the dtypes trained checkpoints
+    ship; float16's range is the model's own concern at 2000x channels)."""
+    edges = []
+    for i, (mode, group, bits) in enumerate((("affine", 64, 4), ("mxfp4", 32, 4))):
+        found = {"x": massive_activations((4, 1536), 40 + i, ratio=200.0),
+                 "weight": (0.02 * fill((32, 1536), "normal", "float32", 50 + i)).astype(np.float32)}
+        params = {"group_size": group, "bits": bits, "mode": mode}
+        if via:
+            params["via"] = via
+        label = (f"{mode} {bits}-bit, K = 1536 ({1536 // group} groups per row), x with 3 channels 200x the rest "
+                 "and row 0 2000x (SmolLM2-135M's down projection: conformance/strategies.py MASSIVE_RATIO)")
+        edges.append(EdgeCase(Case(found, params, label=label), mode=mode, dtypes=("float32", "bfloat16")))
+    return tuple(edges)
+
+
 def _mutant_single_group_row0_scales(lib, a, p, kw):
     """Imitates MLX's CUDA single-group bug: on that boundary every weight row is read with
     row 0's scale and bias (a [N, 1] scale array indexed with the stride of a broadcast).
@@ -543,7 +562,7 @@ QUANTIZED_MATMUL = OpRecord(
                         "scales": np.ones((2, 1), np.float32), "qbiases": np.zeros((2, 1), np.float32)},
                        {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
     ),
-    edge_cases=_single_group_edge_cases(),
+    edge_cases=_single_group_edge_cases() + _long_row_edge_cases(),
     mutants=(
         Mutant("zero_point_ignored", "affine biases dropped", _mutant_zero_point_ignored, mode="affine"),
         Mutant("next_group_scales", "each group reads its neighbour's scale", _mutant_next_group_scales,
@@ -621,7 +640,7 @@ QUANTIZED_LINEAR = OpRecord(
                         "bias": np.zeros(3, np.float32)},
                        {"group_size": 64, "bits": 4, "mode": "affine"}), ValueError),
     ),
-    edge_cases=_single_group_edge_cases(via=("constructor", "to_quantized")),
+    edge_cases=_single_group_edge_cases(via=("constructor", "to_quantized")) + _long_row_edge_cases("constructor"),
     mutants=(
         Mutant("dropped_layer_bias", "the layer bias is never added", _mutant_dropped_layer_bias,
                mode="affine"),

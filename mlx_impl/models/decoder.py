@@ -30,6 +30,7 @@ from mlx_impl.models.cache import KVCache
 from mlx_impl.models.checkpoint import Weights
 from mlx_impl.models.config import SLIDING, ModelArgs
 from mlx_impl.models.moe import MixtureOfExperts
+from mlx_impl.models.points import Points, record_point
 from mlx_impl.models.rope import LayerRoPE
 
 
@@ -93,7 +94,9 @@ class Attention(mlx.nn.Module):
         # GPT-OSS: a learned per-head logit joining each softmax row (attention sinks).
         self.sinks = w.take(f"{p}.sinks") if w.has(f"{p}.sinks") else None
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, points: Points | None = None) -> mx.array:
+        if points is not None:
+            return self._recorded(x, cache, points)
         a = self.args
         b, length, _ = x.shape
         q = self.q_proj(x).reshape(b, length, a.num_attention_heads, a.head_dim)
@@ -107,18 +110,51 @@ class Attention(mlx.nn.Module):
         offset = 0 if cache is None else cache.offset
         q = self.rope(q, offset)
         k = self.rope(k, offset)
+        k, v, mask = self._cached(q, k, v, cache, offset)
+        out = scaled_dot_product_attention(
+            q, k, v, scale=a.attention_scale, mask=mask, sinks=self.sinks
+        )
+        out = out.transpose(0, 2, 1, 3).reshape(b, length, a.num_attention_heads * a.head_dim)
+        return self.o_proj(out)
+
+    def _cached(self, q: mx.array, k: mx.array, v: mx.array, cache: KVCache | None,
+                offset: int) -> tuple[mx.array, mx.array, str | mx.array | None]:
+        """The keys and values attended (the cache's, updated) and the mask."""
+        length = q.shape[2]
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             key_pos = cache.key_positions(k.shape[2])
             cache.trim()
         else:
             key_pos = mx.arange(length)
-        mask = attention_mask(offset, length, key_pos, self.window)
+        return k, v, attention_mask(offset, length, key_pos, self.window)
+
+    def _recorded(self, x: mx.array, cache: KVCache | None, points: Points) -> mx.array:
+        """``__call__`` with every op's output and inputs recorded in ``points`` (same
+        arithmetic; a separate path so the plain call pays nothing)."""
+        a = self.args
+        b, length, _ = x.shape
+        q = record_point(points, "self_attn.q_proj", self.q_proj(x), x=x)
+        k = record_point(points, "self_attn.k_proj", self.k_proj(x), x=x)
+        v = record_point(points, "self_attn.v_proj", self.v_proj(x), x=x)
+        q = q.reshape(b, length, a.num_attention_heads, a.head_dim)
+        k = k.reshape(b, length, a.num_key_value_heads, a.head_dim)
+        v = v.reshape(b, length, a.num_key_value_heads, a.head_dim)
+        if self.q_norm is not None:
+            q = record_point(points, "self_attn.q_norm", self.q_norm(q), x=q)
+        if self.k_norm is not None:
+            k = record_point(points, "self_attn.k_norm", self.k_norm(k), x=k)
+        q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        offset = 0 if cache is None else cache.offset
+        q = record_point(points, "self_attn.q_rope", self.rope(q, offset), x=q, offset=offset)
+        k = record_point(points, "self_attn.k_rope", self.rope(k, offset), x=k, offset=offset)
+        k, v, mask = self._cached(q, k, v, cache, offset)
         out = scaled_dot_product_attention(
             q, k, v, scale=a.attention_scale, mask=mask, sinks=self.sinks
         )
+        record_point(points, "self_attn.sdpa", out, q=q, k=k, v=v, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, length, a.num_attention_heads * a.head_dim)
-        return self.o_proj(out)
+        return record_point(points, "self_attn.o_proj", self.o_proj(out), x=out)
 
 
 class MLP(mlx.nn.Module):
@@ -135,13 +171,27 @@ class MLP(mlx.nn.Module):
         self.down_proj = w.linear(f"{p}.down_proj")
         self.gelu = args.is_gemma
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def activate(self, gate: mx.array, up: mx.array) -> mx.array:
+        """``act(gate) * up`` (the gated product the down projection reads)."""
+        act = mlx.nn.gelu_approx(gate) if self.gelu else mlx.nn.silu(gate)
+        return act * up
+
+    def __call__(self, x: mx.array, points: Points | None = None) -> mx.array:
         if self.fused:
-            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+            gate_up = self.gate_up_proj(x)
+            if points is not None:
+                record_point(points, "mlp.gate_up_proj", gate_up, x=x)
+            gate, up = mx.split(gate_up, 2, axis=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        act = mlx.nn.gelu_approx(gate) if self.gelu else mlx.nn.silu(gate)
-        return self.down_proj(act * up)
+            if points is not None:
+                record_point(points, "mlp.gate_proj", gate, x=x)
+                record_point(points, "mlp.up_proj", up, x=x)
+        h = self.activate(gate, up)
+        if points is None:
+            return self.down_proj(h)
+        record_point(points, "mlp.act", h, gate=gate, up=up)
+        return record_point(points, "mlp.down_proj", self.down_proj(h), x=h)
 
 
 # Norm names around attention and MLP, by architecture:
@@ -173,7 +223,9 @@ class DecoderLayer(mlx.nn.Module):
         self.pre_mlp_norm = _norm(w, f"{p}.{pre_mlp}", args)
         self.post_mlp_norm = _norm(w, f"{p}.{post_mlp}", args) if post_mlp else None
 
-    def __call__(self, x: mx.array, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, points: Points | None = None) -> mx.array:
+        if points is not None:
+            return self._recorded(x, cache, points)
         h = self.self_attn(self.input_layernorm(x), cache)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
@@ -182,6 +234,19 @@ class DecoderLayer(mlx.nn.Module):
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h)
         return x + h
+
+    def _recorded(self, x: mx.array, cache: KVCache | None, points: Points) -> mx.array:
+        """``__call__`` recording every op (see :data:`Points`)."""
+        n = record_point(points, "input_layernorm", self.input_layernorm(x), x=x)
+        h = self.self_attn(n, cache, points)
+        if self.post_attn_norm is not None:
+            h = record_point(points, "post_attn_norm", self.post_attn_norm(h), x=h)
+        x = record_point(points, "attn_residual", x + h, x=x, h=h)
+        n = record_point(points, "pre_mlp_norm", self.pre_mlp_norm(x), x=x)
+        h = self.mlp(n, points)
+        if self.post_mlp_norm is not None:
+            h = record_point(points, "post_mlp_norm", self.post_mlp_norm(h), x=h)
+        return record_point(points, "mlp_residual", x + h, x=x, h=h)
 
 
 class Model(mlx.nn.Module):
@@ -215,11 +280,14 @@ class Model(mlx.nn.Module):
         tokens: mx.array,
         cache: list[KVCache] | None = None,
         hidden_states: list[mx.array] | None = None,
+        points: Points | None = None,
     ) -> mx.array:
         """Logits ``[B, L, vocab]`` of ``tokens: [B, L]``; with ``cache`` (from
         :func:`make_cache`) the tokens continue the cached sequence. When
         ``hidden_states`` is a list, the residual stream ``[B, L, H]`` after the
-        (scaled) embedding and after each layer is appended to it (``num_layers + 1``)."""
+        (scaled) embedding and after each layer is appended to it (``num_layers + 1``).
+        When ``points`` is a dict, every op's output and inputs are recorded in it
+        (:data:`Points`), the same arithmetic as without."""
         if tokens.ndim != 2:
             raise ValueError(f"[Model] tokens must be [B, L] but got shape {tokens.shape}.")
         if cache is not None and len(cache) != len(self.layers):
@@ -233,10 +301,19 @@ class Model(mlx.nn.Module):
         if hidden_states is not None:
             hidden_states.append(h)
         for i, layer in enumerate(self.layers):
-            h = layer(h, None if cache is None else cache[i])
+            if points is None:
+                h = layer(h, None if cache is None else cache[i])
+            else:
+                inner: Points = {}
+                h = layer(h, None if cache is None else cache[i], inner)
+                points.update({f"layer {i} {k}": v for k, v in inner.items()})
             if hidden_states is not None:
                 hidden_states.append(h)
-        logits = self.lm_head(self.norm(h))
+        if points is None:
+            logits = self.lm_head(self.norm(h))
+        else:
+            n = record_point(points, "norm", self.norm(h), x=h)
+            logits = record_point(points, "lm_head", self.lm_head(n), x=n)
         cap = self.args.final_logit_softcapping
         if cap is not None:
             logits = mx.tanh(logits / cap) * cap

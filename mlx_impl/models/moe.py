@@ -27,6 +27,7 @@ import mlx.nn
 
 from mlx_impl.models.checkpoint import Weights
 from mlx_impl.models.config import ModelArgs
+from mlx_impl.models.points import Points, record_point
 
 
 class RoutingObserver(Protocol):
@@ -70,13 +71,22 @@ class MixtureOfExperts(mlx.nn.Module):
         k = self.top_k
         return mx.argpartition(-logits, kth=k - 1, axis=-1)[:, :k]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, points: Points | None = None) -> mx.array:
         shape = x.shape
         xf = x.reshape(-1, shape[-1])
         logits = self.router(xf)  # [N, E]
         idx = self.select(logits)  # [N, k], any order
         if self.routing is not None:
             idx = self.routing.route(xf, logits, idx)
+        if points is None:
+            return self.combine(xf, logits, idx).reshape(shape)
+        record_point(points, "mlp.router", logits, x=xf)
+        return record_point(points, "mlp.experts", self.combine(xf, logits, idx), x=xf, logits=logits,
+                    experts=idx).reshape(shape)
+
+    def combine(self, xf: mx.array, logits: mx.array, idx: mx.array) -> mx.array:
+        """The chosen experts' weighted sum: ``xf [N, H]``, router ``logits [N, E]``, experts
+        ``idx [N, k]`` -> ``[N, H]``."""
         weights = mx.softmax(mx.take_along_axis(logits, idx, axis=-1), axis=-1, precise=True)
         # [N, 1, 1, H] @ gate_up_proj[idx] -> [N, k, 1, 2I]
         gate_up = _gather_mm(xf[:, None, None, :], self.gate_up_proj, idx)
@@ -87,5 +97,4 @@ class MixtureOfExperts(mlx.nn.Module):
         h = (up + 1) * (gate * mx.sigmoid(gate * self.alpha))  # [N, k, I]
         out = _gather_mm(h[:, :, None, :], self.down_proj, idx).squeeze(2)
         out = out + self.down_proj_bias[idx]  # [N, k, H]
-        y = (out * weights[..., None].astype(out.dtype)).sum(axis=1)
-        return y.reshape(shape)
+        return (out * weights[..., None].astype(out.dtype)).sum(axis=1)

@@ -206,3 +206,21 @@ def test_more_accurate_needs_mlx_near_the_oracle_and_the_peer_worse() -> None:
     v = judge(np.array([1.0], np.float32), np.array([one_rounding], np.float32), np.array([1.0 + 2.0**-23]),
               mlx_dtype="float32", peer_dtype="float32", tolerance=EXACT)
     assert not v.passed
+
+
+def test_massive_activations_have_a_few_fixed_channels_and_an_outlier_row() -> None:
+    from conformance.strategies import (
+        MASSIVE_CHANNELS,
+        MASSIVE_RATIO,
+        OUTLIER_ROW_RATIO,
+        massive_activations,
+    )
+
+    a = np.abs(massive_activations((5, 576), seed=3).astype(np.float64))
+    top = np.argsort(-a, axis=-1)[:, :MASSIVE_CHANNELS]
+    assert all(set(row) == set(top[0]) for row in top)  # the same channels in every row
+    ratio = a.max(axis=-1) / np.median(a, axis=-1)
+    assert np.all(ratio[1:] > MASSIVE_RATIO / 3) and ratio[0] > MASSIVE_RATIO * OUTLIER_ROW_RATIO / 3
+    # The massive channels hold most of each row's sum of squares, as SmolLM2's do.
+    share = np.sort(a * a, axis=-1)[:, -MASSIVE_CHANNELS:].sum(-1) / (a * a).sum(-1)
+    assert np.all(share > 0.9)

@@ -39,6 +39,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return config, load_safetensors(files)
 
 
+FLOAT64_BLOCK_ELEMENTS = 1 << 24
+"""Weights dequantized to float64 at once by the oracle's quantized projection (128 MiB)."""
+
+
 class QuantizedProjection(torch.nn.Module):
     """A quantized linear layer: ``nn.QuantizedLinear`` natively; for ``precision="float64"``
     the exact float64 value of the same codes (``dequantize(..., precision="float64")``)
@@ -55,10 +59,20 @@ class QuantizedProjection(torch.nn.Module):
         if precision != "float64":
             return self.layer(x, precision=precision)
         q = self.layer
-        # Dequantized per call, not kept: kept, every quantized layer of the oracle would
-        # hold 8 bytes a weight (10 GB for a 1.24B model) for one product per step.
-        w64 = dequantize(q.weight, q.scales, q.biases, q.group_size, q.bits, q.mode, precision="float64")
-        y = x.to(torch.float64) @ w64.T
+        x64 = x.to(torch.float64)
+        # Dequantized per call and per block of output rows, never kept whole: kept, every
+        # quantized layer of the oracle would hold 8 bytes a weight (10 GB for a 1.24B
+        # model), and one float64 dequantization of a 128k-row tied head with its
+        # intermediates took ~7 GB at once. Each output is the same float64 dot product.
+        rows = max(1, FLOAT64_BLOCK_ELEMENTS // max(1, x.shape[-1]))
+        out = q.weight.shape[0]
+        blocks = []
+        for start in range(0, out, rows):
+            part = slice(start, min(start + rows, out))
+            w64 = dequantize(q.weight[part], q.scales[part], None if q.biases is None else q.biases[part],
+                             q.group_size, q.bits, q.mode, precision="float64")
+            blocks.append(x64 @ w64.T)
+        y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
         return y if q.bias is None else y + q.bias.to(torch.float64)
 
 

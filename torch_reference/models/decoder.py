@@ -19,6 +19,7 @@ from torch_reference.models.cache import KVCache
 from torch_reference.models.checkpoint import QuantizedEmbedding, Weights
 from torch_reference.models.config import SLIDING, ModelArgs
 from torch_reference.models.moe import MixtureOfExperts
+from torch_reference.models.points import Points, record_point
 from torch_reference.models.rope import LayerRoPE
 
 
@@ -80,20 +81,34 @@ class Attention(torch.nn.Module):
         # GPT-OSS: a learned per-head logit joining each softmax row (attention sinks).
         self.sinks = w.take(f"{p}.sinks") if w.has(f"{p}.sinks") else None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str,
+                points: Points | None = None) -> torch.Tensor:
         a, pr = self.args, precision
         b, length, _ = x.shape
-        q = self.q_proj(x, precision=pr).reshape(b, length, a.num_attention_heads, a.head_dim)
-        k = self.k_proj(x, precision=pr).reshape(b, length, a.num_key_value_heads, a.head_dim)
-        v = self.v_proj(x, precision=pr).reshape(b, length, a.num_key_value_heads, a.head_dim)
+        q, k, v = self.q_proj(x, precision=pr), self.k_proj(x, precision=pr), self.v_proj(x, precision=pr)
+        if points is not None:
+            record_point(points, "self_attn.q_proj", q, x=x)
+            record_point(points, "self_attn.k_proj", k, x=x)
+            record_point(points, "self_attn.v_proj", v, x=x)
+        q = q.reshape(b, length, a.num_attention_heads, a.head_dim)
+        k = k.reshape(b, length, a.num_key_value_heads, a.head_dim)
+        v = v.reshape(b, length, a.num_key_value_heads, a.head_dim)
         if self.q_norm is not None:
-            q = self.q_norm(q, precision=pr)
+            q_in, q = q, self.q_norm(q, precision=pr)
+            if points is not None:
+                record_point(points, "self_attn.q_norm", q, x=q_in)
         if self.k_norm is not None:
-            k = self.k_norm(k, precision=pr)
+            k_in, k = k, self.k_norm(k, precision=pr)
+            if points is not None:
+                record_point(points, "self_attn.k_norm", k, x=k_in)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         offset = 0 if cache is None else cache.offset
+        q_in, k_in = q, k
         q = self.rope(q, offset, pr)
         k = self.rope(k, offset, pr)
+        if points is not None:
+            record_point(points, "self_attn.q_rope", q, x=q_in, offset=offset)
+            record_point(points, "self_attn.k_rope", k, x=k_in, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             key_pos = cache.key_positions(k.shape[2])
@@ -103,8 +118,13 @@ class Attention(torch.nn.Module):
         mask = attention_mask(offset, length, key_pos, self.window)
         out = scaled_dot_product_attention(q, k, v, scale=a.attention_scale, mask=mask,
                                            sinks=self.sinks, precision=pr)
+        if points is not None:
+            record_point(points, "self_attn.sdpa", out, q=q, k=k, v=v, mask=mask)
         out = out.transpose(1, 2).reshape(b, length, a.num_attention_heads * a.head_dim)
-        return self.o_proj(out, precision=pr)
+        y = self.o_proj(out, precision=pr)
+        if points is not None:
+            record_point(points, "self_attn.o_proj", y, x=out)
+        return y
 
 
 class MLP(torch.nn.Module):
@@ -121,14 +141,29 @@ class MLP(torch.nn.Module):
         self.down_proj = w.linear(f"{p}.down_proj")
         self.gelu = args.is_gemma
 
-    def forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+    def activate(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``act(gate) * up`` in the inputs' dtype (the gated product the down projection reads)."""
+        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return act * up
+
+    def forward(self, x: torch.Tensor, precision: str, points: Points | None = None) -> torch.Tensor:
         if self.fused:
-            gate, up = self.gate_up_proj(x, precision=precision).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x, precision=precision)
+            if points is not None:
+                record_point(points, "mlp.gate_up_proj", gate_up, x=x)
+            gate, up = gate_up.chunk(2, dim=-1)
         else:
             gate = self.gate_proj(x, precision=precision)
             up = self.up_proj(x, precision=precision)
-        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
-        return self.down_proj(act * up, precision=precision)
+            if points is not None:
+                record_point(points, "mlp.gate_proj", gate, x=x)
+                record_point(points, "mlp.up_proj", up, x=x)
+        h = self.activate(gate, up)
+        y = self.down_proj(h, precision=precision)
+        if points is not None:
+            record_point(points, "mlp.act", h, gate=gate, up=up)
+            record_point(points, "mlp.down_proj", y, x=h)
+        return y
 
 
 _NORMS = {
@@ -158,7 +193,10 @@ class DecoderLayer(torch.nn.Module):
         self.pre_mlp_norm = _norm(w, f"{p}.{pre_mlp}", args)
         self.post_mlp_norm = _norm(w, f"{p}.{post_mlp}", args) if post_mlp else None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None, precision: str,
+                points: Points | None = None) -> torch.Tensor:
+        if points is not None:
+            return self._recorded(x, cache, precision, points)
         pr = precision
         h = self.self_attn(self.input_layernorm(x, precision=pr), cache, pr)
         if self.post_attn_norm is not None:
@@ -168,6 +206,19 @@ class DecoderLayer(torch.nn.Module):
         if self.post_mlp_norm is not None:
             h = self.post_mlp_norm(h, precision=pr)
         return x + h
+
+    def _recorded(self, x: torch.Tensor, cache: KVCache | None, pr: str, points: Points) -> torch.Tensor:
+        """``forward`` recording every op (see :data:`Points`)."""
+        n = record_point(points, "input_layernorm", self.input_layernorm(x, precision=pr), x=x)
+        h = self.self_attn(n, cache, pr, points)
+        if self.post_attn_norm is not None:
+            h = record_point(points, "post_attn_norm", self.post_attn_norm(h, precision=pr), x=h)
+        x = record_point(points, "attn_residual", x + h, x=x, h=h)
+        n = record_point(points, "pre_mlp_norm", self.pre_mlp_norm(x, precision=pr), x=x)
+        h = self.mlp(n, pr, points)
+        if self.post_mlp_norm is not None:
+            h = record_point(points, "post_mlp_norm", self.post_mlp_norm(h, precision=pr), x=h)
+        return record_point(points, "mlp_residual", x + h, x=x, h=h)
 
 
 class Model(torch.nn.Module):
@@ -206,11 +257,13 @@ class Model(torch.nn.Module):
         tokens: torch.Tensor,
         cache: list[KVCache] | None = None,
         hidden_states: list[torch.Tensor] | None = None,
+        points: Points | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, L, vocab]`` of ``tokens: [B, L]``; with ``cache`` (from
         :func:`make_cache`) the tokens continue the cached sequence. A ``hidden_states``
         list receives the residual stream ``[B, L, H]`` after the (scaled) embedding and
-        after each layer (``num_layers + 1`` entries)."""
+        after each layer (``num_layers + 1`` entries). A ``points`` dict receives every
+        op's output and inputs (:data:`~torch_reference.models.points.Points`)."""
         if tokens.ndim != 2:
             raise ValueError(f"[Model] tokens must be [B, L] but got shape {tuple(tokens.shape)}.")
         if cache is not None and len(cache) != len(self.layers):
@@ -228,10 +281,19 @@ class Model(torch.nn.Module):
         if hidden_states is not None:
             hidden_states.append(h)
         for i, layer in enumerate(self.layers):
-            h = layer(h, None if cache is None else cache[i], pr)
+            if points is None:
+                h = layer(h, None if cache is None else cache[i], pr)
+            else:
+                inner: Points = {}
+                h = layer(h, None if cache is None else cache[i], pr, inner)
+                points.update({f"layer {i} {k}": v for k, v in inner.items()})
             if hidden_states is not None:
                 hidden_states.append(h)
-        logits = self.lm_head(self.norm(h, precision=pr), precision=pr)
+        if points is None:
+            logits = self.lm_head(self.norm(h, precision=pr), precision=pr)
+        else:
+            n = record_point(points, "norm", self.norm(h, precision=pr), x=h)
+            logits = record_point(points, "lm_head", self.lm_head(n, precision=pr), x=n)
         cap = self.args.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

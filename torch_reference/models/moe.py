@@ -13,6 +13,7 @@ import torch
 
 from torch_reference.models.checkpoint import Weights
 from torch_reference.models.config import ModelArgs
+from torch_reference.models.points import Points, record_point
 
 
 class RoutingObserver(Protocol):
@@ -46,15 +47,27 @@ class MixtureOfExperts(torch.nn.Module):
         self.limit = args.swiglu_limit
         self.routing: RoutingObserver | None = None
 
-    def forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, precision: str, points: Points | None = None) -> torch.Tensor:
         shape = x.shape
-        logits = self.router(x.reshape(-1, shape[-1]), precision=precision)  # [N, E]
+        x2 = x.reshape(-1, shape[-1])
+        logits = self.router(x2, precision=precision)  # [N, E]
         work = torch.float64 if precision == "float64" else logits.dtype
-        xf = x.reshape(-1, shape[-1]).to(work)
-        top, idx = torch.topk(logits, self.top_k, dim=-1)  # [N, k]
+        xf = x2.to(work)
+        _, idx = torch.topk(logits, self.top_k, dim=-1)  # [N, k]
         if self.routing is not None:
             idx = self.routing.route(xf, logits, idx)
-            top = torch.gather(logits, -1, idx)
+        y = self.combine(xf, logits, idx, precision)
+        if points is not None:
+            record_point(points, "mlp.router", logits, x=x2)
+            record_point(points, "mlp.experts", y, x=x2, logits=logits, experts=idx)
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    def combine(self, xf: torch.Tensor, logits: torch.Tensor, idx: torch.Tensor, precision: str) -> torch.Tensor:
+        """The chosen experts' weighted sum: ``xf [N, H]``, router ``logits [N, E]``, experts
+        ``idx [N, k]`` -> ``[N, H]`` (xf in the working dtype: float64 for the oracle)."""
+        work = torch.float64 if precision == "float64" else logits.dtype
+        xf = xf.to(work)
+        top = torch.gather(logits, -1, idx)
         acc = torch.float64 if precision == "float64" else torch.float32
         weights = torch.softmax(top.to(acc), dim=-1).to(work)
         gate_up = _matmul(xf[:, None, None, :], self.gate_up_proj.to(work)[idx]).squeeze(2)
@@ -65,5 +78,4 @@ class MixtureOfExperts(torch.nn.Module):
         h = (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
         out = _matmul(h[:, :, None, :], self.down_proj.to(work)[idx]).squeeze(2)
         out = out + self.down_proj_bias.to(work)[idx]
-        y = (out * weights[..., None]).sum(dim=1)
-        return y.reshape(*shape[:-1], y.shape[-1])
+        return (out * weights[..., None]).sum(dim=1)
