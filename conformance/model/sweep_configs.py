@@ -88,6 +88,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1},
     # DeepSeek-V2 leaves top-k unset (None) by default.
     "deepseek_v2": {"num_experts_per_tok": 2},
+    # Gemma 4: the global layers' wider heads (per_layer_config) shrunk to 32 for the
+    # full-attention layer of the two.
+    "gemma4_text": {"per_layer_config": {"01": {"head_dim": 32}}},
     # ERNIE 4.5 MoE: the sparse layers are a [start, end] range with an interval.
     "ernie4_5_moe": {"moe_layer_start_index": 1, "moe_layer_end_index": 1, "moe_layer_interval": 1},
     # Recurrent Gemma: one recurrent and one local-attention block.
@@ -128,12 +131,15 @@ def tiny_config(model_type: str) -> Any:
         raise ValueError(f"[sweep] transformers has no config for model_type {model_type!r}: {exc}") from exc
     original_layers = None
     for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
-        if isinstance(getattr(default, key, None), int):
-            original_layers = getattr(default, key)
+        if isinstance(default.to_dict().get(key), int):
+            original_layers = default.to_dict()[key]
             break
     kwargs: dict[str, Any] = {}
+    written_defaults = default.to_dict()
     for key, value in SIZES.items():
-        current = getattr(default, key, None)
+        # From the serialised form: a per-layer attribute (Gemma 4's head_dim) raises on
+        # plain attribute access.
+        current = written_defaults.get(key, getattr(default, key, None) if key not in written_defaults else None)
         if isinstance(current, bool) or (current is None and not (key in _NONE_MEANS_DERIVED
                                                                   and hasattr(default, key))):
             continue
@@ -169,10 +175,9 @@ def tiny_config(model_type: str) -> Any:
             kwargs[key] = [t if t < vocab else 2 for t in tok]
     for key, value in OVERRIDES.get(model_type, {}).items():
         sub: Any = getattr(default, key, None)
-        if isinstance(value, dict) and sub is not None:
+        if isinstance(value, dict) and hasattr(sub, "to_dict"):
             # A sub-config (DBRX's attn_config): its defaults with the override on top.
-            base = sub.to_dict() if hasattr(sub, "to_dict") else dict(sub)
-            kwargs[key] = {**base, **value}
+            kwargs[key] = {**sub.to_dict(), **value}
         else:
             kwargs[key] = value
     if any(k in kwargs for k in _EXPERT_KEYS):
@@ -263,9 +268,8 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
         add["rope_theta"] = rope["full_attention"].get("rope_theta")
         if isinstance(rope.get("sliding_attention"), dict):
             add["rope_local_base_freq"] = rope["sliding_attention"].get("rope_theta")
-        full = rope["full_attention"]
-        if full.get("rope_type", "default") != "default":
-            add["rope_scaling"] = {**{k: v for k, v in full.items() if k != "rope_theta"}, "type": full["rope_type"]}
+        # No rope_scaling here: transformers 5.25 would rebuild rope_parameters from it
+        # (finding rope-scaling-null; Gemma 4's "proportional" RoPE then loses its theta).
     if "head_dim" not in written:
         head_dim = getattr(config, "head_dim", None)
         heads, hidden = written.get("num_attention_heads"), written.get("hidden_size")
@@ -281,6 +285,13 @@ def legacy_keys(config: Any, written: dict[str, Any]) -> dict[str, Any]:
         if k is not None:
             # EXAONE 4 spells the pattern as a string of Local/Global layers.
             add["sliding_window_pattern"] = ("L" * (k - 1) + "G") if written.get("model_type") == "exaone4" else k
+    per_layer = written.get("per_layer_config")
+    if isinstance(per_layer, dict):
+        # Gemma 4's wider full-attention heads: transformers 5 keeps them per layer,
+        # the published config (and mlx-lm) as global_head_dim.
+        dims = {v.get("head_dim") for v in per_layer.values() if isinstance(v, dict) and v.get("head_dim")}
+        if len(dims) == 1:
+            add["global_head_dim"] = dims.pop()
     if written.get("model_type") == "gpt2" and "n_ctx" not in written:
         add["n_ctx"] = written.get("n_positions")
     if written.get("model_type") == "gpt_neox" and "rope_theta" in add:

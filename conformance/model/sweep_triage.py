@@ -195,10 +195,9 @@ TRIAGE: list[Finding] = [
                 "a 0.04 departure, not a bug). The tiny configs now use 8 indexer heads (sweep_configs.SIZES), "
                 "which makes exact ties rare; the judge does not yet treat indexer-selection ties like routing ties."),
     Finding(
-        id="shrink-gap", kind="harness gap", archs=("gemma4_text", "dbrx"), statuses=("not-built",),
-        summary="The generic shrink does not yet handle Gemma 4's per-layer head_dim (transformers raises "
-                "AmbiguousGlobalPerLayerAttributeError on config.head_dim) or DBRX's sub-configs "
-                "(attn_config loses rope_theta); to close with per-architecture overrides."),
+        id="shrink-gap", kind="harness gap", archs=("dbrx",), statuses=("not-built",),
+        summary="The generic shrink does not yet handle DBRX's sub-configs: overriding attn_config rebuilds it "
+                "without rope_theta (AttributeError); to close with a DBRX-specific builder."),
 ]
 """One entry per finding."""
 
