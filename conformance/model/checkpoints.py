@@ -120,6 +120,20 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 """Tiny random transformers models by ``model_type``."""
 
 
+def save_perturbed(model: Any, directory: Path, seed: int) -> Path:
+    """Perturb every 1-D parameter of the transformers ``model`` (``+ 0.2 N(0, 1) + 0.05``,
+    drawn with ``seed + 1``: a norm initialised to a constant hides a loader that reads
+    q_norm for k_norm, or drops a bias) and save it into ``directory`` as safetensors."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
     """Write a tiny random ``model_type`` checkpoint (float32) with transformers into
     ``directory`` and return it. Weights ~ N(0, 0.02) as transformers initialises them;
@@ -131,14 +145,7 @@ def build_tiny(model_type: str, directory: Path, seed: int = 0) -> Path:
 
     logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = BUILDERS[model_type]().to(torch.float32)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    save_perturbed(BUILDERS[model_type]().to(torch.float32), directory, seed)
     if model_type == "gemma3_text":
         # mlx-lm's Gemma 3 reads the older sliding_window_pattern, not layer_types; this
         # one gives the same layers (every second one full), so mlx-lm can anchor it too.

@@ -208,17 +208,13 @@ def build_checkpoint(model_type: str, directory: Path, seed: int = 0, legacy: bo
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
+    from conformance.model.checkpoints import save_perturbed
+
     logging.disable_progress_bar()
     config = tiny_config(model_type)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).to(torch.float32)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    save_perturbed(model, directory, seed)
     if legacy:
         cfg_path = directory / "config.json"
         written = json.loads(cfg_path.read_text(encoding="utf-8"))

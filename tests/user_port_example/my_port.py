@@ -165,12 +165,6 @@ def build_tiny_mistral(directory: Path, seed: int = 0) -> Path:
     cfg = MistralConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                         rms_norm_eps=1e-6, sliding_window=None, tie_word_embeddings=False)
-    model = MistralForCausalLM(cfg).to(torch.float32)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen) + 0.05)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
+    from conformance.model.checkpoints import save_perturbed  # the test's checkpoint, not the port
+
+    return save_perturbed(MistralForCausalLM(cfg).to(torch.float32), directory, seed)
