@@ -90,3 +90,23 @@ def test_dense_copy_gives_the_exact_codes(quant: str, tmp_path: Path) -> None:
     assert {t.dtype for t in native.values()} == {torch.bfloat16}
     assert not any(k.endswith((".scales", ".biases")) for k in native)
     assert dense_copy(tmp_path / "ck", tmp_path / "unused", "float64") == tmp_path / "ck"  # dense: as it is
+
+
+def test_dense_copy_of_an_mlx_lm_conversion_loads_in_transformers(tmp_path: Path) -> None:
+    """mlx-lm writes its quantization under transformers' ``quantization_config`` too, and a
+    layer's own group size and bits under its path; the dense copy drops both keys (else
+    transformers refuses it: "no `quant_method`") and dequantizes each layer with its own."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    derived = derive(build_tiny("llama", tmp_path / "ck"), tmp_path / "q", "bfloat16", "affine4")
+    cfg_path = derived / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = dict(cfg["quantization"])
+    cfg["quantization"]["model.layers.0.mlp.up_proj"] = {"group_size": 64, "bits": 4}
+    cfg_path.write_text(json.dumps(cfg))
+    dense = dense_copy(derived, tmp_path / "d64", "float64")
+    written = json.loads((dense / "config.json").read_text())
+    assert "quantization" not in written and "quantization_config" not in written
+    AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch.float64)

@@ -560,7 +560,7 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
             if clean:
                 own = check_point(_np(m_out), _np(t_out), _np(o_out), dtype if dtype != "float64" else "float32")
                 clean = own.passed
-    known = known_backend(checks, dtype)
+    known = known_backend(checks, dtype, capture_dir)
     if known is not None:
         return known
     return _bound(checks, departure, twin_pts, oracle_pts, mlx_pts, dtype)
@@ -570,11 +570,12 @@ PREMISE = 2.0
 """The model rule's premise: MLX's error at every op within 2x the twin's (bounds.py)."""
 
 
-def known_backend(checks: list[OpCheck], dtype: str) -> dict[str, Any] | None:
+def known_backend(checks: list[OpCheck], dtype: str, capture_dir: Path | None = None) -> dict[str, Any] | None:
     """Where every op conforms: the ops that make more than :data:`PREMISE` x the twin's
     error on identical inputs and conform only through their record's allowance for MLX's
     half-precision accumulation (a known back-end behaviour); the worst is named with cause
-    ``"mlx-backend"``. None when there are none."""
+    ``"mlx-backend"``, its inputs written to ``capture_dir`` with the reproducer command in
+    ``repro`` (the accumulation shows on them). None when there are none."""
     known = [c for c in checks if c.half_accumulation and c.norm_ratio > PREMISE]
     if not known:
         return None
@@ -588,6 +589,8 @@ def known_backend(checks: list[OpCheck], dtype: str) -> dict[str, Any] | None:
               "cpu_half_accumulator_overflow). Every op conforms to its own record; no port op or wiring departs.")
     out = _named(worst, "mlx-backend", detail, checks)
     out["cause_detail_divergence"] = "half-precision accumulation (accumulates_in_input_dtype)"
+    if capture_dir is not None and worst.case is not None:
+        out["repro"] = f"python -m conformance repro --inputs {write_capture(capture_dir, worst, dtype)}"
     return out
 
 

@@ -201,9 +201,12 @@ def dense_copy(derived: Path, out: Path, precision: str) -> Path:
         if name.endswith((".scales", ".biases")):
             continue
         if name.endswith(".weight") and f"{stem}.scales" in tensors:
+            # mlx-lm writes a layer's own group size and bits under its path where they differ.
+            own = quant.get(stem) if isinstance(quant.get(stem), dict) else quant
             w = dequantize(t, tensors[f"{stem}.scales"], tensors.get(f"{stem}.biases"),
-                           group_size=int(quant["group_size"]), bits=int(quant["bits"]),
-                           mode=str(quant.get("mode", "affine")),
+                           group_size=int(own.get("group_size", quant["group_size"])),
+                           bits=int(own.get("bits", quant["bits"])),
+                           mode=str(own.get("mode", quant.get("mode", "affine"))),
                            dtype=None if precision == "float64" else act, precision=precision)
             written[name] = w.contiguous()
         else:
@@ -214,6 +217,8 @@ def dense_copy(derived: Path, out: Path, precision: str) -> Path:
     else:
         written = {k: (v.to(act) if v.is_floating_point() else v) for k, v in written.items()}
     del config["quantization"]
+    # mlx-lm writes the same under transformers' key too; transformers would take it for its own.
+    config.pop("quantization_config", None)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
