@@ -161,8 +161,10 @@ def _quantized_matmul_body(case: Case, dtype: str) -> str:
 
 _CAPTURED_HEADER = """\
 # Reproducer of an op captured from a model (printed by `python -m conformance repro --inputs {path}`).
-# {op}: the registry record {record} in {dtype} fails its own tolerance on these inputs (the
-# model-conformance attribution found it, conformance/model/attribution.py).
+# {op}: the registry record {record} in {dtype} on the inputs the model fed it, where the
+# model-conformance attribution named MLX's back end (conformance/model/attribution.py; the
+# departure's cause_detail says whether the record fails here or conforms only through its
+# allowance for a known back-end behaviour, such as half-precision accumulation).
 # Needs only MLX and NumPy, and the captured inputs file. MLX's default device is the back end under test.
 import json
 import mlx.core as mx
