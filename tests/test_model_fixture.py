@@ -300,3 +300,21 @@ def test_html_is_a_real_page_with_escaped_text() -> None:
     md = to_markdown(report)
     assert "- **m float32**: conforms" in md and "op mlp.down_proj" in md and "peak memory 1234 MiB" in md
     assert "python -m conformance repro --x '<y>'" in md
+
+
+def test_a_pass_by_the_calibrated_rule_says_so() -> None:
+    """A configuration admitted only by the op-calibrated rule is not a plain "conforms": the
+    verdict, the table's status and the summary line name the rule and the 2x departure."""
+    from conformance.model.report import _status, summary_line, verdict
+
+    departure = {"step": 0, "point": "logits", "op": "norm", "cause": "bound", "cause_detail": "every op conforms",
+                 "calibrated": {"passed": True, "rho": 4.44, "rho_op": "layer 3 input_layernorm", "worst_ratio": 0.43}}
+    r = {"name": "m", "checkpoint": "m", "dtype": "float32", "quant": None, "passed": True, "departure": departure}
+    text = verdict(r)
+    assert text.startswith("conforms under the op-calibrated rule (rho 4.44 from layer 3 input_layernorm")
+    assert "the 2x rule departs at step 0, logits, op norm" in text
+    assert _status(r) == "PASS (calibrated)"
+    assert summary_line({"results": [r], "dit": []}) == "conforms 1/1 configurations (1 under the op-calibrated rule)."
+    plain = {**r, "departure": None}
+    assert verdict(plain) == "conforms" and _status(plain) == "PASS"
+    assert summary_line({"results": [plain], "dit": []}) == "conforms 1/1 configurations."

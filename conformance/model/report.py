@@ -178,9 +178,14 @@ def verdict(r: dict[str, Any]) -> str:
     if "error" in r:
         first = (r["error"].get("detail") or "").strip().splitlines()[-1:] or [""]
         return f"{r['error']['status']}: {' '.join(first[0].split())[:160]}"
+    d = r.get("departure")
+    if r["passed"] and d and d.get("calibrated"):
+        # Admitted only by the op-calibrated rule: say so, and why (bounds.calibrated_factor).
+        c = d["calibrated"]
+        return (f"conforms under the op-calibrated rule (rho {c['rho']:.3g} from {c.get('rho_op')}; worst ratio "
+                f"{c['worst_ratio']:.3g}); the 2x rule departs at step {d['step']}, {d['point']}{_cause(d)}")
     if r["passed"]:
         return "conforms"
-    d = r.get("departure")
     if d:
         return f"departs at step {d['step']}, {d['point']}{_cause(d)}"
     g = r.get("routing") or {}
@@ -199,6 +204,13 @@ def verdict(r: dict[str, Any]) -> str:
     return "fails (see the departures below)"
 
 
+def _status(r: dict[str, Any]) -> str:
+    """``PASS``, ``PASS (calibrated)`` (admitted by the op-calibrated rule only) or ``FAIL``."""
+    if not r["passed"]:
+        return "FAIL"
+    return "PASS (calibrated)" if (r.get("departure") or {}).get("calibrated") else "PASS"
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """The run in one sentence: ``conforms N/N configurations.``, or ``N/M configurations
     conform; first: LABEL departs at ...``."""
@@ -207,7 +219,9 @@ def summary_line(report: dict[str, Any]) -> str:
     labelled = [(config_label(r), r) for r in results] + [(dit_label(d), d) for d in dit]
     passed = sum(r["passed"] for _, r in labelled)
     if passed == len(labelled):
-        return f"conforms {passed}/{len(labelled)} configurations."
+        calibrated = sum(bool((r.get("departure") or {}).get("calibrated")) for _, r in labelled)
+        return (f"conforms {passed}/{len(labelled)} configurations"
+                + (f" ({calibrated} under the op-calibrated rule)." if calibrated else "."))
     label, first = next((lb, r) for lb, r in labelled if not r["passed"])
     return f"{passed}/{len(labelled)} configurations conform; first: {label} {verdict(first)}."
 
@@ -267,7 +281,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {config_label(r)} | {r['error']['status']} | - | - | - | - | - | - | - |")
             continue
-        lines.append(f"| {config_label(r)} | {'PASS' if r['passed'] else 'FAIL'} | {_departure(r)} | "
+        lines.append(f"| {config_label(r)} | {_status(r)} | {_departure(r)} | "
                      f"{_tokens(r)} | {_worst(r, 'rel_err'):.3g} / {_worst(r, 'peer_rel_err'):.3g} | "
                      f"{_worst(r, 'ratio'):.2f} | {_growth(r)} | {_routing(r)} | {_anchors(r)} |")
     for d in report.get("dit", []):
@@ -364,7 +378,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _status_html(r: dict[str, Any]) -> str:
-    text = r["error"]["status"] if "error" in r else ("PASS" if r["passed"] else "FAIL")
+    text = r["error"]["status"] if "error" in r else _status(r)
     return f"<span class='{'pass' if r['passed'] else 'fail'}'>{_esc(text)}</span>"
 
 
