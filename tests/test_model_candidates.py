@@ -284,3 +284,12 @@ def test_cli_reports_a_candidate_that_cannot_load(mistral: Path, tmp_path: Path)
 def test_cli_refuses_bad_candidate(mistral: Path, args: list[str], why: str) -> None:
     with pytest.raises(SystemExit, match=why):
         main(["model", str(mistral), *args])
+
+
+def test_point_names_a_logits_only_comparison_as_logits() -> None:
+    """With no hidden states (an oracle or candidate without decoder layers) the one point
+    judged is the logits; with them, index 0 is the embedding and the last is the logits."""
+    from conformance.model.harness import point_name
+
+    assert point_name(0, 0) == "logits"
+    assert [point_name(i, 3) for i in range(4)] == ["embed", "layer 0", "layer 1", "logits"]

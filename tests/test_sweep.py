@@ -205,11 +205,13 @@ def test_sweep_end_to_end_with_fake_judge(tmp_path: Path) -> None:
     assert "departs at step 3, layer 1" in (out / "report.md").read_text()
 
 
-def test_logits_only_departure_is_named_logits() -> None:
+def test_summary_keeps_the_departure_as_judged() -> None:
+    # A logits-only comparison names its one point "logits" where it is judged
+    # (harness.point_name); the summary reports the departure as it is, renaming nothing.
     from conformance.model.sweep_run import _summary
 
-    v = {"passed": False, "hidden_states": False, "tokens": {"agree": 17, "steps": 17, "ties": 0, "flips": []},
-         "departure": {"step": 0, "point": "embed", "kind": "value", "message": "m"}}
-    assert _summary(v)["departure"]["point"] == "logits"
-    v["hidden_states"] = True  # with hidden states, "embed" is the embedding output: kept
-    assert _summary(v)["departure"]["point"] == "embed"
+    for point in ("logits", "embed", "layer 1"):
+        v = {"passed": False, "hidden_states": point != "logits",
+             "tokens": {"agree": 17, "steps": 17, "ties": 0, "flips": []},
+             "departure": {"step": 0, "point": point, "kind": "value", "message": "m"}}
+        assert _summary(v)["departure"]["point"] == point

@@ -31,12 +31,12 @@ from conformance.model.errors import CandidateLoadError
 from conformance.model.harness import (
     Mutant,
     _judge_trace,
-    _log,
     _oracle_tokens,
     _replay,
     _run_anchors,
     _tokens,
     choose_prompt,
+    conclude,
     run_config,
 )
 from conformance.model.sides import MlxSide, Side, TwinSide, release
@@ -228,14 +228,8 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
                                          oracle_out, progress, label, probe_out)
     elif anchors:
         notes.append("anchors not run: transformers is the oracle here")
-    result["passed"] = (departure is None and not tokens["flips"] and (routing is None or routing["passed"])
-                        and all(a["passed"] for a in result["anchors"] if a["required"]))
-    result["seconds"] = round(time.perf_counter() - started, 2)
     result.update(candidate=candidate.name, oracle=kind, hidden_states=with_hidden, notes=notes)
-    _log(True, f"  [{label}] {candidate.name} vs {kind}: {'PASS' if result['passed'] else 'FAIL'} in "
-         f"{result['seconds']} s; tokens {tokens['agree']}/{tokens['steps']} agree"
-         + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
-    return result
+    return conclude(result, started, label, f"{candidate.name} vs {kind}: ")
 
 
 def _oracle_side(derived: Path, work: Path, kind: str, notes: list[str]) -> Side:

@@ -55,11 +55,12 @@ Mutant = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
 def point_name(index: int, n_hidden: int) -> str:
-    """Name of hidden-state ``index`` (``embed``, ``layer 0`` ...) or ``logits`` past the end."""
-    if index == 0:
-        return "embed"
+    """Name of hidden-state ``index`` (``embed``, ``layer 0`` ...) or ``logits`` past the end
+    (a logits-only comparison, ``n_hidden == 0``, has only ``logits``)."""
     if index >= n_hidden:
         return "logits"
+    if index == 0:
+        return "embed"
     return f"layer {index - 1}"
 
 
@@ -365,15 +366,26 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
     if anchors:
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs,
                                          peer_out, oracle_out, progress, label, probe_out)
+    return conclude(result, started, label)
+
+
+def conclude(result: dict[str, Any], started: float, label: str, sides: str = "") -> dict[str, Any]:
+    """Finish a configuration's ``result`` (from ``run_config`` or the generic judge):
+    ``passed`` (no departure, or one attribution explains as the bound and the op-calibrated
+    rule admits; no greedy or routing flip; every required anchor agrees), ``seconds`` since
+    ``started``, ``peak_rss_mb``, and the one-line log (``sides``: e.g. ``"mlx-lm vs
+    transformers: "``)."""
+    departure, tokens, routing = result["departure"], result["tokens"], result["routing"]
     # A departure that attribution explains as the bound (every op conforms on identical
     # inputs, no wiring departs) and that the op-calibrated rule admits is no failure.
-    explained = departure is not None and departure.get("cause") == "bound" and departure["calibrated"]["passed"]
+    explained = (departure is not None and departure.get("cause") == "bound"
+                 and departure["calibrated"]["passed"])
     result["passed"] = ((departure is None or explained) and not tokens["flips"]
                         and (routing is None or routing["passed"])
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)
-    _log(True, f"  [{label}] {'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
+    _log(True, f"  [{label}] {sides}{'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
          f"tokens {tokens['agree']}/{tokens['steps']} agree"
          + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
     return result

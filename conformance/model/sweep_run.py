@@ -125,11 +125,6 @@ def _summary(verdict: dict[str, Any]) -> dict[str, Any]:
     if isinstance(r, dict):
         out["routing"] = {**{k: r.get(k) for k in ("rows", "ties", "passed", "departure")},
                           "flips": len(r.get("flips") or [])}
-    dep = out.get("departure")
-    if isinstance(dep, dict) and not out.get("hidden_states") and dep.get("point") == "embed":
-        # A logits-only comparison (the oracle exposes no hidden states) has one point,
-        # the logits, which harness.point_name(0, 0) calls "embed"; named by what it is.
-        out["departure"] = {**dep, "point": "logits", "point_as_judged": "embed"}
     points = verdict.get("points") or []
     if points:
         out["worst_ratio"] = max(p.get("ratio", 0.0) for p in points)
