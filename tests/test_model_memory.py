@@ -190,3 +190,16 @@ def test_oracle_quantized_projection_in_blocks_is_the_same_product(tiny: dict[st
         monkeypatch.undo()
         assert blocked.dtype == torch.float64
         torch.testing.assert_close(blocked, whole, rtol=1e-13, atol=0.0)
+
+
+def test_the_anchor_streams_only_what_would_not_fit_whole(tiny: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers' float64 anchor loads whole when 8 bytes a parameter fit in half the
+    memory available, and streams otherwise."""
+    import conformance.model.memory as memory
+    from conformance.model.sides import TransformersSide
+    from conformance.model.streaming import needs_streaming
+
+    assert not needs_streaming(tiny["llama"]) and not TransformersSide(tiny["llama"]).streamed
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    assert needs_streaming(tiny["llama"]) and TransformersSide(tiny["llama"]).streamed

@@ -156,22 +156,25 @@ class TransformersSide:
         from transformers import AutoModelForCausalLM, DynamicCache
         from transformers.utils import logging
 
-        from conformance.model.streaming import streamed_transformers
+        from conformance.model.streaming import needs_streaming, streamed_transformers
 
         logging.disable_progress_bar()
         self.name = name
-        # Streamed: whole in float64 it would be 8 bytes a parameter (conformance/model/streaming.py;
-        # the same computation, bit for bit). An architecture whose loading renames or fuses
-        # weights cannot be streamed and loads whole.
-        try:
-            self.model = streamed_transformers(path)
-            self.streamed = True
-        except ValueError:
+        # Streamed only where the whole float64 model (8 bytes a parameter) would not fit
+        # (conformance/model/streaming.py; the same computation, bit for bit, here). An
+        # architecture whose loading renames or fuses weights cannot be streamed and loads whole.
+        self.model: Any = None
+        self.streamed = needs_streaming(path)
+        if self.streamed:
+            try:
+                self.model = streamed_transformers(path)
+            except ValueError:
+                self.streamed = False
+        if self.model is None:
             # Eager attention and experts: the fused kernels (SDPA, grouped_mm) take no float64.
             self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float64,
                                                               attn_implementation="eager",
                                                               experts_implementation="eager")
-            self.streamed = False
         self.model.eval()
         self.cache = DynamicCache(config=self.model.config)
         self.seen = 0

@@ -93,3 +93,14 @@ def streamed_transformers(checkpoint: Path) -> Any:
                          f"(e.g. {missing[:3]}); this architecture cannot be streamed.")
     model.eval()
     return cpu_offload(model, execution_device=torch.device("cpu"), state_dict=tensors)
+
+
+def needs_streaming(checkpoint: Path) -> bool:
+    """Whether transformers' whole float64 model of ``checkpoint`` (8 bytes a parameter)
+    would take more than half the memory available now: only then is it streamed. Whole is
+    the plain ``from_pretrained`` path; the streamed one rests on accelerate's hooks, which
+    agree bit for bit here (transformers 5.25, accelerate 1.16) but gave logits ~1 relative
+    off on an H200 machine's older versions (README, "Memory and real size")."""
+    from conformance.model.memory import available_bytes, checkpoint_size
+
+    return checkpoint_size(checkpoint).params * 8 > available_bytes() // 2
