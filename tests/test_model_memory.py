@@ -192,6 +192,24 @@ def test_oracle_quantized_projection_in_blocks_is_the_same_product(tiny: dict[st
         torch.testing.assert_close(blocked, whole, rtol=1e-13, atol=0.0)
 
 
+def test_oracle_dense_projection_in_blocks_is_the_same_product(tiny: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle widens a large dense weight to float64 a block of output rows at a time
+    (a whole 128k-row head would be a 2.1 GB transient): same logits to float64 rounding,
+    with and without a bias (Llama's bias-free projections, GPT-OSS's biased ones)."""
+    import torch_reference.models as twin
+    import torch_reference.nn.linear as twin_linear
+
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    for arch in ("llama", "gpt_oss"):
+        whole = twin.load(str(tiny[arch]), precision="float64")(ids)
+        monkeypatch.setattr(twin_linear, "FLOAT64_BLOCK_ELEMENTS", 64 * 5)  # 5 rows of width 64 a block
+        blocked = twin.load(str(tiny[arch]), precision="float64")(ids)
+        monkeypatch.undo()
+        assert blocked.dtype == torch.float64
+        torch.testing.assert_close(blocked, whole, rtol=1e-13, atol=0.0)
+
+
 def test_the_anchor_streams_only_what_would_not_fit_whole(tiny: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """transformers' float64 anchor loads whole when 8 bytes a parameter fit in half the

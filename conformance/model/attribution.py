@@ -394,17 +394,25 @@ def _divergence(record_name: str, rc: Any, dtype: str) -> str | None:
     return None
 
 
-def check_op(mlx_model: Any, twin_model: Any, op: str, inputs: dict[str, Any], dtype: str) -> OpCheck:
+def twin_replays(twin_model: Any, op: str, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The twin's op on its own captured ``inputs``, in the test dtype and in float64 (the
+    peer and the oracle of :func:`check_op`), as float64 NumPy arrays."""
+    return (_np(_twin_replay(twin_model, op, inputs, "native")),
+            _np(_twin_replay(twin_model, op, inputs, "float64")))
+
+
+def check_op(mlx_model: Any, op: str, inputs: dict[str, Any], replays: tuple[np.ndarray, np.ndarray],
+             dtype: str) -> OpCheck:
     """Replay ``op`` on the twin's captured ``inputs`` (tensors and plain values) on MLX
-    (the port's op), the twin and the float64 twin, and judge it (module docstring)."""
+    (the port's op), and judge it against the twin's own ``replays`` of the op on the same
+    inputs (:func:`twin_replays`: test dtype, float64; module docstring)."""
     arrays, scalars = _split_inputs(inputs)
     dtypes = _tensor_dtypes(inputs)
     try:
         m = _np(_mlx_replay(mlx_model, op, _to_mlx_inputs(arrays, scalars, dtypes)))
     except Exception as exc:  # the port's op refusing the twin's valid inputs is itself the finding
         return OpCheck(op, None, False, None, float("inf"), f"the port's op raised {type(exc).__name__}: {exc}")
-    t = _np(_twin_replay(twin_model, op, inputs, "native"))
-    o = _np(_twin_replay(twin_model, op, inputs, "float64"))
+    t, o = replays
     ratio = check_point(m, t, o, dtype if dtype != "float64" else "float32").ratio
     with np.errstate(invalid="ignore"):
         err_m, err_t = np.linalg.norm(np.nan_to_num(m - o)), np.linalg.norm(np.nan_to_num(t - o))
@@ -518,23 +526,28 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
 
     from conformance.model.sides import MlxSide, TwinSide, release
 
+    # One model at a time (conformance/model/memory.py): the oracle's points; the twin's
+    # points and its replays of every op in scope on its own inputs (test dtype and float64);
+    # then MLX, whose ops are replayed on the twin's inputs and judged against those. Only
+    # activations cross from one phase to the next, so the peak is one side's weights.
     step = int(departure["step"])
+    point = str(departure["point"])
     oracle = TwinSide(derived, "float64", "twin-float64", force=force)
     oracle_pts = record_steps(oracle, inputs, step)
-    # Only its points are needed from here on; its own mapping of the weights would count
-    # against the run's memory beside the twin's and MLX's (conformance/model/memory.py).
     release(oracle)
     twin = TwinSide(derived, "native", f"twin-{dtype}", force=force)
     twin_pts = record_steps(twin, inputs, step)
+    last = _layer_of(point, len(twin.model.layers))
+    scope = [op for op in twin_pts if _in_scope(op, last, point)]
+    replays = {op: twin_replays(twin.model, op, twin_pts[op][1]) for op in scope}
+    release(twin)
     with mutant() if mutant is not None else contextlib.nullcontext():
         mlx = MlxSide(derived, force=force)
         mlx_pts = record_steps(mlx, inputs, step)
-        last = _layer_of(str(departure["point"]), len(mlx.model.layers))
         checks: list[OpCheck] = []
         clean = True
-        for op, (t_out, t_in) in twin_pts.items():
-            if not _in_scope(op, last, str(departure["point"])):
-                continue
+        for op in scope:
+            t_out, t_in = twin_pts[op]
             if op not in mlx_pts:
                 check = OpCheck(op, None, False, None, float("inf"), "MLX's model ran no such op", wiring="missing")
                 checks.append(check)
@@ -548,7 +561,7 @@ def attribute(derived: Path, inputs: list[np.ndarray], force: list[list[np.ndarr
                 checks.append(check)
                 return _named(check, "port", f"{problem}: MLX's model hands this op other inputs than the "
                               "twin's (the departure is between ops: a cache, a reshape, a mask).", checks)
-            check = check_op(mlx.model, twin.model, op, t_in, dtype)
+            check = check_op(mlx.model, op, t_in, replays[op], dtype)
             checks.append(check)
             if check.record_ok is False:
                 return _backend(check, checks, dtype, capture_dir)

@@ -16,6 +16,7 @@ import torch
 
 from torch_reference import nn
 from torch_reference.loading import load_safetensors
+from torch_reference.nn.linear import FLOAT64_BLOCK_ELEMENTS
 from torch_reference.quantization import dequantize
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -39,8 +40,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return config, load_safetensors(files)
 
 
-FLOAT64_BLOCK_ELEMENTS = 1 << 24
-"""Weights dequantized to float64 at once by the oracle's quantized projection (128 MiB)."""
 
 
 class QuantizedProjection(torch.nn.Module):
