@@ -101,3 +101,56 @@ def test_glm4_moe_lite_latent_norm_eps() -> None:
     written.update(legacy_keys(cfg, written))
     mlx_attn = glm4_moe_lite.Model(glm4_moe_lite.ModelArgs.from_dict(written)).model.layers[0].self_attn
     assert mlx_attn.kv_a_layernorm.eps == 1e-5
+
+
+def test_gemma4_affine4_departure_is_the_bf16_quantized_matmul(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from conformance.model import judge
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the finding is about MLX's CPU quantized matmul; this run's default device is a GPU")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("measured on x86-64, whose CPU kernel accumulates bfloat16 in bfloat16 (SEMANTICS.md: "
+                    "Apple's NEON path accumulates in float32)")
+    ck = build_checkpoint("gemma4_text", tmp_path / "gemma4_text")
+    kwargs = {"candidate": "mlx-lm", "dtype": "bfloat16", "quant": "affine4", "steps": 16, "prompt_len": 8}
+    shipped = judge(ck, **kwargs)
+    assert not shipped["passed"], "mlx-lm's gemma4_text at bfloat16+affine4 now conforms: revisit the finding"
+
+    # The same computation with MLX's quantized matmul (bfloat16 running sum) replaced by
+    # its dense equivalent on the kernel's own dequantized weight (float32 accumulation).
+    def dense(module: nn.Module, x: mx.array) -> mx.array:
+        w = mx.dequantize(module["weight"], module["scales"], module.get("biases"),
+                          group_size=module.group_size, bits=module.bits, mode=module.mode)
+        return x @ w.T
+
+    def linear(self: nn.QuantizedLinear, x: mx.array) -> mx.array:
+        y = dense(self, x)
+        return y + self["bias"] if "bias" in self else y
+
+    monkeypatch.setattr(nn.QuantizedLinear, "__call__", linear)
+    monkeypatch.setattr(nn.QuantizedEmbedding, "as_linear", dense)
+    summed_in_float32 = judge(ck, **kwargs)
+    assert summed_in_float32["passed"], (f"with float32 accumulation it departs too ({summed_in_float32['departure']}): "
+                                         "the cause is not (only) the quantized matmul")
+
+
+def test_gemma4_quantized_matmul_repro_fails_on_a_float32_accumulating_kernel() -> None:
+    import platform
+
+    import mlx.core as mx
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the reproducer asserts only on x86-64 (where the finding was measured)")
+    repro = runpy.run_path(str(REPRO / "gemma4_quantized_matmul_bf16.py"))
+
+    def summed_in_float32(x, wq, scales, biases, **kw):  # a kernel without the finding
+        kw.pop("transpose")
+        return x @ mx.dequantize(wq, scales, biases, **kw).T
+
+    with pytest.raises(AssertionError, match="no longer sums in bfloat16"):
+        repro["check"](summed_in_float32)
