@@ -100,8 +100,10 @@ def test_derive_layout_is_refused_for_the_twin_where_it_differs(moe: tuple[Path,
         mlx_lm_layout.prepare(ck, derived, tmp_path, "bfloat16", "affine4", twin=True)
 
 
-def test_derive_layout_equals_mlx_lms_for_a_dense_llama(tmp_path: Path) -> None:
-    ck = build_checkpoint("llama", tmp_path / "llama")
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_derive_layout_equals_mlx_lms_for_the_twins_dense_archs(arch: str, tmp_path: Path) -> None:
+    # gemma3_text: its sanitize pops the model's untied lm_head, so each trace needs a fresh model
+    ck = build_checkpoint(arch, tmp_path / arch)
     derived = derive(ck, tmp_path / "derived", "bfloat16", "affine4")
     q = mlx_lm_layout.prepare(ck, derived, tmp_path, "bfloat16", "affine4", twin=True)
     assert len(mlx_lm_layout.quantized_weights(q.converted)) > 0

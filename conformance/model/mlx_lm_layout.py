@@ -156,8 +156,20 @@ class Sources:
         return tensor, flat_all - self.offsets[tensor]
 
 
-def trace_sources(dense: Path, model: Any) -> Sources:
-    """Run ``model.sanitize`` (an mlx-lm model built for ``dense``'s config) on arrays
+def fresh_model(dense: Path) -> Any:
+    """A new mlx-lm model for ``dense``'s ``config.json``, its weights not loaded: some
+    models' ``sanitize`` changes the model itself (Gemma 3 pops its untied ``lm_head``), so
+    each sanitize call gets its own instance."""
+    from mlx_lm.utils import _get_classes, load_config
+
+    config = load_config(Path(dense))
+    model_class, args_class = _get_classes(config=config)
+    return model_class(args_class.from_dict(config))
+
+
+def trace_sources(dense: Path, model: Any = None) -> Sources:
+    """Run ``model.sanitize`` (an mlx-lm model built for ``dense``'s config, by default
+    :func:`fresh_model`; each call gets a fresh one unless ``model`` is given) on arrays
     whose every element is its own global index + 1, and on ones, both float64 (an index is
     exact up to 2^53; a factor sanitize multiplies by shows in the ones' trace). Lazy: an
     array is computed only when :meth:`Sources.locate` asks for it."""
@@ -175,7 +187,10 @@ def trace_sources(dense: Path, model: Any) -> Sources:
         ids = {n: (mx.arange(int(offsets[i + 1] - offsets[i]), dtype=mx.float64) + float(offsets[i] + 1))
                .reshape(shapes[n]) for i, n in enumerate(names)}
         ones = {n: mx.ones(shapes[n], dtype=mx.float64) for n in names}
-        sanitize = getattr(model, "sanitize", lambda w: w)
+        def sanitize(weights: dict[str, Any]) -> dict[str, Any]:
+            m = fresh_model(dense) if model is None else model
+            return dict(m.sanitize(weights)) if hasattr(m, "sanitize") else weights
+
         traced, factors = sanitize(ids), sanitize(ones)
     return Sources(shapes, traced, factors)
 
@@ -192,10 +207,7 @@ def _mlx_tensors(mlx_ck: Path) -> dict[str, torch.Tensor]:
 def _placements(dense: Path, mlx_ck: Path) -> Iterator[tuple[QuantizedWeight, np.ndarray, np.ndarray, dict[str, torch.Tensor], list[str]]]:
     """Per quantized weight: (its description, source tensor index, source flat index,
     mlx-lm's tensors, the transformers names)."""
-    from mlx_lm.utils import load_model
-
-    model, _ = load_model(Path(dense), lazy=True)
-    sources = trace_sources(dense, model)
+    sources = trace_sources(dense)
     tensors = _mlx_tensors(mlx_ck)
     for qw in quantized_weights(mlx_ck):
         tensor, flat = sources.locate(f"{qw.path}.weight")
@@ -254,12 +266,11 @@ def check_placement(dense: Path, mlx_ck: Path) -> int:
 
     Raises ValueError naming the first weight that differs."""
     import mlx.core as mx
-    from mlx_lm.utils import load_model
 
     config = json.loads((mlx_ck / "config.json").read_text(encoding="utf-8"))
     act = _TORCH[str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")]
     placed, _ = place(dense, mlx_ck, "native")
-    model, _ = load_model(Path(dense), lazy=True)
+    model = fresh_model(dense)
     sanitize = getattr(model, "sanitize", lambda w: w)
     back = sanitize({k: mx.array(v.to(torch.float32).numpy()) if v.is_floating_point() else mx.array(v.numpy())
                      for k, v in placed.items()})
