@@ -123,3 +123,14 @@ def test_a_sanitize_that_scales_cannot_be_placed(moe: tuple[Path, Path, Path]) -
     assert len(set(tensor.tolist())) == 1 and np.array_equal(flat, np.arange(len(flat)))
     with pytest.raises(ValueError, match="produces no"):
         sources.locate("no.such.weight")
+
+
+def test_judge_reaches_a_verdict_on_a_quantized_moe(moe: tuple[Path, Path, Path]) -> None:
+    # Before mlx-lm's own layout this configuration could not load ("parameters not in
+    # model": per-expert scales, the router's). Now a verdict, and it conforms.
+    from conformance.model import judge
+
+    ck, _, _ = moe
+    r = judge(ck, candidate="mlx-lm", dtype="bfloat16", quant="affine4", steps=2)
+    assert r["oracle"] == "transformers" and r["hidden_states"]
+    assert r["passed"], r["departure"]
