@@ -78,7 +78,9 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
     """Judge ``candidate`` on ``checkpoint`` in ``dtype`` (and quantized mode ``quant``).
 
     The checkpoint is rounded to ``dtype`` (and quantized) once, into a temporary folder
-    (:func:`conformance.model.checkpoints.derive`); every side loads that copy. The oracle
+    (:func:`conformance.model.checkpoints.derive`); every side loads that copy. For the
+    ``"mlx-lm"`` candidate with ``quant``, mlx-lm loads its own conversion of the dense copy
+    and transformers its dequantized values (:mod:`conformance.model.mlx_lm_layout`). The oracle
     decodes greedily from a ``seed``-random prompt of ``prompt_len`` token ids (or the text
     ``prompt``, through the checkpoint's tokenizer) for ``steps`` cached single-token steps;
     the candidate and the peer replay its tokens.
