@@ -53,6 +53,8 @@ def test_tiny_config_sizes_and_window() -> None:
     assert cfg.sliding_window < 8  # shorter than the sweep's prompt
     moe = sweep_configs.tiny_config("qwen3_moe")
     assert (moe.num_experts, moe.num_experts_per_tok) == (4, 2)
+    # expert widths a multiple of the affine group: every expert projection quantizes
+    assert moe.moe_intermediate_size % 64 == 0
     mla = sweep_configs.tiny_config("deepseek_v3")
     assert mla.num_key_value_heads == mla.num_attention_heads and mla.kv_lora_rank == 16
 

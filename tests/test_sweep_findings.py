@@ -154,3 +154,46 @@ def test_gemma4_quantized_matmul_repro_fails_on_a_float32_accumulating_kernel() 
 
     with pytest.raises(AssertionError, match="no longer sums in bfloat16"):
         repro["check"](summed_in_float32)
+
+
+def test_quantized_matmul_bfloat16_cpu_accumulates_in_bfloat16() -> None:
+    # Finding qmm-bfloat16-cpu-accumulation: on the x86 CPU back end the bfloat16 quantized
+    # matmul's error is several times that of x @ dequantize(w).T (one rounding of a float32
+    # sum: ~2^-9 relative); float32 is bit-identical, so the kernel, not the weights, differs.
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the finding is about MLX's CPU back end; this run's default device is a GPU")
+    import numpy as np
+
+    mx.random.seed(0)
+    x = mx.random.normal((8, 64))
+    w = 0.02 * mx.random.normal((256, 64))
+    wq, s, b = mx.quantize(w.astype(mx.bfloat16), 64, 4)
+    deq = mx.dequantize(wq, s, b, 64, 4)
+    xb = x.astype(mx.bfloat16)
+    ref = np.array(xb.astype(mx.float32), dtype=np.float64) @ np.array(deq.astype(mx.float32), dtype=np.float64).T
+
+    def rel(y: mx.array) -> float:
+        return float(np.linalg.norm(np.array(y.astype(mx.float32)) - ref) / np.linalg.norm(ref))
+
+    qmm = rel(mx.quantized_matmul(xb, wq, s, b, transpose=True, group_size=64, bits=4))
+    dense = rel(xb @ deq.T)
+    assert qmm > 3 * dense, (qmm, dense)  # measured 9e-3 against 1.7e-3
+    wq32, s32, b32 = mx.quantize(w, 64, 4)
+    assert np.array_equal(np.array(mx.quantized_matmul(x, wq32, s32, b32, transpose=True, group_size=64, bits=4)),
+                          np.array(x @ mx.dequantize(wq32, s32, b32, 64, 4).T))
+
+
+def test_dbrx_attention_config_has_no_rope_theta() -> None:
+    # Finding dbrx-attn-rope-theta: transformers' default DBRX attention config cannot build
+    # the model; the sweep's override (the published attn_config.rope_theta) can.
+    from transformers import AutoModelForCausalLM, DbrxConfig
+
+    small = {"d_model": 64, "n_heads": 4, "n_layers": 1, "max_seq_len": 64, "vocab_size": 32,
+             "ffn_config": {"ffn_hidden_size": 32, "moe_num_experts": 2, "moe_top_k": 1}}
+    with pytest.raises(AttributeError, match="rope_theta"):
+        AutoModelForCausalLM.from_config(DbrxConfig(**small))
+    cfg = tiny_config("dbrx")
+    assert cfg.attn_config.rope_theta == cfg.rope_parameters["rope_theta"] == 500000.0
+    AutoModelForCausalLM.from_config(cfg)

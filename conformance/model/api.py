@@ -39,6 +39,7 @@ from conformance.model.harness import (
     conclude,
     run_config,
 )
+from conformance.model.mlx_lm_layout import MlxLmQuantized
 from conformance.model.sides import MlxSide, Side, TwinSide, release
 
 ORACLES = ("auto", "twin", "transformers")
@@ -77,7 +78,9 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
     """Judge ``candidate`` on ``checkpoint`` in ``dtype`` (and quantized mode ``quant``).
 
     The checkpoint is rounded to ``dtype`` (and quantized) once, into a temporary folder
-    (:func:`conformance.model.checkpoints.derive`); every side loads that copy. The oracle
+    (:func:`conformance.model.checkpoints.derive`); every side loads that copy. For the
+    ``"mlx-lm"`` candidate with ``quant``, mlx-lm loads its own conversion of the dense copy
+    and transformers its dequantized values (:mod:`conformance.model.mlx_lm_layout`). The oracle
     decodes greedily from a ``seed``-random prompt of ``prompt_len`` token ids (or the text
     ``prompt``, through the checkpoint's tokenizer) for ``steps`` cached single-token steps;
     the candidate and the peer replay its tokens.
@@ -149,6 +152,12 @@ def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: st
     receives a new MLX divergence's captured inputs (mlx_impl against the twin, where a
     departure is attributed to its op). The CLI's entry; the result as :func:`judge` describes it."""
     kind = choose_oracle(model_type, oracle)
+    mlx_lm = None
+    if candidate.name == "mlx-lm" and quant is not None:
+        # mlx-lm judged on its own quantized layout (conformance/model/mlx_lm_layout.py).
+        from conformance.model.mlx_lm_layout import prepare
+
+        mlx_lm = prepare(checkpoint, derived, work, dtype, quant, twin=kind == "twin")
     if candidate.loader is None and kind == "twin":
         # This project's port against its twin: exactly today's comparison.
         result = run_config(checkpoint, derived, model_type=model_type, dtype=dtype, quant=quant, steps=steps,
@@ -161,13 +170,17 @@ def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: st
                          f"candidate {candidate.name!r} with the {kind} oracle.")
     return _judge_generic(checkpoint, derived, work, model_type=model_type, candidate=candidate, kind=kind,
                           dtype=dtype, quant=quant, steps=steps, prompt_len=prompt_len, seed=seed,
-                          anchors=anchors, progress=progress, prompt_ids=prompt_ids)
+                          anchors=anchors, progress=progress, prompt_ids=prompt_ids, mlx_lm=mlx_lm)
 
 
 def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                    kind: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int,
-                   anchors: bool, progress: bool, prompt_ids: np.ndarray | None = None) -> dict[str, Any]:
-    """Any candidate against either oracle: the flow of ``run_config`` with pluggable sides."""
+                   anchors: bool, progress: bool, prompt_ids: np.ndarray | None = None,
+                   mlx_lm: MlxLmQuantized | None = None) -> dict[str, Any]:
+    """Any candidate against either oracle: the flow of ``run_config`` with pluggable sides.
+    ``mlx_lm``: the candidate loads mlx-lm's own quantized conversion, the transformers
+    oracle and peer its dequantized values in transformers' layout (the twin reads ``derived``,
+    proved equal by :func:`conformance.model.mlx_lm_layout.prepare`)."""
     if dtype == "float64" and quant is not None:
         raise ValueError("[judge] float64 is a dense test dtype: quantized layers take no float64.")
     label = derived.name
@@ -176,8 +189,8 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     prompt = choose_prompt(checkpoint, seed, prompt_len, prompt_ids)
     prompt_len = prompt.shape[1]
     # The candidate first: one that cannot load fails before the oracle's decode.
-    side = _candidate_side(derived, candidate)
-    oracle = _oracle_side(derived, work, kind, notes)
+    side = _candidate_side(mlx_lm.converted if mlx_lm else derived, candidate)
+    oracle = _oracle_side(derived, work, kind, notes, mlx_lm)
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     if getattr(oracle, "narrow_outputs", None):
         notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
@@ -187,7 +200,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     force = [[e for _, _, e in layers] for layers in oracle.routing.steps] if isinstance(oracle, TwinSide) else None
     oracle_routed = isinstance(oracle, TwinSide) and any(oracle.routing.steps)
     release(oracle)  # each side's weights go before the next loads (conformance/model/memory.py)
-    peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force)
+    peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force, mlx_lm)
     peer_out = _replay(peer, inputs, progress, label)
     release(peer)
     probe_out = None
@@ -232,14 +245,26 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     return conclude(result, started, label, f"{candidate.name} vs {kind}: ")
 
 
-def _oracle_side(derived: Path, work: Path, kind: str, notes: list[str]) -> Side:
-    """The twin in float64, or transformers in float64 on a dense copy of ``derived``."""
+def _dense_for_transformers(derived: Path, out: Path, precision: str, mlx_lm: MlxLmQuantized | None) -> Path:
+    """What transformers loads: a dense copy of ``derived``, or of mlx-lm's conversion's
+    values placed in transformers' layout."""
+    from conformance.model.hf_sides import dense_copy
+    from conformance.model.mlx_lm_layout import reference_copy
+
+    if mlx_lm is not None:
+        return reference_copy(mlx_lm.dense, mlx_lm.converted, out, precision)
+    return dense_copy(derived, out, precision)
+
+
+def _oracle_side(derived: Path, work: Path, kind: str, notes: list[str], mlx_lm: MlxLmQuantized | None = None) -> Side:
+    """The twin in float64, or transformers in float64 on a dense copy of ``derived``
+    (of mlx-lm's own conversion with ``mlx_lm``)."""
     if kind == "twin":
         return TwinSide(derived, "float64", "twin-float64")
-    from conformance.model.hf_sides import HFSide, dense_copy
+    from conformance.model.hf_sides import HFSide
 
-    oracle = HFSide(dense_copy(derived, work / f"{derived.name}-dense-float64", "float64"), "float64",
-                    "transformers-float64")
+    oracle = HFSide(_dense_for_transformers(derived, work / f"{derived.name}-dense-float64", "float64", mlx_lm),
+                    "float64", "transformers-float64")
     if oracle.not_float64:
         notes.append(f"oracle not fully float64: {oracle.not_float64} stayed narrower (those points resolve "
                      "only to their own dtype)")
@@ -247,17 +272,18 @@ def _oracle_side(derived: Path, work: Path, kind: str, notes: list[str]) -> Side
 
 
 def _peer_sides(checkpoint: Path, derived: Path, work: Path, kind: str, dtype: str,
-                force: list[list[np.ndarray]] | None) -> tuple[Side, Side | None]:
+                force: list[list[np.ndarray]] | None,
+                mlx_lm: MlxLmQuantized | None = None) -> tuple[Side, Side | None]:
     """The peer (the oracle's library in the test dtype) and, in a float64 configuration,
     the float32 precision probe (:mod:`conformance.model.bounds`), else None."""
     probe_ck = derive(checkpoint, work / f"{derived.name}-probe-float32", "float32") if dtype == "float64" else None
     if kind == "twin":
         peer: Side = TwinSide(derived, "native", f"twin-{dtype}", force=force)
         return peer, (TwinSide(probe_ck, "native", "twin-float32", force=force) if probe_ck else None)
-    from conformance.model.hf_sides import HFSide, dense_copy
+    from conformance.model.hf_sides import HFSide
 
-    peer = HFSide(dense_copy(derived, work / f"{derived.name}-dense-native", "native"), "native",
-                  f"transformers-{dtype}")
+    peer = HFSide(_dense_for_transformers(derived, work / f"{derived.name}-dense-native", "native", mlx_lm),
+                  "native", f"transformers-{dtype}")
     return peer, (HFSide(probe_ck, "native", "transformers-float32") if probe_ck else None)
 
 

@@ -28,7 +28,10 @@ SIZES: dict[str, Any] = {
     "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_key_value_heads": 2,
     "head_dim": 16, "max_position_embeddings": 256, "n_positions": 256, "max_seq_len": 256,
     # mixture of experts
-    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64, "expert_ffn_hidden_size": 32,
+    # expert widths a multiple of the affine group (64): every expert projection then
+    # quantizes, as in published MoE models (a dense bfloat16 expert needs gather_mm, which
+    # MLX's CPU back end has in float32 only, finding gathermm-bfloat16-cpu).
+    "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "expert_ffn_hidden_size": 64,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
     "num_experts_per_tok": 2, "num_experts_per_token": 2, "moe_k": 2, "moe_top_k": 2, "moe_topk": 2,
     "n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1,
@@ -69,9 +72,14 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "gpt_bigcode": {"n_embd": 64, "n_head": 4, "n_layer": 2, "multi_query": True,
                     "n_inner": 256},  # StarCoder's configs set n_inner; mlx-lm requires it
     "gptj": {"n_embd": 64, "n_head": 4, "n_layer": 2, "rotary_dim": 8},
-    # DBRX keeps its attention and FFN sizes in sub-configs.
+    # DBRX keeps its attention and FFN sizes in sub-configs. transformers 5.25's
+    # DbrxAttentionConfig has no rope_theta default, yet its attention reads one (a
+    # default DbrxConfig cannot be built, finding dbrx-attn-rope-theta); the published
+    # config carries it in attn_config (500000), which mlx-lm reads; transformers' RoPE
+    # reads the top-level rope_parameters: both get the published value.
     "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2,
-             "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0},
+             "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+             "attn_config": {"kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 500000.0},
              "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}},
     # mlx-lm's GPT-NeoX MLP is 4 x hidden (as every Pythia checkpoint has it).
     "gpt_neox": {"intermediate_size": 256},
