@@ -1,0 +1,398 @@
+"""Sub-layer points of any candidate: the named modules inside each decoder layer.
+
+For this project's port the sides record points inside every layer themselves
+(``mlx_impl.models.points``, used by :mod:`conformance.model.attribution`). Any other
+candidate (mlx-lm, a user's port) is not edited: inside each of its decoder layers every
+named submodule (``self_attn``, ``self_attn.q_proj``, ``input_layernorm``, ``mlp.down_proj``
+...; whatever it has) gets its class swapped for a subclass whose ``__call__`` records the
+call's first input and its output (:func:`tap_mlx_layers`; ``isinstance`` checks, attributes
+and parameters stay the candidate's own). On the torch sides (transformers' oracle, peer
+and float32 probe, or the twin) forward hooks on the modules with the same dotted names
+record the same (:func:`hook_torch_layers`). mlx-lm mirrors transformers' module names (it
+loads their weights), so the names line up; a name on one side only is skipped, and the
+result says so once (:func:`judge_subpoints`). The twin and ``mlx_impl`` call three of
+their norms by role (``post_attn_norm``, ``pre_mlp_norm``, ``post_mlp_norm``); they are
+renamed to the checkpoint's names (:func:`own_aliases`).
+
+Each call's output (and input) must be ``[B, L, ...]`` for the step's tokens ``[B, L]``;
+it is kept as ``[B * L, D]`` rows (one per token, trailing axes flattened: a decode step
+keeps only its one token's row, as the layer capture does), float32 where the side's
+value is narrower than float64 (exact), float64 for float64 values. An output of another
+layout is not a point (noted).
+
+Judging: every (step, layer, op) with the layer points' rule
+(:func:`conformance.model.bounds.check_point`: ``||cand - oracle|| <= 2 ||peer - oracle||
++ 2 ulp sqrt(D)`` per token row). Sub-points NAME a departure; they do not decide the
+verdict. Where a configuration departs at (step S, layer L), the op named is the first
+sub-point, in the candidate's execution order (the order its wrapped modules return), of
+layers 0..L at step S whose output departs; where that op's input already departs, the
+change happened before it, in code the candidate does not expose as a module, and the op
+named is the innermost exposed module around it (``self_attn`` for a RoPE applied between
+``v_proj`` and ``o_proj``; the layer's own code for a residual add). Why sub-points do not
+fail a configuration by themselves: the same module name on two libraries need not compute
+the same quantity (where a scale is folded in, which layout a norm sees), so a sub-point is
+evidence for where a departure starts, not a specification; and whatever a sub-point's
+error does to the model shows at the layer outputs and logits, which are all judged. A
+sub-point that departs inside a conforming layer is counted (``inside_conforming``) and
+listed, not failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conformance.model.bounds import check_point
+
+_TAPPED = "_conformance_subpoint_tap"
+"""Set on the subclasses :func:`tap_mlx_layers` makes (a module is never tapped twice)."""
+
+
+@dataclass
+class Call:
+    """One recorded module call: layer index, op name (dotted inside the layer; ``#k``
+    for its k-th call in the same step), the counter at entry and at return, and the
+    output (and first input, or None) as ``[B * L, D]`` rows."""
+
+    layer: int
+    op: str
+    enter: int
+    exit: int
+    out: np.ndarray
+    inp: np.ndarray | None
+
+
+def _rows(value: np.ndarray, tokens: tuple[int, ...]) -> np.ndarray | None:
+    """``value [B, L, ...]`` as ``[B * L, D]`` (float32 unless it is float64), or None for
+    another layout."""
+    if value.ndim < 2 or tuple(value.shape[:2]) != tokens or not np.issubdtype(value.dtype, np.floating):
+        return None
+    rows = value.reshape(tokens[0] * tokens[1], -1)
+    return rows if rows.dtype == np.float64 else rows.astype(np.float32)
+
+
+@dataclass
+class SubTrace:
+    """One side's sub-layer calls, per step (:meth:`begin` / :meth:`end` around each).
+
+    ``to_np``: the side's array -> NumPy (exact); ``deferred``: keep the side's arrays
+    until :meth:`end` (MLX: convert after the step evaluated, never inside the forward);
+    torch tensors are copied at once (a later in-place op cannot change the record).
+    ``steps[s]``: ``{(layer, op): Call}``; ``unshaped``: ops whose output was not
+    ``[B, L, ...]``; ``failed``: why capture stopped (then no step is trusted)."""
+
+    to_np: Callable[[Any], np.ndarray]
+    deferred: bool = False
+    steps: list[dict[tuple[int, str], Call]] = field(default_factory=list)
+    unshaped: set[str] = field(default_factory=set)
+    failed: str | None = None
+    _tokens: tuple[int, ...] = ()
+    _counter: int = 0
+    _pending: list[tuple[int, str, int, int, Any, Any]] = field(default_factory=list)
+
+    def begin(self, tokens: tuple[int, ...]) -> None:
+        """A new step on tokens of shape ``[B, L]``."""
+        self._tokens, self._counter, self._pending = tuple(tokens), 0, []
+        self.steps.append({})
+
+    def enter(self) -> int:
+        """The counter at a module's entry."""
+        self._counter += 1
+        return self._counter
+
+    def record(self, layer: int, op: str, enter: int, out: Any, inp: Any) -> None:
+        """A module of ``layer`` named ``op`` returned ``out`` on input ``inp`` (None if none)."""
+        if not self.steps or self.failed:
+            return
+        self._counter += 1
+        entry = (layer, op, enter, self._counter, out, inp)
+        if self.deferred:
+            self._pending.append(entry)
+        else:
+            self._store(entry)
+
+    def _store(self, entry: tuple[int, str, int, int, Any, Any]) -> None:
+        layer, op, enter, exit_, out, inp = entry
+        step = self.steps[-1]
+        n = sum(1 for (lay, name) in step if lay == layer and name.split("#")[0] == op)
+        name = op if n == 0 else f"{op}#{n + 1}"
+        rows = _rows(self.to_np(out), self._tokens)
+        if rows is None:
+            self.unshaped.add(op)
+            return
+        in_rows = None if inp is None else _rows(self.to_np(inp), self._tokens)
+        step[(layer, name)] = Call(layer, name, enter, exit_, rows, in_rows)
+
+    def end(self) -> None:
+        """The step is over: convert what was deferred (an array the candidate made inside
+        a compiled function cannot be read: capture stops, and the result says why)."""
+        pending, self._pending = self._pending, []
+        if self.failed:
+            return
+        try:
+            for entry in pending:
+                self._store(entry)
+        except Exception as exc:  # a tracer from mx.compile, an exotic output type
+            self.failed = f"{type(exc).__name__}: {exc}"
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, (tuple, list)) and value else value
+
+
+def _input(args: tuple[Any, ...], kwargs: dict[str, Any], kind: type) -> Any:
+    """The call's first array argument (positional, else ``hidden_states``, else the first
+    array keyword), or None."""
+    if args and isinstance(args[0], kind):
+        return args[0]
+    if isinstance(kwargs.get("hidden_states"), kind):
+        return kwargs["hidden_states"]
+    return next((v for v in kwargs.values() if isinstance(v, kind)), None)
+
+
+def own_aliases(model_type: str) -> dict[str, str]:
+    """The twin's and ``mlx_impl``'s role names of their norms -> the checkpoint's module
+    names for ``model_type`` (``pre_mlp_norm`` -> ``post_attention_layernorm`` on Llama)."""
+    from torch_reference.models.decoder import _NORMS
+
+    roles = _NORMS.get(model_type, (None, None, None))
+    return {role: name for role, name in zip(("post_attn_norm", "pre_mlp_norm", "post_mlp_norm"), roles,
+                                            strict=True) if name}
+
+
+def _renamed(name: str, aliases: dict[str, str] | None) -> str:
+    if not aliases:
+        return name
+    head, _, rest = name.partition(".")
+    head = aliases.get(head, head)
+    return f"{head}.{rest}" if rest else head
+
+
+def _unique_modules(layers: list[Any], named: Callable[[Any], list[tuple[str, Any]]]) -> list[tuple[int, str, Any]]:
+    """``(layer, dotted name, module)`` for every named submodule that appears once in
+    all the layers (a module shared between places could not say where it was called)."""
+    seen: dict[int, int] = {}
+    found = []
+    for i, layer in enumerate(layers):
+        for name, module in named(layer):
+            if name:
+                seen[id(module)] = seen.get(id(module), 0) + 1
+                found.append((i, name, module))
+    return [(i, name, m) for i, name, m in found if seen[id(m)] == 1]
+
+
+def tap_mlx_layers(layers: list[Any], trace: SubTrace, aliases: dict[str, str] | None = None) -> int:
+    """Record every named submodule of each MLX decoder layer in ``layers`` into
+    ``trace``: each module's class is swapped for a subclass whose ``__call__`` records
+    (nothing else of the module changes). Returns the number of modules tapped."""
+    import mlx.core as mx
+
+    count = 0
+    for layer_index, name, module in _unique_modules(layers, lambda layer: layer.named_modules()):
+        cls = type(module)
+        if getattr(cls, _TAPPED, False):
+            continue
+        op = _renamed(name, aliases)
+
+        def call(self: Any, *args: Any, _cls: Any = cls, _layer: int = layer_index, _op: str = op,
+                 **kwargs: Any) -> Any:
+            enter = trace.enter()
+            out = _cls.__call__(self, *args, **kwargs)
+            first = _first(out)
+            if isinstance(first, mx.array):
+                trace.record(_layer, _op, enter, first, _input(args, kwargs, mx.array))
+            return out
+
+        module.__class__ = type(cls.__name__, (cls,), {"__call__": call, _TAPPED: True,
+                                                        "__module__": cls.__module__})
+        count += 1
+    return count
+
+
+def hook_torch_layers(layers: Any, trace: SubTrace, aliases: dict[str, str] | None = None) -> int:
+    """Forward hooks recording every named submodule of each torch decoder layer in
+    ``layers`` (a ModuleList) into ``trace``. Returns the number of modules hooked."""
+    import torch
+
+    count = 0
+    for layer_index, name, module in _unique_modules(list(layers), lambda layer: list(layer.named_modules())):
+        op = _renamed(name, aliases)
+        stack: list[int] = []
+
+        def pre(_module: Any, _args: Any, _stack: list[int] = stack) -> None:
+            _stack.append(trace.enter())
+
+        def post(_module: Any, args: Any, kwargs: Any, out: Any, _stack: list[int] = stack, _layer: int = layer_index,
+                 _op: str = op) -> None:
+            enter = _stack.pop() if _stack else 0
+            first = _first(out)
+            if isinstance(first, torch.Tensor):
+                trace.record(_layer, _op, enter, first, _input(args, kwargs, torch.Tensor))
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post, with_kwargs=True)
+        count += 1
+    return count
+
+
+def attach(side: Any, trace: SubTrace) -> None:
+    """Bracket each ``side.step`` call with ``trace.begin`` / ``trace.end`` (an instance
+    attribute over the method: the side's class is not changed)."""
+    inner = side.step
+
+    def step(tokens: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        trace.begin(tuple(tokens.shape))
+        out = inner(tokens, *args, **kwargs)
+        trace.end()
+        return out
+
+    side.step = step
+
+
+def capture_side(side: Any, model_type: str) -> SubTrace | None:
+    """A :class:`SubTrace` recording ``side``'s decoder layers' submodules (transformers'
+    :class:`~conformance.model.hf_sides.HFSide`, the twin's ``TwinSide`` or ``mlx_impl``'s
+    ``MlxSide``; the candidate's ``CandidateSide`` records its own), attached to its steps;
+    None where its layers are not found."""
+    from conformance.dtypes import mlx_to_numpy, torch_to_numpy
+    from conformance.model.hf_sides import HFSide, hf_layers
+    from conformance.model.sides import MlxSide, TwinSide
+
+    if isinstance(side, MlxSide):
+        trace = SubTrace(mlx_to_numpy, deferred=True)
+        tap_mlx_layers(side.model.layers, trace, own_aliases(model_type))
+    elif isinstance(side, TwinSide):
+        trace = SubTrace(torch_to_numpy)
+        hook_torch_layers(side.model.layers, trace, own_aliases(model_type))
+    elif isinstance(side, HFSide):
+        found = hf_layers(side.model)
+        if found is None:
+            return None
+        trace = SubTrace(torch_to_numpy)
+        hook_torch_layers(found[1], trace)
+    else:
+        return None
+    attach(side, trace)
+    return trace
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _base(op: str) -> str:
+    return op.split("#")[0]
+
+
+def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: SubTrace | None, dtype: str,
+                    layer_passed: Callable[[int, int], bool]) -> dict[str, Any]:
+    """Every (step, layer, op) both the candidate and the oracle's library record,
+    judged with :func:`conformance.model.bounds.check_point` (``probe``: the float32
+    probe of a float64 configuration).
+
+    ``layer_passed(step, layer)``: whether that layer point passed (a departing sub-point
+    inside a passing layer is counted in ``inside_conforming``).
+
+    Returns ``{"ops": [ops in the candidate's execution order, layer 0, step 0],
+    "only_candidate", "only_oracle", "unshaped", "width_differs" (op names), "checked",
+    "departing", "inside_conforming", "worst_ratio", "points": [{step, layer, op, ratio,
+    passed, input_ratio?}] in execution order, "failed": why capture stopped or None}``.
+    """
+    failed = next((f"{who}: {t.failed}" for who, t in (("candidate", cand), ("peer", peer), ("oracle", oracle),
+                                                      ("probe", probe)) if t is not None and t.failed), None)
+    cand_ops = {_base(op) for step in cand.steps for (_, op) in step}
+    oracle_ops = {_base(op) for step in oracle.steps for (_, op) in step}
+    width_differs: set[str] = set()
+    points: list[dict[str, Any]] = []
+    probes: list[Any] = probe.steps if probe is not None else [None] * len(oracle.steps)
+    n_steps = min(len(cand.steps), len(peer.steps), len(oracle.steps), len(probes))
+    for s in range(n_steps if failed is None else 0):
+        c_step, p_step, o_step, q_step = cand.steps[s], peer.steps[s], oracle.steps[s], probes[s]
+        for key, c in sorted(c_step.items(), key=lambda kv: kv[1].exit):
+            o, p = o_step.get(key), p_step.get(key)
+            q = None if q_step is None else q_step.get(key)
+            if o is None or p is None or (q_step is not None and q is None):
+                continue
+            if c.out.shape != o.out.shape or p.out.shape != o.out.shape or (q is not None and q.out.shape != o.out.shape):
+                width_differs.add(_base(c.op))
+                continue
+            check = check_point(c.out.astype(np.float64), p.out.astype(np.float64), o.out,
+                                dtype, None if q is None else q.out.astype(np.float64))
+            entry: dict[str, Any] = {"step": s, "layer": c.layer, "op": c.op, "ratio": _sig(check.ratio),
+                                     "passed": check.passed}
+            if not check.passed:
+                entry["message"] = check.message
+                ins = (c.inp, p.inp, o.inp, None if q is None else q.inp)
+                if all(a is not None for a in ins[:3]) and (q is None or ins[3] is not None) and \
+                        len({a.shape for a in ins if a is not None}) == 1:
+                    in_check = check_point(*(a.astype(np.float64) for a in ins[:3]), dtype,  # type: ignore[union-attr]
+                                           None if ins[3] is None else ins[3].astype(np.float64))
+                    entry["input_ratio"] = _sig(in_check.ratio)
+                    entry["input_passed"] = in_check.passed
+            entry["_enter"], entry["_exit"] = c.enter, c.exit
+            points.append(entry)
+    layer0 = sorted((c for (lay, _), c in (cand.steps[0].items() if cand.steps else []) if lay == 0),
+                    key=lambda c: c.exit)
+    departing = [p for p in points if not p["passed"]]
+    inside = [p for p in departing if layer_passed(p["step"], p["layer"])]
+    return {
+        "ops": [c.op for c in layer0 if _base(c.op) in oracle_ops],
+        "only_candidate": sorted(cand_ops - oracle_ops), "only_oracle": sorted(oracle_ops - cand_ops),
+        "unshaped": sorted(cand.unshaped | oracle.unshaped), "width_differs": sorted(width_differs),
+        "checked": len(points), "departing": len(departing), "inside_conforming": len(inside),
+        "inside_conforming_first": [_public(p) for p in inside[:5]],
+        "worst_ratio": max((p["ratio"] for p in points), default=0.0),
+        "points": points, "failed": failed,
+    }
+
+
+def _public(point: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if not k.startswith("_") and k != "message"}
+
+
+def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
+    """The op to name for a departure at (``step``, ``layer``) from :func:`judge_subpoints`'s
+    ``sub``: ``{"op", "op_layer", "op_detail", "op_ratio"}`` (``op`` None where no exposed
+    sub-point of layers 0..``layer`` departs at ``step``: the change is then in code the
+    candidate does not expose, after its last exposed module).
+
+    The first departing sub-point ``P`` in execution order is named, unless ``P``'s own input
+    already departs: then the change came before ``P`` was called, and the innermost exposed
+    module enclosing ``P``'s call (by the entry and return counters) is named, with the last
+    conforming sub-point before ``P`` (``self_attn``, between ``self_attn.v_proj`` and
+    ``self_attn.o_proj``); with no enclosing module, the layer's own code before ``P``."""
+    here = [p for p in sub["points"] if p["step"] == step and p["layer"] <= layer]
+    first = next((p for p in here if not p["passed"]), None)
+    if first is None:
+        last = next((p["op"] for p in reversed(here) if p["layer"] == layer), None)
+        where = f" after its last exposed module ({last})" if last else ""
+        return {"op": None, "op_layer": layer, "op_ratio": None,
+                "op_detail": f"no exposed sub-point departs at step {step} up to layer {layer}: the change is in "
+                             f"code the candidate does not expose as a module{where}"}
+    if first.get("input_passed", True):
+        return {"op": first["op"], "op_layer": first["layer"], "op_ratio": first["ratio"],
+                "op_detail": f"its output departs (ratio {first['ratio']:.3g}), its input conforms"
+                + ("" if "input_passed" in first else " (input not compared)")}
+    same = [p for p in here if p["layer"] == first["layer"]]
+    around = [p for p in same if p["_enter"] < first["_enter"] and p["_exit"] > first["_exit"]]
+    enclosing = max(around, key=lambda p: p["_enter"]) if around else None
+    lower = enclosing["_enter"] if enclosing else 0
+    before = [p for p in same if lower < p["_exit"] < first["_enter"]]
+    prev = before[-1]["op"] if before else None
+    span = (f"between {prev} and {first['op']}" if prev else f"before {first['op']}")
+    if enclosing is not None:
+        return {"op": enclosing["op"], "op_layer": first["layer"], "op_ratio": enclosing["ratio"],
+                "op_detail": f"inside {enclosing['op']}, {span}, in code not exposed as a module ({first['op']}'s "
+                             f"input already departs, ratio {first['input_ratio']:.3g})"}
+    return {"op": f"layer code {span}", "op_layer": first["layer"], "op_ratio": first["input_ratio"],
+            "op_detail": f"in the layer's own code {span} ({first['op']}'s input already departs, ratio "
+                         f"{first['input_ratio']:.3g})"}
+
+
+def public(sub: dict[str, Any]) -> dict[str, Any]:
+    """``sub`` ready for the JSON result (the entry/return counters dropped, the messages
+    kept only for departing points)."""
+    return {**sub, "points": [{k: v for k, v in p.items() if not k.startswith("_")} for p in sub["points"]]}
