@@ -325,11 +325,8 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
                                      "passed": check.passed}
             if not check.passed:
                 entry["message"] = check.message
-                ins = (c.inp, p.inp, o.inp, None if q is None else q.inp)
-                if all(a is not None for a in ins[:3]) and (q is None or ins[3] is not None) and \
-                        len({a.shape for a in ins if a is not None}) == 1:
-                    in_check = check_point(*(a.astype(np.float64) for a in ins[:3]), dtype,  # type: ignore[union-attr]
-                                           None if ins[3] is None else ins[3].astype(np.float64))
+                in_check = _check_inputs(c, p, o, q, dtype)
+                if in_check is not None:
                     entry["input_ratio"] = _sig(in_check.ratio)
                     entry["input_passed"] = in_check.passed
             entry["_enter"], entry["_exit"] = c.enter, c.exit
@@ -347,6 +344,18 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
         "worst_ratio": max((p["ratio"] for p in points), default=0.0),
         "points": points, "failed": failed,
     }
+
+
+def _check_inputs(c: Call, p: Call, o: Call, q: Call | None, dtype: str) -> Any:
+    """The call's input judged like its output, or None where a side recorded none (or
+    the widths differ)."""
+    if c.inp is None or p.inp is None or o.inp is None or (q is not None and q.inp is None):
+        return None
+    shapes = {c.inp.shape, p.inp.shape, o.inp.shape} | ({q.inp.shape} if q is not None and q.inp is not None else set())
+    if len(shapes) != 1:
+        return None
+    probe = None if q is None or q.inp is None else q.inp.astype(np.float64)
+    return check_point(c.inp.astype(np.float64), p.inp.astype(np.float64), o.inp.astype(np.float64), dtype, probe)
 
 
 def _public(point: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conformance.model.report import op_text
 from conformance.model.sweep_run import NO_VERDICT, VERDICTS, departure_text
 from conformance.results import write_json_atomic, write_text_atomic
 
@@ -59,8 +60,7 @@ def cell_text(r: dict[str, Any]) -> str:
     if status == "departs":
         dep = (r.get("verdict") or {}).get("departure")
         if dep:
-            op = f" [{dep['op']}]" if dep.get("op") else ""
-            return f"departs at step {dep.get('step')}, {dep.get('point')}{op}"
+            return f"departs at step {dep.get('step')}, {dep.get('point')}{op_text(dep)}"
         return "departs: " + departure_text(r.get("verdict") or {})
     return _STATUS_TEXT.get(status, status)
 
