@@ -1,0 +1,198 @@
+"""Sub-layer points of any candidate (``conformance/model/subpoints.py``): the named modules
+inside each decoder layer recorded on the candidate (without editing it) and on the oracle's
+library, judged with the layer rule, and the op a departure starts at named.
+
+* mlx-lm on a tiny Llama, against the twin (``auto``) and against transformers: conforms
+  with every sub-point inside the bound; with one projection's weights 1% off in layer 1,
+  the departure is named at that projection;
+* a user's port whose layer code (not a module) is wrong is named at the layer's code
+  between the two exposed modules around it, or as code after the last exposed module;
+* the naming rule itself on hand-made traces (an earlier layer's op named first, an op
+  whose input already departs named by its enclosing module), and the rendering in the
+  model report and the sweep's cell;
+* the taps leave the candidate's modules what they were (``isinstance``, parameters).
+
+The planted bugs of the user-port example (RoPE offset, norm eps) are named in
+``tests/test_model_candidates.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conformance.model import judge
+from conformance.model.checkpoints import build_tiny
+from conformance.model.report import verdict
+from conformance.model.subpoints import SubTrace, name_op, tap_mlx_layers
+from conformance.model.sweep_report import cell_text
+from tests.user_port_example import my_port
+
+LLAMA_OPS = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "self_attn", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "mlp"]
+"""mlx-lm's Llama layer's modules that transformers and the twin share, in mlx-lm's call order."""
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama in the pre-5 config format with plain RoPE (mlx-lm 0.32.2 reads only
+    the older keys: tests/test_models_mlx_lm.py says why)."""
+    ck = build_tiny("llama", tmp_path_factory.mktemp("llama") / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]
+    cfg["rope_scaling"] = None
+    (ck / "config.json").write_text(json.dumps(cfg))
+    return ck
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return my_port.build_tiny_mistral(tmp_path_factory.mktemp("mistral") / "ck")
+
+
+def _up_proj_off(path: Path) -> Any:
+    """mlx-lm's model with layer 1's ``mlp.up_proj`` weights 1% too large (a planted bug
+    inside one projection)."""
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(Path(path))
+    proj = model.model.layers[1].mlp.up_proj
+    proj.weight = proj.weight * 1.01
+    return model
+
+
+@pytest.mark.parametrize("oracle", ["auto", "transformers"])
+def test_mlx_lm_conforms_at_every_sub_point(llama: Path, oracle: str) -> None:
+    r = judge(llama, candidate="mlx-lm", oracle=oracle, steps=2)
+    assert r["passed"] and r["oracle"] == ("twin" if oracle == "auto" else "transformers")
+    sub = r["subpoints"]
+    assert sub["ops"] == LLAMA_OPS
+    # Every shared op of both layers at every step judged, really compared, all inside.
+    assert sub["checked"] == 3 * r["layers"] * len(LLAMA_OPS) and sub["departing"] == 0 and sub["failed"] is None
+    assert 0 < sub["worst_ratio"] <= 1
+    # mlx-lm's RoPE module sees [B, heads, L, D] (not a token row); transformers' MLP has an
+    # activation module the twin and mlx-lm do not: both skipped and said once.
+    assert sub["unshaped"] == ["self_attn.rope"]
+    assert sub["only_oracle"] == ([] if oracle == "auto" else ["mlp.act_fn"])
+
+
+@pytest.mark.parametrize("oracle", ["auto", "transformers"])
+def test_a_projection_bug_is_named_at_that_projection(llama: Path, oracle: str) -> None:
+    r = judge(llama, candidate=_up_proj_off, oracle=oracle, steps=2)
+    d = r["departure"]
+    assert not r["passed"] and (d["step"], d["point"]) == (0, "layer 1")
+    assert (d["op"], d["op_layer"]) == ("mlp.up_proj", 1), d
+    assert "its input conforms" in d["op_detail"]
+    # Every op before it in layer 1 (and all of layer 0) conforms at step 0.
+    at = LLAMA_OPS.index("mlp.up_proj")
+    before = [p for p in r["subpoints"]["points"] if p["step"] == 0
+              and (p["layer"] == 0 or (p["layer"] == 1 and LLAMA_OPS.index(p["op"]) < at))]
+    assert len(before) == len(LLAMA_OPS) + at and all(p["passed"] for p in before)
+    assert verdict(r).startswith("departs at step 0, layer 1, op mlp.up_proj (its output departs")
+
+
+def _layer_code_bug(where: str) -> Any:
+    """The user's port with layer 1's own code wrong (not a module): the attention's
+    residual added 1% too strongly (``attn``), or the MLP's (``mlp``)."""
+
+    def load(path: Path) -> Any:
+        model, cache = my_port.load(path)
+        layer = model.model.layers[1]
+        cls = type(layer)
+
+        def call(self: Any, x: Any, c: Any) -> Any:
+            h = x + (1.01 if where == "attn" else 1.0) * self.self_attn(self.input_layernorm(x), c)
+            return h + (1.01 if where == "mlp" else 1.0) * self.mlp(self.post_attention_layernorm(h))
+
+        layer.__class__ = type("BuggyLayer", (cls,), {"__call__": call})
+        return model, cache
+
+    return load
+
+
+def test_layer_code_between_modules_is_named(mistral: Path) -> None:
+    r = judge(mistral, candidate=_layer_code_bug("attn"), steps=1)
+    d = r["departure"]
+    assert (d["step"], d["point"], d["op_layer"]) == (0, "layer 1", 1)
+    assert d["op"] == "layer code between self_attn and post_attention_layernorm", d
+    assert "post_attention_layernorm's input already departs" in d["op_detail"]
+
+
+def test_layer_code_after_the_last_module_is_said(mistral: Path) -> None:
+    r = judge(mistral, candidate=_layer_code_bug("mlp"), steps=1)
+    d = r["departure"]
+    assert (d["step"], d["point"], d["op"]) == (0, "layer 1", None)
+    assert d["op_detail"].endswith("after its last exposed module (mlp)"), d
+    # Every exposed op up to layer 1 conforms at the prefill (later layers carry the change).
+    assert all(p["passed"] for p in r["subpoints"]["points"] if p["step"] == 0 and p["layer"] <= 1)
+
+
+def test_no_subpoints_names_no_op(mistral: Path) -> None:
+    r = judge(mistral, candidate=f"{my_port.__name__}:load_eps_bug", steps=0, subpoints=False)
+    assert "subpoints" not in r and "op" not in r["departure"] and (r["departure"]["point"]) == "layer 2"
+
+
+def _pt(step: int, layer: int, op: str, enter: int, exit_: int, passed: bool, input_passed: bool | None = None,
+        ratio: float = 0.5) -> dict[str, Any]:
+    p: dict[str, Any] = {"step": step, "layer": layer, "op": op, "ratio": ratio if passed else 50.0,
+                         "passed": passed, "_enter": enter, "_exit": exit_}
+    if input_passed is not None:
+        p.update(input_passed=input_passed, input_ratio=0.5 if input_passed else 40.0)
+    return p
+
+
+def test_name_op_rule() -> None:
+    # Layer 0 at step 1: norm, then attention (q_proj, o_proj inside), then mlp.
+    layer0 = [_pt(1, 0, "input_layernorm", 1, 2, True), _pt(1, 0, "self_attn.q_proj", 4, 5, True),
+              _pt(1, 0, "self_attn.o_proj", 6, 7, False, input_passed=False), _pt(1, 0, "self_attn", 3, 8, False),
+              _pt(1, 0, "mlp", 9, 10, True)]
+    layer1 = [_pt(1, 1, "input_layernorm", 11, 12, False, input_passed=True)]
+    sub = {"points": [*layer0, *layer1]}
+    # A departure at layer 1 whose first departing sub-point is in layer 0 (a conforming layer).
+    named = name_op(sub, 1, 1)
+    assert (named["op"], named["op_layer"]) == ("self_attn", 0)
+    assert "between self_attn.q_proj and self_attn.o_proj" in named["op_detail"]
+    # Only layer 1's op departing: named itself (input conforms).
+    sub = {"points": [*(dict(p, passed=True) for p in layer0), *layer1]}
+    assert (name_op(sub, 1, 1)["op"], name_op(sub, 1, 1)["op_layer"]) == ("input_layernorm", 1)
+    # Another step's departures do not name this one.
+    assert name_op(sub, 0, 1)["op"] is None
+    # The report and the sweep's cell say where.
+    d = {"step": 1, "point": "layer 1", "kind": "value", "message": "m", "op": "self_attn", "op_layer": 0,
+         "op_detail": "inside self_attn"}
+    r = {"passed": False, "departure": d, "tokens": {"flips": []}, "anchors": []}
+    assert verdict(r) == "departs at step 1, layer 1, op self_attn in layer 0 (inside self_attn)"
+    assert cell_text({"status": "departs", "verdict": {"departure": d}}) == \
+        "departs at step 1, layer 1, op self_attn in layer 0"
+
+
+def test_taps_leave_the_modules_what_they_were() -> None:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    layer = nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4))
+    q = nn.QuantizedLinear(64, 8)
+    layers = [layer, q]
+    before = [np.array(layer.layers[0].weight)]
+    trace = SubTrace(lambda a: np.array(a), deferred=True)
+    # layer 1 has no named submodules; layer 0 has two.
+    assert tap_mlx_layers(layers, trace) == 2
+    assert tap_mlx_layers(layers, trace) == 0  # never twice
+    assert isinstance(layer.layers[0], nn.Linear) and isinstance(layer.layers[1], nn.RMSNorm)
+    assert [k for k, _ in layer.named_modules()] == ["", "layers.1", "layers.0"]
+    assert np.array_equal(before[0], np.array(layer.layers[0].weight))
+    trace.begin((1, 3))
+    y = layer(mx.ones((1, 3, 4)))
+    mx.eval(y)
+    trace.end()
+    calls = trace.steps[0]
+    assert sorted(calls) == [(0, "layers.0"), (0, "layers.1")]
+    # Rows per token, float32 (exact for a float32 side), in call order.
+    assert calls[(0, "layers.1")].out.shape == (3, 4) and calls[(0, "layers.1")].out.dtype == np.float32
+    assert calls[(0, "layers.0")].exit < calls[(0, "layers.1")].enter
+    assert np.array_equal(calls[(0, "layers.1")].out, np.array(y).reshape(3, 4))
+    assert np.array_equal(calls[(0, "layers.1")].inp, calls[(0, "layers.0")].out)
