@@ -86,7 +86,9 @@ def test_a_projection_bug_is_named_at_that_projection(llama: Path, oracle: str) 
     d = r["departure"]
     assert not r["passed"] and (d["step"], d["point"]) == (0, "layer 1")
     assert (d["op"], d["op_layer"]) == ("mlp.up_proj", 1), d
-    assert "its input conforms" in d["op_detail"]
+    # A sharp step: the op far outside, its input and the layer's earlier ops inside.
+    assert d["op_ratio"] > 100 and "its input 0." in d["op_detail"], d
+    assert "the layer's earlier ops at most 0." in d["op_detail"]
     # Every op before it in layer 1 (and all of layer 0) conforms at step 0.
     at = LLAMA_OPS.index("mlp.up_proj")
     before = [p for p in r["subpoints"]["points"] if p["step"] == 0

@@ -381,11 +381,16 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
         return {"op": None, "op_layer": layer, "op_ratio": None,
                 "op_detail": f"no exposed sub-point departs at step {step} up to layer {layer}: the change is in "
                              f"code the candidate does not expose as a module{where}"}
-    if first.get("input_passed", True):
-        return {"op": first["op"], "op_layer": first["layer"], "op_ratio": first["ratio"],
-                "op_detail": f"its output departs (ratio {first['ratio']:.3g}), its input conforms"
-                + ("" if "input_passed" in first else " (input not compared)")}
     same = [p for p in here if p["layer"] == first["layer"]]
+    if first.get("input_passed", True):
+        # The ratios say how sharp the step is: a bug jumps by orders of magnitude, error
+        # accumulating to the bound crosses it by a little after ops just inside it.
+        earlier = max((p["ratio"] for p in same if p["_exit"] < first["_exit"]), default=None)
+        context = [f"its input {first['input_ratio']:.4g}"] if "input_ratio" in first else ["input not compared"]
+        if earlier is not None:
+            context.append(f"the layer's earlier ops at most {earlier:.4g}")
+        return {"op": first["op"], "op_layer": first["layer"], "op_ratio": first["ratio"],
+                "op_detail": f"its output departs (ratio {first['ratio']:.4g}; {', '.join(context)})"}
     around = [p for p in same if p["_enter"] < first["_enter"] and p["_exit"] > first["_exit"]]
     enclosing = max(around, key=lambda p: p["_enter"]) if around else None
     lower = enclosing["_enter"] if enclosing else 0
@@ -395,10 +400,10 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
     if enclosing is not None:
         return {"op": enclosing["op"], "op_layer": first["layer"], "op_ratio": enclosing["ratio"],
                 "op_detail": f"inside {enclosing['op']}, {span}, in code not exposed as a module ({first['op']}'s "
-                             f"input already departs, ratio {first['input_ratio']:.3g})"}
+                             f"input already departs, ratio {first['input_ratio']:.4g})"}
     return {"op": f"layer code {span}", "op_layer": first["layer"], "op_ratio": first["input_ratio"],
             "op_detail": f"in the layer's own code {span} ({first['op']}'s input already departs, ratio "
-                         f"{first['input_ratio']:.3g})"}
+                         f"{first['input_ratio']:.4g})"}
 
 
 def public(sub: dict[str, Any]) -> dict[str, Any]:
