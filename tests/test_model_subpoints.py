@@ -197,4 +197,37 @@ def test_taps_leave_the_modules_what_they_were() -> None:
     assert calls[(0, "layers.1")].out.shape == (3, 4) and calls[(0, "layers.1")].out.dtype == np.float32
     assert calls[(0, "layers.0")].exit < calls[(0, "layers.1")].enter
     assert np.array_equal(calls[(0, "layers.1")].out, np.array(y).reshape(3, 4))
-    assert np.array_equal(calls[(0, "layers.1")].inp, calls[(0, "layers.0")].out)
+    # The same array recorded twice in a step is stored once.
+    assert calls[(0, "layers.1")].inp is calls[(0, "layers.0")].out
+
+
+def test_torch_hooks_copy_at_once_and_share_only_unchanged_tensors() -> None:
+    """transformers' side: a tensor is copied when its module returns (an in-place op after
+    it cannot change the record), and a tensor changed in place since is not taken for the
+    copy already made (torch's ``_version``)."""
+    import torch
+
+    from conformance.dtypes import torch_to_numpy
+    from conformance.model.subpoints import attach, hook_torch_layers
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(inplace=True),
+                                                       torch.nn.Identity())])
+    trace = SubTrace(torch_to_numpy)
+    assert hook_torch_layers(layers, trace, {"2": "last"}) == 3
+
+    class Side:
+        def step(self, tokens: np.ndarray) -> Any:
+            with torch.no_grad():
+                return layers[0](torch.randn(*tokens.shape, 4))
+
+    side = Side()
+    attach(side, trace)
+    side.step(np.zeros((1, 5), dtype=np.int64))
+    calls = trace.steps[0]
+    assert sorted(op for _, op in calls) == ["0", "1", "last"]  # renamed by the alias
+    linear, relu, last = calls[(0, "0")], calls[(0, "1")], calls[(0, "last")]
+    assert linear.out.shape == (5, 6) and (linear.out < 0).any()  # the pre-ReLU copy kept
+    assert (relu.out >= 0).all() and relu.inp is not linear.out  # changed in place: converted again
+    assert last.inp is relu.out and last.out is relu.out  # the same unchanged tensor: stored once
+    assert linear.exit < relu.enter < relu.exit < last.enter

@@ -17,8 +17,12 @@ renamed to the checkpoint's names (:func:`own_aliases`).
 Each call's output (and input) must be ``[B, L, ...]`` for the step's tokens ``[B, L]``;
 it is kept as ``[B * L, D]`` rows (one per token, trailing axes flattened: a decode step
 keeps only its one token's row, as the layer capture does), float32 where the side's
-value is narrower than float64 (exact), float64 for float64 values. An output of another
-layout is not a point (noted).
+value is narrower than float64 (exact), float64 for float64 values; an array recorded
+twice in a step (a norm's output as each projection's input) is stored once. An output
+of another layout is not a point (noted). Memory: about (sum of the recorded widths) x
+tokens x 4 bytes per side (8 for the float64 oracle); Llama-3.1-8B-shaped, ~78k values
+a token a layer once shared arrays are counted once, 32 layers, a 16-token prefill and 32
+steps: ~0.5 GB per narrow side, ~1 GB for the oracle (``subpoints=False`` records none).
 
 Judging: every (step, layer, op) with the layer points' rule
 (:func:`conformance.model.bounds.check_point`: ``||cand - oracle|| <= 2 ||peer - oracle||
@@ -92,10 +96,11 @@ class SubTrace:
     _tokens: tuple[int, ...] = ()
     _counter: int = 0
     _pending: list[tuple[int, str, int, int, Any, Any]] = field(default_factory=list)
+    _seen: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = field(default_factory=dict)
 
     def begin(self, tokens: tuple[int, ...]) -> None:
         """A new step on tokens of shape ``[B, L]``."""
-        self._tokens, self._counter, self._pending = tuple(tokens), 0, []
+        self._tokens, self._counter, self._pending, self._seen = tuple(tokens), 0, [], {}
         self.steps.append({})
 
     def enter(self) -> int:
@@ -119,24 +124,37 @@ class SubTrace:
         step = self.steps[-1]
         n = sum(1 for (lay, name) in step if lay == layer and name.split("#")[0] == op)
         name = op if n == 0 else f"{op}#{n + 1}"
-        rows = _rows(self.to_np(out), self._tokens)
+        rows = self._converted(out)
         if rows is None:
             self.unshaped.add(op)
             return
-        in_rows = None if inp is None else _rows(self.to_np(inp), self._tokens)
+        in_rows = None if inp is None else self._converted(inp)
         step[(layer, name)] = Call(layer, name, enter, exit_, rows, in_rows)
+
+    def _converted(self, value: Any) -> np.ndarray | None:
+        """``value``'s rows, converted once per step: the same array recorded again (the
+        norm's output as q/k/v_proj's input, o_proj's output as self_attn's) shares them.
+        The step keeps ``value`` alive, so its ``id`` names it until :meth:`begin`."""
+        # A torch tensor changed in place since (its _version moved) is converted again.
+        key = (id(value), getattr(value, "_version", 0))
+        hit = self._seen.get(key)
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        rows = _rows(self.to_np(value), self._tokens)
+        self._seen[key] = (value, rows)
+        return rows
 
     def end(self) -> None:
         """The step is over: convert what was deferred (an array the candidate made inside
         a compiled function cannot be read: capture stops, and the result says why)."""
         pending, self._pending = self._pending, []
-        if self.failed:
-            return
         try:
-            for entry in pending:
-                self._store(entry)
+            if not self.failed:
+                for entry in pending:
+                    self._store(entry)
         except Exception as exc:  # a tracer from mx.compile, an exotic output type
             self.failed = f"{type(exc).__name__}: {exc}"
+        self._seen = {}  # the step's arrays go (their rows stay in steps)
 
 
 def _first(value: Any) -> Any:
