@@ -231,3 +231,72 @@ def test_torch_hooks_copy_at_once_and_share_only_unchanged_tensors() -> None:
     assert (relu.out >= 0).all() and relu.inp is not linear.out  # changed in place: converted again
     assert last.inp is relu.out and last.out is relu.out  # the same unchanged tensor: stored once
     assert linear.exit < relu.enter < relu.exit < last.enter
+
+
+def test_sweep_rows_show_the_op_and_the_inside_conforming_points(tmp_path: Path) -> None:
+    from conformance.model import sweep_report, sweep_triage
+    from conformance.model.sweep_run import _summary
+
+    inside = {"step": 0, "layer": 1, "op": "self_attn.indexer.k_norm", "ratio": 472.1, "passed": False}
+    judged = {"passed": True, "departure": None, "tokens": {"agree": 17, "steps": 17, "ties": 0, "flips": []},
+              "points": [{"ratio": 0.5}],
+              "subpoints": {"ops": ["input_layernorm"], "checked": 10, "departing": 1, "inside_conforming": 1,
+                            "inside_conforming_first": [inside], "points": [inside]}}
+    summary = _summary(judged)
+    assert summary["subpoints"]["inside_conforming"] == 1 and "points" not in summary["subpoints"]
+    dep = {"step": 0, "point": "layer 0", "kind": "value", "message": "m", "op": "self_attn", "op_layer": 0,
+           "op_detail": "inside self_attn, between self_attn.v_proj and self_attn.o_proj"}
+    results = [{"arch": a, "dtype": "float32", "quant": None, "label": "float32", "status": st, "reason": None,
+                "verdict": v, "legacy_keys": []}
+               for a, st, v in (("deepseek_v32", "conforms", summary),
+                                ("mistral", "departs", {"departure": dep, "tokens": {"agree": 17, "steps": 17}}))]
+    discovery = {"architectures": [], "excluded": [], "versions": {}}
+    report = sweep_report.build_report(results, candidate="mlx-lm", run={"seconds": 1, "jobs": 1},
+                                       discovery=discovery, triage=sweep_triage.triage(results))
+    sweep_report.write_sweep_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| mistral | departs | departs at step 0, layer 0, op self_attn |" in md
+    assert "| deepseek_v32 | float32 | 1 | step 0, layer 1 self_attn.indexer.k_norm (472.1) |" in md
+    page = (tmp_path / "report.html").read_text()
+    assert "departs at step 0, layer 0, op self_attn" in page and "self_attn.indexer.k_norm (472.1)" in page
+
+
+def _q_prescaled(path: Path) -> Any:
+    """The user's port with layer 0's queries made twice as large by ``q_proj`` and the
+    attention scale halved to match (a convention: the layer computes the same, exactly,
+    as a power of 2 rescales without rounding)."""
+    import mlx.core as mx
+
+    model, cache = my_port.load(path)
+    attn = model.model.layers[0].self_attn
+    attn.q_proj.weight = attn.q_proj.weight * 2.0
+    cls = type(attn)
+
+    def call(self: Any, x: Any, c: Any) -> Any:
+        b, n, _ = x.shape
+        q = self.q_proj(x).reshape(b, n, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, n, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=c.offset)
+        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.theta, scale=1.0, offset=c.offset)
+        k, v = c.update_and_fetch(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5 * self.head_dim ** -0.5,
+                                                   mask="causal" if n > 1 else None)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+    attn.__class__ = type("PrescaledAttention", (cls,), {"__call__": call})
+    return model, cache
+
+
+def test_a_sub_point_departing_inside_a_conforming_layer_is_reported_not_failed(mistral: Path) -> None:
+    """The same module name need not compute the same quantity: here ``q_proj`` returns
+    twice the oracle's queries and the layer is exact. The configuration conforms; the
+    sub-point is counted and noted."""
+    r = judge(mistral, candidate=_q_prescaled, steps=2)
+    assert r["passed"] and r["departure"] is None
+    sub = r["subpoints"]
+    bad = [(p["step"], p["layer"], p["op"]) for p in sub["points"] if not p["passed"]]
+    assert bad == [(s, 0, "self_attn.q_proj") for s in range(3)]
+    assert sub["inside_conforming"] == 3
+    assert any(n.startswith("3 sub-layer point(s) depart inside conforming layers before any departure")
+               for n in r["notes"]), r["notes"]

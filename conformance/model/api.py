@@ -299,8 +299,16 @@ def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: 
         notes.append(f"sub-layer points not judged: no decoder layers to record on the {', '.join(missing)} side")
         return None
     passed = {(p["step"], p["point"]): p["passed"] for p in points}
-    sub = judge_subpoints(traces["candidate"], traces["peer"], traces["oracle"], traces.get("probe"), dtype,
-                          lambda step, layer: passed.get((step, f"layer {layer}"), True))
+    # After the first departure every later point carries its error: only the points before
+    # it can depart "inside a conforming layer" in a meaningful sense.
+    first = None if departure is None else next(
+        ((p["step"], p["index"]) for p in points if (p["step"], p["point"]) == (departure["step"], departure["point"])),
+        None)
+
+    def clean(step: int, layer: int) -> bool:
+        return passed.get((step, f"layer {layer}"), True) and (first is None or (step, layer + 1) < first)
+
+    sub = judge_subpoints(traces["candidate"], traces["peer"], traces["oracle"], traces.get("probe"), dtype, clean)
     if sub["failed"]:
         notes.append(f"sub-layer points not judged: capture stopped ({sub['failed']})")
     elif not sub["checked"]:
@@ -312,8 +320,8 @@ def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: 
     if skipped:
         notes.append("sub-layer points skipped (" + "; ".join(skipped) + ")")
     if sub["inside_conforming"]:
-        notes.append(f"{sub['inside_conforming']} sub-layer point(s) depart inside conforming layers (reported, "
-                     "not failed: see conformance/model/subpoints.py), first "
+        notes.append(f"{sub['inside_conforming']} sub-layer point(s) depart inside conforming layers before any "
+                     "departure (reported, not failed: see conformance/model/subpoints.py), first "
                      + ", ".join(f"step {p['step']}, layer {p['layer']} {p['op']}"
                                  for p in sub["inside_conforming_first"][:3]))
     if departure is not None and departure["point"].startswith("layer ") and sub["checked"]:

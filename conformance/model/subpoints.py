@@ -37,8 +37,8 @@ fail a configuration by themselves: the same module name on two libraries need n
 the same quantity (where a scale is folded in, which layout a norm sees), so a sub-point is
 evidence for where a departure starts, not a specification; and whatever a sub-point's
 error does to the model shows at the layer outputs and logits, which are all judged. A
-sub-point that departs inside a conforming layer is counted (``inside_conforming``) and
-listed, not failed.
+sub-point that departs inside a conforming layer, before any departure, is counted
+(``inside_conforming``) and listed, not failed.
 """
 
 from __future__ import annotations
@@ -311,8 +311,9 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
     judged with :func:`conformance.model.bounds.check_point` (``probe``: the float32
     probe of a float64 configuration).
 
-    ``layer_passed(step, layer)``: whether that layer point passed (a departing sub-point
-    inside a passing layer is counted in ``inside_conforming``).
+    ``layer_passed(step, layer)``: whether that layer point passed, before the
+    configuration's first departure (a departing sub-point there is counted in
+    ``inside_conforming``; after a departure every point carries its error).
 
     Returns ``{"ops": [ops in the candidate's execution order, layer 0, step 0],
     "only_candidate", "only_oracle", "unshaped", "width_differs" (op names), "checked",
