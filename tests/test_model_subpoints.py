@@ -300,3 +300,21 @@ def test_a_sub_point_departing_inside_a_conforming_layer_is_reported_not_failed(
     assert sub["inside_conforming"] == 3
     assert any(n.startswith("3 sub-layer point(s) depart inside conforming layers before any departure")
                for n in r["notes"]), r["notes"]
+
+
+def test_row_store_keeps_exact_aligned_read_only_copies() -> None:
+    from conformance.model.subpoints import RowStore
+
+    store = RowStore()
+    store.CHUNK = 1024  # small chunks: the spill into a new map is exercised
+    rng = np.random.default_rng(0)
+    kept = []
+    for i in range(40):
+        rows = rng.standard_normal((3, 1 + i % 7)).astype(np.float32 if i % 2 else np.float64)
+        kept.append((rows.copy(), store.put(rows)))
+        rows[...] = 0  # the source changing later does not reach the copy
+    big = rng.standard_normal((4, 300))  # larger than a chunk: a map of its own
+    kept.append((big.copy(), store.put(big)))
+    for want, got in kept:
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert got.ctypes.data % got.dtype.itemsize == 0 and not got.flags.writeable

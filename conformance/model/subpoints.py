@@ -43,6 +43,7 @@ sub-point that departs inside a conforming layer, before any departure, is count
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,13 +70,58 @@ class Call:
     inp: np.ndarray | None
 
 
-def _rows(value: np.ndarray, tokens: tuple[int, ...]) -> np.ndarray | None:
-    """``value [B, L, ...]`` as ``[B * L, D]`` (float32 unless it is float64), or None for
-    another layout."""
+class RowStore:
+    """Where a trace's rows live: anonymous memory maps of ``CHUNK`` bytes, filled in order.
+
+    Why not NumPy's own arrays: the rows are thousands of small arrays that live for the
+    whole judgement, allocated between the sides' large transient ones (the float64
+    oracle's widened weight matrices, which glibc's raised mmap threshold puts on the
+    heap). From malloc's heap they pin it, so the freed large blocks cannot be returned
+    and the heap grows. Measured on SmolLM2-135M (mlx-lm, float32, prefill 16 + 8 steps,
+    ~105 MB of rows over the three sides): peak 1.63 GB without sub-points, 1.64 GB with
+    them, 2.33 GB with the rows in NumPy's arrays (and 2.1-2.4 GB while the step's
+    activations were also held to its end: :meth:`SubTrace._converted` keeps only weak
+    references). Memory maps stay off the heap, and their untouched tail costs nothing."""
+
+    CHUNK = 16 * 2**20
+
+    def __init__(self) -> None:
+        self._chunks: list[Any] = []
+        self._free = 0
+        self._buffer: Any = None
+
+    def put(self, rows: np.ndarray) -> np.ndarray:
+        """A copy of the C-contiguous ``rows`` in the store (read-only view)."""
+        import mmap
+
+        size = rows.nbytes
+        if self._buffer is None or size > self._free:
+            self._buffer = mmap.mmap(-1, max(self.CHUNK, size))
+            self._chunks.append(self._buffer)
+            self._free = len(self._buffer)
+        start = len(self._buffer) - self._free
+        # 8-byte alignment for float64 rows.
+        pad = (-start) % 8
+        if size + pad > self._free:
+            self._buffer = mmap.mmap(-1, max(self.CHUNK, size))
+            self._chunks.append(self._buffer)
+            self._free, start, pad = len(self._buffer), 0, 0
+        start += pad
+        out = np.frombuffer(self._buffer, dtype=rows.dtype, count=rows.size, offset=start).reshape(rows.shape)
+        out[...] = rows
+        self._free -= size + pad
+        out.flags.writeable = False
+        return out
+
+
+def _rows(value: np.ndarray, tokens: tuple[int, ...], store: RowStore | None = None) -> np.ndarray | None:
+    """``value [B, L, ...]`` as ``[B * L, D]`` (float32 unless it is float64; in ``store``
+    where given), or None for another layout."""
     if value.ndim < 2 or tuple(value.shape[:2]) != tokens or not np.issubdtype(value.dtype, np.floating):
         return None
-    rows = value.reshape(tokens[0] * tokens[1], -1)
-    return rows if rows.dtype == np.float64 else rows.astype(np.float32)
+    rows = np.ascontiguousarray(value.reshape(tokens[0] * tokens[1], -1))
+    rows = rows if rows.dtype == np.float64 else rows.astype(np.float32, copy=False)
+    return rows if store is None else store.put(rows)
 
 
 @dataclass
@@ -96,7 +142,8 @@ class SubTrace:
     _tokens: tuple[int, ...] = ()
     _counter: int = 0
     _pending: list[tuple[int, str, int, int, Any, Any]] = field(default_factory=list)
-    _seen: dict[tuple[int, int], tuple[Any, np.ndarray | None]] = field(default_factory=dict)
+    _seen: dict[tuple[int, int], tuple[Callable[[], Any], np.ndarray]] = field(default_factory=dict)
+    _rowstore: RowStore = field(default_factory=RowStore)
 
     def begin(self, tokens: tuple[int, ...]) -> None:
         """A new step on tokens of shape ``[B, L]``."""
@@ -134,14 +181,22 @@ class SubTrace:
     def _converted(self, value: Any) -> np.ndarray | None:
         """``value``'s rows, converted once per step: the same array recorded again (the
         norm's output as q/k/v_proj's input, o_proj's output as self_attn's) shares them.
-        The step keeps ``value`` alive, so its ``id`` names it until :meth:`begin`."""
+        Kept by weak reference: a dead one never matches."""
+        # Another layout is not read at all, nor kept: a module inside a layer may return
+        # something large (the twin widens each weight matrix to float64 in a submodule).
+        if tuple(getattr(value, "shape", ()))[:2] != self._tokens:
+            return None
         # A torch tensor changed in place since (its _version moved) is converted again.
         key = (id(value), getattr(value, "_version", 0))
         hit = self._seen.get(key)
-        if hit is not None and hit[0] is value:
+        if hit is not None and hit[0]() is value:
             return hit[1]
-        rows = _rows(self.to_np(value), self._tokens)
-        self._seen[key] = (value, rows)
+        rows = _rows(self.to_np(value), self._tokens, self._rowstore)
+        if rows is not None:
+            # A weak reference: holding the side's activations to the step's end would pin
+            # malloc's heap under the float64 oracle's widened weights (RowStore says how
+            # much); a dead one cannot match a new array reusing its id.
+            self._seen[key] = (weakref.ref(value), rows)
         return rows
 
     def end(self) -> None:
