@@ -156,8 +156,10 @@ def test_name_op_rule() -> None:
     sub = {"points": [*layer0, *layer1]}
     # A departure at layer 1 whose first departing sub-point is in layer 0 (a conforming layer).
     named = name_op(sub, 1, 1)
-    assert (named["op"], named["op_layer"]) == ("self_attn", 0)
+    assert (named["op"], named["op_layer"], named["op_in_layer"]) == ("self_attn", 0, "input_layernorm")
     assert "between self_attn.q_proj and self_attn.o_proj" in named["op_detail"]
+    assert named["op_detail"].endswith("; in layer 1 itself: input_layernorm (its output departs (ratio 50; its "
+                                       "input 0.5))")
     # Only layer 1's op departing: named itself (input conforms).
     sub = {"points": [*(dict(p, passed=True) for p in layer0), *layer1]}
     assert (name_op(sub, 1, 1)["op"], name_op(sub, 1, 1)["op_layer"]) == ("input_layernorm", 1)

@@ -446,7 +446,10 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
     already departs: then the change came before ``P`` was called, and the innermost exposed
     module enclosing ``P``'s call (by the entry and return counters) is named, with the last
     conforming sub-point before ``P`` (``self_attn``, between ``self_attn.v_proj`` and
-    ``self_attn.o_proj``); with no enclosing module, the layer's own code before ``P``."""
+    ``self_attn.o_proj``); with no enclosing module, the layer's own code before ``P``.
+    Where ``P`` is in an earlier (conforming) layer, the departing layer's own first op is
+    named too (``op_in_layer``, and at the end of the detail), as the ratios alone cannot
+    say which of the two the reader should look at first."""
     here = [p for p in sub["points"] if p["step"] == step and p["layer"] <= layer]
     first = next((p for p in here if not p["passed"]), None)
     if first is None:
@@ -455,6 +458,17 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
         return {"op": None, "op_layer": layer, "op_ratio": None,
                 "op_detail": f"no exposed sub-point departs at step {step} up to layer {layer}: the change is in "
                              f"code the candidate does not expose as a module{where}"}
+    named = _named(here, first)
+    own = next((p for p in here if p["layer"] == layer and not p["passed"]), None)
+    if first["layer"] < layer and own is not None:
+        in_layer = _named(here, own)
+        named["op_in_layer"] = in_layer["op"]
+        named["op_detail"] += f"; in layer {layer} itself: {in_layer['op']} ({in_layer['op_detail']})"
+    return named
+
+
+def _named(here: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
+    """:func:`name_op` for the departing sub-point ``first`` among the step's points ``here``."""
     same = [p for p in here if p["layer"] == first["layer"]]
     if first.get("input_passed", True):
         # The ratios say how sharp the step is: a bug jumps by orders of magnitude, error
