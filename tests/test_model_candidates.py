@@ -63,7 +63,7 @@ def test_user_port_conforms_quantized(mistral: Path) -> None:
     r = judge(mistral, candidate=f"{PORT}:load", dtype="bfloat16", quant="affine4", steps=2)
     assert r["oracle"] == "transformers" and r["passed"], r["departure"]
     # The sub-layer taps run on the quantized layers too (class-swapped QuantizedLinear).
-    assert r["subpoints"]["checked"] == 3 * LAYERS * 11 and r["subpoints"]["failed"] is None
+    assert r["subpoints"]["checked"] == 3 * (LAYERS * 11 + 2) and r["subpoints"]["failed"] is None
 
 
 @pytest.mark.parametrize(("loader", "step", "point", "op"), [
@@ -150,7 +150,7 @@ def test_mlx_lm_layers_behind_a_property(tmp_path: Path) -> None:
         "sub-layer points skipped (on the oracle only: mlp.act_fn; not [B, L, ...]: self_attn.rope)"])
     assert {p["point"] for p in r["points"]} == {"embed", "layer 0", "layer 1", "logits"}
     # The sub-layer taps sit inside the stored layers too (every layer's points judged).
-    assert {p["layer"] for p in r["subpoints"]["points"]} == {0, 1} and r["subpoints"]["departing"] == 0
+    assert {p["layer"] for p in r["subpoints"]["points"]} == {0, 1, None} and r["subpoints"]["departing"] == 0
     assert r["passed"], r["departure"]
 
 

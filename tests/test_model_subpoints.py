@@ -72,7 +72,10 @@ def test_mlx_lm_conforms_at_every_sub_point(llama: Path, oracle: str) -> None:
     sub = r["subpoints"]
     assert sub["ops"] == LLAMA_OPS
     # Every shared op of both layers at every step judged, really compared, all inside.
-    assert sub["checked"] == 3 * r["layers"] * len(LLAMA_OPS) and sub["departing"] == 0 and sub["failed"] is None
+    # ... and the head's two (the final norm, the output projection), layer None.
+    assert {p["op"] for p in sub["points"] if p["layer"] is None} == {"model.norm", "lm_head"}
+    assert sub["checked"] == 3 * (r["layers"] * len(LLAMA_OPS) + 2) and sub["departing"] == 0
+    assert sub["failed"] is None
     assert 0 < sub["worst_ratio"] <= 1
     # mlx-lm's RoPE module sees [B, heads, L, D] (not a token row); transformers' MLP has an
     # activation module the twin and mlx-lm do not: both skipped and said once.
@@ -130,7 +133,26 @@ def test_layer_code_after_the_last_module_is_said(mistral: Path) -> None:
     assert (d["step"], d["point"], d["op"]) == (0, "layer 1", None)
     assert d["op_detail"].endswith("after its last exposed module (mlp)"), d
     # Every exposed op up to layer 1 conforms at the prefill (later layers carry the change).
-    assert all(p["passed"] for p in r["subpoints"]["points"] if p["step"] == 0 and p["layer"] <= 1)
+    assert all(p["passed"] for p in r["subpoints"]["points"]
+               if p["step"] == 0 and p["layer"] is not None and p["layer"] <= 1)
+
+
+def _final_norm_eps(path: Path) -> Any:
+    """The user's port with the final norm's eps 1e-2 (config: 1e-6)."""
+    import mlx.nn as nn
+
+    model, cache = my_port.load(path)
+    weight = model.model.norm.weight
+    model.model.norm = nn.RMSNorm(weight.shape[0], eps=1e-2)
+    model.model.norm.weight = weight
+    return model, cache
+
+
+def test_a_head_bug_is_named_at_the_logits(mistral: Path) -> None:
+    r = judge(mistral, candidate=_final_norm_eps, steps=1)
+    d = r["departure"]
+    assert (d["step"], d["point"], d["op"], d["op_layer"]) == (0, "logits", "model.norm", None), d
+    assert verdict(r).startswith("departs at step 0, logits, op model.norm (its output departs")
 
 
 def test_no_subpoints_names_no_op(mistral: Path) -> None:

@@ -290,7 +290,7 @@ def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: 
     """The sub-layer points judged (:func:`conformance.model.subpoints.judge_subpoints`)
     and, where the trace departs at a layer, the op named into ``departure``; what could
     not be compared goes to ``notes`` once. None where a side recorded none."""
-    from conformance.model.subpoints import judge_subpoints, name_op, public
+    from conformance.model.subpoints import judge_subpoints, name_op, public, where
 
     missing = [k for k in ("candidate", "oracle", "peer") if traces.get(k) is None]
     if with_probe and traces.get("probe") is None:
@@ -305,10 +305,14 @@ def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: 
         ((p["step"], p["index"]) for p in points if (p["step"], p["point"]) == (departure["step"], departure["point"])),
         None)
 
-    def clean(step: int, layer: int) -> bool:
-        return passed.get((step, f"layer {layer}"), True) and (first is None or (step, layer + 1) < first)
+    n_layers = sum(1 for p in points if p["step"] == 0 and p["point"].startswith("layer "))
 
-    sub = judge_subpoints(traces["candidate"], traces["peer"], traces["oracle"], traces.get("probe"), dtype, clean)
+    def clean(step: int, layer: int) -> bool:
+        name = "logits" if layer == n_layers else f"layer {layer}"
+        return passed.get((step, name), True) and (first is None or (step, layer + 1) < first)
+
+    sub = judge_subpoints(traces["candidate"], traces["peer"], traces["oracle"], traces.get("probe"), dtype, clean,
+                          head_layer=n_layers)
     if sub["failed"]:
         notes.append(f"sub-layer points not judged: capture stopped ({sub['failed']})")
     elif not sub["checked"]:
@@ -322,10 +326,10 @@ def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: 
     if sub["inside_conforming"]:
         notes.append(f"{sub['inside_conforming']} sub-layer point(s) depart inside conforming layers before any "
                      "departure (reported, not failed: see conformance/model/subpoints.py), first "
-                     + ", ".join(f"step {p['step']}, layer {p['layer']} {p['op']}"
-                                 for p in sub["inside_conforming_first"][:3]))
-    if departure is not None and departure["point"].startswith("layer ") and sub["checked"]:
-        departure.update(name_op(sub, int(departure["step"]), int(departure["point"].split()[1])))
+                     + ", ".join(f"step {p['step']}, {where(p)} {p['op']}" for p in sub["inside_conforming_first"][:3]))
+    if departure is not None and sub["checked"] and departure["point"] != "embed":
+        layer = n_layers if departure["point"] == "logits" else int(departure["point"].split()[1])
+        departure.update(name_op(sub, int(departure["step"]), layer))
     return public(sub)
 
 

@@ -239,10 +239,10 @@ class CandidateSide:
         self.subtrace: Any = None  # the sub-layer points (conformance/model/subpoints.py)
         if found is not None:
             from conformance.dtypes import mlx_to_numpy
-            from conformance.model.subpoints import SubTrace, tap_mlx_layers
+            from conformance.model.subpoints import SubTrace, find_head, tap_mlx_layers
 
             self.subtrace = SubTrace(mlx_to_numpy, deferred=True)
-            tap_mlx_layers(found[1], self.subtrace)
+            tap_mlx_layers(found[1], self.subtrace, head=find_head(self.model))
         tapped = install_taps(self.model)
         if tapped is None:
             self.layers_path, self.n_layers, self.recorder = None, 0, None

@@ -257,18 +257,49 @@ def _unique_modules(layers: list[Any], named: Callable[[Any], list[tuple[str, An
     return [(i, name, m) for i, name, m in found if seen[id(m)] == 1]
 
 
-def tap_mlx_layers(layers: list[Any], trace: SubTrace, aliases: dict[str, str] | None = None) -> int:
+HEAD_OPS = {"model.norm": ("model.norm", "norm", "language_model.model.norm", "model.language_model.norm"),
+            "lm_head": ("lm_head", "language_model.lm_head")}
+"""The modules after the last decoder layer, by op name: the paths (from the model) where
+mlx-lm, transformers, the twin and ``mlx_impl`` keep the final norm and the output head.
+They are recorded as the "head" (layer index = the number of layers), so a departure at
+the logits is named too. A tied head that the model computes with a method
+(``embed_tokens.as_linear``) is no module call: no ``lm_head`` point there."""
+
+
+def find_head(model: Any) -> list[tuple[str, Any]]:
+    """``(op, module)`` of :data:`HEAD_OPS` that ``model`` has (the first path that
+    resolves, for each op)."""
+    found = []
+    for op, paths in HEAD_OPS.items():
+        for path in paths:
+            target: Any = model
+            try:
+                for part in path.split("."):
+                    target = getattr(target, part)
+            except AttributeError:
+                continue
+            if hasattr(target, "named_modules"):  # an MLX or torch module, not an array
+                found.append((op, target))
+                break
+    return found
+
+
+def tap_mlx_layers(layers: list[Any], trace: SubTrace, aliases: dict[str, str] | None = None,
+                   head: list[tuple[str, Any]] | None = None) -> int:
     """Record every named submodule of each MLX decoder layer in ``layers`` into
-    ``trace``: each module's class is swapped for a subclass whose ``__call__`` records
-    (nothing else of the module changes). Returns the number of modules tapped."""
+    ``trace`` (and the ``head`` modules, :func:`find_head`, as layer ``len(layers)``): each
+    module's class is swapped for a subclass whose ``__call__`` records (nothing else of
+    the module changes). Returns the number of modules tapped."""
     import mlx.core as mx
 
     count = 0
-    for layer_index, name, module in _unique_modules(layers, lambda layer: layer.named_modules()):
+    entries = _unique_modules(layers, lambda layer: layer.named_modules())
+    entries += [(len(layers), op, module) for op, module in head or []]
+    for layer_index, name, module in entries:
         cls = type(module)
         if getattr(cls, _TAPPED, False):
             continue
-        op = _renamed(name, aliases)
+        op = name if layer_index == len(layers) else _renamed(name, aliases)
 
         def call(self: Any, *args: Any, _cls: Any = cls, _layer: int = layer_index, _op: str = op,
                  **kwargs: Any) -> Any:
@@ -285,14 +316,18 @@ def tap_mlx_layers(layers: list[Any], trace: SubTrace, aliases: dict[str, str] |
     return count
 
 
-def hook_torch_layers(layers: Any, trace: SubTrace, aliases: dict[str, str] | None = None) -> int:
+def hook_torch_layers(layers: Any, trace: SubTrace, aliases: dict[str, str] | None = None,
+                      head: list[tuple[str, Any]] | None = None) -> int:
     """Forward hooks recording every named submodule of each torch decoder layer in
-    ``layers`` (a ModuleList) into ``trace``. Returns the number of modules hooked."""
+    ``layers`` (a ModuleList) into ``trace`` (and the ``head`` modules as layer
+    ``len(layers)``). Returns the number of modules hooked."""
     import torch
 
     count = 0
-    for layer_index, name, module in _unique_modules(list(layers), lambda layer: list(layer.named_modules())):
-        op = _renamed(name, aliases)
+    entries = _unique_modules(list(layers), lambda layer: list(layer.named_modules()))
+    entries += [(len(layers), op, module) for op, module in head or []]
+    for layer_index, name, module in entries:
+        op = name if layer_index == len(layers) else _renamed(name, aliases)
         stack: list[int] = []
 
         def pre(_module: Any, _args: Any, _stack: list[int] = stack) -> None:
@@ -336,16 +371,16 @@ def capture_side(side: Any, model_type: str) -> SubTrace | None:
 
     if isinstance(side, MlxSide):
         trace = SubTrace(mlx_to_numpy, deferred=True)
-        tap_mlx_layers(side.model.layers, trace, own_aliases(model_type))
+        tap_mlx_layers(side.model.layers, trace, own_aliases(model_type), find_head(side.model))
     elif isinstance(side, TwinSide):
         trace = SubTrace(torch_to_numpy)
-        hook_torch_layers(side.model.layers, trace, own_aliases(model_type))
+        hook_torch_layers(side.model.layers, trace, own_aliases(model_type), find_head(side.model))
     elif isinstance(side, HFSide):
         found = hf_layers(side.model)
         if found is None:
             return None
         trace = SubTrace(torch_to_numpy)
-        hook_torch_layers(found[1], trace)
+        hook_torch_layers(found[1], trace, head=find_head(side.model))
     else:
         return None
     attach(side, trace)
@@ -361,10 +396,12 @@ def _base(op: str) -> str:
 
 
 def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: SubTrace | None, dtype: str,
-                    layer_passed: Callable[[int, int], bool]) -> dict[str, Any]:
+                    layer_passed: Callable[[int, int], bool], head_layer: int | None = None) -> dict[str, Any]:
     """Every (step, layer, op) both the candidate and the oracle's library record,
     judged with :func:`conformance.model.bounds.check_point` (``probe``: the float32
-    probe of a float64 configuration).
+    probe of a float64 configuration). ``head_layer``: the index the head's ops
+    (:data:`HEAD_OPS`) were recorded at (the number of layers); in the returned points
+    their ``layer`` is None.
 
     ``layer_passed(step, layer)``: whether that layer point passed, before the
     configuration's first departure (a departing sub-point there is counted in
@@ -410,11 +447,11 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
     departing = [p for p in points if not p["passed"]]
     inside = [p for p in departing if layer_passed(p["step"], p["layer"])]
     return {
-        "ops": [c.op for c in layer0 if _base(c.op) in oracle_ops],
+        "ops": [c.op for c in layer0 if _base(c.op) in oracle_ops], "head_layer": head_layer,
         "only_candidate": sorted(cand_ops - oracle_ops), "only_oracle": sorted(oracle_ops - cand_ops),
         "unshaped": sorted(cand.unshaped | oracle.unshaped), "width_differs": sorted(width_differs),
         "checked": len(points), "departing": len(departing), "inside_conforming": len(inside),
-        "inside_conforming_first": [_public(p) for p in inside[:5]],
+        "inside_conforming_first": [_public(p, head_layer) for p in inside[:5]],
         "worst_ratio": max((p["ratio"] for p in points), default=0.0),
         "points": points, "failed": failed,
     }
@@ -432,13 +469,23 @@ def _check_inputs(c: Call, p: Call, o: Call, q: Call | None, dtype: str) -> Any:
     return check_point(c.inp.astype(np.float64), p.inp.astype(np.float64), o.inp.astype(np.float64), dtype, probe)
 
 
-def _public(point: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in point.items() if not k.startswith("_") and k != "message"}
+def _public(point: dict[str, Any], head_layer: int | None, message: bool = False) -> dict[str, Any]:
+    """A point for the JSON result: the counters dropped, a head op's layer None."""
+    out = {k: v for k, v in point.items() if not k.startswith("_") and (message or k != "message")}
+    if head_layer is not None and out["layer"] == head_layer:
+        out["layer"] = None
+    return out
+
+
+def where(point: dict[str, Any]) -> str:
+    """``layer L`` or ``head`` of a public point."""
+    return "head" if point.get("layer") is None else f"layer {point['layer']}"
 
 
 def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
     """The op to name for a departure at (``step``, ``layer``) from :func:`judge_subpoints`'s
-    ``sub``: ``{"op", "op_layer", "op_detail", "op_ratio"}`` (``op`` None where no exposed
+    ``sub`` (``layer``: ``sub["head_layer"]`` for a departure at the logits):
+    ``{"op", "op_layer" (None for a head op), "op_detail", "op_ratio"}`` (``op`` None where no exposed
     sub-point of layers 0..``layer`` departs at ``step``: the change is then in code the
     candidate does not expose, after its last exposed module).
 
@@ -458,12 +505,16 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
         return {"op": None, "op_layer": layer, "op_ratio": None,
                 "op_detail": f"no exposed sub-point departs at step {step} up to layer {layer}: the change is in "
                              f"code the candidate does not expose as a module{where}"}
+    head = sub.get("head_layer")
     named = _named(here, first)
     own = next((p for p in here if p["layer"] == layer and not p["passed"]), None)
     if first["layer"] < layer and own is not None:
         in_layer = _named(here, own)
         named["op_in_layer"] = in_layer["op"]
-        named["op_detail"] += f"; in layer {layer} itself: {in_layer['op']} ({in_layer['op_detail']})"
+        named["op_detail"] += (f"; in {'the head' if layer == head else f'layer {layer}'} itself: {in_layer['op']} "
+                               f"({in_layer['op_detail']})")
+    if named["op_layer"] == head:
+        named["op_layer"] = None
     return named
 
 
@@ -497,4 +548,4 @@ def _named(here: list[dict[str, Any]], first: dict[str, Any]) -> dict[str, Any]:
 def public(sub: dict[str, Any]) -> dict[str, Any]:
     """``sub`` ready for the JSON result (the entry/return counters dropped, the messages
     kept only for departing points)."""
-    return {**sub, "points": [{k: v for k, v in p.items() if not k.startswith("_")} for p in sub["points"]]}
+    return {**sub, "points": [_public(p, sub.get("head_layer"), message=True) for p in sub["points"]]}

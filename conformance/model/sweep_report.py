@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.model.report import op_text
+from conformance.model.subpoints import where
 from conformance.model.sweep_run import NO_VERDICT, VERDICTS, departure_text
 from conformance.results import write_json_atomic, write_text_atomic
 
@@ -222,7 +223,7 @@ def inside_conforming(report: dict[str, Any]) -> list[tuple[str, str, int, str]]
     for r in sorted(report["configurations"], key=lambda r: (r["arch"], r["label"])):
         sub = (r.get("verdict") or {}).get("subpoints") or {}
         if sub.get("inside_conforming"):
-            first = ", ".join(f"step {p['step']}, layer {p['layer']} {p['op']} ({p['ratio']:.4g})"
+            first = ", ".join(f"step {p['step']}, {where(p)} {p['op']} ({p['ratio']:.4g})"
                               for p in sub.get("inside_conforming_first", [])[:3])
             found.append((r["arch"], r["label"], int(sub["inside_conforming"]), first))
     return found
