@@ -223,12 +223,12 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     release(side)
     n_oracle = len(oracle_out[0][1])
     with_hidden = bool(side_out[0][1]) and n_oracle > 0
-    if side_out[0][1] and len(side_out[0][1]) != n_oracle:
+    if not n_oracle:  # the reason, whatever the candidate has
+        notes.append("logits only: the oracle's decoder layers were not found")
+    elif side_out[0][1] and len(side_out[0][1]) != n_oracle:
         with_hidden = False
         notes.append(f"logits only: the candidate has {len(side_out[0][1]) - 1} decoder layers, the oracle "
                      f"{n_oracle - 1}")
-    elif not n_oracle:
-        notes.append("logits only: the oracle's decoder layers were not found")
     routing = None  # judged only for mlx_impl against the twin (run_config): others have no router observer
     if oracle_routed:
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
