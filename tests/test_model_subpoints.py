@@ -342,3 +342,20 @@ def test_row_store_keeps_exact_aligned_read_only_copies() -> None:
     for want, got in kept:
         assert got.dtype == want.dtype and np.array_equal(got, want)
         assert got.ctypes.data % got.dtype.itemsize == 0 and not got.flags.writeable
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-subpoints"]])
+def test_cli_names_the_op_unless_told_not_to(mistral: Path, tmp_path: Path, flag: list[str]) -> None:
+    from conformance.cli import main
+
+    out = tmp_path / "out"
+    assert main(["model", str(mistral), "--candidate", f"{my_port.__name__}:load_eps_bug", "--dtype", "float32",
+                 "--steps", "0", "--prompt-len", "8", "--no-anchors", "--progress", "configs", "--out", str(out),
+                 *flag]) == 1
+    (r,) = json.loads((out / "model.json").read_text())["results"]
+    md = (out / "report.md").read_text()
+    assert "| ck float32 | FAIL | step 0, layer 2" in md
+    if flag:
+        assert "subpoints" not in r and "op input_layernorm" not in md
+    else:
+        assert r["departure"]["op"] == "input_layernorm" and "| step 0, layer 2, op input_layernorm |" in md
