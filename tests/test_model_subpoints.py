@@ -74,6 +74,7 @@ def test_mlx_lm_conforms_at_every_sub_point(llama: Path, oracle: str) -> None:
     # Every shared op of both layers at every step judged, really compared, all inside.
     # ... and the head's two (the final norm, the output projection), layer None.
     assert {p["op"] for p in sub["points"] if p["layer"] is None} == {"model.norm", "lm_head"}
+    assert sub["head_ops"] == ["model.norm", "lm_head"]
     assert sub["checked"] == 3 * (r["layers"] * len(LLAMA_OPS) + 2) and sub["departing"] == 0
     assert sub["failed"] is None
     assert 0 < sub["worst_ratio"] <= 1

@@ -29,7 +29,8 @@ Judging: every (step, layer, op) with the layer points' rule
 + 2 ulp sqrt(D)`` per token row). Sub-points NAME a departure; they do not decide the
 verdict. Where a configuration departs at (step S, layer L), the op named is the first
 sub-point, in the candidate's execution order (the order its wrapped modules return), of
-layers 0..L at step S whose output departs; where that op's input already departs, the
+layers 0..L at step S whose output departs (a departure at the logits: of every layer and
+the head, the final norm and ``lm_head``, :data:`HEAD_OPS`); where that op's input already departs, the
 change happened before it, in code the candidate does not expose as a module, and the op
 named is the innermost exposed module around it (``self_attn`` for a RoPE applied between
 ``v_proj`` and ``o_proj``; the layer's own code for a residual add). Why sub-points do not
@@ -408,6 +409,7 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
     ``inside_conforming``; after a departure every point carries its error).
 
     Returns ``{"ops": [ops in the candidate's execution order, layer 0, step 0],
+    "head_ops" (the same after the layers), "head_layer",
     "only_candidate", "only_oracle", "unshaped", "width_differs" (op names), "checked",
     "departing", "inside_conforming", "worst_ratio", "points": [{step, layer, op, ratio,
     passed, input_ratio?}] in execution order, "failed": why capture stopped or None}``.
@@ -430,7 +432,7 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
             if c.out.shape != o.out.shape or p.out.shape != o.out.shape or (q is not None and q.out.shape != o.out.shape):
                 width_differs.add(_base(c.op))
                 continue
-            check = check_point(c.out.astype(np.float64), p.out.astype(np.float64), o.out,
+            check = check_point(c.out.astype(np.float64), p.out.astype(np.float64), o.out.astype(np.float64),
                                 dtype, None if q is None else q.out.astype(np.float64))
             entry: dict[str, Any] = {"step": s, "layer": c.layer, "op": c.op, "ratio": _sig(check.ratio),
                                      "passed": check.passed}
@@ -442,13 +444,19 @@ def judge_subpoints(cand: SubTrace, peer: SubTrace, oracle: SubTrace, probe: Sub
                     entry["input_passed"] = in_check.passed
             entry["_enter"], entry["_exit"] = c.enter, c.exit
             points.append(entry)
-    layer0 = sorted((c for (lay, _), c in (cand.steps[0].items() if cand.steps else []) if lay == 0),
-                    key=lambda c: c.exit)
+    def in_order(layer: int | None) -> list[str]:
+        calls = sorted((c for (lay, _), c in (cand.steps[0].items() if cand.steps else []) if lay == layer),
+                       key=lambda c: c.exit)
+        return [c.op for c in calls if _base(c.op) in oracle_ops]
+
     departing = [p for p in points if not p["passed"]]
     inside = [p for p in departing if layer_passed(p["step"], p["layer"])]
     return {
-        "ops": [c.op for c in layer0 if _base(c.op) in oracle_ops], "head_layer": head_layer,
-        "only_candidate": sorted(cand_ops - oracle_ops), "only_oracle": sorted(oracle_ops - cand_ops),
+        "ops": in_order(0), "head_ops": in_order(head_layer) if head_layer is not None else [],
+        "head_layer": head_layer,
+        # A name one side records in another layout is "unshaped", not missing.
+        "only_candidate": sorted(cand_ops - oracle_ops - oracle.unshaped),
+        "only_oracle": sorted(oracle_ops - cand_ops - cand.unshaped),
         "unshaped": sorted(cand.unshaped | oracle.unshaped), "width_differs": sorted(width_differs),
         "checked": len(points), "departing": len(departing), "inside_conforming": len(inside),
         "inside_conforming_first": [_public(p, head_layer) for p in inside[:5]],
