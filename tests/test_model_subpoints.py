@@ -186,6 +186,12 @@ def test_name_op_rule() -> None:
     # Only layer 1's op departing: named itself (input conforms).
     sub = {"points": [*(dict(p, passed=True) for p in layer0), *layer1]}
     assert (name_op(sub, 1, 1)["op"], name_op(sub, 1, 1)["op_layer"]) == ("input_layernorm", 1)
+    # Nothing of the departing layer itself departs: said, with its last exposed op.
+    quiet = {"points": [*layer0, dict(layer1[0], passed=True)]}
+    named = name_op(quiet, 1, 1)
+    assert (named["op"], named["op_layer"], named["op_in_layer"]) == ("self_attn", 0, None)
+    assert named["op_detail"].endswith("; no exposed op of layer 1 itself departs (the change there is after "
+                                       "input_layernorm)")
     # Another step's departures do not name this one.
     assert name_op(sub, 0, 1)["op"] is None
     # The report and the sweep's cell say where.

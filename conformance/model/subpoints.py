@@ -516,11 +516,16 @@ def name_op(sub: dict[str, Any], step: int, layer: int) -> dict[str, Any]:
     head = sub.get("head_layer")
     named = _named(here, first)
     own = next((p for p in here if p["layer"] == layer and not p["passed"]), None)
+    there = "the head" if layer == head else f"layer {layer}"
     if first["layer"] < layer and own is not None:
         in_layer = _named(here, own)
         named["op_in_layer"] = in_layer["op"]
-        named["op_detail"] += (f"; in {'the head' if layer == head else f'layer {layer}'} itself: {in_layer['op']} "
-                               f"({in_layer['op_detail']})")
+        named["op_detail"] += f"; in {there} itself: {in_layer['op']} ({in_layer['op_detail']})"
+    elif first["layer"] < layer:
+        last = next((p["op"] for p in reversed(here) if p["layer"] == layer), None)
+        named["op_in_layer"] = None
+        named["op_detail"] += (f"; no exposed op of {there} itself departs"
+                               + (f" (the change there is after {last})" if last else ""))
     if named["op_layer"] == head:
         named["op_layer"] = None
     return named
