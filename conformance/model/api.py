@@ -74,7 +74,7 @@ def choose_oracle(model_type: str, oracle: str) -> str:
 def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype: str = "float32",
           quant: str | None = None, steps: int = 16, prompt_len: int = 8, seed: int = 0,
           anchors: bool = False, progress: bool = False, oracle: str = "auto", prompt: str | None = None,
-          chat_template: bool = True) -> dict[str, Any]:
+          chat_template: bool = True, subpoints: bool = True) -> dict[str, Any]:
     """Judge ``candidate`` on ``checkpoint`` in ``dtype`` (and quantized mode ``quant``).
 
     The checkpoint is rounded to ``dtype`` (and quantized) once, into a temporary folder
@@ -101,13 +101,20 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         oracle: ``"auto"``, ``"twin"`` or ``"transformers"`` (:func:`choose_oracle`).
         prompt: a text prompt instead of random ids, tokenized by the checkpoint's own
             tokenizer, through its chat template unless ``chat_template`` is False.
+        subpoints: record the named modules inside each decoder layer on the candidate
+            and the oracle's library (:mod:`conformance.model.subpoints`) and name the op
+            where a configuration departs (not for ``mlx_impl`` against the twin, whose
+            departures :mod:`conformance.model.attribution` names).
 
     Returns:
         The JSON-ready result of :func:`conformance.model.harness.run_config` (``passed``,
         ``departure`` = {step, point, kind, message} or None, ``tokens`` = {agree, steps,
         ties, flips, ...}, ``points``, ``layers``, ``routing``, ``anchors`` ...) plus
         ``candidate`` (its spec), ``oracle`` (``"twin"`` or ``"transformers"``),
-        ``hidden_states`` (whether per-layer points were judged) and ``notes``.
+        ``hidden_states`` (whether per-layer points were judged) and ``notes``; with
+        ``subpoints``, ``subpoints`` (:func:`conformance.model.subpoints.judge_subpoints`)
+        and, on a departure at a layer, ``departure["op"]``, ``["op_layer"]``,
+        ``["op_detail"]`` (:func:`conformance.model.subpoints.name_op`).
 
     Raises:
         CandidateLoadError: the candidate cannot be imported, built or loaded, or crashes.
@@ -139,13 +146,14 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         return judge_derived(ck, derived, work, model_type=str(config.get("model_type", "?")),
                              candidate=resolved, oracle=oracle, dtype=dtype, quant=quant, steps=steps,
                              prompt_len=prompt_len, seed=seed, anchors=anchors and not prequantized,
-                             progress=progress, prompt_ids=ids)
+                             progress=progress, prompt_ids=ids, subpoints=subpoints)
 
 
 def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                   oracle: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int = 0,
                   anchors: bool = False, progress: bool = False, mutant: Mutant | None = None,
-                  prompt_ids: np.ndarray | None = None, capture_dir: Path | None = None) -> dict[str, Any]:
+                  prompt_ids: np.ndarray | None = None, capture_dir: Path | None = None,
+                  subpoints: bool = True) -> dict[str, Any]:
     """:func:`judge` on a checkpoint already derived (``derived``, from ``checkpoint``);
     temporary copies go under ``work``. ``mutant`` plants a bug in ``mlx_impl`` (twin
     oracle only); ``prompt_ids`` ``[1, L]`` prefill instead of random ids; ``capture_dir``
@@ -170,17 +178,21 @@ def judge_derived(checkpoint: Path, derived: Path, work: Path, *, model_type: st
                          f"candidate {candidate.name!r} with the {kind} oracle.")
     return _judge_generic(checkpoint, derived, work, model_type=model_type, candidate=candidate, kind=kind,
                           dtype=dtype, quant=quant, steps=steps, prompt_len=prompt_len, seed=seed,
-                          anchors=anchors, progress=progress, prompt_ids=prompt_ids, mlx_lm=mlx_lm)
+                          anchors=anchors, progress=progress, prompt_ids=prompt_ids, mlx_lm=mlx_lm,
+                          subpoints=subpoints)
 
 
 def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: str, candidate: Candidate,
                    kind: str, dtype: str, quant: str | None, steps: int, prompt_len: int, seed: int,
                    anchors: bool, progress: bool, prompt_ids: np.ndarray | None = None,
-                   mlx_lm: MlxLmQuantized | None = None) -> dict[str, Any]:
+                   mlx_lm: MlxLmQuantized | None = None, subpoints: bool = True) -> dict[str, Any]:
     """Any candidate against either oracle: the flow of ``run_config`` with pluggable sides.
     ``mlx_lm``: the candidate loads mlx-lm's own quantized conversion, the transformers
     oracle and peer its dequantized values in transformers' layout (the twin reads ``derived``,
-    proved equal by :func:`conformance.model.mlx_lm_layout.prepare`)."""
+    proved equal by :func:`conformance.model.mlx_lm_layout.prepare`). With ``subpoints``, each
+    side's sub-layer points are recorded and judged, naming the op where the configuration
+    departs (:mod:`conformance.model.subpoints`)."""
+    from conformance.model.subpoints import capture_side
     if dtype == "float64" and quant is not None:
         raise ValueError("[judge] float64 is a dense test dtype: quantized layers take no float64.")
     label = derived.name
@@ -189,8 +201,12 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     prompt = choose_prompt(checkpoint, seed, prompt_len, prompt_ids)
     prompt_len = prompt.shape[1]
     # The candidate first: one that cannot load fails before the oracle's decode.
-    side = _candidate_side(mlx_lm.converted if mlx_lm else derived, candidate)
+    side = _candidate_side(mlx_lm.converted if mlx_lm else derived, candidate, subpoints)
     oracle = _oracle_side(derived, work, kind, notes, mlx_lm)
+    traces: dict[str, Any] = {}
+    if subpoints:
+        traces["candidate"] = getattr(side, "subtrace", None) or capture_side(side, model_type)
+        traces["oracle"] = capture_side(oracle, model_type)
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     if getattr(oracle, "narrow_outputs", None):
         notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
@@ -201,6 +217,9 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     oracle_routed = isinstance(oracle, TwinSide) and any(oracle.routing.steps)
     release(oracle)  # each side's weights go before the next loads (conformance/model/memory.py)
     peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force, mlx_lm)
+    if subpoints:
+        traces["peer"] = capture_side(peer, model_type)
+        traces["probe"] = capture_side(prober, model_type) if prober is not None else None
     peer_out = _replay(peer, inputs, progress, label)
     release(peer)
     probe_out = None
@@ -217,12 +236,12 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     release(side)
     n_oracle = len(oracle_out[0][1])
     with_hidden = bool(side_out[0][1]) and n_oracle > 0
-    if side_out[0][1] and len(side_out[0][1]) != n_oracle:
+    if not n_oracle:  # the reason, whatever the candidate has
+        notes.append("logits only: the oracle's decoder layers were not found")
+    elif side_out[0][1] and len(side_out[0][1]) != n_oracle:
         with_hidden = False
         notes.append(f"logits only: the candidate has {len(side_out[0][1]) - 1} decoder layers, the oracle "
                      f"{n_oracle - 1}")
-    elif not n_oracle:
-        notes.append("logits only: the oracle's decoder layers were not found")
     routing = None  # judged only for mlx_impl against the twin (run_config): others have no router observer
     if oracle_routed:
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
@@ -230,6 +249,9 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,
                                      probe_out=probe_out)
     tokens = _tokens(side_out, peer_out, oracle_out, dtype, probe_out)
+    sub = None
+    if subpoints and with_hidden:
+        sub = _subpoints(traces, points, departure, dtype, probe_out is not None, notes)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
@@ -242,6 +264,8 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     elif anchors:
         notes.append("anchors not run: transformers is the oracle here")
     result.update(candidate=candidate.name, oracle=kind, hidden_states=with_hidden, notes=notes)
+    if sub is not None:
+        result["subpoints"] = sub
     return conclude(result, started, label, f"{candidate.name} vs {kind}: ")
 
 
@@ -287,11 +311,59 @@ def _peer_sides(checkpoint: Path, derived: Path, work: Path, kind: str, dtype: s
     return peer, (HFSide(probe_ck, "native", "transformers-float32") if probe_ck else None)
 
 
-def _candidate_side(derived: Path, candidate: Candidate) -> Side:
+def _subpoints(traces: dict[str, Any], points: list[dict[str, Any]], departure: dict[str, Any] | None,
+               dtype: str, with_probe: bool, notes: list[str]) -> dict[str, Any] | None:
+    """The sub-layer points judged (:func:`conformance.model.subpoints.judge_subpoints`)
+    and, where the trace departs at a layer, the op named into ``departure``; what could
+    not be compared goes to ``notes`` once. None where a side recorded none."""
+    from conformance.model.subpoints import judge_subpoints, name_op, public, where
+
+    missing = [k for k in ("candidate", "oracle", "peer") if traces.get(k) is None]
+    if with_probe and traces.get("probe") is None:
+        missing.append("probe")
+    if missing:
+        notes.append(f"sub-layer points not judged: no decoder layers to record on the {', '.join(missing)} side")
+        return None
+    passed = {(p["step"], p["point"]): p["passed"] for p in points}
+    # After the first departure every later point carries its error: only the points before
+    # it can depart "inside a conforming layer" in a meaningful sense.
+    first = None if departure is None else next(
+        ((p["step"], p["index"]) for p in points if (p["step"], p["point"]) == (departure["step"], departure["point"])),
+        None)
+
+    n_layers = sum(1 for p in points if p["step"] == 0 and p["point"].startswith("layer "))
+
+    def clean(step: int, layer: int) -> bool:
+        name = "logits" if layer == n_layers else f"layer {layer}"
+        return passed.get((step, name), True) and (first is None or (step, layer + 1) < first)
+
+    sub = judge_subpoints(traces["candidate"], traces["peer"], traces["oracle"], traces.get("probe"), dtype, clean,
+                          head_layer=n_layers)
+    if sub["failed"]:
+        notes.append(f"sub-layer points not judged: capture stopped ({sub['failed']})")
+    elif not sub["checked"]:
+        notes.append("sub-layer points not judged: the candidate and the oracle share no module name inside "
+                     "their decoder layers")
+    skipped = [f"{what} {', '.join(sub[key])}" for key, what in (
+        ("only_candidate", "on the candidate only:"), ("only_oracle", "on the oracle only:"),
+        ("unshaped", "not [B, L, ...]:"), ("width_differs", "widths differ:")) if sub[key]]
+    if skipped:
+        notes.append("sub-layer points skipped (" + "; ".join(skipped) + ")")
+    if sub["inside_conforming"]:
+        notes.append(f"{sub['inside_conforming']} sub-layer point(s) depart inside conforming layers before any "
+                     "departure (reported, not failed: see conformance/model/subpoints.py), first "
+                     + ", ".join(f"step {p['step']}, {where(p)} {p['op']}" for p in sub["inside_conforming_first"][:3]))
+    if departure is not None and sub["checked"] and departure["point"] != "embed":
+        layer = n_layers if departure["point"] == "logits" else int(departure["point"].split()[1])
+        departure.update(name_op(sub, int(departure["step"]), layer))
+    return public(sub)
+
+
+def _candidate_side(derived: Path, candidate: Candidate, subpoints: bool = True) -> Side:
     """The candidate's side. ``mlx_impl`` comes here only with the transformers oracle
     (against the twin it is ``run_config``'s), so no expert choices are forced on it."""
     if candidate.loader is not None:
-        return CandidateSide(derived, candidate)
+        return CandidateSide(derived, candidate, subpoints)
     try:
         return MlxSide(derived)
     except Exception as exc:  # mlx_impl cannot build this architecture

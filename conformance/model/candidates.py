@@ -18,7 +18,9 @@ stream: layer 0's input and each layer's output, before the final norm). A list 
 model stores is preferred to one a property computes (mlx-lm's ``Model.layers`` is often
 a slice: a copy). Where no layers are found, or the forward pass does not call every
 tapped layer at the first step, the candidate is judged on its logits only, and the
-result's notes say so.
+result's notes say so. Inside each layer, every named submodule is recorded too
+(:mod:`conformance.model.subpoints`), so a departure is named down to the op the
+candidate exposes.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class CandidateSide:
     ``notes``: what the result should say about this candidate (logits only, and why).
     """
 
-    def __init__(self, path: Path, candidate: Candidate) -> None:
+    def __init__(self, path: Path, candidate: Candidate, subpoints: bool = True) -> None:
         if candidate.loader is None:
             raise ValueError("[candidate] mlx_impl is run by conformance.model.sides.MlxSide.")
         self.name = candidate.name
@@ -233,6 +235,14 @@ class CandidateSide:
                                          "from the loader.") from exc
         self.cache = cache
         # Taps after the cache: a make_cache that inspects the layers sees the candidate's own.
+        found = find_layers(self.model) if subpoints else None
+        self.subtrace: Any = None  # the sub-layer points (conformance/model/subpoints.py)
+        if found is not None:
+            from conformance.dtypes import mlx_to_numpy
+            from conformance.model.subpoints import SubTrace, find_head, tap_mlx_layers
+
+            self.subtrace = SubTrace(mlx_to_numpy, deferred=True)
+            tap_mlx_layers(found[1], self.subtrace, head=find_head(self.model))
         tapped = install_taps(self.model)
         if tapped is None:
             self.layers_path, self.n_layers, self.recorder = None, 0, None
@@ -250,6 +260,8 @@ class CandidateSide:
 
         if self.recorder is not None:
             self.recorder.clear()
+        if self.subtrace is not None:
+            self.subtrace.begin(tuple(tokens.shape))
         try:
             logits = self.model(mx.array(tokens.astype(np.int32)), cache=self.cache)
             hidden: list[Any] = []
@@ -262,10 +274,12 @@ class CandidateSide:
                             f"layers at model.{self.layers_path} (every one at step 0).")
                     self.notes.append(f"logits only: the forward pass called {called} of the {self.n_layers} "
                                       f"layers found at model.{self.layers_path}")
-                    self.recorder = None
+                    self.recorder = self.subtrace = None
                 else:
                     hidden = [self.recorder.embed, *(self.recorder.outputs[i] for i in range(self.n_layers))]
             mx.eval(logits, *hidden)
+            if self.subtrace is not None:
+                self.subtrace.end()
         except CandidateLoadError:
             raise
         except Exception as exc:  # the candidate crashing is its failure, not the harness's

@@ -5,6 +5,7 @@ model conformance and write the report.
         [--steps 32] [--prompt-len 16] [--quantize affine4,mxfp4,...|all]
         [--quant-dtype float32] [--out DIR] [--no-anchors] [--mutant NAME]
         [--candidate mlx_impl|mlx-lm|package.module:function] [--oracle auto|twin|transformers]
+        [--no-subpoints]
     python -m conformance model --tiny [llama,qwen3,...|all] [--dit] ...
     python -m conformance model --fixture smollm2-135m-instruct [--prompt TEXT ...|--prompt-file FILE]
         [--no-chat-template] ...
@@ -64,6 +65,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--oracle", default="auto", choices=("auto", "twin", "transformers"),
                    help="float64 oracle: the twin where it implements the architecture (auto), else "
                         "transformers' own model made float64 (conformance/model/hf_sides.py)")
+    p.add_argument("--no-subpoints", action="store_true",
+                   help="a candidate other than mlx_impl-vs-twin: do not record the modules inside each decoder "
+                        "layer (the op a departure starts at is then not named; conformance/model/subpoints.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tune", action="store_true",
                    help="keep MLX's CPU back end as shipped (default: mlx_impl.cpu_backend.tune_cpu)")
@@ -180,7 +184,7 @@ def execute(task: Task, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                           quant=task.quant, steps=args.steps, prompt_len=args.prompt_len, seed=args.seed,
                           mutant=ALL_MUTANTS[args.mutant](None) if args.mutant else None,
                           anchors=not args.no_anchors and not prequantized, progress=args.progress == "steps",
-                          prompt_ids=prompt_ids,
+                          prompt_ids=prompt_ids, subpoints=not getattr(args, "no_subpoints", False),
                           capture_dir=Path(args.capture_dir) if getattr(args, "capture_dir", None) else None)
     except (CandidateLoadError, OracleLoadError) as exc:
         # This configuration cannot be judged; the others still run and the report says why.
@@ -223,6 +227,7 @@ def _child_args(args: argparse.Namespace) -> list[str]:
     out += ["--no-anchors"] if args.no_anchors else []
     out += ["--no-tune"] if args.no_tune else []
     out += ["--no-chat-template"] if args.no_chat_template else []
+    out += ["--no-subpoints"] if getattr(args, "no_subpoints", False) else []
     out += ["--mutant", args.mutant] if args.mutant else []
     out += ["--candidate", args.candidate, "--oracle", args.oracle]
     out += ["--capture-dir", args.capture_dir] if getattr(args, "capture_dir", None) else []

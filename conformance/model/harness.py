@@ -387,7 +387,8 @@ def conclude(result: dict[str, Any], started: float, label: str, sides: str = ""
     result["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)
     _log(True, f"  [{label}] {sides}{'PASS' if result['passed'] else 'FAIL'} in {result['seconds']} s; "
          f"tokens {tokens['agree']}/{tokens['steps']} agree"
-         + (f"; departs at step {departure['step']}, {departure['point']}" if departure else ""))
+         + (f"; departs at step {departure['step']}, {departure['point']}" if departure else "")
+         + (f", op {departure['op']}" if departure and departure.get("op") else ""))
     return result
 
 

@@ -114,7 +114,7 @@ def _plots(r: dict[str, Any]) -> str:
 
 def _departure(r: dict[str, Any]) -> str:
     d = r["departure"]
-    return "none" if d is None else f"step {d['step']}, {d['point']}"
+    return "none" if d is None else f"step {d['step']}, {d['point']}{op_text(d)}"
 
 
 def _tokens(r: dict[str, Any]) -> str:
@@ -161,13 +161,27 @@ CAUSES = {"mlx-backend": "MLX back end", "port": "the port (mlx_impl)", "bound":
 """A departure's ``cause`` (set by the cause analysis) as the report words it."""
 
 
+def op_text(d: dict[str, Any]) -> str:
+    """``, op OP`` of a departure (``, op OP in layer K`` where the op named is in an
+    earlier layer than the departing point: :func:`conformance.model.subpoints.name_op`),
+    or ``""``."""
+    if not d.get("op"):
+        return ""
+    layer = d.get("op_layer")
+    elsewhere = layer is not None and d.get("point") != f"layer {layer}"
+    return f", op {d['op']}" + (f" in layer {layer}" if elsewhere else "")
+
+
 def _cause(d: dict[str, Any]) -> str:
-    """``, op OP: CAUSE (detail)`` of a departure, as much as it carries."""
-    text = f", op {d['op']}" if d.get("op") else ""
+    """``, op OP: CAUSE (detail)`` of a departure, as much as it carries (a candidate's
+    sub-layer op: ``, op OP (detail)``)."""
+    text = op_text(d)
     if d.get("cause"):
         text += f": {CAUSES.get(d['cause'], d['cause'])}"
         if d.get("cause_detail"):
             text += f" ({' '.join(str(d['cause_detail']).split())})"
+    elif d.get("op_detail"):
+        text += f" ({' '.join(str(d['op_detail']).split())})"
     return text
 
 

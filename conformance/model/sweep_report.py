@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conformance.model.report import op_text
+from conformance.model.subpoints import where
 from conformance.model.sweep_run import NO_VERDICT, VERDICTS, departure_text
 from conformance.results import write_json_atomic, write_text_atomic
 
@@ -59,8 +61,7 @@ def cell_text(r: dict[str, Any]) -> str:
     if status == "departs":
         dep = (r.get("verdict") or {}).get("departure")
         if dep:
-            op = f" [{dep['op']}]" if dep.get("op") else ""
-            return f"departs at step {dep.get('step')}, {dep.get('point')}{op}"
+            return f"departs at step {dep.get('step')}, {dep.get('point')}{op_text(dep)}"
         return "departs: " + departure_text(r.get("verdict") or {})
     return _STATUS_TEXT.get(status, status)
 
@@ -194,6 +195,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Untriaged", "", "| architecture | configuration | status | reason |", "|---|---|---|---|"]
         out += [f"| {u['arch']} | {u['label']} | {u['status']} | {_md(_first_line(u['reason']))} |"
                 for u in report["triage"]["untriaged"]]
+    inside = inside_conforming(report)
+    if inside:
+        out += ["", f"## {INSIDE_TITLE}", "", INSIDE_NOTE, "",
+                "| architecture | configuration | points | first |", "|---|---|---|---|"]
+        out += [f"| {a} | {c} | {n} | {_md(first)} |" for a, c, n, first in inside]
     if report["discovery"].get("excluded"):
         out += ["", "## Excluded", ""]
         out += [f"- {e['model_type']}: {e['reason']}" for e in report["discovery"]["excluded"]]
@@ -202,6 +208,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", f"Configs carry transformers-4 spellings next to transformers 5's ({', '.join(legacy)}); "
                 "see the finding `rope-parameters`.", ""]
     return "\n".join(out) + "\n"
+
+
+INSIDE_TITLE = "Sub-layer points departing inside conforming layers"
+INSIDE_NOTE = ("An op inside a layer (conformance/model/subpoints.py) outside the bound while its layer's output "
+               "conforms, before the configuration's first departure: reported, not failed (the same module name in two libraries need not compute the same "
+               "quantity; what the op's error does to the model shows at the judged layer outputs).")
+
+
+def inside_conforming(report: dict[str, Any]) -> list[tuple[str, str, int, str]]:
+    """``(arch, configuration, count, the first few as 'step S, layer L op (ratio R)')`` of
+    every configuration whose sub-layer points depart inside conforming layers."""
+    found = []
+    for r in sorted(report["configurations"], key=lambda r: (r["arch"], r["label"])):
+        sub = (r.get("verdict") or {}).get("subpoints") or {}
+        if sub.get("inside_conforming"):
+            first = ", ".join(f"step {p['step']}, {where(p)} {p['op']} ({p['ratio']:.4g})"
+                              for p in sub.get("inside_conforming_first", [])[:3])
+            found.append((r["arch"], r["label"], int(sub["inside_conforming"]), first))
+    return found
 
 
 def _md(text: str) -> str:
@@ -258,6 +283,12 @@ def render_html(report: dict[str, Any]) -> str:
                      "<th>reason</th></tr>")
         parts += [f"<tr><td>{e(u['arch'])}</td><td>{e(u['label'])}</td><td>{e(u['status'])}</td>"
                   f"<td>{e(_first_line(u['reason'], 400))}</td></tr>" for u in report["triage"]["untriaged"]]
+        parts.append("</table>")
+    inside = inside_conforming(report)
+    if inside:
+        parts.append(f"<h2>{e(INSIDE_TITLE)}</h2><p>{e(INSIDE_NOTE)}</p><table><tr><th>architecture</th>"
+                     "<th>configuration</th><th>points</th><th>first</th></tr>")
+        parts += [f"<tr><td>{e(a)}</td><td>{e(c)}</td><td>{n}</td><td>{e(first)}</td></tr>" for a, c, n, first in inside]
         parts.append("</table>")
     if report["discovery"].get("excluded"):
         parts.append("<h2>Excluded</h2><table><tr><th>model_type</th><th>reason</th></tr>")

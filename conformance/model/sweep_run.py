@@ -128,6 +128,9 @@ def _summary(verdict: dict[str, Any]) -> dict[str, Any]:
     points = verdict.get("points") or []
     if points:
         out["worst_ratio"] = max(p.get("ratio", 0.0) for p in points)
+    sub = verdict.get("subpoints")
+    if isinstance(sub, dict):  # the sub-layer points' summary, without their trace
+        out["subpoints"] = {k: v for k, v in sub.items() if k != "points"}
     return out
 
 
@@ -185,11 +188,15 @@ def run_configuration(cfg: Configuration, *, results: Path, work: Path, candidat
 
 
 def departure_text(verdict: dict[str, Any]) -> str:
-    """``step 0, layer 1 (kind): message`` of a departing verdict, or its first token flip."""
+    """``step 0, layer 1, op OP (kind) [op detail]: message`` of a departing verdict, or its first
+    token flip."""
     dep = verdict.get("departure")
     if dep:
+        from conformance.model.report import op_text
+
         kind = f" ({dep['kind']})" if dep.get("kind") else ""
-        return f"step {dep.get('step')}, {dep.get('point')}{kind}: {dep.get('message', '')}".strip()
+        detail = f" [{' '.join(str(dep['op_detail']).split())}]" if dep.get("op_detail") else ""
+        return f"step {dep.get('step')}, {dep.get('point')}{op_text(dep)}{kind}{detail}: {dep.get('message', '')}".strip()
     tok = verdict.get("tokens") or {}
     flip = tok.get("first_flip")
     if flip:
