@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 from conformance.model.errors import OracleLoadError
 
 HF_LAYER_PATHS = ("model.layers", "model.language_model.layers", "model.decoder.layers", "transformer.h",
+                  "gpt_neox.layers", "backbone.layers",
                   "layers")
 """Where transformers' causal LMs keep their decoder layers (attribute paths)."""
 
