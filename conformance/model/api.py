@@ -191,6 +191,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     # The candidate first: one that cannot load fails before the oracle's decode.
     side = _candidate_side(mlx_lm.converted if mlx_lm else derived, candidate)
     oracle = _oracle_side(derived, work, kind, notes, mlx_lm)
+    indexers = _dsa_logs(side, oracle)  # DeepSeek Sparse Attention: the oracle's keys for every side
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     if getattr(oracle, "narrow_outputs", None):
         notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
@@ -201,6 +202,15 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     oracle_routed = isinstance(oracle, TwinSide) and any(oracle.routing.steps)
     release(oracle)  # each side's weights go before the next loads (conformance/model/memory.py)
     peer, prober = _peer_sides(checkpoint, derived, work, kind, dtype, force, mlx_lm)
+    peer_indexer = None
+    if indexers is not None:
+        from conformance.model.dsa_indexer import install_hf
+
+        side_indexer, oracle_indexer = indexers
+        side_indexer.force = oracle_indexer.own
+        peer_indexer = install_hf(peer.model, oracle_indexer.own)  # type: ignore[attr-defined]
+        if prober is not None:
+            install_hf(prober.model, oracle_indexer.own)  # type: ignore[attr-defined]
     peer_out = _replay(peer, inputs, progress, label)
     release(peer)
     probe_out = None
@@ -227,6 +237,15 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     if oracle_routed:
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
                      "shows as a departure at that layer")
+    indexer = None
+    if indexers is not None and peer_indexer is not None:
+        from conformance.model.dsa_indexer import judge_selections
+
+        indexer = judge_selections(indexers[0], peer_indexer, indexers[1], dtype)
+        notes.append(f"DSA indexer: {indexer['ties']} ties / {indexer['rows']} query-layers"
+                     + (f", {len(indexer['flips'])} FLIPS" if indexer["flips"] else "")
+                     + f" (transformers' peer: {indexer['twin_departures']} departures); every side attends "
+                     "to the oracle's keys")
     points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,
                                      probe_out=probe_out)
     tokens = _tokens(side_out, peer_out, oracle_out, dtype, probe_out)
@@ -234,7 +253,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
         "layers": max(n_oracle - 1, 0), "points": points, "departure": departure,
-        "tokens": tokens, "anchors": [], "routing": routing,
+        "tokens": tokens, "anchors": [], "routing": routing, "indexer": indexer,
     }
     if anchors and kind == "twin":
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs, peer_out,
@@ -243,6 +262,24 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
         notes.append("anchors not run: transformers is the oracle here")
     result.update(candidate=candidate.name, oracle=kind, hidden_states=with_hidden, notes=notes)
     return conclude(result, started, label, f"{candidate.name} vs {kind}: ")
+
+
+def _dsa_logs(side: Side, oracle: Side) -> tuple[Any, Any] | None:
+    """``(candidate's, oracle's)`` DSA indexer logs (:mod:`conformance.model.dsa_indexer`)
+    where transformers' oracle has DeepSeek Sparse Attention indexers and the candidate is
+    mlx-lm's model with its own; None otherwise (a different choice of keys then shows as a
+    departure at that layer, and a note says so)."""
+    from conformance.model.dsa_indexer import hf_indexers, install_hf, install_mlx_lm
+
+    model = getattr(oracle, "model", None)
+    if not isinstance(side, CandidateSide) or model is None or not hf_indexers(model):
+        return None
+    side_log = install_mlx_lm(side.model)
+    if side_log is None:
+        side.notes.append("DSA indexer not judged: the candidate has no mlx-lm indexer (self_attn.indexer); a "
+                          "different choice of keys shows as a departure at that layer")
+        return None
+    return side_log, install_hf(model)
 
 
 def _dense_for_transformers(derived: Path, out: Path, precision: str, mlx_lm: MlxLmQuantized | None) -> Path:
