@@ -104,3 +104,11 @@ def test_planted_indexer_bug_is_a_flip(dsa: Path, bug: str, monkeypatch: pytest.
     # every side attends to the oracle's keys, so the values conform: only the choice fails
     assert not result["passed"] and result["departure"] is None
     assert len(result["indexer"]["flips"]) > 10
+
+
+def test_same_keys_ignores_order_only() -> None:
+    from conformance.model.dsa_indexer import same_keys
+
+    assert same_keys(np.array([[3, 1], [0, 2]]), np.array([[1, 3], [2, 0]]))
+    assert not same_keys(np.array([[3, 1], [0, 2]]), np.array([[1, 3], [2, 1]]))
+    assert not same_keys(np.array([[3, 1]]), np.array([[1, 3], [2, 0]]))

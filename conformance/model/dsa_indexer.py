@@ -12,8 +12,9 @@ for key 15: a 9.2x departure; transformers' own bfloat16 peer keeps a different 
 the oracle in 2 of the 34 (step, layer) choices of that run).
 
 So, as the twin's routing does for expert choices (:mod:`conformance.model.harness`):
-every side continues with the ORACLE's keys (the peer and the candidate compute their own
-choice, which is recorded, then attend to the oracle's), so hidden states stay comparable
+every side continues with the ORACLE's keys where its own differ (the peer and the
+candidate compute their own choice, which is recorded, then attend to the oracle's keys
+if it is another set), so hidden states stay comparable
 and are judged as usual; and each side's own choice is judged on its own
 (:func:`judge_selections`): where it differs from the oracle's it must be a tie
 (:func:`conformance.model.bounds.selection_flip_is_tie`), else it is a flip and fails.
@@ -53,6 +54,13 @@ class IndexerLog:
             raise RuntimeError(f"[dsa indexer] call {i} has no forced choice: the oracle made {len(self.force)} "
                                "indexer calls (the sides must replay the same steps).")
         return self.force[i]
+
+
+def same_keys(own: np.ndarray, forced: np.ndarray) -> bool:
+    """Whether two choices ``[S, k]`` keep the same keys in every row (in any order): a side
+    whose choice is the oracle's runs untouched (the order of the keys is its own, and it
+    changes the order of its attention's sums)."""
+    return own.shape == forced.shape and all(set(a.tolist()) == set(b.tolist()) for a, b in zip(own, forced, strict=True))
 
 
 def hf_indexers(model: Any) -> list[Any]:
@@ -95,8 +103,9 @@ def install_hf(model: Any, force: list[np.ndarray] | None = None) -> IndexerLog 
                                    "reads its scores there.")
             forced = log.forced()
             log.scores.append(mode.scores[0].detach().to(torch.float64).cpu().numpy().copy())
-            log.own.append(out[0].detach().cpu().numpy().astype(np.int64).copy())
-            if forced is None:
+            own = out[0].detach().cpu().numpy().astype(np.int64).copy()
+            log.own.append(own)
+            if forced is None or same_keys(own, forced):
                 return out
             return torch.from_numpy(forced.astype(np.int64)).to(out.device, out.dtype)[None]
 
@@ -135,8 +144,9 @@ def install_mlx_lm(model: Any, force: list[np.ndarray] | None = None) -> Indexer
                 return None
             if out.shape[0] != 1:
                 raise RuntimeError("[dsa indexer] the observer reads a batch of 1.")
-            log.own.append(np.array(out[0, 0]).astype(np.int64))
-            if forced is None:
+            own = np.array(out[0, 0]).astype(np.int64)
+            log.own.append(own)
+            if forced is None or same_keys(own, forced):
                 return out
             return mx.array(forced.astype(np.uint32))[None, None].astype(out.dtype)
 
