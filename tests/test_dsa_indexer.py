@@ -84,17 +84,29 @@ def test_near_tie_in_bfloat16_affine4_is_admitted(dsa: Path) -> None:
     assert any(n.startswith("DSA indexer:") for n in result["notes"])
 
 
-@pytest.mark.parametrize("bug", ["first keys", "shifted keys"])
+class _NoRelu:
+    """mlx.core as mlx-lm's deepseek_v32 module sees it, without the indexer's ReLU (its only
+    ``mx.maximum``): negative per-head scores then count."""
+
+    def __getattr__(self, name: str) -> Any:
+        import mlx.core as mx
+
+        return (lambda a, b: a) if name == "maximum" else getattr(mx, name)
+
+
+@pytest.mark.parametrize("bug", ["first keys", "shifted keys", "no relu"])
 def test_planted_indexer_bug_is_a_flip(dsa: Path, bug: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlx.core as mx
     import mlx_lm.models.deepseek_v32 as m
 
+    if bug == "no relu":
+        monkeypatch.setattr(m, "mx", _NoRelu())
     own = m.Indexer.__call__
 
     def planted(self: Any, x: Any, qr: Any, mask: Any, cache: Any = None) -> Any:
         out = own(self, x, qr, mask, cache)
-        if out is None:
-            return None
+        if out is None or bug == "no relu":
+            return out
         if bug == "first keys":  # ignores the scores
             return mx.broadcast_to(mx.arange(self.index_topk).astype(out.dtype), out.shape)
         return (out + 1) % (cache.offset if cache is not None else x.shape[1])  # off by one key
@@ -103,7 +115,7 @@ def test_planted_indexer_bug_is_a_flip(dsa: Path, bug: str, monkeypatch: pytest.
     result = _judge(dsa)
     # every side attends to the oracle's keys, so the values conform: only the choice fails
     assert not result["passed"] and result["departure"] is None
-    assert len(result["indexer"]["flips"]) > 10
+    assert len(result["indexer"]["flips"]) >= 5  # measured: 40, 42, 12 of 48 query-layers
 
 
 def test_same_keys_ignores_order_only() -> None:
