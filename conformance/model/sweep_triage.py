@@ -226,8 +226,9 @@ TRIAGE: list[Finding] = [
         detail="Not mlx-lm's recipe: mlx-lm scores in bfloat16 where transformers casts q, k and the head weights "
                "to float32, but mlx-lm patched to score in float32 makes the same choices with the same error "
                "(4.18e-4 at that row) and departs identically without the tie rule: the error is its bfloat16 q, k "
-               "and weights (the inputs the peer rounds too). Planted indexer bugs (the first k keys, every key "
-               "shifted by one) are flips (tests/test_dsa_indexer.py). glm_moe_dsa never reaches the indexer in "
+               "and weights (the inputs the peer rounds too). Planted indexer bugs are flips in bfloat16+affine4 and "
+               "float32: the first k keys (40 of 48 query-layers), keys shifted by one (42), no ReLU (12; 24 in "
+               "float32), unweighted heads (37), no RoPE (22) (the first three in tests/test_dsa_indexer.py). glm_moe_dsa never reaches the indexer in "
                "the sweep: mlx-lm needs topk_method, scoring_func and moe_layer_freq (finding config-keys); with "
                "those three keys added (noaux_tc, sigmoid, 1) it conforms in float32 and bfloat16+affine4 with "
                "its indexer judged (0 ties; the peer departs once).",
