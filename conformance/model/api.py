@@ -107,7 +107,9 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         ``departure`` = {step, point, kind, message} or None, ``tokens`` = {agree, steps,
         ties, flips, ...}, ``points``, ``layers``, ``routing``, ``anchors`` ...) plus
         ``candidate`` (its spec), ``oracle`` (``"twin"`` or ``"transformers"``),
-        ``hidden_states`` (whether per-layer points were judged) and ``notes``.
+        ``hidden_states`` (whether per-layer points were judged), ``notes`` and, for mlx-lm
+        against transformers on a DeepSeek Sparse Attention model, ``indexer`` (its choices of
+        keys judged as ties, :func:`conformance.model.dsa_indexer.judge_selections`; else None).
 
     Raises:
         CandidateLoadError: the candidate cannot be imported, built or loaded, or crashes.
