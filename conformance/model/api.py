@@ -109,7 +109,8 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         ``candidate`` (its spec), ``oracle`` (``"twin"`` or ``"transformers"``),
         ``hidden_states`` (whether per-layer points were judged), ``notes`` and, for mlx-lm
         against transformers on a DeepSeek Sparse Attention model, ``indexer`` (its choices of
-        keys judged as ties, :func:`conformance.model.dsa_indexer.judge_selections`; else None).
+        keys judged as ties, :func:`conformance.model.dsa_indexer.judge_selections`; None or
+        absent elsewhere).
 
     Raises:
         CandidateLoadError: the candidate cannot be imported, built or loaded, or crashes.
