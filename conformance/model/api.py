@@ -114,7 +114,10 @@ def judge(checkpoint: str | Path, *, candidate: str | Loader = "mlx_impl", dtype
         ``hidden_states`` (whether per-layer points were judged) and ``notes``; with
         ``subpoints``, ``subpoints`` (:func:`conformance.model.subpoints.judge_subpoints`)
         and, on a departure at a layer, ``departure["op"]``, ``["op_layer"]``,
-        ``["op_detail"]`` (:func:`conformance.model.subpoints.name_op`).
+        ``["op_detail"]`` (:func:`conformance.model.subpoints.name_op`); and, for mlx-lm
+        against transformers on a DeepSeek Sparse Attention model, ``indexer`` (its choices of
+        keys judged as ties, :func:`conformance.model.dsa_indexer.judge_selections`; None or
+        absent elsewhere).
 
     Raises:
         CandidateLoadError: the candidate cannot be imported, built or loaded, or crashes.
@@ -207,6 +210,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     if subpoints:
         traces["candidate"] = getattr(side, "subtrace", None) or capture_side(side, model_type)
         traces["oracle"] = capture_side(oracle, model_type)
+    indexers = _dsa_logs(side, oracle)  # DeepSeek Sparse Attention: the oracle's keys for every side
     inputs, oracle_out = _oracle_tokens(oracle, prompt, steps, progress, label)
     if getattr(oracle, "narrow_outputs", None):
         notes.append(f"oracle outputs not float64 ({sorted(oracle.narrow_outputs)}): they resolve only to "  # type: ignore[attr-defined]
@@ -220,6 +224,15 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     if subpoints:
         traces["peer"] = capture_side(peer, model_type)
         traces["probe"] = capture_side(prober, model_type) if prober is not None else None
+    peer_indexer = None
+    if indexers is not None:
+        from conformance.model.dsa_indexer import install_hf
+
+        side_indexer, oracle_indexer = indexers
+        side_indexer.force = oracle_indexer.own
+        peer_indexer = install_hf(peer.model, oracle_indexer.own)  # type: ignore[attr-defined]
+        if prober is not None:
+            install_hf(prober.model, oracle_indexer.own)  # type: ignore[attr-defined]
     peer_out = _replay(peer, inputs, progress, label)
     release(peer)
     probe_out = None
@@ -246,6 +259,15 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     if oracle_routed:
         notes.append("routing not judged: the candidate has no router observer; a different choice of experts "
                      "shows as a departure at that layer")
+    indexer = None
+    if indexers is not None and peer_indexer is not None:
+        from conformance.model.dsa_indexer import judge_selections
+
+        indexer = judge_selections(indexers[0], peer_indexer, indexers[1], dtype)
+        notes.append(f"DSA indexer: {indexer['ties']} ties / {indexer['rows']} query-layers"
+                     + (f", {len(indexer['flips'])} FLIPS" if indexer["flips"] else "")
+                     + f" (transformers' peer: {indexer['twin_departures']} departures); every side attends "
+                     "to the oracle's keys")
     points, departure = _judge_trace(side_out, peer_out, oracle_out, dtype, with_hidden=with_hidden,
                                      probe_out=probe_out)
     tokens = _tokens(side_out, peer_out, oracle_out, dtype, probe_out)
@@ -256,7 +278,7 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
         "checkpoint": str(checkpoint), "model_type": model_type, "dtype": dtype, "quant": quant,
         "steps": steps, "prompt_len": prompt_len, "seed": seed,
         "layers": max(n_oracle - 1, 0), "points": points, "departure": departure,
-        "tokens": tokens, "anchors": [], "routing": routing,
+        "tokens": tokens, "anchors": [], "routing": routing, "indexer": indexer,
     }
     if anchors and kind == "twin":
         result["anchors"] = _run_anchors(checkpoint, derived, model_type, dtype, quant, inputs, peer_out,
@@ -267,6 +289,24 @@ def _judge_generic(checkpoint: Path, derived: Path, work: Path, *, model_type: s
     if sub is not None:
         result["subpoints"] = sub
     return conclude(result, started, label, f"{candidate.name} vs {kind}: ")
+
+
+def _dsa_logs(side: Side, oracle: Side) -> tuple[Any, Any] | None:
+    """``(candidate's, oracle's)`` DSA indexer logs (:mod:`conformance.model.dsa_indexer`)
+    where transformers' oracle has DeepSeek Sparse Attention indexers and the candidate is
+    mlx-lm's model with its own; None otherwise (a different choice of keys then shows as a
+    departure at that layer, and a note says so)."""
+    from conformance.model.dsa_indexer import hf_indexers, install_hf, install_mlx_lm
+
+    model = getattr(oracle, "model", None)
+    if not isinstance(side, CandidateSide) or model is None or not hf_indexers(model):
+        return None
+    side_log = install_mlx_lm(side.model)
+    if side_log is None:
+        side.notes.append("DSA indexer not judged: the candidate has no mlx-lm indexer (self_attn.indexer); a "
+                          "different choice of keys shows as a departure at that layer")
+        return None
+    return side_log, install_hf(model)
 
 
 def _dense_for_transformers(derived: Path, out: Path, precision: str, mlx_lm: MlxLmQuantized | None) -> Path:

@@ -271,3 +271,29 @@ def routing_flip_is_tie(oracle_logits: np.ndarray, oracle_experts: np.ndarray, s
             if oracle_logits[a] - oracle_logits[b] > allowed:
                 return False
     return True
+
+
+def score_bound(peer_row: np.ndarray, oracle_row: np.ndarray, dtype: str) -> float:
+    """The model rule's bound on one row of scores ``[T]`` (finite entries):
+    ``2 ||peer - oracle|| + 2 ulp(max |oracle|) sqrt(T)`` (:func:`check_point`'s, per row).
+    A side whose row conforms is within it at every element (a 2-norm bounds each one)."""
+    if oracle_row.size == 0:
+        return 0.0
+    floor = 2.0 * float(MODEL_FORMATS[dtype].ulp(np.abs(oracle_row).max()))
+    return 2.0 * float(np.linalg.norm(peer_row - oracle_row)) + floor * float(np.sqrt(oracle_row.size))
+
+
+def selection_flip_is_tie(oracle_scores: np.ndarray, oracle_keys: list[int], side_keys: list[int],
+                          bound: float) -> bool:
+    """Whether a side's top-k ``side_keys`` differing from the oracle's ``oracle_keys`` (a
+    DSA indexer's choice of keys, ``oracle_scores: [T]``) is a tie: each of the side's
+    scores may be ``bound`` from the oracle's, so it may rank a key ``b`` only the side
+    kept over a key ``a`` only the oracle kept exactly when ``s_o[a] - s_o[b] <= 2 bound``
+    (both moved toward each other), for every such pair. The greedy-token rule
+    (:func:`greedy_flip_is_tie`) on a set. A wrong choice (the lowest scores, the first
+    keys, shifted indices) fails unless the oracle's margins are that small."""
+    if len(set(side_keys)) != len(set(oracle_keys)):
+        return False  # more or fewer keys than the oracle's k (every key kept): no tie
+    only_oracle = set(oracle_keys) - set(side_keys)
+    only_side = set(side_keys) - set(oracle_keys)
+    return all(oracle_scores[a] - oracle_scores[b] <= 2.0 * bound for a in only_oracle for b in only_side)

@@ -372,7 +372,7 @@ def run_config(checkpoint: Path, derived: Path, *, model_type: str, dtype: str, 
 def conclude(result: dict[str, Any], started: float, label: str, sides: str = "") -> dict[str, Any]:
     """Finish a configuration's ``result`` (from ``run_config`` or the generic judge):
     ``passed`` (no departure, or one attribution explains as the bound and the op-calibrated
-    rule admits; no greedy or routing flip; every required anchor agrees), ``seconds`` since
+    rule admits; no greedy, routing or DSA indexer flip; every required anchor agrees), ``seconds`` since
     ``started``, ``peak_rss_mb``, and the one-line log (``sides``: e.g. ``"mlx-lm vs
     transformers: "``)."""
     departure, tokens, routing = result["departure"], result["tokens"], result["routing"]
@@ -382,6 +382,7 @@ def conclude(result: dict[str, Any], started: float, label: str, sides: str = ""
                  and departure["calibrated"]["passed"])
     result["passed"] = ((departure is None or explained) and not tokens["flips"]
                         and (routing is None or routing["passed"])
+                        and (result.get("indexer") is None or result["indexer"]["passed"])
                         and all(a["passed"] for a in result["anchors"] if a["required"]))
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["peak_rss_mb"] = round(peak_rss_bytes() / 2**20)

@@ -125,6 +125,10 @@ def _summary(verdict: dict[str, Any]) -> dict[str, Any]:
     if isinstance(r, dict):
         out["routing"] = {**{k: r.get(k) for k in ("rows", "ties", "passed", "departure")},
                           "flips": len(r.get("flips") or [])}
+    idx = verdict.get("indexer")
+    if isinstance(idx, dict):
+        out["indexer"] = {**{k: idx.get(k) for k in ("rows", "ties", "twin_departures", "passed")},
+                          "flips": len(idx.get("flips") or []), "first_flip": (idx.get("flips") or [None])[0]}
     points = verdict.get("points") or []
     if points:
         out["worst_ratio"] = max(p.get("ratio", 0.0) for p in points)
@@ -204,6 +208,9 @@ def departure_text(verdict: dict[str, Any]) -> str:
     routing = verdict.get("routing") or {}
     if routing.get("flips"):
         return f"{routing['flips']} expert choices differ outside a tie"
+    indexer = verdict.get("indexer") or {}
+    if indexer.get("flips"):
+        return f"{indexer['flips']} DSA indexer choices of keys differ outside a tie, first {indexer['first_flip']}"
     return "did not pass (no departure named by the judge)"
 
 
