@@ -103,6 +103,28 @@ def test_glm4_moe_lite_latent_norm_eps() -> None:
     assert mlx_attn.kv_a_layernorm.eps == 1e-5
 
 
+def test_deepseek_v32_indexer_k_norm_eps() -> None:
+    # The finding on the sweep's own config: the two libraries' indexer key norms differ in
+    # eps only (the reproducer shows the outputs), and the record explains no outcome: it
+    # makes no configuration depart, so a departure of deepseek_v32 stays untriaged.
+    import torch
+    from mlx_lm.models import deepseek_v32
+    from transformers import AutoModelForCausalLM
+
+    from conformance.model.sweep_triage import TRIAGE
+
+    cfg = tiny_config("deepseek_v32")
+    torch.manual_seed(0)
+    assert AutoModelForCausalLM.from_config(cfg).model.layers[0].self_attn.indexer.k_norm.eps == 1e-6
+    written = cfg.to_dict()
+    written.update(legacy_keys(cfg, written))
+    mlx_attn = deepseek_v32.Model(deepseek_v32.ModelArgs.from_dict(written)).model.layers[0].self_attn
+    assert mlx_attn.indexer.k_norm.eps == 1e-5
+    finding = next(f for f in TRIAGE if f.id == "deepseek-v32-indexer-k-norm-eps")
+    assert not any(finding.matches({"arch": "deepseek_v32", "label": label, "status": status, "reason": ""})
+                   for label in ("float32", "bfloat16", "bfloat16+affine4") for status in ("departs", "conforms"))
+
+
 def test_gemma4_affine4_departure_is_the_bf16_quantized_matmul(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 

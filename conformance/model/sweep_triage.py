@@ -234,6 +234,21 @@ TRIAGE: list[Finding] = [
                "its indexer judged (0 ties; the peer departs once).",
         test="tests/test_dsa_indexer.py", versions="mlx-lm 0.32.2, transformers 5.25.0"),
     Finding(
+        # statuses=(): it makes no configuration depart (the indexer's keys only select, the
+        # layers conform), so it matches no outcome; it shows in the report's sub-layer section.
+        id="deepseek-v32-indexer-k-norm-eps", kind="mlx-lm bug", archs=("deepseek_v32",), statuses=(),
+        summary="mlx-lm's deepseek_v32 builds the DSA indexer's key norm as nn.LayerNorm(index_head_dim), MLX's "
+                "default eps 1e-5; transformers' DeepseekV32Indexer and DeepSeek's own inference code "
+                "(deepseek-ai/DeepSeek-V3.2-Exp inference/model.py: its LayerNorm defaults to eps 1e-6) use 1e-6. "
+                "Shows only as a sub-layer point: in float32 `self_attn.indexer.k_norm` is ~530x over the model "
+                "rule at step 0 in layers 0 and 1 while those layers conform (the normalized keys only score "
+                "the indexer's top-k choice, which does not change here); no configuration departs.",
+        detail="Measured with the sweep's sub-layer capture (deepseek_v32 float32, 1 decode step): k_norm 531x "
+               "and 530x the bound at step 0 in layers 0 and 1 (its input within 0.25x), 144x and 168x at step 1. "
+               "With mlx-lm's Indexer patched to nn.LayerNorm(head_dim, eps=1e-6) no sub-layer point departs.",
+        repro=_REPRO + "deepseek_v32_indexer_k_norm_eps.py", test=_PINS + "test_reproducers_still_reproduce",
+        versions="mlx-lm 0.32.2, transformers 5.25.0"),
+    Finding(
         id="dbrx-attn-rope-theta", kind="transformers quirk", archs=("dbrx",), statuses=("not-built",),
         summary="transformers 5.25's DbrxAttentionConfig has no rope_theta default, yet DbrxAttention reads "
                 "attn_config.rope_theta: a DbrxConfig whose attn_config lacks it (the default one) cannot be built "
