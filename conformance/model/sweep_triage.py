@@ -114,14 +114,14 @@ TRIAGE: list[Finding] = [
                 "product (first past 2x: self_attn.q_proj 2.1x; worst mlp.down_proj 2.75x; 5-7x a correctly "
                 "rounded result on its own dequantized weight), where the model rule assumes at most 2x; the "
                 "layer-0 row leaves the bound by 1.13x. With that op alone replaced by dequantize + dense matmul "
-                "(float32 accumulation, bit-identical to PyTorch's) the configuration conforms (worst 0.59).",
+                "(float32 accumulation) the configuration conforms (worst 0.59).",
         detail="Not mlx-lm's: its quantized embedding lookups are bit-identical to the peer's, mlx-lm's own "
                "conversion (mlx_lm.convert) gives identical numbers, and mlx-lm on a dense bfloat16 copy of the "
                "same dequantized weights conforms (0.72). The op registry's quantized_matmul record admits this "
                "accumulation (accumulates_in_input_dtype: Higham's gamma_K bound; SEMANTICS.md; its overflow form "
                "is the divergence cpu_half_accumulator_overflow); the model rule has no such allowance. The same "
                "checkpoint with float32 activations (not a sweep configuration) departs at step 5, layer 1 for "
-               "another reason, the bound's: there the quantized matmul is bit-identical to MLX's dense matmul "
+               "another reason, the bound's: there the quantized matmul matched MLX's dense matmul (bit for bit on this machine) "
                "on the dequantized weights, mlx-lm on a dense float32 copy departs at the same point, and every "
                "linear stays within 0.95-1.8x the peer's error on identical inputs at that step; MLX's error over the peer's at "
                "the layer rows has median 1.4 over the 17 steps and a tail (2.7x at that row, where the peer's "
@@ -129,7 +129,7 @@ TRIAGE: list[Finding] = [
                "nemotron_h (2.47x at step 0, layer 0) out of the bound in bfloat16+affine4: mlx-lm on the same "
                "dequantized bfloat16 weights with nn.Linear in place of nn.QuantizedLinear conforms (0.32, 0.29; "
                "test_quantized_matmul_bfloat16_cpu_accumulates_in_bfloat16 pins the kernel: 9e-3 relative error "
-               "at K=64 where x @ dequantize(w).T has 1.7e-3; float32 bit-identical). nemotron_h also departs in "
+               "at K=64 where x @ dequantize(w).T has 1.7e-3; in float32 as accurate as the dense one). nemotron_h also departs in "
                "float32+affine4 (not a sweep configuration: 1.73x at step 0, layer 0, identically with nn.Linear) "
                "while dense float32 on its unquantized weights conforms (0.51): a float32-level difference in its "
                "Mamba-2 layer that the on-grid weights expose; not settled. ernie4_5_moe float32+affine4 conforms.",
