@@ -144,7 +144,10 @@ def _calibrated(departure: dict[str, Any], side_out: list[tuple[np.ndarray, list
 
     conforming = [c for c in departure.get("op_checks", []) if c["port_ok"] and c["record_ok"] is not False]
     rho = calibrated_factor([c["norm_ratio"] for c in conforming])
-    rho_op = max(conforming, key=lambda c: c["norm_ratio"])["op"] if conforming else None
+    # The op rho comes from: an infinite ratio (the twin exact, as the float64 twin is) gives
+    # no factor (calibrated_factor), so it cannot be the one named either.
+    finite = [c for c in conforming if np.isfinite(c["norm_ratio"])]
+    rho_op = max(finite, key=lambda c: c["norm_ratio"])["op"] if finite else None
     worst, first = 0.0, None
     probes = _per_step(probe_out, len(oracle_out))
     for s, ((lg, hs), (plg, phs), (olg, ohs), pr) in enumerate(zip(side_out, peer_out, oracle_out, probes,
