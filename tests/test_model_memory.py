@@ -212,12 +212,12 @@ def test_oracle_dense_projection_in_blocks_is_the_same_product(tiny: dict[str, P
 
 def test_the_anchor_streams_only_what_would_not_fit_whole(tiny: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """transformers' float64 anchor loads whole when 8 bytes a parameter fit in half the
-    memory available, and streams otherwise."""
-    import conformance.model.memory as memory
+    """transformers' float64 anchor loads whole when 8 bytes a parameter stay within
+    STREAM_ABOVE_BYTES, and streams otherwise."""
+    import conformance.model.streaming as streaming
     from conformance.model.sides import TransformersSide
     from conformance.model.streaming import needs_streaming
 
     assert not needs_streaming(tiny["llama"]) and not TransformersSide(tiny["llama"]).streamed
-    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 1000)
     assert needs_streaming(tiny["llama"]) and TransformersSide(tiny["llama"]).streamed

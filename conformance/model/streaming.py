@@ -95,12 +95,22 @@ def streamed_transformers(checkpoint: Path) -> Any:
     return cpu_offload(model, execution_device=torch.device("cpu"), state_dict=tensors)
 
 
+STREAM_ABOVE_BYTES = 2 * 2**30
+"""transformers' float64 anchor is streamed when its whole float64 model would be larger
+than this (2 GiB: 268M parameters). Real sizes stream, so no side holds a model in float64
+(a Llama-3.2-1B whole in float64 is 9.9 GB, over the 8 GB a run of it must fit in); tiny
+models and SmolLM2-135M (1.1 GB) load whole."""
+
+
 def needs_streaming(checkpoint: Path) -> bool:
     """Whether transformers' whole float64 model of ``checkpoint`` (8 bytes a parameter)
-    would take more than half the memory available now: only then is it streamed. Whole is
-    the plain ``from_pretrained`` path; the streamed one rests on accelerate's hooks, which
-    agree bit for bit here (transformers 5.25, accelerate 1.16) but gave logits ~1 relative
-    off on an H200 machine's older versions (README, "Memory and real size")."""
-    from conformance.model.memory import available_bytes, checkpoint_size
+    would exceed :data:`STREAM_ABOVE_BYTES`: only then is it streamed. Whole is the plain
+    ``from_pretrained`` path; the streamed one rests on accelerate's hooks, which agree bit
+    for bit here (transformers 5.25, accelerate 1.16) but gave logits ~1 relative off on an
+    H200 machine's older versions (README, "Memory and real size"), so small models keep
+    the plain path. (Until this, the rule was "more than half the memory available", which
+    let a 1B's 9.9 GB float64 anchor load whole on a 24 GB machine: measured, that run of
+    the README's example peaked at 8.4 GiB in its float32 configuration.)"""
+    from conformance.model.memory import checkpoint_size
 
-    return checkpoint_size(checkpoint).params * 8 > available_bytes() // 2
+    return checkpoint_size(checkpoint).params * 8 > STREAM_ABOVE_BYTES
