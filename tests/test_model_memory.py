@@ -174,6 +174,26 @@ def test_derive_writes_shards_that_every_side_loads(tiny: dict[str, Path], tmp_p
     assert np.array_equal(c, d)
 
 
+def test_derive_quantizes_by_blocks_of_rows_to_the_same_codes(tiny: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """derive quantizes a block of rows at a time (memory): the same codes, scales and biases
+    as one call per tensor, in every quantized mode (groups lie within a row)."""
+    import conformance.model.checkpoints as checkpoints
+
+    for quant in ("affine4", "mxfp4", "nvfp4"):
+        whole = derive(tiny["qwen3"], tmp_path / f"{quant}-whole", "bfloat16", quant)
+        monkeypatch.setattr(checkpoints, "QUANTIZE_BLOCK_ELEMENTS", 64 * 7)  # 7 rows of width 64 a block
+        blocked = derive(tiny["qwen3"], tmp_path / f"{quant}-blocked", "bfloat16", quant)
+        monkeypatch.undo()
+        a = {k: v for f in sorted(whole.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+        b = {k: v for f in sorted(blocked.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+        assert a.keys() == b.keys() and any(k.endswith(".scales") for k in a)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            assert torch.equal(a[k].view(torch.uint8) if a[k].dtype == torch.uint32 else a[k],
+                               b[k].view(torch.uint8) if b[k].dtype == torch.uint32 else b[k]), k
+
+
 def test_oracle_quantized_projection_in_blocks_is_the_same_product(tiny: dict[str, Path], tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The oracle dequantizes a quantized projection a block of rows at a time (memory): its

@@ -226,9 +226,7 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
     if quant is not None and dtype == "float64":
         raise ValueError("[derive] quantized layers take no float64 (MLX's quantized matmuls do not); "
                          "quantize with a float32 or half dtype.")
-    import mlx.core as mx
 
-    from mlx_impl.quantization import quantize
 
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     target = _TORCH_DTYPES[dtype]
@@ -243,14 +241,12 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
         rounded = t.to(target)
         if quant is not None and _quantizable(name, rounded, QUANT_MODES[quant][0]):
             group_size, bits, mode = QUANT_MODES[quant]
-            w = mx.array(rounded.to(torch.float32).numpy()).astype(
-                {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[dtype])
-            wq, scales, biases = quantize(w, group_size, bits, mode)
             stem = name.removesuffix(".weight")
-            writer.add(f"{stem}.weight", torch.from_numpy(np.array(wq)))
-            writer.add(f"{stem}.scales", _mlx_to_torch(scales, target))
+            wq, scales, biases = _quantize_by_rows(rounded, dtype, group_size, bits, mode)
+            writer.add(f"{stem}.weight", torch.from_numpy(wq))
+            writer.add(f"{stem}.scales", scales)
             if biases is not None:
-                writer.add(f"{stem}.biases", _mlx_to_torch(biases, target))
+                writer.add(f"{stem}.biases", biases)
         else:
             writer.add(name, rounded.contiguous())
     writer.close()
@@ -261,6 +257,45 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
         config["quantization"] = {"group_size": group_size, "bits": bits, "mode": mode}
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
+
+
+QUANTIZE_BLOCK_ELEMENTS = 1 << 24
+"""Weight elements quantized in one call by :func:`derive` (a block of whole rows)."""
+
+
+def _quantize_by_rows(weight: torch.Tensor, dtype: str, group_size: int, bits: int,
+                      mode: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+    """``mlx_impl.quantization.quantize`` of ``weight [..., out, in]`` (in ``dtype``) a block
+    of rows at a time: codes (uint32, NumPy), scales and biases (torch; None for fp modes).
+
+    Groups lie within a row, so blocks of rows give exactly the whole weight's codes. In one
+    call, a 128k-row tied embedding's quantization took ~10 GB of float32 temporaries
+    (measured: a Llama-3.2-1B's mxfp4 derive peaked at 12 GiB), and MLX keeps freed
+    buffers in its cache up to its limit (raised by ``mlx_impl.cpu_backend.tune_cpu``), so
+    the cache is emptied after each block."""
+    import mlx.core as mx
+
+    from mlx_impl.quantization import quantize
+
+    mlx_dtype = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[dtype]
+    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    rows2d = weight.reshape(-1, weight.shape[-1])
+    step = max(1, QUANTIZE_BLOCK_ELEMENTS // max(1, rows2d.shape[-1]))
+    codes, scale_parts, bias_parts = [], [], []
+    for start in range(0, rows2d.shape[0], step):
+        block = mx.array(rows2d[start:start + step].to(torch.float32).numpy()).astype(mlx_dtype)
+        wq, scales, biases = quantize(block, group_size, bits, mode)
+        codes.append(np.array(wq))
+        scale_parts.append(_mlx_to_torch(scales, target))
+        if biases is not None:
+            bias_parts.append(_mlx_to_torch(biases, target))
+        del block, wq, scales, biases
+        mx.clear_cache()
+    lead = tuple(weight.shape[:-1])
+    wq_all = np.concatenate(codes).reshape(*lead, -1)
+    scales_all = torch.cat(scale_parts).reshape(*lead, -1)
+    biases_all = torch.cat(bias_parts).reshape(*lead, -1) if bias_parts else None
+    return wq_all, scales_all, biases_all
 
 
 def _mlx_to_torch(a: Any, float_dtype: torch.dtype) -> torch.Tensor:
