@@ -84,6 +84,29 @@ def test_planted_bug_is_named_by_step_and_layer(llama: tuple[Path, Path], mutant
     assert not calibrated["passed"] and calibrated["worst_ratio"] > 10, calibrated
 
 
+def test_attribution_releases_every_side_it_builds(llama: tuple[Path, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attribution's three models (oracle, twin, MLX) are each released before the
+    configuration goes on: an MLX model left to the garbage collector kept MLX's buffer
+    cache full (4.7 GiB on a 1B in float32), under the next side's peak."""
+    import conformance.model.sides as sides
+
+    released: list[str] = []
+    original = sides.release
+
+    def recording(side: object) -> None:
+        released.append(str(getattr(side, "name", type(side).__name__)))
+        original(side)
+
+    # attribute() imports release from sides when it runs; the harness holds its own name.
+    monkeypatch.setattr(sides, "release", recording)
+    checkpoint, derived = llama
+    r = run_config(checkpoint, derived, model_type="llama", dtype="float32", quant=None, steps=1,
+                   prompt_len=8, mutant=MUTANTS["rope_offset_off_by_one"](None), anchors=False, progress=False)
+    assert r["departure"]["op"] is not None, r["departure"]
+    assert released == ["twin-float64", "twin-float32", "mlx"], released
+
+
 @pytest.mark.parametrize("layer", [None, 2])
 @pytest.mark.parametrize("mutant", sorted(OP_MUTANTS))
 def test_planted_op_bug_is_attributed_to_its_op_and_cause(llama: tuple[Path, Path], mutant: str,

@@ -230,6 +230,28 @@ def test_oracle_dense_projection_in_blocks_is_the_same_product(tiny: dict[str, P
         torch.testing.assert_close(blocked, whole, rtol=1e-13, atol=0.0)
 
 
+def test_oracle_embedding_widens_only_the_rows_it_looks_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float64 lookup takes the rows, then widens them (exact either way): widening the
+    table first was a 2.1 GB transient at every decode step of a 128k-vocabulary oracle."""
+    import torch_reference.nn.embedding as twin_embedding
+    from torch_reference.nn import Embedding
+
+    widened: list[tuple[int, ...]] = []
+    original = twin_embedding.to_working
+
+    def recording(t: torch.Tensor | None, precision: str) -> torch.Tensor | None:
+        if t is not None:
+            widened.append(tuple(t.shape))
+        return original(t, precision)
+
+    monkeypatch.setattr(twin_embedding, "to_working", recording)
+    table = torch.randn(1000, 16, dtype=torch.bfloat16)
+    ids = torch.tensor([[7, 999, 7]])
+    rows = Embedding(table)(ids, precision="float64")
+    assert rows.dtype == torch.float64 and torch.equal(rows, table.to(torch.float64)[ids])
+    assert widened and all(shape[0] <= ids.numel() for shape in widened), widened
+
+
 def test_the_anchor_streams_only_what_would_not_fit_whole(tiny: dict[str, Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """transformers' float64 anchor loads whole when 8 bytes a parameter stay within

@@ -212,7 +212,8 @@ class MlxLmSide:
 
 def release(side: Any) -> None:
     """Drop ``side``'s model and cache and return their memory now (Python's cycles
-    collected, MLX's buffer cache emptied), so the next side loads into the space."""
+    collected, MLX's buffer cache emptied, the C heap trimmed), so the next side loads into
+    the space."""
     import gc
 
     import mlx.core as mx
@@ -222,6 +223,26 @@ def release(side: Any) -> None:
             setattr(side, attr, None)
     gc.collect()
     mx.clear_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). PyTorch's and NumPy's many medium-sized buffers are freed into glibc's
+    arenas, which keep them: after a 1B model's attribution that was 0.6 GiB of resident
+    memory no one used, under the next side's peak."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return
+    trim(0)
 
 
 def mlx_lm_supports(model_type: str) -> bool:

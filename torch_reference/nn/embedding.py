@@ -140,9 +140,11 @@ class Embedding(torch.nn.Module):
                 # they clamp to the LAST row, as MLX's unsigned clip does.
                 clipped = torch.where(idx < 0, torch.full_like(idx, n - 1), clipped)
             idx = clipped
-        weight = to_working(self.weight, precision)
-        assert weight is not None
-        rows = weight.index_select(0, idx.reshape(-1))
+        # Rows first, then widened: widening is exact, so this is the same float64 value as
+        # widening the table, without a transient float64 copy of all of it (2.1 GB for a
+        # 128k-row, width-2048 table, at every decode step of the oracle).
+        rows = to_working(self.weight.index_select(0, idx.reshape(-1)), precision)
+        assert rows is not None
         return rows.reshape(*indices.shape, self.embedding_dim)
 
 
