@@ -7,11 +7,14 @@ PHASE, not the sum of the sides:
 * derive: one tensor of the original at a time, rounded, into a shard of at most
   ``SHARD_BYTES`` (:func:`conformance.model.checkpoints.derive`);
 * the oracle (the twin with every op in float64): the derived weights as stored, plus the
-  float64 transient of the largest matrix it widens per call (the tied head of a
-  128k-vocabulary model: 2.1 GB at width 2048), three of them for a quantized one
+  float64 transient of what it widens per call: a matrix a block of at most
+  ``FLOAT64_BLOCK_ELEMENTS`` (128 MiB in float64) at a time, an embedding only the rows
+  it looks up, a stacked (3-D, experts) tensor whole; three of them for a quantized one
   (codes, scales and the dequantized product);
-* the peer (the twin in the test dtype), MLX, mlx-lm: the derived weights each, plus one
-  transient of the largest matrix (three for the twin's dequantization);
+* the peer (the twin in the test dtype): the derived weights, plus a float32 copy of the
+  largest matrix (half-precision products accumulate in float32), or for a quantized one
+  the dequantization of a block of rows, as the oracle's;
+* MLX, mlx-lm: the derived weights each, plus one transient of the largest matrix;
 * transformers' float64 anchor, streamed (:mod:`conformance.model.streaming`): two
   float64 copies of the largest tensor.
 
@@ -44,12 +47,15 @@ class CheckpointSize:
     """A checkpoint's floating tensors, read from the safetensors headers (no tensor data).
 
     ``params``: floating elements; ``stored_bytes``: their bytes on disk; ``largest``:
-    elements of the largest floating tensor; ``quantized``: the checkpoint has ``.scales``."""
+    elements of the largest floating tensor; ``quantized``: the checkpoint has ``.scales``;
+    ``largest_stacked``: elements of the largest floating tensor of three or more dims
+    (stacked experts, which the oracle widens whole)."""
 
     params: int
     stored_bytes: int
     largest: int
     quantized: bool
+    largest_stacked: int = 0
 
 
 def _header(path: Path) -> dict[str, dict[str, object]]:
@@ -69,7 +75,7 @@ def checkpoint_size(checkpoint: Path) -> CheckpointSize:
     files = sorted(Path(checkpoint).glob("*.safetensors"))
     if not files:
         raise ValueError(f"[memory] {checkpoint} has no *.safetensors file.")
-    params = stored = largest = 0
+    params = stored = largest = stacked = 0
     quantized = False
     for f in files:
         for name, info in _header(f).items():
@@ -85,7 +91,9 @@ def checkpoint_size(checkpoint: Path) -> CheckpointSize:
             params += n
             stored += n * width
             largest = max(largest, n)
-    return CheckpointSize(params, stored, largest, quantized)
+            if len(info["shape"]) >= 3:  # type: ignore[arg-type]
+                stacked = max(stacked, n)
+    return CheckpointSize(params, stored, largest, quantized, stacked)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ def estimate(original: CheckpointSize, config: dict[str, object], dtype: str, qu
         transformers_anchor, mlx_lm_anchor: whether those anchors run.
     """
     from conformance.model.checkpoints import QUANT_MODES, SHARD_BYTES
+    from torch_reference.nn.linear import FLOAT64_BLOCK_ELEMENTS
 
     width = _TEST_BYTES[dtype]
     if original.quantized or quant is None:
@@ -132,14 +141,16 @@ def estimate(original: CheckpointSize, config: dict[str, object], dtype: str, qu
         group_size, bits, mode = QUANT_MODES[quant]
         derived = quantized_bytes(original.params, bits, group_size, width, mode == "affine")
     big = original.largest
+    # What the oracle widens at once: a block of a matrix's rows, or a stacked tensor whole.
+    widened = max(min(big, FLOAT64_BLOCK_ELEMENTS), original.largest_stacked)
     quantized = quant is not None or original.quantized
     phases = {
         # One stored tensor, its rounded copy and the shard being filled.
         "derive": SHARD_BYTES + big * (8 + width),
-        # The weights as stored; each product widens its matrix to float64 (dequantizes it:
-        # codes unpacked, scales broadcast, the float64 product).
-        "oracle": derived + big * 8 * (3 if quantized else 1),
-        "peer": derived + big * width * (3 if quantized else 1),
+        # The weights as stored; each product widens (dequantizes: codes unpacked, scales
+        # broadcast, the float64 product) a block of its matrix's rows to float64.
+        "oracle": derived + widened * 8 * (3 if quantized else 1),
+        "peer": derived + (min(big, FLOAT64_BLOCK_ELEMENTS) * 8 * 3 if quantized else big * 4),
         "MLX": derived + big * width,
     }
     if dtype == "float64":

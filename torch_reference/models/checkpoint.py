@@ -17,7 +17,7 @@ import torch
 from torch_reference import nn
 from torch_reference.loading import load_safetensors
 from torch_reference.nn.linear import FLOAT64_BLOCK_ELEMENTS
-from torch_reference.quantization import dequantize
+from torch_reference.quantization import dequantize, quantized_matmul
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -45,7 +45,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 class QuantizedProjection(torch.nn.Module):
     """A quantized linear layer: ``nn.QuantizedLinear`` natively; for ``precision="float64"``
     the exact float64 value of the same codes (``dequantize(..., precision="float64")``)
-    times x in float64 (``QuantizedLinear`` itself takes no float64 input).
+    times x in float64 (``QuantizedLinear`` itself takes no float64 input). A layer of
+    more than ``FLOAT64_BLOCK_ELEMENTS`` weights is computed a block of output rows at a
+    time, in either precision.
 
     Shape: ``x: [..., in] -> [..., out]``.
     """
@@ -55,24 +57,33 @@ class QuantizedProjection(torch.nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor, *, precision: str = "native") -> torch.Tensor:
-        if precision != "float64":
-            return self.layer(x, precision=precision)
         q = self.layer
-        x64 = x.to(torch.float64)
-        # Dequantized per call and per block of output rows, never kept whole: kept, every
-        # quantized layer of the oracle would hold 8 bytes a weight (10 GB for a 1.24B
-        # model), and one float64 dequantization of a 128k-row tied head with its
-        # intermediates took ~7 GB at once. Each output is the same float64 dot product.
         rows = max(1, FLOAT64_BLOCK_ELEMENTS // max(1, x.shape[-1]))
         out = q.weight.shape[0]
+        if precision != "float64" and out <= rows:
+            return q(x, precision=precision)
+        # Dequantized per call and per block of output rows, never whole. Kept, every
+        # quantized layer of the oracle would hold 8 bytes a weight (10 GB for a 1.24B
+        # model); one dequantization of a 128k-row tied head with its intermediates (the
+        # unpacked codes, their decoded values, the dequantized copy) took ~7 GB at once in
+        # float64 and 5.5 GiB in bfloat16. Each output is the same dot product, rounded once.
+        x64 = x.to(torch.float64) if precision == "float64" else x
         blocks = []
         for start in range(0, out, rows):
             part = slice(start, min(start + rows, out))
-            w64 = dequantize(q.weight[part], q.scales[part], None if q.biases is None else q.biases[part],
-                             q.group_size, q.bits, q.mode, precision="float64")
-            blocks.append(x64 @ w64.T)
+            biases = None if q.biases is None else q.biases[part]
+            if precision == "float64":
+                w64 = dequantize(q.weight[part], q.scales[part], biases, q.group_size, q.bits, q.mode,
+                                 precision="float64")
+                blocks.append(x64 @ w64.T)
+            else:
+                blocks.append(quantized_matmul(x, q.weight[part], q.scales[part], biases, transpose=True,
+                                               group_size=q.group_size, bits=q.bits, mode=q.mode,
+                                               precision=precision))
         y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
-        return y if q.bias is None else y + q.bias.to(torch.float64)
+        if q.bias is None:
+            return y
+        return y + (q.bias.to(torch.float64) if precision == "float64" else q.bias)
 
 
 class QuantizedEmbedding(torch.nn.Module):
