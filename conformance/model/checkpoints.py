@@ -227,7 +227,6 @@ def derive(checkpoint: Path, out: Path, dtype: str, quant: str | None = None) ->
         raise ValueError("[derive] quantized layers take no float64 (MLX's quantized matmuls do not); "
                          "quantize with a float32 or half dtype.")
 
-
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     target = _TORCH_DTYPES[dtype]
     if out.exists():
@@ -278,7 +277,7 @@ def _quantize_by_rows(weight: torch.Tensor, dtype: str, group_size: int, bits: i
     from mlx_impl.quantization import quantize
 
     mlx_dtype = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[dtype]
-    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    target = _TORCH_DTYPES[dtype]
     rows2d = weight.reshape(-1, weight.shape[-1])
     step = max(1, QUANTIZE_BLOCK_ELEMENTS // max(1, rows2d.shape[-1]))
     codes, scale_parts, bias_parts = [], [], []

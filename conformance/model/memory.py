@@ -141,8 +141,9 @@ def estimate(original: CheckpointSize, config: dict[str, object], dtype: str, qu
         group_size, bits, mode = QUANT_MODES[quant]
         derived = quantized_bytes(original.params, bits, group_size, width, mode == "affine")
     big = original.largest
-    # What the oracle widens at once: a block of a matrix's rows, or a stacked tensor whole.
-    widened = max(min(big, FLOAT64_BLOCK_ELEMENTS), original.largest_stacked)
+    # A matrix's rows the twin widens or dequantizes at once; the oracle widens a stacked tensor whole.
+    block = min(big, FLOAT64_BLOCK_ELEMENTS)
+    widened = max(block, original.largest_stacked)
     quantized = quant is not None or original.quantized
     phases = {
         # One stored tensor, its rounded copy and the shard being filled.
@@ -150,7 +151,7 @@ def estimate(original: CheckpointSize, config: dict[str, object], dtype: str, qu
         # The weights as stored; each product widens (dequantizes: codes unpacked, scales
         # broadcast, the float64 product) a block of its matrix's rows to float64.
         "oracle": derived + widened * 8 * (3 if quantized else 1),
-        "peer": derived + (min(big, FLOAT64_BLOCK_ELEMENTS) * 8 * 3 if quantized else big * 4),
+        "peer": derived + (block * 8 * 3 if quantized else big * 4),
         "MLX": derived + big * width,
     }
     if dtype == "float64":
